@@ -1,0 +1,1 @@
+//! Display controllers on the PCI bus (`/sys/bus/pci/devices`, class 0x03xx).

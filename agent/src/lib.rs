@@ -1,0 +1,14 @@
+//! `fog-agent` is the privileged host agent of a decentralized compute market.
+//!
+//! This library holds everything the `fog-agent` binary does; the binary itself only parses the
+//! command line and maps errors to exit codes. Modules:
+//!
+//! - [`fsroot`]: reads `/proc`, `/sys` and DMI below an injectable root, so every parser is
+//!   tested on fixture trees.
+//! - [`inventory`]: the hardware inventory (host, CPU, memory, GPUs, storage, network) and its
+//!   stable hardware fingerprint. Every probe is independent and never fatal.
+//! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
+
+pub mod cli;
+pub mod fsroot;
+pub mod inventory;

@@ -1,0 +1,10 @@
+//! `fog-proto` owns fog-agent's gRPC contract: the `.proto` files under `fog/agent/v1/` and the
+//! tonic/prost code generated from them at build time with protox (no `protoc` needed anywhere).
+//!
+//! Generated types stop at the agent's service layer; `fog-tpm` and `fog-bench` never see them.
+
+/// Package `fog.agent.v1`.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod v1 {
+    tonic::include_proto!("fog.agent.v1");
+}
