@@ -1,8 +1,95 @@
-//! The `fog-agent` command line.
+//! The `fog-agent` command line: argument parsing, logging setup and exit codes.
+//!
+//! Every subcommand prints a human view by default and a machine view with `--json`. Errors are
+//! printed as one line on stderr (`fog-agent: <what went wrong>`) and mapped to exit codes:
+//! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
+
+mod inventory;
 
 use std::process::ExitCode;
 
-/// Runs the command line and returns the process exit code.
+use clap::{Parser, Subcommand};
+
+/// Exit code for a failed operation.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for bad usage (clap uses the same).
+pub const EXIT_USAGE: u8 = 2;
+
+/// fog-agent: the host agent of a decentralized compute market.
+#[derive(Debug, Parser)]
+#[command(name = "fog-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `fog_agent=debug`.
+    /// Overrides the `FOG_LOG` environment variable.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Collect and print the hardware inventory of this machine.
+    Inventory(inventory::InventoryArgs),
+    /// Internal entry points of child processes the agent starts itself (crash isolation).
+    #[command(hide = true, subcommand)]
+    Internal(InternalCommand),
+}
+
+/// Child-process entry points; not for humans.
+#[derive(Debug, Subcommand)]
+pub enum InternalCommand {
+    /// Enumerate OpenCL platforms and devices in-process and print them as JSON.
+    OpenclDevices,
+}
+
+/// Parses the command line, runs it and returns the exit code.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let result = match cli.command {
+        Command::Inventory(args) => inventory::run(&args),
+        Command::Internal(InternalCommand::OpenclDevices) => {
+            return crate::inventory::gpu::opencl::child_main();
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("fog-agent: {}", format_error(&err));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Formats an error with its causes on one line.
+fn format_error(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Logs go to stderr: plain text on a terminal, JSON otherwise (journald, pipes), filtered by
+/// `--log` or `FOG_LOG` (default `warn` for commands).
+fn init_logging(filter: Option<&str>) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+
+    let filter = filter
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_env("FOG_LOG").ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling main twice) is harmless: ignore it.
+    let _ = if std::io::stderr().is_terminal() {
+        builder.try_init()
+    } else {
+        builder.json().try_init()
+    };
 }

@@ -202,6 +202,29 @@ pub struct Sources<'a> {
     pub opencl: &'a dyn gpu::opencl::OpenClSource,
 }
 
+/// Collects the inventory of the machine below `fs` with the real NVML and OpenCL sources (which
+/// are skipped when `fs` is not the live host's root).
+pub fn collect_from(fs: FsRoot) -> Inventory {
+    // Placeholder until the GPU sources land (gpu branch); replaced at merge.
+    #[derive(Debug)]
+    struct Unwired;
+    impl gpu::nvml::NvmlSource for Unwired {
+        fn devices(&self) -> Result<Vec<gpu::nvml::NvmlDevice>, String> {
+            Err("not wired yet".into())
+        }
+    }
+    impl gpu::opencl::OpenClSource for Unwired {
+        fn devices(&self) -> Result<Vec<gpu::opencl::OpenClDevice>, String> {
+            Err("not wired yet".into())
+        }
+    }
+    collect(&Sources {
+        fs,
+        nvml: &Unwired,
+        opencl: &Unwired,
+    })
+}
+
 /// Collects the whole inventory, probes running concurrently.
 pub fn collect(sources: &Sources<'_>) -> Inventory {
     let started_at = SystemTime::now();
