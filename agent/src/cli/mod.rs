@@ -5,6 +5,7 @@
 //! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
 
 mod inventory;
+mod render;
 
 use std::process::ExitCode;
 
