@@ -60,9 +60,15 @@ fn every_section_is_reported_with_timing() {
     for name in ["host", "cpu", "memory", "gpus", "storage", "network"] {
         let s = &inv[name];
         assert!(s["collection_ms"].as_f64().unwrap() >= 0.0, "{name}");
-        assert!(s["status"] == "ok" || s["status"] == "unavailable", "{name}");
+        assert!(
+            s["status"] == "ok" || s["status"] == "unavailable",
+            "{name}"
+        );
         if s["status"] == "unavailable" {
-            assert!(!s["reason"].as_str().unwrap().is_empty(), "{name} without reason");
+            assert!(
+                !s["reason"].as_str().unwrap().is_empty(),
+                "{name} without reason"
+            );
         }
     }
     assert_eq!(inv["fingerprint"]["algorithm"], "sha256");
@@ -83,14 +89,19 @@ fn cpu_matches_proc_cpuinfo_and_sysfs_topology() {
     for entry in fs::read_dir("/sys/devices/system/cpu").unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let is_cpu = name.strip_prefix("cpu").is_some_and(|n| n.parse::<u32>().is_ok());
+        let is_cpu = name
+            .strip_prefix("cpu")
+            .is_some_and(|n| n.parse::<u32>().is_ok());
         if !is_cpu || !path.join("topology").exists() {
             continue;
         }
         cores.insert(read(path.join("topology/thread_siblings_list")));
         packages.insert(read(path.join("topology/physical_package_id")));
     }
-    assert_eq!(cpu["physical_cores"].as_u64().unwrap() as usize, cores.len());
+    assert_eq!(
+        cpu["physical_cores"].as_u64().unwrap() as usize,
+        cores.len()
+    );
     assert_eq!(cpu["sockets"].as_u64().unwrap() as usize, packages.len());
 
     // Flags: exactly the kernel's flags line.
@@ -106,7 +117,10 @@ fn cpu_matches_proc_cpuinfo_and_sysfs_topology() {
         .collect();
     assert_eq!(ours, flags);
     for feature in cpu["features"].as_array().unwrap() {
-        assert!(flags.contains(feature.as_str().unwrap()), "{feature} not in flags");
+        assert!(
+            flags.contains(feature.as_str().unwrap()),
+            "{feature} not in flags"
+        );
     }
 }
 
@@ -117,7 +131,12 @@ fn caches_match_sysfs_cache_indexes() {
     let mut checked = 0;
     for entry in fs::read_dir(&base).unwrap() {
         let dir = entry.unwrap().path();
-        if !dir.file_name().unwrap().to_string_lossy().starts_with("index") {
+        if !dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("index")
+        {
             continue;
         }
         let level: u64 = read(dir.join("level")).parse().unwrap();
@@ -155,7 +174,10 @@ fn memory_total_matches_proc_meminfo() {
     // This VM has no SMBIOS tables: DIMMs are unavailable with a reason, not an error.
     if !Path::new("/sys/firmware/dmi/tables/DMI").exists() {
         assert_eq!(memory["dimms"]["status"], "unavailable");
-        assert!(memory["dimms"]["reason"].as_str().unwrap().contains("SMBIOS"));
+        assert!(memory["dimms"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SMBIOS"));
     }
 }
 
@@ -166,7 +188,12 @@ fn nic_macs_match_sys_class_net() {
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|i| Some((i["name"].as_str()?.to_owned(), i["mac_address"].as_str()?.to_owned())))
+        .filter_map(|i| {
+            Some((
+                i["name"].as_str()?.to_owned(),
+                i["mac_address"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
     let mut expected = BTreeSet::new();
     for entry in fs::read_dir("/sys/class/net").unwrap() {
@@ -185,7 +212,11 @@ fn nic_macs_match_sys_class_net() {
 #[test]
 fn pocl_is_an_opencl_cpu_device_and_not_a_gpu() {
     let gpus = section(live(), "gpus");
-    assert_eq!(gpus["gpus"].as_array().unwrap().len(), 0, "this VM has no GPU");
+    assert_eq!(
+        gpus["gpus"].as_array().unwrap().len(),
+        0,
+        "this VM has no GPU"
+    );
     let devices = gpus["opencl_devices"].as_array().unwrap();
     let pocl = devices
         .iter()
@@ -205,7 +236,9 @@ fn human_summary_has_every_section() {
     let output = agent().arg("inventory").output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    for label in ["Host", "CPU", "Memory", "GPUs", "Storage", "Network", "Identity"] {
+    for label in [
+        "Host", "CPU", "Memory", "GPUs", "Storage", "Network", "Identity",
+    ] {
         assert!(
             text.lines().any(|l| l.starts_with(label)),
             "no {label} section in:\n{text}"
@@ -230,7 +263,11 @@ fn fixture_roots_skip_live_only_sources() {
     for name in ["vm-2vcpu", "server-2s-smt", "laptop-hybrid"] {
         let inv = inventory_json(&["--root", &fixture(name)]);
         for sec in ["host", "cpu", "memory", "storage", "network"] {
-            assert_eq!(inv[sec]["status"], "ok", "{name}/{sec}: {}", inv[sec]["reason"]);
+            assert_eq!(
+                inv[sec]["status"], "ok",
+                "{name}/{sec}: {}",
+                inv[sec]["reason"]
+            );
         }
         let sources = &inv["gpus"]["data"]["sources"];
         assert_eq!(sources["nvml"]["status"], "unavailable", "{name}");
