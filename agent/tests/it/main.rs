@@ -2,4 +2,7 @@
 //! view, plus real components (swtpm, PoCL, a simulated NVML library).
 //!
 //! One test binary for the crate; each area is a module.
+
+// A panic in a test is a failed test: unwrapping is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod inventory;
