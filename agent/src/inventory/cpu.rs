@@ -395,13 +395,21 @@ pub fn parse_cache_size(text: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(multiplier)
 }
 
+/// Caches are grouped by level, type and instance size.
+type CacheKey = (u8, String, u64);
+
+/// The instances of one cache group (each a distinct set of sharing CPUs) and its geometry.
+struct CacheGroup {
+    instances: BTreeSet<Vec<u32>>,
+    line_size: Option<u32>,
+    ways: Option<u32>,
+}
+
 /// Reads `cpu*/cache/index*`. One cache instance is a distinct `shared_cpu_list`; a CPU already
 /// covered by a known instance of an index is not read again. Caches of the same level and type
 /// but different sizes (P- and E-cores of hybrid parts) are separate entries.
 fn read_caches(fs: &FsRoot, online: &[u32]) -> Result<Vec<CpuCache>, ProbeError> {
-    // (level, kind, size) -> (instances, shared_by, line, ways)
-    let mut found: BTreeMap<(u8, String, u64), (BTreeSet<Vec<u32>>, Option<u32>, Option<u32>)> =
-        BTreeMap::new();
+    let mut found: BTreeMap<CacheKey, CacheGroup> = BTreeMap::new();
     let mut covered: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
     for &cpu in online {
         let dir = format!("/sys/devices/system/cpu/cpu{cpu}/cache");
@@ -462,9 +470,9 @@ fn read_caches(fs: &FsRoot, online: &[u32]) -> Result<Vec<CpuCache>, ProbeError>
     }
     Ok(found
         .into_iter()
-        .map(|((level, kind, size_bytes), (instances, line, ways))| {
-            let shared_by_cpus = instances.iter().map(Vec::len).max().unwrap_or(1) as u32;
-            let instances = instances.len() as u32;
+        .map(|((level, kind, size_bytes), group)| {
+            let shared_by_cpus = group.instances.iter().map(Vec::len).max().unwrap_or(1) as u32;
+            let instances = group.instances.len() as u32;
             CpuCache {
                 level,
                 kind,
@@ -472,8 +480,8 @@ fn read_caches(fs: &FsRoot, online: &[u32]) -> Result<Vec<CpuCache>, ProbeError>
                 shared_by_cpus,
                 instances,
                 total_bytes: size_bytes * u64::from(instances),
-                line_size_bytes: line,
-                ways,
+                line_size_bytes: group.line_size,
+                ways: group.ways,
                 source: "sysfs".to_owned(),
             }
         })
