@@ -463,9 +463,13 @@ fn read_caches(fs: &FsRoot, online: &[u32]) -> Result<Vec<CpuCache>, ProbeError>
                         .read_opt(&format!("{path}/ways_of_associativity"))
                         .and_then(|v| v.parse().ok())
                         .filter(|w| *w > 0);
-                    (BTreeSet::new(), line, ways)
+                    CacheGroup {
+                        instances: BTreeSet::new(),
+                        line_size: line,
+                        ways,
+                    }
                 });
-            entry.0.insert(shared);
+            entry.instances.insert(shared);
         }
     }
     Ok(found
