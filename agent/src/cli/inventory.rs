@@ -308,8 +308,8 @@ fn storage_lines(s: &inventory::storage::StorageInfo) -> Vec<String> {
         fss.add_row(vec![
             f.mount_point.clone(),
             f.fs_type.clone(),
-            bytes(f.size_bytes),
-            bytes(f.available_bytes),
+            f.size_bytes.map_or_else(|| "-".to_owned(), bytes),
+            f.available_bytes.map_or_else(|| "-".to_owned(), bytes),
             f.device.clone(),
         ]);
     }

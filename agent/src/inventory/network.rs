@@ -1,5 +1,5 @@
 //! Network interfaces from `/sys/class/net` (MAC, MTU, operstate, link speed, driver) and their
-//! addresses.
+//! addresses (through sysinfo's getifaddrs on the live host).
 
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +50,133 @@ pub struct IpAddress {
 
 /// Collects the network section.
 pub fn collect(fs: &FsRoot, notes: &mut Notes) -> Result<NetworkInfo, ProbeError> {
-    let _ = (fs, notes);
-    Err(ProbeError::Unavailable(
-        "network probe not built yet".into(),
-    ))
+    let mut interfaces: Vec<NetInterface> = fs
+        .list_dir("/sys/class/net")?
+        .into_iter()
+        .filter(|name| fs.exists(&format!("/sys/class/net/{name}/address")))
+        .map(|name| read_interface(fs, name))
+        .collect();
+    if fs.is_host() {
+        fill_addresses(&mut interfaces);
+    } else {
+        notes.add("addresses", "getifaddrs needs the live host");
+    }
+    interfaces.sort_by(|a, b| (a.is_virtual, &a.name).cmp(&(b.is_virtual, &b.name)));
+    Ok(NetworkInfo { interfaces })
+}
+
+fn read_interface(fs: &FsRoot, name: String) -> NetInterface {
+    let base = format!("/sys/class/net/{name}");
+    let path = fs
+        .link_target(&base)
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    NetInterface {
+        mac_address: fs
+            .read_opt(&format!("{base}/address"))
+            .map(|mac| mac.to_lowercase()),
+        mtu: fs
+            .read_opt(&format!("{base}/mtu"))
+            .and_then(|v| v.parse().ok()),
+        operstate: fs.read_opt(&format!("{base}/operstate")),
+        // Reading `speed` of a down link fails with EINVAL; unknown speed reads -1.
+        speed_mbps: fs
+            .read_opt(&format!("{base}/speed"))
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|s| *s > 0)
+            .and_then(|s| u32::try_from(s).ok()),
+        duplex: fs
+            .read_opt(&format!("{base}/duplex"))
+            .filter(|d| d != "unknown"),
+        driver: fs.link_name(&format!("{base}/device/driver")),
+        pci_bus_id: pci_address_in_path(&path),
+        is_virtual: path.contains("/devices/virtual/"),
+        addresses: Vec::new(),
+        name,
+    }
+}
+
+/// The last PCI address (`dddd:bb:dd.f`) in a sysfs device path: the NIC's PCI function.
+pub fn pci_address_in_path(path: &str) -> Option<String> {
+    path.split('/')
+        .rev()
+        .find(|part| is_pci_address(part))
+        .map(str::to_owned)
+}
+
+fn is_pci_address(part: &str) -> bool {
+    let b = part.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
+}
+
+/// Addresses and prefix lengths from sysinfo (getifaddrs).
+fn fill_addresses(interfaces: &mut [NetInterface]) {
+    let Ok(networks) = sysinfo::Networks::new_with_refreshed_list() else {
+        return;
+    };
+    for (name, data) in &networks {
+        if let Some(interface) = interfaces
+            .iter_mut()
+            .find(|i| name.as_os_str() == i.name.as_str())
+        {
+            let mut addresses: Vec<IpAddress> = data
+                .ip_networks()
+                .iter()
+                .map(|net| IpAddress {
+                    address: net.addr.to_string(),
+                    prefix_len: net.prefix,
+                })
+                .collect();
+            addresses.sort_by(|a, b| a.address.cmp(&b.address));
+            interface.addresses = addresses;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_addresses_in_paths() {
+        assert_eq!(
+            pci_address_in_path("../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0")
+                .as_deref(),
+            Some("0000:00:03.0")
+        );
+        assert_eq!(
+            pci_address_in_path("../../devices/pci0000:00/0000:00:01.0/0000:41:00.1/net/enp65s0f1")
+                .as_deref(),
+            Some("0000:41:00.1")
+        );
+        assert_eq!(pci_address_in_path("../../devices/virtual/net/lo"), None);
+        assert!(!is_pci_address("0000:0g:00.0"));
+    }
+
+    #[test]
+    fn live_host_macs_match_sysfs() {
+        let info = collect(&FsRoot::host(), &mut Notes::default()).unwrap();
+        for interface in &info.interfaces {
+            let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", interface.name))
+                .unwrap();
+            assert_eq!(interface.mac_address.as_deref(), Some(mac.trim()));
+        }
+        let lo = info.interfaces.iter().find(|i| i.name == "lo").unwrap();
+        assert!(lo.is_virtual);
+        assert!(lo
+            .addresses
+            .iter()
+            .any(|a| a.address == "127.0.0.1" && a.prefix_len == 8));
+        // Physical interfaces come first.
+        let first_virtual = info.interfaces.iter().position(|i| i.is_virtual).unwrap();
+        assert!(info.interfaces[first_virtual..]
+            .iter()
+            .all(|i| i.is_virtual));
+    }
 }
