@@ -268,7 +268,15 @@ fn gpu_lines(g: &inventory::gpu::GpuInventory) -> Vec<String> {
         lines.push(indent(&t, LABEL));
     }
     for dev in &g.opencl_devices {
-        lines.push(format!("OpenCL {}: {}", dev.platform_name, dev.name));
+        lines.push(format!(
+            "OpenCL {} device {} ({}): {} compute units, {}",
+            dev.device_type,
+            dev.name,
+            dev.platform_name,
+            or_dash(dev.compute_units),
+            dev.global_memory_bytes
+                .map_or_else(|| "memory unknown".to_owned(), bytes)
+        ));
     }
     for (name, source) in [
         ("NVML", &g.sources.nvml),

@@ -64,16 +64,19 @@ impl Fingerprint {
         components.extend(section("gpu", &inventory.gpus, |gpus| {
             gpus.gpus
                 .iter()
-                .map(|gpu| {
-                    format!(
-                        "{}:{}:{}:{}@{}",
-                        gpu.vendor_id,
-                        gpu.device_id,
-                        gpu.subsystem_vendor_id.as_deref().unwrap_or("-"),
-                        gpu.subsystem_device_id.as_deref().unwrap_or("-"),
-                        gpu.pci_bus_id
-                    )
-                })
+                .map(
+                    |gpu| match gpu.nvml.as_ref().and_then(|n| n.uuid.as_ref()) {
+                        Some(uuid) => uuid.clone(),
+                        None => format!(
+                            "{}:{}:{}:{}@{}",
+                            gpu.vendor_id,
+                            gpu.device_id,
+                            gpu.subsystem_vendor_id.as_deref().unwrap_or("-"),
+                            gpu.subsystem_device_id.as_deref().unwrap_or("-"),
+                            gpu.pci_bus_id
+                        ),
+                    },
+                )
                 .collect()
         }));
         components.extend(section("disk", &inventory.storage, |storage| {

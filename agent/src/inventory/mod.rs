@@ -205,23 +205,17 @@ pub struct Sources<'a> {
 /// Collects the inventory of the machine below `fs` with the real NVML and OpenCL sources (which
 /// are skipped when `fs` is not the live host's root).
 pub fn collect_from(fs: FsRoot) -> Inventory {
-    // Placeholder until the GPU sources land (gpu branch); replaced at merge.
-    #[derive(Debug)]
-    struct Unwired;
-    impl gpu::nvml::NvmlSource for Unwired {
-        fn devices(&self) -> Result<Vec<gpu::nvml::NvmlDevice>, String> {
-            Err("not wired yet".into())
-        }
-    }
-    impl gpu::opencl::OpenClSource for Unwired {
-        fn devices(&self) -> Result<Vec<gpu::opencl::OpenClDevice>, String> {
-            Err("not wired yet".into())
-        }
+    if !fs.is_host() {
+        return collect(&Sources {
+            fs,
+            nvml: &gpu::nvml::SkippedNvml,
+            opencl: &gpu::opencl::SkippedOpenCl,
+        });
     }
     collect(&Sources {
         fs,
-        nvml: &Unwired,
-        opencl: &Unwired,
+        nvml: &gpu::nvml::NvmlLibrary::default(),
+        opencl: &gpu::opencl::ChildProcessOpenCl::current_exe(),
     })
 }
 
