@@ -728,16 +728,78 @@ mod tests {
     }
 
     #[test]
-    fn server_fixture_topology() {
-        let root = fixture("server-2s-smt");
-        if !root.exists("/proc/cpuinfo") {
-            return;
-        }
-        let info = collect(&root, &mut Notes::default()).unwrap();
-        assert_eq!(info.sockets, 2);
+    fn server_fixture_two_sockets_with_smt() {
+        let info = collect(&fixture("server-2s-smt"), &mut Notes::default()).unwrap();
+        assert_eq!(
+            info.model_name,
+            "Intel(R) Xeon(R) Silver 4110 CPU @ 2.10GHz"
+        );
+        assert_eq!(
+            (info.family, info.model, info.stepping),
+            (Some(6), Some(85), Some(4))
+        );
+        assert_eq!(
+            (info.sockets, info.physical_cores, info.logical_cpus),
+            (2, 16, 32)
+        );
         assert!(info.smt_active);
         assert_eq!(info.threads_per_core, 2);
-        assert_eq!(info.logical_cpus, info.physical_cores * 2);
+        assert_eq!(info.packages[1].cpus, "8-15,24-31");
+        assert_eq!(
+            (info.base_clock_mhz, info.max_clock_mhz, info.min_clock_mhz),
+            (Some(2100), Some(3000), Some(800))
+        );
+        assert_eq!(info.scaling_driver.as_deref(), Some("intel_pstate"));
+        let l3 = info.caches.iter().find(|c| c.level == 3).unwrap();
+        assert_eq!(
+            (l3.size_bytes, l3.instances, l3.shared_by_cpus),
+            (11264 * 1024, 2, 16)
+        );
+        let l2 = info.caches.iter().find(|c| c.level == 2).unwrap();
+        assert_eq!((l2.instances, l2.shared_by_cpus), (16, 2));
+        assert_eq!(info.x86_64_level, Some(4));
+        assert!(info.features.contains(&"avx512f".to_owned()));
+        assert!(!info.features.contains(&"sha_ni".to_owned()));
         assert_eq!(info.numa_nodes.len(), 2);
+        assert_eq!(info.numa_nodes[1].cpus, "8-15,24-31");
+        assert_eq!(
+            info.numa_nodes[1].memory_total_bytes,
+            Some(98_304_000 * 1024)
+        );
+    }
+
+    #[test]
+    fn laptop_fixture_hybrid_cores() {
+        let info = collect(&fixture("laptop-hybrid"), &mut Notes::default()).unwrap();
+        // 6 P-cores with two threads, 8 E-cores with one.
+        assert_eq!(
+            (info.sockets, info.physical_cores, info.logical_cpus),
+            (1, 14, 20)
+        );
+        assert!(info.smt_active);
+        // The highest max clock is the P-cores'; the base is policy0's (a P-core).
+        assert_eq!(
+            (info.base_clock_mhz, info.max_clock_mhz),
+            (Some(2300), Some(4700))
+        );
+        // P- and E-core caches of one level are separate entries.
+        let l2: Vec<(u64, u32, u32)> = info
+            .caches
+            .iter()
+            .filter(|c| c.level == 2)
+            .map(|c| (c.size_bytes, c.instances, c.shared_by_cpus))
+            .collect();
+        assert_eq!(l2, vec![(1280 * 1024, 6, 2), (2048 * 1024, 2, 4)]);
+        assert_eq!(info.x86_64_level, Some(3), "Alder Lake has no AVX-512");
+        assert!(info.features.contains(&"avx_vnni".to_owned()));
+    }
+
+    #[test]
+    fn vm_fixture_without_cpufreq() {
+        let mut notes = Notes::default();
+        let info = collect(&fixture("vm-2vcpu"), &mut notes).unwrap();
+        assert_eq!(info.logical_cpus, 2);
+        assert_eq!(info.max_clock_mhz, None);
+        assert!(notes.as_slice().iter().any(|n| n.starts_with("cpufreq")));
     }
 }

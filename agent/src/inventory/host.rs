@@ -139,6 +139,7 @@ fn virtualization(fs: &FsRoot) -> Virtualization {
     let mut evidence = Vec::new();
     let mut hypervisor = None;
     let mut cpuid_says_bare_metal = false;
+    let mut dmi_vendor = None;
     if fs.is_host() {
         match cpuid_hypervisor() {
             CpuidHypervisor::Present(vendor) => {
@@ -159,6 +160,9 @@ fn virtualization(fs: &FsRoot) -> Virtualization {
     for attribute in ["sys_vendor", "product_name", "bios_vendor", "board_vendor"] {
         let path = format!("/sys/class/dmi/id/{attribute}");
         if let Some(value) = fs.read_opt(&path) {
+            if attribute == "sys_vendor" {
+                dmi_vendor = Some(value.clone());
+            }
             if let Some(found) = hypervisor_from_dmi(&value) {
                 evidence.push(format!("dmi {attribute} {value:?}"));
                 hypervisor = hypervisor.or(Some(found.to_owned()));
@@ -169,6 +173,11 @@ fn virtualization(fs: &FsRoot) -> Virtualization {
         VirtualizationKind::Vm
     } else if cpuid_says_bare_metal {
         evidence.push("no cpuid hypervisor bit, no hypervisor in DMI or sysfs".to_owned());
+        VirtualizationKind::BareMetal
+    } else if let Some(vendor) = dmi_vendor.filter(|_| fs.exists("/proc/cpuinfo")) {
+        // Off the live host there is no CPUID: firmware naming a physical vendor and a CPU
+        // without the hypervisor flag is the same verdict systemd-detect-virt reaches.
+        evidence.push(format!("dmi sys_vendor {vendor:?}, no hypervisor cpu flag"));
         VirtualizationKind::BareMetal
     } else {
         VirtualizationKind::Unknown

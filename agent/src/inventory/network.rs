@@ -179,4 +179,24 @@ mod tests {
             .iter()
             .all(|i| i.is_virtual));
     }
+
+    #[test]
+    fn server_fixture_nics() {
+        let root = FsRoot::new(format!(
+            "{}/tests/fixtures/server-2s-smt",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let info = collect(&root, &mut Notes::default()).unwrap();
+        let names: Vec<&str> = info.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, vec!["eno1", "ens1f0", "ens1f1", "docker0", "lo"]);
+        let up = &info.interfaces[1];
+        assert_eq!(up.speed_mbps, Some(25000));
+        assert_eq!(up.driver.as_deref(), Some("mlx5_core"));
+        assert_eq!(up.pci_bus_id.as_deref(), Some("0000:18:00.0"));
+        assert_eq!(up.mtu, Some(9000));
+        let down = &info.interfaces[2];
+        assert_eq!(down.speed_mbps, None, "a down link has no speed");
+        assert_eq!(down.duplex, None);
+        assert!(info.interfaces[3].is_virtual);
+    }
 }

@@ -414,4 +414,45 @@ garbage line
             .unwrap();
         assert!(root.size_bytes.unwrap() > 0);
     }
+
+    #[test]
+    fn server_fixture_disks() {
+        let root = FsRoot::new(format!(
+            "{}/tests/fixtures/server-2s-smt",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let mut notes = Notes::default();
+        let info = collect(&root, &mut notes).unwrap();
+        let summary: Vec<(&str, &str, Option<&str>, Option<&str>)> = info
+            .block_devices
+            .iter()
+            .map(|d| {
+                (
+                    d.name.as_str(),
+                    d.kind.as_str(),
+                    d.transport.as_deref(),
+                    d.serial.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("nvme0n1", "nvme", Some("nvme"), Some("S64HNE0R812345")),
+                ("sda", "ssd", Some("sata"), Some("S5Y1NX0R600123")),
+                ("sdb", "hdd", Some("sas"), Some("ZL2ABCDE")),
+            ]
+        );
+        assert_eq!(info.block_devices[0].size_bytes, 7_501_476_528 * 512);
+        let mounts: Vec<&str> = info
+            .filesystems
+            .iter()
+            .map(|f| f.mount_point.as_str())
+            .collect();
+        assert_eq!(mounts, vec!["/", "/boot/efi", "/data"]);
+        assert!(notes
+            .as_slice()
+            .iter()
+            .any(|n| n.starts_with("filesystem sizes")));
+    }
 }

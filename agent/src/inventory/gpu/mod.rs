@@ -356,4 +356,91 @@ mod tests {
         assert_eq!(ids, vec!["0000:3b:00.0", "opencl:0", "opencl:1"]);
         assert_eq!(gpus[0].device_id, "0x20b5");
     }
+
+    /// A fake NVML for the server fixture's two A100s (this machine has no NVIDIA GPU).
+    #[derive(Debug)]
+    struct FakeNvml(Vec<nvml::NvmlDevice>);
+
+    impl nvml::NvmlSource for FakeNvml {
+        fn devices(&self) -> Result<Vec<nvml::NvmlDevice>, nvml::NvmlUnavailable> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeOpenCl(Vec<OpenClDevice>);
+
+    impl opencl::OpenClSource for FakeOpenCl {
+        fn devices(&self) -> Result<opencl::OpenClReport, opencl::OpenClUnavailable> {
+            Ok(opencl::OpenClReport {
+                devices: self.0.clone(),
+                notes: vec!["platform \"Broken\": -1001".into()],
+            })
+        }
+    }
+
+    #[test]
+    fn server_fixture_with_fake_nvml_and_opencl() {
+        let root = FsRoot::new(format!(
+            "{}/tests/fixtures/server-2s-smt",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let nvml = FakeNvml(vec![
+            nvml_gpu(0, "00000000:17:00.0"),
+            nvml_gpu(1, "00000000:65:00.0"),
+        ]);
+        let opencl = FakeOpenCl(vec![
+            cl("gpu", "0x10de", Some("0000:17:00.0")),
+            cl("cpu", "0x8086", None),
+        ]);
+        let mut notes = Notes::default();
+        let inv = collect(&root, &nvml, &opencl, &mut notes).unwrap();
+        assert_eq!(inv.gpus.len(), 3);
+        assert_eq!(inv.gpus[0].name.as_deref(), Some("NVIDIA A100 80GB PCIe"));
+        assert_eq!(inv.gpus[1].seen_by, vec!["pci", "nvml"]);
+        assert_eq!(
+            inv.gpus[2].name.as_deref(),
+            Some("Aldebaran/MI200 [Instinct MI210]")
+        );
+        assert_eq!(inv.gpus[2].driver, None);
+        assert_eq!(inv.opencl_devices.len(), 2);
+        assert_eq!(inv.sources.nvml.status, ProbeStatus::Ok);
+        assert_eq!(notes.as_slice(), ["opencl: platform \"Broken\": -1001"]);
+    }
+
+    #[test]
+    fn failing_sources_are_reported_not_fatal() {
+        let root = FsRoot::new(format!(
+            "{}/tests/fixtures/laptop-hybrid",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let inv = collect(
+            &root,
+            &nvml::SkippedNvml,
+            &opencl::SkippedOpenCl,
+            &mut Notes::default(),
+        )
+        .unwrap();
+        assert_eq!(inv.gpus.len(), 2);
+        assert_eq!(inv.gpus[0].vendor, "Intel");
+        assert_eq!(
+            inv.sources.nvml.reason.as_deref(),
+            Some("skipped: not the live host")
+        );
+        let missing = FsRoot::new("/nonexistent-root");
+        let inv = collect(
+            &missing,
+            &nvml::SkippedNvml,
+            &opencl::SkippedOpenCl,
+            &mut Notes::default(),
+        )
+        .unwrap();
+        assert!(inv.gpus.is_empty());
+        assert!(inv
+            .sources
+            .pci
+            .reason
+            .unwrap()
+            .contains("/sys/bus/pci/devices"));
+    }
 }

@@ -223,4 +223,48 @@ mod tests {
         assert_eq!(info.total_bytes, total_kib * 1024);
         assert!(info.available_bytes <= info.total_bytes);
     }
+
+    fn fixture(name: &str) -> FsRoot {
+        FsRoot::new(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+    }
+
+    #[test]
+    fn server_fixture_dimms_and_hugepages() {
+        let info = collect(&fixture("server-2s-smt"), &mut Notes::default()).unwrap();
+        let dimms = info.dimms.get().unwrap();
+        assert_eq!(dimms.len(), 12, "12 populated slots of 24");
+        assert!(dimms.iter().all(|d| d.size_bytes == 16 << 30));
+        assert_eq!(dimms[0].locator.as_deref(), Some("P1-DIMMA1"));
+        assert_eq!(dimms[0].memory_type.as_deref(), Some("DDR4"));
+        assert_eq!(dimms[0].speed_mts, Some(2666));
+        assert_eq!(
+            info.hugepages,
+            vec![
+                HugepagePool {
+                    page_size_bytes: 2 << 20,
+                    total_pages: 1024,
+                    free_pages: 1000
+                },
+                HugepagePool {
+                    page_size_bytes: 1 << 30,
+                    total_pages: 4,
+                    free_pages: 4
+                },
+            ]
+        );
+        assert_eq!(info.transparent_hugepages.as_deref(), Some("madvise"));
+    }
+
+    #[test]
+    fn vm_fixture_has_no_smbios() {
+        let info = collect(&fixture("vm-2vcpu"), &mut Notes::default()).unwrap();
+        assert_eq!(
+            info.dimms.status,
+            crate::inventory::ProbeStatus::Unavailable
+        );
+        assert!(info.dimms.reason.unwrap().contains("no SMBIOS tables"));
+    }
 }
