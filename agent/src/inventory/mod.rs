@@ -205,24 +205,28 @@ pub struct Sources<'a> {
 /// Collects the inventory of the machine below `fs` with the real NVML and OpenCL sources (which
 /// are skipped when `fs` is not the live host's root).
 pub fn collect_from(fs: FsRoot) -> Inventory {
-    // Placeholder until the GPU sources land (gpu branch); replaced at merge.
-    #[derive(Debug)]
-    struct Unwired;
-    impl gpu::nvml::NvmlSource for Unwired {
-        fn devices(&self) -> Result<Vec<gpu::nvml::NvmlDevice>, String> {
-            Err("not wired yet".into())
-        }
+    const NOT_HOST: &str = "not the live host";
+    if !fs.is_host() {
+        return collect(&Sources {
+            fs,
+            nvml: &gpu::nvml::Skipped(NOT_HOST.into()),
+            opencl: &gpu::opencl::Skipped(NOT_HOST.into()),
+        });
     }
-    impl gpu::opencl::OpenClSource for Unwired {
-        fn devices(&self) -> Result<Vec<gpu::opencl::OpenClDevice>, String> {
-            Err("not wired yet".into())
-        }
+    let nvml = gpu::nvml::NvmlLibrary::system();
+    let timeout = std::time::Duration::from_secs(20);
+    match gpu::opencl::ChildProcessOpenCl::current_exe(timeout) {
+        Ok(opencl) => collect(&Sources {
+            fs,
+            nvml: &nvml,
+            opencl: &opencl,
+        }),
+        Err(err) => collect(&Sources {
+            fs,
+            nvml: &nvml,
+            opencl: &gpu::opencl::Skipped(err.to_string()),
+        }),
     }
-    collect(&Sources {
-        fs,
-        nvml: &Unwired,
-        opencl: &Unwired,
-    })
 }
 
 /// Collects the whole inventory, probes running concurrently.

@@ -2,13 +2,16 @@
 //! card whose driver is missing still shows up), merged into one entry per physical device by
 //! PCI bus address. A CPU OpenCL device (PoCL) is an OpenCL device, never a GPU.
 
+mod merge;
 pub mod nvml;
 pub mod opencl;
 pub mod pci;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Notes, ProbeError, ProbeStatus};
+use std::time::Instant;
+
+use super::{elapsed_ms, error_chain, Notes, ProbeError, ProbeStatus};
 use crate::fsroot::FsRoot;
 
 /// GPUs and OpenCL devices.
@@ -88,13 +91,77 @@ pub struct Gpu {
     pub opencl_device_indices: Vec<usize>,
 }
 
-/// Collects the GPU section from all three sources.
+/// Collects the GPU section from all three sources. OpenCL (the slowest: it may start a child
+/// process that loads a compiler) runs on its own thread while NVML and PCI are read.
+///
+/// The section is `ok` even when every source is unavailable: `sources` says why each one is.
 pub fn collect(
     fs: &FsRoot,
     nvml: &dyn nvml::NvmlSource,
     opencl: &dyn opencl::OpenClSource,
     notes: &mut Notes,
 ) -> Result<GpuInventory, ProbeError> {
-    let _ = (fs, nvml, opencl, notes);
-    Err(ProbeError::Unavailable("gpu probe not built yet".into()))
+    std::thread::scope(|scope| {
+        let opencl_thread = scope.spawn(|| timed(|| opencl.devices()));
+        let (nvml_result, nvml_ms) = timed(|| nvml.devices());
+        let (pci_result, pci_ms) = timed(|| pci::collect(fs, notes));
+        let (opencl_result, opencl_ms) = opencl_thread.join().unwrap_or_else(|_| {
+            (
+                Err(opencl::OpenClSourceError::Child(
+                    "enumeration thread panicked".into(),
+                )),
+                0.0,
+            )
+        });
+        let mut sources = GpuSources::default();
+        let nvml_devices = settle(&mut sources.nvml, nvml_result, nvml_ms);
+        let pci_gpus = settle(&mut sources.pci, pci_result, pci_ms);
+        let opencl_devices = match settle(&mut sources.opencl, opencl_result, opencl_ms) {
+            Some(report) => {
+                for note in &report.notes {
+                    notes.add("opencl", note);
+                }
+                report.devices
+            }
+            None => Vec::new(),
+        };
+        let gpus = merge::merge(
+            pci_gpus.unwrap_or_default(),
+            nvml_devices.unwrap_or_default(),
+            &opencl_devices,
+        );
+        Ok(GpuInventory {
+            gpus,
+            opencl_devices,
+            sources,
+        })
+    })
+}
+
+/// Runs `f`, returning its result and wall time.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let value = f();
+    (value, elapsed_ms(start))
+}
+
+/// Records a source's status and returns its value when it answered.
+fn settle<T, E: std::error::Error>(
+    status: &mut SourceStatus,
+    result: Result<T, E>,
+    collection_ms: f64,
+) -> Option<T> {
+    status.collection_ms = collection_ms;
+    match result {
+        Ok(value) => {
+            status.status = ProbeStatus::Ok;
+            status.reason = None;
+            Some(value)
+        }
+        Err(err) => {
+            status.status = ProbeStatus::Unavailable;
+            status.reason = Some(error_chain(&err));
+            None
+        }
+    }
 }
