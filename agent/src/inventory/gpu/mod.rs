@@ -165,3 +165,196 @@ fn settle<T, E: std::error::Error>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::nvml::{NvmlDevice, NvmlSource, NvmlSourceError};
+    use super::opencl::{OpenClDevice, OpenClReport, OpenClSource, OpenClSourceError};
+    use super::*;
+
+    #[derive(Debug)]
+    struct FakeNvml(Vec<NvmlDevice>);
+    impl NvmlSource for FakeNvml {
+        fn devices(&self) -> Result<Vec<NvmlDevice>, NvmlSourceError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeOpenCl(Vec<OpenClDevice>);
+    impl OpenClSource for FakeOpenCl {
+        fn devices(&self) -> Result<OpenClReport, OpenClSourceError> {
+            Ok(OpenClReport {
+                devices: self.0.clone(),
+                notes: vec!["platform Broken: devices: CL_DEVICE_NOT_FOUND".into()],
+            })
+        }
+    }
+
+    fn fixture(name: &str) -> FsRoot {
+        FsRoot::new(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+    }
+
+    fn nv(index: u32, bus: &str) -> NvmlDevice {
+        NvmlDevice {
+            index,
+            name: Some("NVIDIA A100 80GB PCIe".into()),
+            pci_bus_id: Some(bus.into()),
+            memory_total_bytes: Some(80 << 30),
+            ..NvmlDevice::default()
+        }
+    }
+
+    fn cl(
+        platform: &str,
+        kind: &str,
+        vendor_id: u32,
+        name: &str,
+        bus: Option<&str>,
+    ) -> OpenClDevice {
+        OpenClDevice {
+            platform_name: platform.into(),
+            device_type: kind.into(),
+            name: name.into(),
+            vendor_id,
+            global_memory_bytes: 4 << 30,
+            pci_bus_id: bus.map(str::to_owned),
+            ..OpenClDevice::default()
+        }
+    }
+
+    #[test]
+    fn server_fixture_merges_nvml_opencl_and_undriven_amd_card() {
+        let nvml = FakeNvml(vec![nv(0, "0000:17:00.0"), nv(1, "0000:65:00.0")]);
+        let opencl = FakeOpenCl(vec![
+            cl(
+                "NVIDIA CUDA",
+                "gpu",
+                0x10de,
+                "NVIDIA A100 80GB PCIe",
+                Some("0000:17:00.0"),
+            ),
+            cl(
+                "NVIDIA CUDA",
+                "gpu",
+                0x10de,
+                "NVIDIA A100 80GB PCIe",
+                Some("0000:65:00.0"),
+            ),
+            cl(
+                "Portable Computing Language",
+                "cpu",
+                0x8086,
+                "pthread",
+                None,
+            ),
+        ]);
+        let mut notes = Notes::default();
+        let inv = collect(&fixture("server-2s-smt"), &nvml, &opencl, &mut notes).unwrap();
+        assert_eq!(inv.sources.pci.status, ProbeStatus::Ok);
+        assert_eq!(inv.sources.nvml.status, ProbeStatus::Ok);
+        assert_eq!(inv.sources.opencl.status, ProbeStatus::Ok);
+        assert_eq!(inv.opencl_devices.len(), 3);
+        let ids: Vec<_> = inv.gpus.iter().map(|g| g.pci_bus_id.as_str()).collect();
+        assert_eq!(ids, ["0000:17:00.0", "0000:65:00.0", "0000:ca:00.0"]);
+        let a100 = &inv.gpus[0];
+        assert_eq!(a100.seen_by, ["pci", "nvml", "opencl"]);
+        assert_eq!(a100.vendor, "NVIDIA");
+        assert_eq!(a100.device_id, "0x20b5");
+        assert_eq!(a100.subsystem_device_id.as_deref(), Some("0x1533"));
+        assert_eq!(a100.pci_class.as_deref(), Some("0x030200"));
+        assert_eq!(a100.driver.as_deref(), Some("nvidia"));
+        assert_eq!(a100.numa_node, Some(0));
+        assert_eq!(a100.memory_total_bytes, Some(80 << 30));
+        assert_eq!(inv.gpus[1].opencl_device_indices, [1]);
+        let amd = &inv.gpus[2];
+        assert_eq!(amd.seen_by, ["pci"]);
+        assert_eq!(amd.driver, None);
+        assert_eq!(amd.vendor, "AMD");
+        assert_eq!(amd.numa_node, Some(1));
+        assert_eq!(
+            amd.name.as_deref(),
+            Some("Aldebaran/MI200 [Instinct MI210]")
+        );
+        assert_eq!(
+            notes.as_slice(),
+            ["opencl: platform Broken: devices: CL_DEVICE_NOT_FOUND"]
+        );
+    }
+
+    #[test]
+    fn laptop_fixture_intel_igpu_via_opencl_without_bus_id() {
+        let nvml = FakeNvml(vec![NvmlDevice {
+            name: Some("NVIDIA GeForce RTX 3060 Laptop GPU".into()),
+            pci_bus_id: Some("0000:01:00.0".into()),
+            ..NvmlDevice::default()
+        }]);
+        let opencl = FakeOpenCl(vec![cl(
+            "Intel(R) OpenCL Graphics",
+            "gpu",
+            0x8086,
+            "Intel(R) Iris(R) Xe Graphics",
+            None,
+        )]);
+        let mut notes = Notes::default();
+        let inv = collect(&fixture("laptop-hybrid"), &nvml, &opencl, &mut notes).unwrap();
+        assert_eq!(inv.gpus.len(), 2);
+        let igpu = &inv.gpus[0];
+        assert_eq!(igpu.pci_bus_id, "0000:00:02.0");
+        assert_eq!(igpu.vendor, "Intel");
+        assert_eq!(igpu.driver.as_deref(), Some("i915"));
+        assert_eq!(igpu.numa_node, None);
+        assert_eq!(igpu.name.as_deref(), Some("Intel(R) Iris(R) Xe Graphics"));
+        assert_eq!(igpu.seen_by, ["pci", "opencl"]);
+        assert_eq!(igpu.memory_total_bytes, Some(4 << 30));
+        let dgpu = &inv.gpus[1];
+        assert_eq!(
+            dgpu.name.as_deref(),
+            Some("NVIDIA GeForce RTX 3060 Laptop GPU")
+        );
+        assert_eq!(dgpu.seen_by, ["pci", "nvml"]);
+    }
+
+    #[test]
+    fn vm_fixture_has_no_display_controller_and_skipped_sources() {
+        let mut notes = Notes::default();
+        let inv = collect(
+            &fixture("vm-2vcpu"),
+            &nvml::Skipped("not the live host".into()),
+            &opencl::Skipped("not the live host".into()),
+            &mut notes,
+        )
+        .unwrap();
+        assert!(inv.gpus.is_empty());
+        assert_eq!(inv.sources.pci.status, ProbeStatus::Ok);
+        assert_eq!(inv.sources.nvml.status, ProbeStatus::Unavailable);
+        assert_eq!(
+            inv.sources.opencl.reason.as_deref(),
+            Some("skipped: not the live host")
+        );
+        assert!(notes.as_slice().is_empty(), "{:?}", notes.as_slice());
+    }
+
+    #[test]
+    fn missing_pci_bus_is_unavailable_source() {
+        let mut notes = Notes::default();
+        let inv = collect(
+            &FsRoot::new("/nonexistent-fixture"),
+            &FakeNvml(vec![nv(0, "0000:17:00.0")]),
+            &opencl::Skipped("x".into()),
+            &mut notes,
+        )
+        .unwrap();
+        assert_eq!(inv.sources.pci.status, ProbeStatus::Unavailable);
+        let reason = inv.sources.pci.reason.unwrap();
+        assert!(
+            reason.starts_with("cannot read /sys/bus/pci/devices"),
+            "{reason}"
+        );
+        assert_eq!(inv.gpus.len(), 1);
+        assert_eq!(inv.gpus[0].seen_by, ["nvml"]);
+    }
+}
