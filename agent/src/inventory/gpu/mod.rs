@@ -357,4 +357,41 @@ mod tests {
         assert_eq!(inv.gpus.len(), 1);
         assert_eq!(inv.gpus[0].seen_by, ["nvml"]);
     }
+
+    #[derive(Debug)]
+    struct SlowNvml;
+    impl NvmlSource for SlowNvml {
+        fn devices(&self) -> Result<Vec<NvmlDevice>, NvmlSourceError> {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            Ok(Vec::new())
+        }
+    }
+
+    #[derive(Debug)]
+    struct SlowOpenCl;
+    impl OpenClSource for SlowOpenCl {
+        fn devices(&self) -> Result<OpenClReport, OpenClSourceError> {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            Ok(OpenClReport::default())
+        }
+    }
+
+    #[test]
+    fn opencl_overlaps_nvml_and_pci() {
+        let start = std::time::Instant::now();
+        let inv = collect(
+            &fixture("vm-2vcpu"),
+            &SlowNvml,
+            &SlowOpenCl,
+            &mut Notes::default(),
+        )
+        .unwrap();
+        let wall = start.elapsed();
+        assert!(
+            wall.as_millis() < 280,
+            "sources ran one after the other: {wall:?}"
+        );
+        assert!(inv.sources.opencl.collection_ms >= 150.0);
+        assert!(inv.sources.nvml.collection_ms >= 150.0);
+    }
 }
