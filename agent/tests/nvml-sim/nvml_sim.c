@@ -47,6 +47,18 @@ typedef struct {
     unsigned int gpu, memory;
 } nvmlUtilization_t;
 
+/* nvmlProcessInfo_t (v2 layout, used by nvmlDeviceGetComputeRunningProcesses_v3). */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlProcessInfo_t;
+
+/* One simulated compute process on GPU 1; 0xFFFFFFFF = no MIG instance. */
+static const nvmlProcessInfo_t GPU1_PROCESSES[] = {
+    {4242, 1073741824ULL, 0xFFFFFFFFu, 0xFFFFFFFFu},
+};
+
 /* nvmlClockType_t */
 enum { NVML_CLOCK_GRAPHICS = 0, NVML_CLOCK_SM = 1, NVML_CLOCK_MEM = 2, NVML_CLOCK_VIDEO = 3 };
 
@@ -338,5 +350,19 @@ nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t dev,
                                                     unsigned long long *reasons) {
     DEVICE_QUERY(dev, reasons);
     *reasons = dev->throttle_reasons;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
+                                                     nvmlProcessInfo_t *infos) {
+    DEVICE_QUERY(dev, count);
+    unsigned int have = dev == &GPUS[1] ? (unsigned int)(sizeof GPU1_PROCESSES / sizeof GPU1_PROCESSES[0]) : 0;
+    if (*count < have || (have > 0 && !infos)) {
+        *count = have;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (unsigned int i = 0; i < have; i++)
+        infos[i] = GPU1_PROCESSES[i];
+    *count = have;
     return NVML_SUCCESS;
 }

@@ -182,10 +182,16 @@ fn read_devices(nvml: &Nvml) -> Result<Vec<NvmlDevice>, NvmlSourceError> {
     Ok(devices)
 }
 
-/// Fills every field of `out` from `dev`, recording each failed query.
+/// Fills every field of `out` from `dev`, recording each failed query. A device that is lost
+/// (fell off the bus) on the first query gets one `device` error instead of one per field.
 fn read_device(dev: &nvml_wrapper::Device<'_>, out: &mut NvmlDevice) {
     let e = &mut out.errors;
-    out.name = field(e, "name", dev.name());
+    let name = dev.name();
+    if let Err(lost @ NvmlError::GpuLost) = &name {
+        e.insert("device".into(), lost.to_string());
+        return;
+    }
+    out.name = field(e, "name", name);
     out.uuid = field(e, "uuid", dev.uuid());
     out.serial = field(e, "serial", dev.serial());
     out.pci_bus_id = field(e, "pci_bus_id", dev.pci_info().map(|p| p.bus_id))
