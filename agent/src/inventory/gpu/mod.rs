@@ -61,7 +61,9 @@ impl Default for SourceStatus {
 /// One physical GPU.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Gpu {
-    /// PCI address, normalized to `dddd:bb:dd.f` lowercase.
+    /// PCI address, normalized to `dddd:bb:dd.f` lowercase; for a device no source could place
+    /// on the bus, a synthetic key `nvml:<index>` or `opencl:<index>` (see the merge rules in
+    /// `merge.rs`).
     pub pci_bus_id: String,
     /// `NVIDIA`, `AMD`, `Intel`, or the PCI vendor id when unknown.
     pub vendor: String,

@@ -129,27 +129,29 @@ pub fn vendor_short_name(vendor_id: u32) -> Option<&'static str> {
 }
 
 /// Looks up the device name of `vendor:device` in pci.ids text, scanning only that vendor's block.
-/// Vendor lines are `vvvv  Name`, device lines `\tdddd  Name`, subsystem lines `\t\t...`.
+/// Vendor lines are `vvvv  Name` (lowercase hex, as pci.ids is written), device lines
+/// `\tdddd  Name`, subsystem lines `\t\t...`. The vendor line is found by a substring search, so
+/// the 1.3 MB database is never split into lines or maps.
 pub fn lookup_device_name(ids: &str, vendor: u32, device: u32) -> Option<String> {
     let vendor_key = format!("{vendor:04x}");
     let device_key = format!("{device:04x}");
-    let mut in_vendor = false;
-    for line in ids.lines() {
-        if line.starts_with('#') || line.is_empty() {
+    let needle = format!("\n{vendor_key} ");
+    let start = if ids.starts_with(&needle[1..]) {
+        0
+    } else {
+        ids.find(&needle)? + 1
+    };
+    let mut lines = ids[start..].lines();
+    lines.next().and_then(|line| id_line(line, &vendor_key))?;
+    for line in lines {
+        if line.starts_with('#') || line.is_empty() || line.starts_with("\t\t") {
             continue;
         }
-        if !line.starts_with('\t') {
-            if in_vendor {
-                return None;
-            }
-            // The class list at the end starts with `C `; it never matches a 4-hex-digit key.
-            in_vendor = id_line(line, &vendor_key).is_some();
-            continue;
-        }
-        if in_vendor && !line.starts_with("\t\t") {
-            if let Some(name) = id_line(&line[1..], &device_key) {
-                return Some(name.to_owned());
-            }
+        let Some(entry) = line.strip_prefix('\t') else {
+            return None; // the next vendor: the device is not listed
+        };
+        if let Some(name) = id_line(entry, &device_key) {
+            return Some(name.to_owned());
         }
     }
     None
@@ -330,5 +332,18 @@ C 03  Display controller\n\
         assert_eq!(lookup_device_name(IDS, 0x1002, 0x740f), None);
         assert_eq!(lookup_device_name("", 0x10de, 0x20b5), None);
         assert_eq!(lookup_device_name("10de\n\t20b5\n", 0x10de, 0x20b5), None);
+        assert_eq!(
+            lookup_device_name("10de  N\n\t20b5\n", 0x10de, 0x20b5),
+            None
+        );
+        assert_eq!(
+            lookup_device_name("10de  N\n\t20b5  A\n", 0x10de, 0x20b5).as_deref(),
+            Some("A")
+        );
+        // A subsystem line with the same id is not a device line.
+        assert_eq!(
+            lookup_device_name("10de  N\n\t\t2520 20b5  S\n", 0x10de, 0x2520),
+            None
+        );
     }
 }
