@@ -346,4 +346,56 @@ C 03  Display controller\n\
             None
         );
     }
+
+    #[test]
+    fn malformed_functions_become_notes_and_the_rest_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = dir.path().join("sys/bus/pci/devices");
+        let write = |addr: &str, attrs: &[(&str, &str)]| {
+            let d = devices.join(addr);
+            std::fs::create_dir_all(&d).unwrap();
+            for (name, value) in attrs {
+                std::fs::write(d.join(name), format!("{value}\n")).unwrap();
+            }
+        };
+        write("0000:00:01.0", &[("class", "garbage")]);
+        write(
+            "0000:00:02.0",
+            &[("class", "0x030000"), ("vendor", "0x10de")],
+        );
+        write(
+            "0000:00:03.0",
+            &[
+                ("class", "0x030200"),
+                ("vendor", "0x10de"),
+                ("device", "0x20b5"),
+                ("numa_node", "-1"),
+                ("current_link_width", "x16"),
+            ],
+        );
+        write("0000:00:04.0", &[]);
+        std::fs::create_dir_all(devices.join("not-an-address")).unwrap();
+        let fs = FsRoot::new(dir.path());
+        let mut notes = super::super::Notes::default();
+        let gpus = collect(&fs, &mut notes).unwrap();
+        assert_eq!(gpus.len(), 1);
+        let gpu = &gpus[0];
+        assert_eq!(gpu.bus_id, "0000:00:03.0");
+        assert_eq!(gpu.numa_node, None);
+        assert_eq!(gpu.current_link_width, None);
+        assert_eq!(gpu.subsystem_vendor_id, None);
+        assert_eq!(gpu.device_name, None);
+        let notes = notes.as_slice();
+        assert_eq!(notes.len(), 4, "{notes:?}");
+        assert!(
+            notes[0].contains("0000:00:01.0/class: not a 6-digit hex id"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("0000:00:02.0") && notes[1].contains("device"),
+            "{notes:?}"
+        );
+        assert!(notes[2].contains("0000:00:04.0/class"), "{notes:?}");
+        assert!(notes[3].starts_with("pci.ids: cannot read"), "{notes:?}");
+    }
 }
