@@ -273,9 +273,8 @@ fn gpu_lines(g: &inventory::gpu::GpuInventory) -> Vec<String> {
             dev.device_type,
             dev.name,
             dev.platform_name,
-            or_dash(dev.compute_units),
-            dev.global_memory_bytes
-                .map_or_else(|| "memory unknown".to_owned(), bytes)
+            dev.compute_units,
+            bytes(dev.global_memory_bytes)
         ));
     }
     for (name, source) in [

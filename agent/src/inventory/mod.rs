@@ -205,18 +205,28 @@ pub struct Sources<'a> {
 /// Collects the inventory of the machine below `fs` with the real NVML and OpenCL sources (which
 /// are skipped when `fs` is not the live host's root).
 pub fn collect_from(fs: FsRoot) -> Inventory {
+    const NOT_HOST: &str = "not the live host";
     if !fs.is_host() {
         return collect(&Sources {
             fs,
-            nvml: &gpu::nvml::SkippedNvml,
-            opencl: &gpu::opencl::SkippedOpenCl,
+            nvml: &gpu::nvml::Skipped(NOT_HOST.into()),
+            opencl: &gpu::opencl::Skipped(NOT_HOST.into()),
         });
     }
-    collect(&Sources {
-        fs,
-        nvml: &gpu::nvml::NvmlLibrary::default(),
-        opencl: &gpu::opencl::ChildProcessOpenCl::current_exe(),
-    })
+    let nvml = gpu::nvml::NvmlLibrary::system();
+    let timeout = std::time::Duration::from_secs(20);
+    match gpu::opencl::ChildProcessOpenCl::current_exe(timeout) {
+        Ok(opencl) => collect(&Sources {
+            fs,
+            nvml: &nvml,
+            opencl: &opencl,
+        }),
+        Err(err) => collect(&Sources {
+            fs,
+            nvml: &nvml,
+            opencl: &gpu::opencl::Skipped(err.to_string()),
+        }),
+    }
 }
 
 /// Collects the whole inventory, probes running concurrently.

@@ -1,0 +1,231 @@
+//! GPU sources end to end: the real nvml-wrapper code path against the simulated NVML library
+//! (`tests/nvml-sim/nvml_sim.c`, compiled once per test binary), and the real OpenCL child process
+//! against this machine's PoCL.
+
+// Test helpers (not `#[test]` functions themselves) fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fog_agent::fsroot::FsRoot;
+use fog_agent::inventory::gpu::nvml::{NvmlDevice, NvmlLibrary, NvmlSource, NvmlSourceError};
+use fog_agent::inventory::gpu::opencl::{ChildProcessOpenCl, OpenClSource};
+use fog_agent::inventory::gpu::{self, nvml};
+use fog_agent::inventory::{Notes, ProbeStatus};
+
+/// The simulated library, compiled once into a directory that lives as long as the test binary.
+fn sim_library() -> &'static Path {
+    static LIB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = LIB.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("libnvidia-ml.so.1");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nvml-sim/nvml_sim.c");
+        let status = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("gcc runs");
+        assert!(status.success(), "gcc failed to build {}", src.display());
+        (dir, out)
+    });
+    path
+}
+
+/// A private copy of the sim with its own failure mode (file next to the library), so tests in
+/// this process do not share the library's state.
+fn sim_with_mode(mode: &str) -> (tempfile::TempDir, NvmlLibrary) {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libnvidia-ml.so.1");
+    std::fs::copy(sim_library(), &lib).unwrap();
+    std::fs::write(dir.path().join("fog-nvml-sim.conf"), mode).unwrap();
+    (dir, NvmlLibrary::at(lib))
+}
+
+fn assert_first_a100(d: &NvmlDevice) {
+    assert_eq!(d.index, 0);
+    assert_eq!(d.name.as_deref(), Some("NVIDIA A100 80GB PCIe"));
+    assert_eq!(
+        d.uuid.as_deref(),
+        Some("GPU-1f0e4a2b-8c3d-4e5f-9a6b-7c8d9e0f1a2b")
+    );
+    assert_eq!(d.serial.as_deref(), Some("1324021000001"));
+    assert_eq!(d.pci_bus_id.as_deref(), Some("0000:17:00.0"));
+    assert_eq!(d.memory_total_bytes, Some(80 << 30));
+    assert_eq!(d.driver_version.as_deref(), Some("550.54.15"));
+    assert_eq!(d.cuda_driver_version.as_deref(), Some("12.4"));
+    assert_eq!(d.compute_capability.as_deref(), Some("8.0"));
+    assert_eq!(d.pcie_gen_current, Some(4));
+    assert_eq!(d.pcie_gen_max, Some(4));
+    assert_eq!(d.pcie_width_current, Some(16));
+    assert_eq!(d.pcie_width_max, Some(16));
+    assert_eq!(d.power_limit_w, Some(300.0));
+    assert_eq!(d.power_limit_default_w, Some(300.0));
+    assert_eq!(d.power_limit_enforced_w, Some(300.0));
+    assert_eq!(d.max_graphics_clock_mhz, Some(1410));
+    assert_eq!(d.max_sm_clock_mhz, Some(1410));
+    assert_eq!(d.max_memory_clock_mhz, Some(1512));
+    assert_eq!(d.ecc_enabled_current, Some(true));
+    assert_eq!(d.ecc_enabled_pending, Some(true));
+    assert_eq!(d.mig_enabled_current, Some(false));
+    assert_eq!(d.mig_enabled_pending, Some(false));
+    assert_eq!(d.board_part_number.as_deref(), Some("900-21001-0020-100"));
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}
+
+#[test]
+fn nvml_sim_two_gpus_every_field() {
+    let (_dir, lib) = sim_with_mode("");
+    let devices = lib.devices().unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_first_a100(&devices[0]);
+    let d = &devices[1];
+    assert_eq!(d.pci_bus_id.as_deref(), Some("0000:65:00.0"));
+    assert_eq!(d.pcie_gen_current, Some(3));
+    assert_eq!(d.pcie_width_current, Some(8));
+    assert_eq!(d.power_limit_w, Some(250.0));
+    assert_eq!(d.ecc_enabled_pending, Some(false));
+    assert_eq!(d.mig_enabled_current, Some(true));
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    // Init once, shut down after: a second collection works the same way.
+    assert_eq!(lib.devices().unwrap(), devices);
+}
+
+#[test]
+fn nvml_sim_driver_not_loaded_is_unavailable() {
+    let (_dir, lib) = sim_with_mode("driver_not_loaded");
+    let err = lib.devices().unwrap_err();
+    assert!(matches!(err, NvmlSourceError::NoDriver(_)), "{err:?}");
+    assert!(err.to_string().starts_with("no NVIDIA driver"), "{err}");
+}
+
+#[test]
+fn nvml_sim_failing_query_is_recorded_and_the_rest_present() {
+    let (_dir, lib) = sim_with_mode("fail_query=nvmlDeviceGetSerial");
+    let devices = lib.devices().unwrap();
+    for d in &devices {
+        assert_eq!(d.serial, None);
+        let why = d.errors.get("serial").expect("serial error recorded");
+        assert!(why.contains("not available"), "{why}");
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+        assert!(d.uuid.is_some() && d.memory_total_bytes.is_some());
+    }
+    let json = serde_json::to_value(&devices[0]).unwrap();
+    assert!(json["serial"].is_null());
+    assert!(json["errors"]["serial"].is_string());
+}
+
+#[test]
+fn nvml_sim_gpu_lost() {
+    let (_dir, lib) = sim_with_mode("gpu_lost=1");
+    let devices = lib.devices().unwrap();
+    assert_first_a100(&devices[0]);
+    let lost = &devices[1];
+    assert_eq!(lost.name, None);
+    assert_eq!(lost.memory_total_bytes, None);
+    assert_eq!(lost.pci_bus_id, None);
+    assert_eq!(lost.errors.len(), 1, "{:?}", lost.errors);
+    assert!(
+        lost.errors["device"].contains("fell off the bus"),
+        "{:?}",
+        lost.errors
+    );
+}
+
+#[test]
+fn nvml_nonexistent_library_is_unavailable() {
+    let err = NvmlLibrary::at("/nonexistent/libnvidia-ml.so.1")
+        .devices()
+        .unwrap_err();
+    assert!(err.to_string().starts_with("no NVIDIA driver ("), "{err}");
+}
+
+fn fixture(name: &str) -> FsRoot {
+    FsRoot::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+}
+
+/// The server fixture with the simulated NVML: two NVIDIA GPUs seen by PCI and NVML, the AMD
+/// card without a driver by PCI only.
+#[test]
+fn server_fixture_with_nvml_sim() {
+    let (_dir, lib) = sim_with_mode("");
+    let mut notes = Notes::default();
+    let inv = gpu::collect(
+        &fixture("server-2s-smt"),
+        &lib,
+        &fog_agent::inventory::gpu::opencl::Skipped("test".into()),
+        &mut notes,
+    )
+    .unwrap();
+    assert_eq!(inv.sources.nvml.status, ProbeStatus::Ok);
+    assert_eq!(inv.sources.pci.status, ProbeStatus::Ok);
+    assert_eq!(inv.sources.opencl.status, ProbeStatus::Unavailable);
+    let ids: Vec<_> = inv.gpus.iter().map(|g| g.pci_bus_id.as_str()).collect();
+    assert_eq!(ids, ["0000:17:00.0", "0000:65:00.0", "0000:ca:00.0"]);
+    assert_eq!(inv.gpus[0].seen_by, ["pci", "nvml"]);
+    assert_eq!(inv.gpus[0].name.as_deref(), Some("NVIDIA A100 80GB PCIe"));
+    assert_eq!(inv.gpus[2].seen_by, ["pci"]);
+    assert_eq!(inv.gpus[2].driver, None);
+    assert_eq!(inv.gpus[2].vendor, "AMD");
+}
+
+/// The real child process on this machine: PoCL's CPU device is an OpenCL device, not a GPU.
+#[test]
+fn real_pocl_child_finds_cpu_device_and_no_gpu() {
+    let child = ChildProcessOpenCl {
+        program: env!("CARGO_BIN_EXE_fog-agent").into(),
+        args: vec!["internal".into(), "opencl-devices".into()],
+        timeout: Duration::from_secs(20),
+    };
+    let start = Instant::now();
+    let report = child.devices().unwrap();
+    eprintln!("OpenCL child wall time: {:?}", start.elapsed());
+    let cpu = report
+        .devices
+        .iter()
+        .find(|d| d.platform_name == "Portable Computing Language")
+        .expect("PoCL platform present");
+    assert_eq!(cpu.device_type, "cpu");
+    assert!(cpu.compute_units >= 1 && cpu.global_memory_bytes > 0);
+    let mut notes = Notes::default();
+    let inv = gpu::collect(
+        &FsRoot::host(),
+        &nvml::Skipped("test".into()),
+        &child,
+        &mut notes,
+    )
+    .unwrap();
+    assert!(inv.gpus.is_empty(), "{:?}", inv.gpus);
+    assert!(inv.opencl_devices.iter().any(|d| d.device_type == "cpu"));
+    assert_eq!(inv.sources.opencl.status, ProbeStatus::Ok);
+    assert_eq!(inv.sources.pci.status, ProbeStatus::Ok);
+}
+
+/// The telemetry entry points later issues will use already answer through nvml-wrapper.
+#[test]
+fn nvml_sim_telemetry_entry_points() {
+    use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+    let (dir, _) = sim_with_mode("");
+    let nvml = nvml_wrapper::Nvml::builder()
+        .lib_path(dir.path().join("libnvidia-ml.so.1").as_os_str())
+        .init()
+        .unwrap();
+    let gpu1 = nvml.device_by_index(1).unwrap();
+    assert_eq!(gpu1.utilization_rates().unwrap().gpu, 97);
+    assert_eq!(gpu1.temperature(TemperatureSensor::Gpu).unwrap(), 51);
+    assert_eq!(gpu1.power_usage().unwrap(), 72_000);
+    assert_eq!(gpu1.clock_info(Clock::SM).unwrap(), 1410);
+    let procs = gpu1.running_compute_processes().unwrap();
+    assert_eq!(procs.len(), 1);
+    assert_eq!(procs[0].pid, 4242);
+    let gpu0 = nvml.device_by_index(0).unwrap();
+    assert!(gpu0.running_compute_processes().unwrap().is_empty());
+    nvml.shutdown().unwrap();
+}
