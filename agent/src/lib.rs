@@ -12,6 +12,7 @@
 pub mod capacity;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fsroot;
 pub mod inventory;
 pub mod telemetry;
