@@ -2,4 +2,5 @@
 //! view, plus real components (swtpm, PoCL, a simulated NVML library).
 //!
 //! One test binary for the crate; each area is a module.
+mod daemon;
 mod inventory;
