@@ -1,6 +1,9 @@
-//! Compiles `fog/agent/v1/*.proto` with protox (pure Rust: no protoc on any machine).
+//! Compiles `fog/agent/v1/*.proto` with protox (pure Rust: no protoc on any machine), and writes
+//! the encoded file descriptor set the agent serves through gRPC server reflection.
 
 use std::path::PathBuf;
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -12,6 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     println!("cargo:rerun-if-changed={}", dir.display());
     let fds = protox::compile(&files, [&root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("fog_agent_v1_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

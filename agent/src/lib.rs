@@ -9,6 +9,10 @@
 //!   stable hardware fingerprint. Every probe is independent and never fatal.
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
+pub mod capacity;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod fsroot;
 pub mod inventory;
+pub mod telemetry;

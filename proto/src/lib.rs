@@ -8,3 +8,8 @@
 pub mod v1 {
     tonic::include_proto!("fog.agent.v1");
 }
+
+/// The encoded `google.protobuf.FileDescriptorSet` of every `fog.agent.v1` file (with the
+/// well-known types it imports), for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fog_agent_v1_descriptor.bin"));

@@ -4,8 +4,12 @@
 //! printed as one line on stderr (`fog-agent: <what went wrong>`) and mapped to exit codes:
 //! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
 
+mod check_config;
+mod client;
+mod dev_certs;
 mod inventory;
 mod render;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -35,6 +39,14 @@ pub struct Cli {
 pub enum Command {
     /// Collect and print the hardware inventory of this machine.
     Inventory(inventory::InventoryArgs),
+    /// Run the agent daemon (gRPC API with mutual TLS).
+    Serve(serve::ServeArgs),
+    /// Query an agent over mutual TLS (the market-side view).
+    Client(client::ClientArgs),
+    /// Validate a config file; names each bad key.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// Write a development CA, server and per-role client certificates.
+    DevCerts(dev_certs::DevCertsArgs),
     /// Internal entry points of child processes the agent starts itself (crash isolation).
     #[command(hide = true, subcommand)]
     Internal(InternalCommand),
@@ -50,9 +62,18 @@ pub enum InternalCommand {
 /// Parses the command line, runs it and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log.as_deref(), default_level);
     let result = match cli.command {
         Command::Inventory(args) => inventory::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Client(args) => client::run(&args),
+        Command::CheckConfig(args) => check_config::run(&args),
+        Command::DevCerts(args) => dev_certs::run(&args),
         Command::Internal(InternalCommand::OpenclDevices) => {
             return crate::inventory::gpu::opencl::child_main();
         }
@@ -75,15 +96,15 @@ fn format_error(err: &anyhow::Error) -> String {
 }
 
 /// Logs go to stderr: plain text on a terminal, JSON otherwise (journald, pipes), filtered by
-/// `--log` or `FOG_LOG` (default `warn` for commands).
-fn init_logging(filter: Option<&str>) {
+/// `--log` or `FOG_LOG` (default `info` for `serve`, `warn` for other commands).
+fn init_logging(filter: Option<&str>, default_level: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
 
     let filter = filter
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("FOG_LOG").ok())
-        .unwrap_or_else(|| EnvFilter::new("warn"));
+        .unwrap_or_else(|| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -5,5 +5,6 @@
 
 // A panic in a test is a failed test: unwrapping is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+mod daemon;
 mod gpu;
 mod inventory;

@@ -1,0 +1,33 @@
+//! `fog-agent check-config FILE`: validates a config file and names each bad key; exit 0 when
+//! valid, 1 otherwise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::config::{Config, ConfigError};
+
+/// Arguments of `fog-agent check-config`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The file to check.
+    pub file: PathBuf,
+}
+
+/// Runs `fog-agent check-config`.
+pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    match Config::load(&args.file) {
+        Ok(_) => {
+            println!("{}: ok", args.file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ConfigError::Invalid { origin, problems }) => {
+            for problem in problems {
+                eprintln!("{origin}: {problem}");
+            }
+            Ok(ExitCode::from(super::EXIT_FAILURE))
+        }
+        Err(err) => Err(err.into()),
+    }
+}

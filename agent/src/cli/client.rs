@@ -1,0 +1,401 @@
+//! `fog-agent client`: the market-side view of an agent over mutual TLS — inventory, capacity,
+//! telemetry, attestation and health — human or `--json` (canonical proto3 JSON, one document
+//! per message, so `--watch` output is JSON lines).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use fog_proto::v1 as pb;
+use fog_proto::v1::agent_client::AgentClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::render::bytes;
+
+/// Arguments of `fog-agent client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The agent, e.g. `https://127.0.0.1:7443`.
+    #[arg(long, value_name = "URL")]
+    pub addr: String,
+    /// CA that signed the agent's server certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// Client certificate (PEM); its URI SAN names the role.
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// Client private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Print canonical proto3 JSON instead of the human view.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to ask.
+    #[command(subcommand)]
+    pub query: Query,
+}
+
+/// What `fog-agent client` asks.
+#[derive(Debug, Subcommand)]
+pub enum Query {
+    /// The hardware inventory.
+    Inventory {
+        /// Ask the agent to collect it again.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// What the host offers.
+    Capacity {
+        /// Keep printing every change.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Host telemetry samples.
+    Telemetry {
+        /// Keep printing samples (otherwise print one).
+        #[arg(long)]
+        watch: bool,
+        /// Interval between samples (0 = the agent's minimum).
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        interval_millis: u64,
+    },
+    /// A TPM attestation report over a nonce.
+    Attest {
+        /// The nonce, hex (16 to 64 bytes).
+        #[arg(long, value_name = "HEX")]
+        nonce: String,
+    },
+    /// The standard gRPC health check of the Agent service.
+    Health,
+}
+
+/// Runs `fog-agent client`.
+pub fn run(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(query(args))
+}
+
+async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&args.ca)?))
+        .identity(Identity::from_pem(read(&args.cert)?, read(&args.key)?));
+    let endpoint = Endpoint::from_shared(args.addr.clone())
+        .with_context(|| format!("--addr {}: not a URL", args.addr))?
+        .connect_timeout(Duration::from_secs(10))
+        .tls_config(tls)
+        .context("cannot configure TLS")?;
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", args.addr))
+}
+
+async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let channel = connect(args).await?;
+    if let Query::Health = args.query {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "fog.agent.v1.Agent".to_owned(),
+            })
+            .await
+            .context("health check failed")?
+            .into_inner();
+        let status = tonic_health::pb::health_check_response::ServingStatus::try_from(reply.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("UNKNOWN");
+        if args.json {
+            out(&format!("{{\"status\":\"{status}\"}}"))?;
+        } else {
+            out(status)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut client = AgentClient::new(channel);
+    match &args.query {
+        Query::Inventory { refresh } => {
+            let reply = client
+                .get_inventory(pb::GetInventoryRequest { refresh: *refresh })
+                .await
+                .context("GetInventory failed")?
+                .into_inner();
+            if args.json {
+                out(&String::from_utf8_lossy(&reply.inventory_json))?;
+            } else {
+                let inventory = reply.inventory.unwrap_or_default();
+                out(&human_inventory(&inventory))?;
+            }
+        }
+        Query::Capacity { watch: false } => {
+            let reply = client
+                .get_capacity(pb::GetCapacityRequest {})
+                .await
+                .context("GetCapacity failed")?
+                .into_inner();
+            print_capacity(&reply.capacity.unwrap_or_default(), args.json)?;
+        }
+        Query::Capacity { watch: true } => {
+            let mut stream = client
+                .watch_capacity(pb::WatchCapacityRequest {})
+                .await
+                .context("WatchCapacity failed")?
+                .into_inner();
+            while let Some(msg) = stream.message().await.context("WatchCapacity stream")? {
+                print_capacity(&msg.capacity.unwrap_or_default(), args.json)?;
+            }
+        }
+        Query::Telemetry {
+            watch,
+            interval_millis,
+        } => {
+            let mut stream = client
+                .watch_host_telemetry(pb::WatchHostTelemetryRequest {
+                    interval_millis: *interval_millis,
+                })
+                .await
+                .context("WatchHostTelemetry failed")?
+                .into_inner();
+            while let Some(msg) = stream
+                .message()
+                .await
+                .context("WatchHostTelemetry stream")?
+            {
+                if args.json {
+                    out(&to_json(&msg, "fog.agent.v1.WatchHostTelemetryResponse")?)?;
+                } else {
+                    out(&human_sample(&msg))?;
+                }
+                if !watch {
+                    break;
+                }
+            }
+        }
+        Query::Attest { nonce } => {
+            let nonce = hex::decode(nonce.trim()).context("--nonce: not hex")?;
+            let reply = client
+                .get_attestation(pb::GetAttestationRequest {
+                    nonce,
+                    pcr_selection: None,
+                })
+                .await
+                .context("GetAttestation failed")?
+                .into_inner();
+            let report = reply.report.unwrap_or_default();
+            if args.json {
+                out(&String::from_utf8_lossy(&report.report_json))?;
+            } else {
+                out(&format!(
+                    "{} report for host {} ({} bytes); verify with `fog-agent verify`",
+                    report.format,
+                    report.host_id,
+                    report.report_json.len()
+                ))?;
+            }
+        }
+        Query::Health => unreachable_health()?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unreachable_health() -> anyhow::Result<()> {
+    bail!("health is answered before the Agent client is built")
+}
+
+/// Writes one line to stdout (a closed pipe is an error, not a panic).
+fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", text.trim_end()).context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")
+}
+
+/// Canonical proto3 JSON of a message, through the descriptor set.
+fn to_json(message: &impl prost::Message, full_name: &str) -> anyhow::Result<String> {
+    let pool = prost_reflect::DescriptorPool::decode(fog_proto::FILE_DESCRIPTOR_SET)
+        .context("cannot load the proto descriptors")?;
+    let descriptor = pool
+        .get_message_by_name(full_name)
+        .with_context(|| format!("no message {full_name}"))?;
+    let dynamic =
+        prost_reflect::DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+            .context("cannot re-decode the message")?;
+    serde_json::to_string(&dynamic).context("cannot write JSON")
+}
+
+fn print_capacity(capacity: &pb::Capacity, json: bool) -> anyhow::Result<()> {
+    if json {
+        return out(&to_json(capacity, "fog.agent.v1.Capacity")?);
+    }
+    let mut table = super::render::table(
+        &["resource", "total", "reserved", "allocated", "free"],
+        &[1, 2, 3, 4],
+    );
+    let row = |name: &str, a: &Option<pb::ResourceAmount>, fmt: &dyn Fn(u64) -> String| {
+        let a = a.unwrap_or_default();
+        vec![
+            name.to_owned(),
+            fmt(a.total),
+            fmt(a.reserved),
+            fmt(a.allocated),
+            fmt(a.free),
+        ]
+    };
+    let cores = |m: u64| format!("{:.2} CPUs", m as f64 / 1000.0);
+    table.add_row(row("cpu", &capacity.cpu_millicores, &cores));
+    table.add_row(row("memory", &capacity.memory_bytes, &bytes));
+    table.add_row(row("disk", &capacity.disk_bytes, &bytes));
+    for gpu in &capacity.gpus {
+        let state = pb::GpuAssignment::try_from(gpu.assignment)
+            .map(|a| {
+                a.as_str_name()
+                    .trim_start_matches("GPU_ASSIGNMENT_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        table.add_row(vec![
+            format!("gpu {} {}", gpu.pci_bus_id, gpu.name),
+            "1".into(),
+            String::new(),
+            String::new(),
+            state,
+        ]);
+    }
+    let mut text = format!("capacity #{}\n{table}", capacity.sequence);
+    for note in &capacity.notes {
+        text.push_str(&format!("\nnote: {note}"));
+    }
+    out(&text)
+}
+
+fn human_inventory(inv: &pb::Inventory) -> String {
+    let mut lines = Vec::new();
+    let status = |probe: &Option<pb::ProbeResult>| {
+        probe
+            .as_ref()
+            .filter(|p| p.status != pb::ProbeStatus::Ok as i32)
+            .map(|p| format!("unavailable: {}", p.reason))
+    };
+    if let Some(fp) = &inv.fingerprint {
+        lines.push(format!("fingerprint  {}:{}", fp.algorithm, fp.value));
+    }
+    if let Some(host) = &inv.host {
+        match (&host.data, status(&host.probe)) {
+            (Some(h), _) => lines.push(format!(
+                "host         {} ({}, kernel {}, {})",
+                h.hostname, h.os_pretty_name, h.kernel_release, h.virtualization
+            )),
+            (None, why) => lines.push(format!("host         {}", why.unwrap_or_default())),
+        }
+    }
+    if let Some(cpu) = &inv.cpu {
+        match (&cpu.data, status(&cpu.probe)) {
+            (Some(c), _) => lines.push(format!(
+                "cpu          {} — {} cores / {} threads, {}",
+                c.model_name,
+                c.physical_cores,
+                c.logical_cpus,
+                c.features.join(" ")
+            )),
+            (None, why) => lines.push(format!("cpu          {}", why.unwrap_or_default())),
+        }
+    }
+    if let Some(mem) = &inv.memory {
+        match (&mem.data, status(&mem.probe)) {
+            (Some(m), _) => lines.push(format!(
+                "memory       {} ({} available)",
+                bytes(m.total_bytes),
+                bytes(m.available_bytes)
+            )),
+            (None, why) => lines.push(format!("memory       {}", why.unwrap_or_default())),
+        }
+    }
+    if let Some(gpus) = &inv.gpus {
+        match status(&gpus.probe) {
+            Some(why) => lines.push(format!("gpus         {why}")),
+            None if gpus.gpus.is_empty() => lines.push("gpus         none".to_owned()),
+            None => {
+                for g in &gpus.gpus {
+                    lines.push(format!(
+                        "gpu          {} {} {}",
+                        g.pci_bus_id,
+                        g.name,
+                        bytes(g.memory_total_bytes)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(storage) = &inv.storage {
+        match status(&storage.probe) {
+            Some(why) => lines.push(format!("disks        {why}")),
+            None => {
+                for d in &storage.block_devices {
+                    lines.push(format!(
+                        "disk         {} {} {}",
+                        d.name,
+                        d.kind,
+                        bytes(d.size_bytes)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(network) = &inv.network {
+        match status(&network.probe) {
+            Some(why) => lines.push(format!("network      {why}")),
+            None => {
+                for i in network.interfaces.iter().filter(|i| !i.is_virtual) {
+                    lines.push(format!(
+                        "nic          {} {} {}",
+                        i.name,
+                        i.driver,
+                        i.addresses.join(" ")
+                    ));
+                }
+            }
+        }
+    }
+    lines.join("\n")
+}
+
+fn human_sample(msg: &pb::WatchHostTelemetryResponse) -> String {
+    let sample = msg.sample.clone().unwrap_or_default();
+    let cpu = sample.cpu.unwrap_or_default();
+    let mem = sample.memory.unwrap_or_default();
+    let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}%"));
+    let mut line = format!(
+        "#{} cpu {} steal {} load {:.2} mem {} used / {} available",
+        sample.sequence,
+        pct(cpu.utilization_percent),
+        pct(cpu.steal_percent),
+        cpu.load_1m,
+        bytes(mem.used_bytes),
+        bytes(mem.available_bytes)
+    );
+    if msg.gap_count > 0 {
+        line.push_str(&format!(" (lost {} samples)", msg.gap_count));
+    }
+    for gpu in &sample.gpus {
+        if gpu.status == pb::GpuSampleStatus::Ok as i32 {
+            line.push_str(&format!(
+                " | gpu {} {}%",
+                gpu.pci_bus_id,
+                gpu.utilization_percent.unwrap_or(0)
+            ));
+        } else {
+            line.push_str(&format!(
+                " | gpu {} unavailable: {}",
+                gpu.pci_bus_id, gpu.error
+            ));
+        }
+    }
+    line
+}

@@ -1,0 +1,393 @@
+//! The agent daemon: the gRPC API (`fog.agent.v1.Agent`, standard health checking, server
+//! reflection) on mutual-TLS TCP listeners and the local admin unix socket.
+//!
+//! - [`auth`]: roles, the per-RPC role table, the role from a client certificate.
+//! - [`tls`]: development certificates and the server's TLS configuration.
+//! - [`service`]: the service implementation; [`convert`]: proto <-> domain at the boundary.
+//! - [`backends`]: the seams benchmarks, attestation and GPU telemetry plug into.
+//! - [`inventory_cache`]: the inventory collected off the runtime and cached.
+//!
+//! [`start`] binds every listener and serves at once (the inventory is collected in the
+//! background; the first GetInventory waits for it). [`RunningDaemon::shutdown`] stops
+//! accepting, ends the streams and waits at most `[api] shutdown_grace_millis`.
+
+pub mod auth;
+pub mod backends;
+pub mod convert;
+pub mod inventory_cache;
+pub mod service;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fog_proto::v1::agent_server::AgentServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+use crate::capacity::{CapacityLedger, Totals};
+use crate::config::Config;
+use crate::fsroot::FsRoot;
+use crate::inventory::Inventory;
+use crate::telemetry::{GpuList, SystemCollector, TelemetryHub};
+
+pub use backends::Backends;
+pub use inventory_cache::InventorySource;
+pub use service::{AgentService, Door, Shared};
+
+/// HTTP/2 keepalive pings, so dead peers free their streams.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keepalive ping may go unanswered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time limit of a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config has problems (each names its key).
+    #[error("invalid config: {}", .0.join("; "))]
+    Config(Vec<String>),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// tonic rejected the TLS configuration.
+    #[error("cannot configure TLS")]
+    TlsConfig(#[source] tonic::transport::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}")]
+    Bind {
+        /// Address or socket path.
+        what: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built from the descriptor sets.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+}
+
+/// What the daemon is built from besides its config.
+#[derive(Clone)]
+pub struct DaemonOptions {
+    /// Benchmarks, attestation, GPU telemetry.
+    pub backends: Backends,
+    /// Where the inventory comes from.
+    pub inventory_source: InventorySource,
+    /// Root the telemetry sampler reads `/proc` below.
+    pub fs: FsRoot,
+}
+
+impl std::fmt::Debug for DaemonOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonOptions")
+            .field("fs", &self.fs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DaemonOptions {
+    /// The live host, with the default (unwired) backends.
+    fn default() -> Self {
+        Self {
+            backends: Backends::default(),
+            inventory_source: Arc::new(|| crate::inventory::collect_from(FsRoot::host())),
+            fs: FsRoot::host(),
+        }
+    }
+}
+
+/// A started daemon.
+#[derive(Debug)]
+pub struct RunningDaemon {
+    tcp_addrs: Vec<SocketAddr>,
+    unix_socket: Option<PathBuf>,
+    shutdown_tx: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    shared: Arc<Shared>,
+    health: tonic_health::server::HealthReporter,
+    grace: Duration,
+}
+
+impl RunningDaemon {
+    /// The bound TCP addresses (with the real port when the config said port 0).
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    /// The unix socket path, if one is served.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.unix_socket.as_deref()
+    }
+
+    /// The shared state (tests, and the lead's wiring of jobs into the capacity ledger).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, ends open streams, and waits for connections to finish, at most the
+    /// grace period; returns whether everything ended within it.
+    pub async fn shutdown(self) -> bool {
+        tracing::info!(grace_ms = self.grace.as_millis() as u64, "shutting down");
+        self.health
+            .set_not_serving::<AgentServer<AgentService>>()
+            .await;
+        // Ignored error: no receivers means nothing is left to tell.
+        let _ = self.shutdown_tx.send(true);
+        self.shared.telemetry.close();
+        let mut servers = self.servers;
+        let drained = tokio::time::timeout(self.grace, async {
+            for server in &mut servers {
+                match server.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(error = %err, "listener ended with an error"),
+                    Err(err) => tracing::warn!(error = %err, "listener task failed"),
+                }
+            }
+        })
+        .await
+        .is_ok();
+        if !drained {
+            tracing::warn!("grace period over; closing remaining connections");
+            for server in &servers {
+                server.abort();
+            }
+        }
+        if let Some(path) = &self.unix_socket {
+            if let Err(err) = std::fs::remove_file(path) {
+                tracing::debug!(path = %path.display(), error = %err, "socket not removed");
+            }
+        }
+        drained
+    }
+}
+
+/// Starts the daemon: telemetry sampler, capacity ledger, background inventory collection and
+/// every listener.
+pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDaemon, DaemonError> {
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(DaemonError::Config(
+            problems.iter().map(ToString::to_string).collect(),
+        ));
+    }
+    let shared = build_shared(config, &options);
+    let (shutdown_tx, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        shutdown: shutdown_tx.subscribe(),
+        ..shared
+    });
+
+    // The API is up before the inventory is: the first GetInventory waits for this collection.
+    let warmup = shared.clone();
+    tokio::spawn(async move {
+        if let Err(status) = warmup.inventory.get(false).await {
+            tracing::error!(error = %status.message(), "initial inventory collection failed");
+        }
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServer<AgentService>>().await;
+    let routes = |door: Door| -> Result<Routes, DaemonError> {
+        let max = usize::try_from(config.api.max_message_bytes.0).unwrap_or(usize::MAX);
+        let agent = AgentServer::new(AgentService::new(shared.clone(), door))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fog_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let v1 = reflection()
+            .build_v1()
+            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
+        let v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
+        Ok(Routes::new(agent)
+            .add_service(health_service.clone())
+            .add_service(v1)
+            .add_service(v1alpha))
+    };
+
+    let mut servers = Vec::new();
+    let mut tcp_addrs = Vec::new();
+    for addr in &config.api.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: addr.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| DaemonError::Bind {
+            what: addr.to_string(),
+            source,
+        })?;
+        let mut builder = server_builder(config);
+        let door = if config.api.insecure_loopback {
+            tracing::warn!(
+                addr = %local,
+                "INSECURE: plaintext gRPC without client authentication on loopback; \
+                 every local process is admin (api.insecure_loopback = true, development only)"
+            );
+            Door::LocalAdmin
+        } else {
+            let tls = tls::server_tls_config(
+                &config.api.tls_cert,
+                &config.api.tls_key,
+                &config.api.client_ca,
+            )?
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+            builder = builder.tls_config(tls).map_err(DaemonError::TlsConfig)?;
+            Door::Mtls
+        };
+        let router = builder.add_routes(routes(door)?);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let signal = shutting_down(shutdown_tx.subscribe());
+        servers.push(tokio::spawn(async move {
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }));
+        tracing::info!(addr = %local, mtls = door == Door::Mtls, "listening");
+        tcp_addrs.push(local);
+    }
+
+    let unix_socket = config.api.unix_socket().map(Path::to_owned);
+    if let Some(path) = &unix_socket {
+        let listener = bind_unix_socket(path)?;
+        let router = server_builder(config).add_routes(routes(Door::LocalAdmin)?);
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let signal = shutting_down(shutdown_tx.subscribe());
+        servers.push(tokio::spawn(async move {
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }));
+        tracing::info!(path = %path.display(), "listening on the local admin socket");
+    }
+
+    Ok(RunningDaemon {
+        tcp_addrs,
+        unix_socket,
+        shutdown_tx,
+        servers,
+        shared,
+        health,
+        grace: config.api.shutdown_grace(),
+    })
+}
+
+async fn shutting_down(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: shut down too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The per-listener server settings: stream limit per connection, unary timeout, keepalive.
+fn server_builder(config: &Config) -> Server {
+    Server::builder()
+        .max_concurrent_streams(config.api.max_concurrent_streams)
+        .timeout(config.api.request_timeout())
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// The state every listener shares; the sampler is spawned here.
+fn build_shared(config: &Config, options: &DaemonOptions) -> Shared {
+    let telemetry = TelemetryHub::new(
+        config.telemetry.min_interval(),
+        config.telemetry.queue_depth,
+        config.telemetry.max_subscribers,
+    );
+    let gpus = GpuList::default();
+    let collector = SystemCollector::new(
+        options.fs.clone(),
+        gpus.clone(),
+        options.backends.gpu_telemetry.clone(),
+    );
+    tokio::spawn(telemetry.clone().run(collector));
+
+    let capacity = Arc::new(CapacityLedger::new(
+        config.capacity.clone(),
+        Totals {
+            notes: vec!["inventory not collected yet".to_owned()],
+            ..Totals::default()
+        },
+    ));
+    let on_collected = {
+        let capacity = capacity.clone();
+        let state_dir = config.state.dir.clone();
+        let benchmarks = options.backends.benchmarks.clone();
+        let last_fingerprint = Mutex::new(None::<String>);
+        move |inventory: &Inventory| {
+            capacity.set_totals(Totals::from_inventory(inventory, &state_dir));
+            gpus.set(
+                inventory
+                    .gpus
+                    .get()
+                    .map(|g| g.gpus.iter().map(|gpu| gpu.pci_bus_id.clone()).collect())
+                    .unwrap_or_default(),
+            );
+            let fingerprint = &inventory.fingerprint.value;
+            let mut last = last_fingerprint
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.as_deref() != Some(fingerprint) {
+                tracing::info!(fingerprint = %fingerprint, "hardware fingerprint");
+                *last = Some(fingerprint.clone());
+                benchmarks.on_fingerprint(fingerprint);
+            }
+        }
+    };
+    let (placeholder_tx, placeholder_rx) = watch::channel(false);
+    drop(placeholder_tx);
+    Shared {
+        inventory: inventory_cache::InventoryCache::new(
+            options.inventory_source.clone(),
+            Arc::new(on_collected),
+        ),
+        capacity,
+        telemetry,
+        backends: options.backends.clone(),
+        shutdown: placeholder_rx,
+    }
+}
+
+/// Binds the admin socket: parent dir created (0700), a stale socket replaced, mode 0600.
+fn bind_unix_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let bind_err = |source| DaemonError::Bind {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(bind_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(bind_err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is serving on this socket",
+                )));
+            }
+            std::fs::remove_file(path).map_err(bind_err)?;
+        }
+        Ok(_) => {
+            return Err(bind_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "path exists and is not a socket",
+            )))
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}

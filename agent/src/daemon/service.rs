@@ -1,0 +1,287 @@
+//! The `fog.agent.v1.Agent` service: authorization, request validation, and answering from the
+//! daemon's shared state (inventory cache, capacity ledger, telemetry hub, backends).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fog_proto::v1 as pb;
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+
+use super::auth::{self, Role, Rpc};
+use super::backends::{BackendError, Backends};
+use super::convert;
+use super::inventory_cache::InventoryCache;
+use crate::capacity::CapacityLedger;
+use crate::telemetry::TelemetryHub;
+
+/// A boxed server stream.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl From<BackendError> for Status {
+    fn from(err: BackendError) -> Self {
+        match err {
+            BackendError::Unimplemented(msg) => Status::unimplemented(msg),
+            BackendError::Unavailable(msg) => Status::unavailable(msg),
+            BackendError::InvalidArgument { field, message } => {
+                Status::invalid_argument(format!("{field}: {message}"))
+            }
+            BackendError::Failed(msg) => Status::internal(msg),
+        }
+    }
+}
+
+/// How callers on a listener are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// Mutual TLS: the role comes from the client certificate.
+    Mtls,
+    /// The local admin door (unix socket; plaintext loopback in development): every caller is
+    /// admin.
+    LocalAdmin,
+}
+
+/// State shared by every listener's service instance.
+#[derive(Debug)]
+pub struct Shared {
+    /// The inventory, collected off the runtime and cached.
+    pub inventory: InventoryCache,
+    /// Capacity.
+    pub capacity: Arc<CapacityLedger>,
+    /// Telemetry fan-out.
+    pub telemetry: TelemetryHub,
+    /// Benchmarks, attestation, GPU telemetry.
+    pub backends: Backends,
+    /// Becomes true when the daemon shuts down: open streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The service as served on one listener.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    shared: Arc<Shared>,
+    door: Door,
+}
+
+impl AgentService {
+    /// The service for a listener of kind `door`.
+    pub fn new(shared: Arc<Shared>, door: Door) -> Self {
+        Self { shared, door }
+    }
+
+    /// The caller's role, checked against the role table for `rpc`.
+    fn authorize<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Role, Status> {
+        let role = match self.door {
+            Door::LocalAdmin => Role::Admin,
+            Door::Mtls => {
+                let certs = request.peer_certs().ok_or_else(|| {
+                    Status::unauthenticated(auth::RoleError::NoCertificate.to_string())
+                })?;
+                let leaf = certs.first().ok_or_else(|| {
+                    Status::unauthenticated(auth::RoleError::NoCertificate.to_string())
+                })?;
+                auth::role_from_certificate(leaf)
+                    .map_err(|err| Status::permission_denied(err.to_string()))?
+            }
+        };
+        if auth::allowed(role, rpc) {
+            Ok(role)
+        } else {
+            tracing::info!(role = %role, rpc = ?rpc, "rpc denied");
+            Err(Status::permission_denied(format!(
+                "role {role} may not call {rpc:?}"
+            )))
+        }
+    }
+
+    /// Runs a blocking backend call on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Backends) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let backends = self.shared.backends.clone();
+        tokio::task::spawn_blocking(move || call(&backends))
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "backend call panicked");
+                Status::internal("backend failed unexpectedly")
+            })?
+            .map_err(Status::from)
+    }
+
+    fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.clone()
+    }
+}
+
+/// Resolves when the daemon starts shutting down (or its signal is gone).
+async fn shutting_down(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: the daemon is stopping too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    async fn get_inventory(
+        &self,
+        request: Request<pb::GetInventoryRequest>,
+    ) -> Result<Response<pb::GetInventoryResponse>, Status> {
+        self.authorize(&request, Rpc::GetInventory)?;
+        let cached = self.shared.inventory.get(request.get_ref().refresh).await?;
+        Ok(Response::new(pb::GetInventoryResponse {
+            inventory: Some(cached.proto.clone()),
+            inventory_json: cached.json.clone(),
+        }))
+    }
+
+    async fn get_benchmarks(
+        &self,
+        request: Request<pb::GetBenchmarksRequest>,
+    ) -> Result<Response<pb::GetBenchmarksResponse>, Status> {
+        self.authorize(&request, Rpc::GetBenchmarks)?;
+        let report = self.blocking(|b| b.benchmarks.cached()).await?;
+        Ok(Response::new(pb::GetBenchmarksResponse {
+            report: Some(convert::benchmark_report(&report)),
+        }))
+    }
+
+    type RunBenchmarksStream = ResponseStream<pb::RunBenchmarksResponse>;
+
+    async fn run_benchmarks(
+        &self,
+        request: Request<pb::RunBenchmarksRequest>,
+    ) -> Result<Response<Self::RunBenchmarksStream>, Status> {
+        self.authorize(&request, Rpc::RunBenchmarks)?;
+        let ids = convert::benchmark_ids(&request.get_ref().benchmark_ids)?;
+        let (tx, rx) = mpsc::channel(64);
+        let backends = self.shared.backends.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut progress = |event: super::backends::BenchmarkProgress| {
+                let msg = pb::RunBenchmarksResponse {
+                    event: Some(pb::run_benchmarks_response::Event::Progress(
+                        convert::benchmark_progress(&event),
+                    )),
+                };
+                tx.blocking_send(Ok(msg)).is_ok()
+            };
+            let last = match backends.benchmarks.run(&ids, &mut progress) {
+                Ok(report) => Ok(pb::RunBenchmarksResponse {
+                    event: Some(pb::run_benchmarks_response::Event::Report(
+                        convert::benchmark_report(&report),
+                    )),
+                }),
+                Err(err) => Err(Status::from(err)),
+            };
+            // The caller may be gone; nothing to do then.
+            let _ = tx.blocking_send(last);
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
+        self.authorize(&request, Rpc::GetCapacity)?;
+        Ok(Response::new(pb::GetCapacityResponse {
+            capacity: Some(convert::capacity(&self.shared.capacity.current())),
+        }))
+    }
+
+    type WatchCapacityStream = ResponseStream<pb::WatchCapacityResponse>;
+
+    async fn watch_capacity(
+        &self,
+        request: Request<pb::WatchCapacityRequest>,
+    ) -> Result<Response<Self::WatchCapacityStream>, Status> {
+        self.authorize(&request, Rpc::WatchCapacity)?;
+        let mut rx = self.shared.capacity.subscribe();
+        // The current state first.
+        rx.mark_changed();
+        let stream =
+            futures_util::stream::unfold((rx, self.shutdown()), |(mut rx, shutdown)| async move {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        changed.ok()?;
+                        let snapshot = rx.borrow_and_update().clone();
+                        let msg = pb::WatchCapacityResponse {
+                            capacity: Some(convert::capacity(&snapshot)),
+                        };
+                        Some((Ok(msg), (rx, shutdown)))
+                    }
+                    () = shutting_down(shutdown.clone()) => None,
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchHostTelemetryStream = ResponseStream<pb::WatchHostTelemetryResponse>;
+
+    async fn watch_host_telemetry(
+        &self,
+        request: Request<pb::WatchHostTelemetryRequest>,
+    ) -> Result<Response<Self::WatchHostTelemetryStream>, Status> {
+        self.authorize(&request, Rpc::WatchHostTelemetry)?;
+        let hub = &self.shared.telemetry;
+        let interval = convert::telemetry_interval(request.get_ref(), hub.min_interval())?;
+        let subscription = hub.subscribe(interval).map_err(|err| match err {
+            crate::telemetry::HubError::TooManySubscribers(_) => {
+                Status::resource_exhausted(err.to_string())
+            }
+            crate::telemetry::HubError::Closed => Status::unavailable(err.to_string()),
+        })?;
+        let stream = futures_util::stream::unfold(subscription, |subscription| async move {
+            let delivery = subscription.recv().await?;
+            let msg = pb::WatchHostTelemetryResponse {
+                sample: Some(convert::host_sample(&delivery.sample)),
+                gap_count: delivery.gap_count,
+            };
+            Some((Ok(msg), subscription))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_attestation(
+        &self,
+        request: Request<pb::GetAttestationRequest>,
+    ) -> Result<Response<pb::GetAttestationResponse>, Status> {
+        self.authorize(&request, Rpc::GetAttestation)?;
+        let body = request.into_inner();
+        let nonce = convert::nonce("nonce", &body.nonce)?;
+        let selection = convert::pcr_selection(body.pcr_selection.as_ref())?;
+        let report = self
+            .blocking(move |b| b.attestation.attest(&nonce, &selection))
+            .await?;
+        Ok(Response::new(pb::GetAttestationResponse {
+            report: Some(convert::attestation_report(&report)),
+        }))
+    }
+
+    async fn get_enrollment(
+        &self,
+        request: Request<pb::GetEnrollmentRequest>,
+    ) -> Result<Response<pb::GetEnrollmentResponse>, Status> {
+        self.authorize(&request, Rpc::GetEnrollment)?;
+        let enrollment = self.blocking(|b| b.attestation.enrollment()).await?;
+        Ok(Response::new(pb::GetEnrollmentResponse {
+            enrollment: Some(convert::enrollment(&enrollment)),
+        }))
+    }
+
+    async fn activate_credential(
+        &self,
+        request: Request<pb::ActivateCredentialRequest>,
+    ) -> Result<Response<pb::ActivateCredentialResponse>, Status> {
+        self.authorize(&request, Rpc::ActivateCredential)?;
+        let activation = convert::activation(request.get_ref())?;
+        let proof = self
+            .blocking(move |b| b.attestation.activate_credential(&activation))
+            .await?;
+        Ok(Response::new(pb::ActivateCredentialResponse {
+            proof: proof.proof,
+            host_id: proof.host_id,
+        }))
+    }
+}
