@@ -4,6 +4,7 @@
 //! printed as one line on stderr (`fog-agent: <what went wrong>`) and mapped to exit codes:
 //! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
 
+pub mod bench;
 mod inventory;
 
 use std::process::ExitCode;
@@ -34,6 +35,10 @@ pub struct Cli {
 pub enum Command {
     /// Collect and print the hardware inventory of this machine.
     Inventory(inventory::InventoryArgs),
+    /// Run the hardware benchmarks (cached per hardware fingerprint) and print the results.
+    Bench(bench::BenchArgs),
+    /// Serve the network benchmarks' peer side (throughput both ways, RTT probes).
+    BenchPeer(bench::BenchPeerArgs),
     /// Internal entry points of child processes the agent starts itself (crash isolation).
     #[command(hide = true, subcommand)]
     Internal(InternalCommand),
@@ -44,6 +49,8 @@ pub enum Command {
 pub enum InternalCommand {
     /// Enumerate OpenCL platforms and devices in-process and print them as JSON.
     OpenclDevices,
+    /// Run benchmarks in this (child) process and print one JSON record per line.
+    BenchRun(bench::BenchRunArgs),
 }
 
 /// Parses the command line, runs it and returns the exit code.
@@ -52,6 +59,9 @@ pub fn main() -> ExitCode {
     init_logging(cli.log.as_deref());
     let result = match cli.command {
         Command::Inventory(args) => inventory::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchPeer(args) => bench::run_peer(&args),
+        Command::Internal(InternalCommand::BenchRun(args)) => return bench::run_child(&args),
         Command::Internal(InternalCommand::OpenclDevices) => {
             return crate::inventory::gpu::opencl::child_main();
         }
