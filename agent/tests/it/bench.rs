@@ -1,6 +1,9 @@
 //! `fog-agent bench` end to end: child isolation (crash, hang), the cache, the `--json` schema,
 //! a real `bench-peer` over loopback and the OpenCL kernels on PoCL.
 
+// Helpers of tests: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
