@@ -4,6 +4,7 @@
 //! printed as one line on stderr (`fog-agent: <what went wrong>`) and mapped to exit codes:
 //! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
 
+pub mod bench;
 mod check_config;
 mod client;
 mod dev_certs;
@@ -39,6 +40,10 @@ pub struct Cli {
 pub enum Command {
     /// Collect and print the hardware inventory of this machine.
     Inventory(inventory::InventoryArgs),
+    /// Run the hardware benchmarks (cached per hardware fingerprint) and print the results.
+    Bench(bench::BenchArgs),
+    /// Serve the network benchmarks' peer side (throughput both ways, RTT probes).
+    BenchPeer(bench::BenchPeerArgs),
     /// Run the agent daemon (gRPC API with mutual TLS).
     Serve(serve::ServeArgs),
     /// Query an agent over mutual TLS (the market-side view).
@@ -57,6 +62,8 @@ pub enum Command {
 pub enum InternalCommand {
     /// Enumerate OpenCL platforms and devices in-process and print them as JSON.
     OpenclDevices,
+    /// Run benchmarks in this (child) process and print one JSON record per line.
+    BenchRun(bench::BenchRunArgs),
 }
 
 /// Parses the command line, runs it and returns the exit code.
@@ -70,6 +77,9 @@ pub fn main() -> ExitCode {
     init_logging(cli.log.as_deref(), default_level);
     let result = match cli.command {
         Command::Inventory(args) => inventory::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchPeer(args) => bench::run_peer(&args),
+        Command::Internal(InternalCommand::BenchRun(args)) => return bench::run_child(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Client(args) => client::run(&args),
         Command::CheckConfig(args) => check_config::run(&args),

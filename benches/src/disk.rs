@@ -1,0 +1,426 @@
+//! Storage kernels: O_DIRECT sequential write / read with 1 MiB blocks and random 4 KiB reads.
+//!
+//! Queue depth is provided by threads: `inflight` threads each issue blocking `pwrite`/`pread`
+//! at queue depth 1, so the device sees `inflight` requests in flight (what fio's `psync`
+//! engine with `numjobs` does; io_uring would give the same depth from one thread). Buffers are
+//! 4 KiB aligned, the file is opened with `O_DIRECT` (no page cache) and filled with random,
+//! incompressible data in which every 1 MiB block carries its own index, so reads verify both
+//! contents and position. The file lives in the directory the caller gives (the agent's state
+//! dir) and is removed when [`TestFile`] drops, also on error or panic.
+
+use std::alloc::Layout;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::stats::{self, Protocol};
+use crate::{BenchError, KernelResult, XorShift};
+
+/// Version of the disk kernels.
+pub const DISK_KERNEL_VERSION: u32 = 1;
+/// Sequential block size.
+pub const SEQ_BLOCK: usize = 1 << 20;
+/// Random read size.
+pub const RAND_BLOCK: usize = 4096;
+const ALIGN: usize = 4096;
+const POOL: usize = 8;
+
+/// A heap buffer aligned for O_DIRECT.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer is exclusively owned plain bytes.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes aligned to 4 KiB.
+    pub fn new(len: usize) -> Result<Self, BenchError> {
+        let layout = Layout::from_size_align(len.max(ALIGN), ALIGN)
+            .map_err(|e| BenchError::InvalidParameter(format!("buffer of {len} bytes: {e}")))?;
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(raw)
+            .ok_or_else(|| BenchError::InvalidParameter(format!("cannot allocate {len} bytes")))?;
+        Ok(Self { ptr, len })
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialized bytes while self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self guarantees exclusivity.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Ok(layout) = Layout::from_size_align(self.len.max(ALIGN), ALIGN) {
+            // SAFETY: allocated in `new` with this same layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+/// The benchmark file: created in a directory, removed on drop.
+#[derive(Debug)]
+pub struct TestFile {
+    path: PathBuf,
+    file: File,
+    blocks: usize,
+    pool: Vec<Vec<u8>>,
+}
+
+impl Drop for TestFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl TestFile {
+    /// Creates `fog-bench-disk-<pid>.tmp` of `blocks` MiB in `dir` with O_DIRECT (not yet
+    /// written: [`TestFile::write_all`] fills it).
+    pub fn create(dir: &Path, blocks: usize) -> Result<Self, BenchError> {
+        if blocks == 0 {
+            return Err(BenchError::InvalidParameter("disk file of 0 blocks".into()));
+        }
+        let path = dir.join(format!("fog-bench-disk-{}.tmp", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .map_err(|e| {
+                let what = format!("open {} with O_DIRECT", path.display());
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    BenchError::Unsupported(format!("{what}: the file system refuses O_DIRECT"))
+                } else {
+                    BenchError::io(what, e)
+                }
+            })?;
+        let mut rng = XorShift::new(0xD15C);
+        let pool = (0..POOL)
+            .map(|_| {
+                let mut b = vec![0u8; SEQ_BLOCK];
+                rng.fill(&mut b);
+                b
+            })
+            .collect();
+        Ok(Self {
+            path,
+            file,
+            blocks,
+            pool,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.blocks * SEQ_BLOCK) as u64
+    }
+
+    /// Expected content of block `i`: pool block `i % POOL` with `i` in its first 8 bytes.
+    fn expected_block(&self, i: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.pool[i % POOL]);
+        out[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+
+    /// Writes every block once with `inflight` threads, then `fdatasync`. Returns the wall time.
+    pub fn write_all(&self, inflight: usize) -> Result<Duration, BenchError> {
+        let next = AtomicUsize::new(0);
+        let start = Instant::now();
+        self.parallel(inflight, |buf: &mut AlignedBuf| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.blocks {
+                return Ok(());
+            }
+            self.expected_block(i, buf);
+            self.file
+                .write_all_at(buf, (i * SEQ_BLOCK) as u64)
+                .map_err(|e| BenchError::io(format!("pwrite {}", self.path.display()), e))?;
+        })?;
+        self.file
+            .sync_data()
+            .map_err(|e| BenchError::io(format!("fdatasync {}", self.path.display()), e))?;
+        Ok(start.elapsed())
+    }
+
+    /// Reads every block once with `inflight` threads, verifying each. Returns the wall time.
+    pub fn read_all(&self, inflight: usize) -> Result<Duration, BenchError> {
+        let next = AtomicUsize::new(0);
+        let start = Instant::now();
+        self.parallel(inflight, |buf: &mut AlignedBuf| {
+            let mut expected = vec![0u8; SEQ_BLOCK];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= self.blocks {
+                    return Ok(());
+                }
+                self.file
+                    .read_exact_at(buf, (i * SEQ_BLOCK) as u64)
+                    .map_err(|e| BenchError::io(format!("pread {}", self.path.display()), e))?;
+                self.expected_block(i, &mut expected);
+                if buf[..] != expected[..] {
+                    return Err(BenchError::Verification(format!(
+                        "block {i} read back differs from what was written"
+                    )));
+                }
+            }
+        })?;
+        Ok(start.elapsed())
+    }
+
+    /// Random 4 KiB reads for `duration` from `depth` threads; returns (ops, wall time, every
+    /// latency in µs). Each read is verified against the written content.
+    pub fn random_reads(
+        &self,
+        depth: usize,
+        duration: Duration,
+        seed: u64,
+    ) -> Result<(u64, Duration, Vec<f64>), BenchError> {
+        let slots = (self.bytes() / RAND_BLOCK as u64).max(1);
+        let start = Instant::now();
+        let per_thread = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..depth)
+                .map(|t| {
+                    scope.spawn(move || -> Result<Vec<f64>, BenchError> {
+                        let mut buf = AlignedBuf::new(RAND_BLOCK)?;
+                        let mut rng = XorShift::new(seed ^ (t as u64 + 1).wrapping_mul(0x9E37));
+                        let mut lat = Vec::with_capacity(1 << 16);
+                        while start.elapsed() < duration {
+                            let slot = rng.below(slots);
+                            let off = slot * RAND_BLOCK as u64;
+                            let t0 = Instant::now();
+                            self.file.read_exact_at(&mut buf, off).map_err(|e| {
+                                BenchError::io(format!("pread {}", self.path.display()), e)
+                            })?;
+                            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                            self.verify_piece(off as usize, &buf)?;
+                        }
+                        Ok(lat)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let elapsed = start.elapsed();
+        let lat: Vec<f64> = per_thread.into_iter().flatten().collect();
+        Ok((lat.len() as u64, elapsed, lat))
+    }
+
+    fn verify_piece(&self, off: usize, got: &[u8]) -> Result<(), BenchError> {
+        let block = off / SEQ_BLOCK;
+        let within = off % SEQ_BLOCK;
+        let pool = &self.pool[block % POOL][within..within + got.len()];
+        let ok = if within == 0 {
+            got[..8] == (block as u64).to_le_bytes() && got[8..] == pool[8..]
+        } else {
+            got == pool
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(BenchError::Verification(format!(
+                "random read at offset {off} differs from what was written"
+            )))
+        }
+    }
+
+    fn parallel(
+        &self,
+        threads: usize,
+        work: impl Fn(&mut AlignedBuf) -> Result<(), BenchError> + Sync,
+    ) -> Result<(), BenchError> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads.max(1))
+                .map(|_| {
+                    let work = &work;
+                    scope.spawn(move || {
+                        let mut buf = AlignedBuf::new(SEQ_BLOCK)?;
+                        work(&mut buf)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+}
+
+/// Parameters of the disk benchmarks.
+#[derive(Debug, Clone)]
+pub struct DiskParams {
+    /// Directory of the test file (the agent's state dir).
+    pub dir: PathBuf,
+    /// File size in MiB.
+    pub file_mib: usize,
+    /// Sequential requests in flight (threads).
+    pub seq_inflight: usize,
+    /// Random-read queue depth (threads).
+    pub rand_depth: usize,
+    /// Duration of one random-read sample.
+    pub rand_sample: Duration,
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+/// Sequential write throughput in MB/s (1e6): each sample rewrites the whole file.
+pub fn seq_write(p: &DiskParams, protocol: &Protocol) -> Result<KernelResult, BenchError> {
+    let file = TestFile::create(&p.dir, p.file_mib)?;
+    let (summary, _) = stats::run(protocol, || -> Result<f64, BenchError> {
+        Ok(mbps(file.bytes(), file.write_all(p.seq_inflight)?))
+    })?;
+    file.read_all(p.seq_inflight)?;
+    Ok(seq_result(p, &file, summary, "write"))
+}
+
+/// Sequential read throughput in MB/s: the file is written once, then read per sample.
+pub fn seq_read(p: &DiskParams, protocol: &Protocol) -> Result<KernelResult, BenchError> {
+    let file = TestFile::create(&p.dir, p.file_mib)?;
+    file.write_all(p.seq_inflight)?;
+    let (summary, _) = stats::run(protocol, || -> Result<f64, BenchError> {
+        Ok(mbps(file.bytes(), file.read_all(p.seq_inflight)?))
+    })?;
+    Ok(seq_result(p, &file, summary, "read"))
+}
+
+fn seq_result(p: &DiskParams, file: &TestFile, summary: stats::Summary, op: &str) -> KernelResult {
+    KernelResult {
+        unit: "MB/s".into(),
+        summary,
+        details: Default::default(),
+        verified: "every 1 MiB block read back equal to what was written (index + random data)"
+            .into(),
+        device: p.dir.display().to_string(),
+    }
+    .with("op", op)
+    .with("block_bytes", SEQ_BLOCK)
+    .with("inflight", p.seq_inflight)
+    .with("file_bytes", file.bytes())
+    .with(
+        "engine",
+        "O_DIRECT pread/pwrite, one thread per request in flight",
+    )
+}
+
+/// Random 4 KiB read IOPS at queue depth `rand_depth`, with p50/p99 latency (µs) over all
+/// samples' requests.
+pub fn rand_read(p: &DiskParams, protocol: &Protocol) -> Result<KernelResult, BenchError> {
+    let file = TestFile::create(&p.dir, p.file_mib)?;
+    file.write_all(p.seq_inflight)?;
+    let mut all = Vec::new();
+    let mut seed = 1;
+    let (summary, _) = stats::run(protocol, || -> Result<f64, BenchError> {
+        seed += 1;
+        let (ops, elapsed, lat) = file.random_reads(p.rand_depth, p.rand_sample, seed)?;
+        all.extend(lat);
+        Ok(ops as f64 / elapsed.as_secs_f64())
+    })?;
+    all.sort_by(f64::total_cmp);
+    Ok(KernelResult {
+        unit: "IOPS".into(),
+        summary,
+        details: Default::default(),
+        verified: "every 4 KiB read equal to the written data at its offset".into(),
+        device: p.dir.display().to_string(),
+    }
+    .with("p50_us", stats::percentile_sorted(&all, 50.0))
+    .with("p99_us", stats::percentile_sorted(&all, 99.0))
+    .with("queue_depth", p.rand_depth)
+    .with("block_bytes", RAND_BLOCK)
+    .with("file_bytes", file.bytes())
+    .with("engine", "O_DIRECT pread, one thread per queue slot"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(dir: &Path) -> DiskParams {
+        DiskParams {
+            dir: dir.to_owned(),
+            file_mib: 8,
+            seq_inflight: 4,
+            rand_depth: 4,
+            rand_sample: Duration::from_millis(30),
+        }
+    }
+
+    fn quick() -> Protocol {
+        Protocol {
+            warmup: 0,
+            samples: 2,
+            max_factor: 1,
+            cv_limit: 1.0,
+        }
+    }
+
+    /// A directory on a disk file system (O_DIRECT is refused on tmpfs).
+    fn dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("fog-bench-disk")
+            .tempdir_in(std::env::current_dir().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn seq_write_read_and_random_verify_and_clean_up() {
+        let d = dir();
+        let p = params(d.path());
+        let w = seq_write(&p, &quick()).unwrap();
+        assert_eq!(w.unit, "MB/s");
+        let r = seq_read(&p, &quick()).unwrap();
+        assert!(r.summary.median > 0.0);
+        let rr = rand_read(&p, &quick()).unwrap();
+        assert!(rr.details["p99_us"].as_f64().unwrap() >= rr.details["p50_us"].as_f64().unwrap());
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "file left behind"
+        );
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let d = dir();
+        let f = TestFile::create(d.path(), 2).unwrap();
+        f.write_all(2).unwrap();
+        let mut junk = AlignedBuf::new(RAND_BLOCK).unwrap();
+        junk.fill(7);
+        f.file.write_all_at(&junk, SEQ_BLOCK as u64 + 4096).unwrap();
+        assert!(matches!(f.read_all(2), Err(BenchError::Verification(_))));
+        let path = f.path().to_owned();
+        drop(f);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn zero_blocks_rejected() {
+        assert!(TestFile::create(Path::new("/tmp"), 0).is_err());
+    }
+}
