@@ -92,7 +92,9 @@ impl AkBlob {
         let path = Self::path(dir);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(AkStateError::Missing(dir.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(AkStateError::Missing(dir.to_path_buf()))
+            }
             Err(source) => return Err(AkStateError::Io { path, source }),
         };
         let blob: Self = serde_json::from_slice(&bytes).map_err(|e| AkStateError::Corrupt {
@@ -116,7 +118,11 @@ impl AkBlob {
             path: path.clone(),
             source,
         };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         tmp.write_all(&bytes).map_err(io)?;

@@ -127,13 +127,17 @@ pub fn verify_chain(
 
 /// Whether `issuer` has `child`'s issuer name and a key that verifies `child`'s signature.
 fn issued_by(child: &Certificate, issuer: &Certificate) -> bool {
-    child.tbs_certificate.issuer == issuer.tbs_certificate.subject && verify_signature(child, issuer).is_ok()
+    child.tbs_certificate.issuer == issuer.tbs_certificate.subject
+        && verify_signature(child, issuer).is_ok()
 }
 
 fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), CertError> {
     use const_oid::db::rfc5912 as oids;
     let unsupported = |what: &str| CertError::Unsupported(what.to_string());
-    let tbs = child.tbs_certificate.to_der().map_err(|_| unsupported("TBS encoding"))?;
+    let tbs = child
+        .tbs_certificate
+        .to_der()
+        .map_err(|_| unsupported("TBS encoding"))?;
     let sig = child.signature.raw_bytes();
     let spki = issuer
         .tbs_certificate
@@ -154,7 +158,9 @@ fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), Cer
     } else if oid == oids::ECDSA_WITH_SHA_512 {
         (sha2::Sha512::digest(&tbs).to_vec(), false)
     } else {
-        return Err(CertError::Unsupported(format!("certificate signature algorithm {oid}")));
+        return Err(CertError::Unsupported(format!(
+            "certificate signature algorithm {oid}"
+        )));
     };
     let bad = || CertError::Unsupported("signature".into());
     if is_rsa {
@@ -192,11 +198,18 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertError> 
 
 fn check_ca(cert: &Certificate) -> Result<(), CertError> {
     let not_ca = || CertError::NotCa(cert.tbs_certificate.subject.to_string());
-    let bc = cert.tbs_certificate.get::<BasicConstraints>().map_err(|_| not_ca())?;
+    let bc = cert
+        .tbs_certificate
+        .get::<BasicConstraints>()
+        .map_err(|_| not_ca())?;
     if !matches!(bc, Some((_, BasicConstraints { ca: true, .. }))) {
         return Err(not_ca());
     }
-    if let Some((_, ku)) = cert.tbs_certificate.get::<KeyUsage>().map_err(|_| not_ca())? {
+    if let Some((_, ku)) = cert
+        .tbs_certificate
+        .get::<KeyUsage>()
+        .map_err(|_| not_ca())?
+    {
         if !ku.0.contains(KeyUsages::KeyCertSign) {
             return Err(not_ca());
         }
@@ -205,7 +218,8 @@ fn check_ca(cert: &Certificate) -> Result<(), CertError> {
 }
 
 fn check_ek_key_usage(cert: &Certificate) -> Result<(), CertError> {
-    let is_rsa = cert.tbs_certificate.subject_public_key_info.algorithm.oid == const_oid::db::rfc5912::RSA_ENCRYPTION;
+    let is_rsa = cert.tbs_certificate.subject_public_key_info.algorithm.oid
+        == const_oid::db::rfc5912::RSA_ENCRYPTION;
     let (flag, name) = if is_rsa {
         (KeyUsages::KeyEncipherment, "keyEncipherment")
     } else {
@@ -219,7 +233,8 @@ fn check_ek_key_usage(cert: &Certificate) -> Result<(), CertError> {
 
 fn names_swtpm(cert: &Certificate) -> bool {
     let lower = |n: &x509_cert::name::Name| n.to_string().to_ascii_lowercase();
-    lower(&cert.tbs_certificate.subject).contains("swtpm") || lower(&cert.tbs_certificate.issuer).contains("swtpm")
+    lower(&cert.tbs_certificate.subject).contains("swtpm")
+        || lower(&cert.tbs_certificate.issuer).contains("swtpm")
 }
 
 /// Checks that the EK certificate certifies exactly the key of `ek` (the report's EK public).
@@ -235,16 +250,21 @@ pub fn check_ek_matches(cert: &Certificate, ek: &Public) -> Result<(), CertError
         } => {
             use rsa::pkcs8::DecodePublicKey;
             use rsa::traits::PublicKeyParts;
-            let key = rsa::RsaPublicKey::from_public_key_der(&spki).map_err(|_| CertError::KeyMismatch)?;
+            let key = rsa::RsaPublicKey::from_public_key_der(&spki)
+                .map_err(|_| CertError::KeyMismatch)?;
             let e = if *exponent == 0 { 65537 } else { *exponent };
             key.n().to_bytes_be() == strip_zeros(modulus) && key.e() == &rsa::BigUint::from(e)
         }
         PublicKey::Ecc { x, y, .. } => {
             use p256::pkcs8::DecodePublicKey;
             let point = if let Ok(k) = p256::PublicKey::from_public_key_der(&spki) {
-                elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&k, false).as_bytes().to_vec()
+                elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&k, false)
+                    .as_bytes()
+                    .to_vec()
             } else if let Ok(k) = p384::PublicKey::from_public_key_der(&spki) {
-                elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&k, false).as_bytes().to_vec()
+                elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&k, false)
+                    .as_bytes()
+                    .to_vec()
             } else {
                 return Err(CertError::KeyMismatch);
             };
@@ -277,7 +297,10 @@ pub fn trim_der_padding(nv: &[u8]) -> &[u8] {
         l if l < 0x80 => (2usize, usize::from(l)),
         0x81 if nv.len() >= 3 => (3, usize::from(nv[2])),
         0x82 if nv.len() >= 4 => (4, usize::from(u16::from_be_bytes([nv[2], nv[3]]))),
-        0x83 if nv.len() >= 5 => (5, (usize::from(nv[2]) << 16) | (usize::from(nv[3]) << 8) | usize::from(nv[4])),
+        0x83 if nv.len() >= 5 => (
+            5,
+            (usize::from(nv[2]) << 16) | (usize::from(nv[3]) << 8) | usize::from(nv[4]),
+        ),
         _ => return nv,
     };
     nv.get(..header + len).unwrap_or(nv)
@@ -298,7 +321,10 @@ mod tests {
 
     #[test]
     fn garbage_certificates_are_parse_errors() {
-        assert!(matches!(parse_der(&[0x30, 0x00], "EK certificate"), Err(CertError::Parse { .. })));
+        assert!(matches!(
+            parse_der(&[0x30, 0x00], "EK certificate"),
+            Err(CertError::Parse { .. })
+        ));
         assert!(parse_pem_bundle(b"not pem").is_err());
     }
 }

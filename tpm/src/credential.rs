@@ -63,7 +63,14 @@ pub struct MadeCredential {
 /// KDFa (SP800-108 counter mode with HMAC-H), as TPM 2.0 Part 1 §11.4.10.2 defines it.
 ///
 /// `label` gets its terminating zero byte appended here when it lacks one.
-pub fn kdfa(h: HashAlg, key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u32) -> Vec<u8> {
+pub fn kdfa(
+    h: HashAlg,
+    key: &[u8],
+    label: &str,
+    context_u: &[u8],
+    context_v: &[u8],
+    bits: u32,
+) -> Vec<u8> {
     let mut label_z = label.as_bytes().to_vec();
     if label_z.last() != Some(&0) {
         label_z.push(0);
@@ -74,7 +81,13 @@ pub fn kdfa(h: HashAlg, key: &[u8], label: &str, context_u: &[u8], context_v: &[
     while out.len() < bytes {
         out.extend_from_slice(&h.hmac(
             key,
-            &[&counter.to_be_bytes(), &label_z, context_u, context_v, &bits.to_be_bytes()],
+            &[
+                &counter.to_be_bytes(),
+                &label_z,
+                context_u,
+                context_v,
+                &bits.to_be_bytes(),
+            ],
         ));
         counter = counter.wrapping_add(1);
     }
@@ -84,7 +97,14 @@ pub fn kdfa(h: HashAlg, key: &[u8], label: &str, context_u: &[u8], context_v: &[
 }
 
 /// KDFe (SP800-56A concatenation KDF), as TPM 2.0 Part 1 §11.4.10.3 defines it.
-pub fn kdfe(h: HashAlg, z: &[u8], label: &[u8], party_u: &[u8], party_v: &[u8], bits: u32) -> Vec<u8> {
+pub fn kdfe(
+    h: HashAlg,
+    z: &[u8],
+    label: &[u8],
+    party_u: &[u8],
+    party_v: &[u8],
+    bits: u32,
+) -> Vec<u8> {
     let bytes = bits.div_ceil(8) as usize;
     let mut out = Vec::with_capacity(bytes + h.size());
     let mut counter: u32 = 1;
@@ -105,14 +125,24 @@ fn mask_high_bits(out: &mut [u8], bits: u32) {
 }
 
 /// Runs `TPM2_MakeCredential(ek, credential, object_name)` in software with a fresh random seed.
-pub fn make_credential(ek: &Public, object_name: &[u8], credential: &[u8]) -> Result<MadeCredential, CredentialError> {
+pub fn make_credential(
+    ek: &Public,
+    object_name: &[u8],
+    credential: &[u8],
+) -> Result<MadeCredential, CredentialError> {
     use crate::structures::attr;
     if ek.attributes & (attr::RESTRICTED | attr::DECRYPT) != (attr::RESTRICTED | attr::DECRYPT) {
         return Err(CredentialError::NotStorageKey(ek.attributes));
     }
-    let h = ek.name_hash().ok_or(CredentialError::NameAlg(ek.name_alg))?;
+    let h = ek
+        .name_hash()
+        .ok_or(CredentialError::NameAlg(ek.name_alg))?;
     let sym_bits = match ek.symmetric {
-        Some(s) if s.algorithm == alg::AES && s.mode == alg::CFB && (s.key_bits == 128 || s.key_bits == 256) => {
+        Some(s)
+            if s.algorithm == alg::AES
+                && s.mode == alg::CFB
+                && (s.key_bits == 128 || s.key_bits == 256) =>
+        {
             u32::from(s.key_bits)
         }
         _ => return Err(CredentialError::Symmetric),
@@ -162,7 +192,11 @@ fn protect(h: HashAlg, sym_bits: u32, seed: &[u8], name: &[u8], credential: &[u8
     blob
 }
 
-fn rsa_seed(h: HashAlg, exponent: u32, modulus: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
+fn rsa_seed(
+    h: HashAlg,
+    exponent: u32,
+    modulus: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
     use rsa::{BigUint, Oaep, RsaPublicKey};
     let e = if exponent == 0 { 65537 } else { exponent };
     let key = RsaPublicKey::new(BigUint::from_bytes_be(modulus), BigUint::from(e))
@@ -181,7 +215,12 @@ fn rsa_seed(h: HashAlg, exponent: u32, modulus: &[u8]) -> Result<(Vec<u8>, Vec<u
     Ok((seed, enc))
 }
 
-fn ecc_seed(h: HashAlg, curve_id: u16, x: &[u8], y: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
+fn ecc_seed(
+    h: HashAlg,
+    curve_id: u16,
+    x: &[u8],
+    y: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
     let bad = || CredentialError::Ecc(curve_id);
     let (z, ex, ey) = match curve_id {
         curve::NIST_P256 => ecdh::<p256::NistP256>(x, y, 32).ok_or_else(bad)?,
@@ -246,12 +285,22 @@ mod tests {
     }
 
     /// ActivateCredential in software with the EK's private key (what the TPM does).
-    fn activate(ek_priv: &rsa::RsaPrivateKey, name: &[u8], made: &MadeCredential) -> Option<Vec<u8>> {
+    fn activate(
+        ek_priv: &rsa::RsaPrivateKey,
+        name: &[u8],
+        made: &MadeCredential,
+    ) -> Option<Vec<u8>> {
         let seed = ek_priv
-            .decrypt(rsa::Oaep::new_with_label::<sha2::Sha256, _>("IDENTITY\0"), &made.encrypted_secret)
+            .decrypt(
+                rsa::Oaep::new_with_label::<sha2::Sha256, _>("IDENTITY\0"),
+                &made.encrypted_secret,
+            )
             .ok()?;
         let h = HashAlg::Sha256;
-        let hmac_len = usize::from(u16::from_be_bytes([made.credential_blob[0], made.credential_blob[1]]));
+        let hmac_len = usize::from(u16::from_be_bytes([
+            made.credential_blob[0],
+            made.credential_blob[1],
+        ]));
         let (hmac, enc) = made.credential_blob[2..].split_at(hmac_len);
         let key = kdfa(h, &seed, "INTEGRITY", &[], &[], 256);
         if h.hmac(&key, &[enc, name]) != hmac {
@@ -284,7 +333,10 @@ mod tests {
             Err(CredentialError::CredentialTooLong { len: 33, max: 32 })
         ));
         ek.attributes &= !attr::DECRYPT;
-        assert!(matches!(make_credential(&ek, &[0], &[0; 32]), Err(CredentialError::NotStorageKey(_))));
+        assert!(matches!(
+            make_credential(&ek, &[0], &[0; 32]),
+            Err(CredentialError::NotStorageKey(_))
+        ));
     }
 
     #[test]
@@ -292,7 +344,16 @@ mod tests {
         // Two HMAC blocks, truncated to 40 bytes; first block = HMAC(k, 1 || "L\0" || u || v || 320).
         let out = kdfa(HashAlg::Sha256, b"k", "L", b"u", b"v", 320);
         assert_eq!(out.len(), 40);
-        let first = HashAlg::Sha256.hmac(b"k", &[&1u32.to_be_bytes(), b"L\0", b"u", b"v", &320u32.to_be_bytes()]);
+        let first = HashAlg::Sha256.hmac(
+            b"k",
+            &[
+                &1u32.to_be_bytes(),
+                b"L\0",
+                b"u",
+                b"v",
+                &320u32.to_be_bytes(),
+            ],
+        );
         assert_eq!(&out[..32], &first[..]);
         let odd = kdfa(HashAlg::Sha256, b"k", "L", b"", b"", 12);
         assert_eq!(odd.len(), 2);
@@ -302,18 +363,28 @@ mod tests {
     #[test]
     fn kdfe_matches_its_definition() {
         let out = kdfe(HashAlg::Sha256, b"z", b"IDENTITY\0", b"u", b"v", 256);
-        assert_eq!(out, HashAlg::Sha256.digest(&[&1u32.to_be_bytes(), b"z", b"IDENTITY\0", b"u", b"v"]));
+        assert_eq!(
+            out,
+            HashAlg::Sha256.digest(&[&1u32.to_be_bytes(), b"z", b"IDENTITY\0", b"u", b"v"])
+        );
     }
 
     #[test]
     fn ecc_point_off_curve_is_refused() {
-        let mut ek = rsa_ek(&rsa::RsaPrivateKey::new(&mut OsRng, 1024).unwrap().to_public_key());
+        let mut ek = rsa_ek(
+            &rsa::RsaPrivateKey::new(&mut OsRng, 1024)
+                .unwrap()
+                .to_public_key(),
+        );
         ek.key = PublicKey::Ecc {
             curve: curve::NIST_P256,
             kdf: None,
             x: vec![1; 32],
             y: vec![2; 32],
         };
-        assert!(matches!(make_credential(&ek, &[0], &[0; 32]), Err(CredentialError::Ecc(3))));
+        assert!(matches!(
+            make_credential(&ek, &[0], &[0; 32]),
+            Err(CredentialError::Ecc(3))
+        ));
     }
 }

@@ -15,21 +15,23 @@ use tss_esapi::abstraction::ek::create_ek_object_2;
 use tss_esapi::abstraction::{ak as tss_ak, AsymmetricAlgorithmSelection, KeyCustomization};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle,
+};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::NvAuth;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Data, EncryptedSecret, IdObject, PcrSelectionList, Private, Public as TssPublic, SignatureScheme,
-    SymmetricDefinition,
+    Data, EncryptedSecret, IdObject, PcrSelectionList, Private, Public as TssPublic,
+    SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
-use crate::ak::{AkAlg, AkBlob, AK_FORMAT, EkAlg};
+use crate::ak::{AkAlg, AkBlob, EkAlg, AK_FORMAT};
 use crate::report::PcrValues;
 use crate::structures::{Attest, HashAlg, PcrSelection, Public};
 use crate::tcti::Tcti;
@@ -144,7 +146,10 @@ impl Tpm {
         &self.tcti
     }
 
-    fn with_context<T>(&self, f: impl FnOnce(&mut Context) -> Result<T, TpmError>) -> Result<T, TpmError> {
+    fn with_context<T>(
+        &self,
+        f: impl FnOnce(&mut Context) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
         let _guard = self.lock.lock().map_err(|_| TpmError::Poisoned)?;
         let open_err = |source| TpmError::Open {
             tcti: self.tcti.to_string(),
@@ -156,14 +161,20 @@ impl Tpm {
     }
 
     /// Creates the EK (TCG default template), runs `f` with it, and flushes it.
-    fn with_ek<T>(ctx: &mut Context, alg: EkAlg, f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>) -> Result<T, TpmError> {
+    fn with_ek<T>(
+        ctx: &mut Context,
+        alg: EkAlg,
+        f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
         let sel = match alg {
             EkAlg::Rsa => AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
             EkAlg::Ecc => AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
         };
         let ek = create_ek_object_2(ctx, sel, None).map_err(cmd("EK creation"))?;
         let out = f(ctx, ek);
-        let flushed = ctx.flush_context(ObjectHandle::from(ek)).map_err(cmd("EK flush"));
+        let flushed = ctx
+            .flush_context(ObjectHandle::from(ek))
+            .map_err(cmd("EK flush"));
         let out = out?;
         flushed?;
         Ok(out)
@@ -183,7 +194,9 @@ impl Tpm {
         })?;
         let ak = tss_ak::load_ak(ctx, ek, None, private, public).map_err(cmd("AK load"))?;
         let out = f(ctx, ak);
-        let flushed = ctx.flush_context(ObjectHandle::from(ak)).map_err(cmd("AK flush"));
+        let flushed = ctx
+            .flush_context(ObjectHandle::from(ak))
+            .map_err(cmd("AK flush"));
         let out = out?;
         flushed?;
         Ok(out)
@@ -198,19 +211,28 @@ impl Tpm {
             })?;
             let cert_index = match (alg, Public::parse_tpm2b(&public).map(|p| p.key)) {
                 (EkAlg::Rsa, _) => NV_EK_CERT_RSA2048,
-                (EkAlg::Ecc, Ok(crate::structures::PublicKey::Ecc { curve: crate::structures::curve::NIST_P384, .. })) => {
-                    NV_EK_CERT_P384
-                }
+                (
+                    EkAlg::Ecc,
+                    Ok(crate::structures::PublicKey::Ecc {
+                        curve: crate::structures::curve::NIST_P384,
+                        ..
+                    }),
+                ) => NV_EK_CERT_P384,
                 (EkAlg::Ecc, _) => NV_EK_CERT_P256,
             };
-            let cert = read_nv(ctx, cert_index)?.map(|der| crate::certs::trim_der_padding(&der).to_vec());
+            let cert =
+                read_nv(ctx, cert_index)?.map(|der| crate::certs::trim_der_padding(&der).to_vec());
             let mut chain = Vec::new();
             for index in defined_chain_indices(ctx)? {
                 if let Some(der) = read_nv(ctx, index)? {
                     chain.push(crate::certs::trim_der_padding(&der).to_vec());
                 }
             }
-            Ok(EkInfo { public, cert, chain })
+            Ok(EkInfo {
+                public,
+                cert,
+                chain,
+            })
         })
     }
 
@@ -222,21 +244,54 @@ impl Tpm {
     /// Creates an AK without the `restricted` attribute: it can sign anything, so a verifier must
     /// reject it. Only for tests of that rejection.
     #[cfg(feature = "test-util")]
-    pub fn create_unrestricted_ak(&self, alg: AkAlg, ek_alg: EkAlg, host_id: &str) -> Result<AkBlob, TpmError> {
+    pub fn create_unrestricted_ak(
+        &self,
+        alg: AkAlg,
+        ek_alg: EkAlg,
+        host_id: &str,
+    ) -> Result<AkBlob, TpmError> {
         self.create_ak_inner(alg, ek_alg, host_id, false)
     }
 
-    fn create_ak_inner(&self, alg: AkAlg, ek_alg: EkAlg, host_id: &str, restricted: bool) -> Result<AkBlob, TpmError> {
+    fn create_ak_inner(
+        &self,
+        alg: AkAlg,
+        ek_alg: EkAlg,
+        host_id: &str,
+        restricted: bool,
+    ) -> Result<AkBlob, TpmError> {
         let (key_alg, scheme) = match alg {
-            AkAlg::Rsa => (AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048), SignatureSchemeAlgorithm::RsaSsa),
-            AkAlg::Ecc => (AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256), SignatureSchemeAlgorithm::EcDsa),
+            AkAlg::Rsa => (
+                AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+                SignatureSchemeAlgorithm::RsaSsa,
+            ),
+            AkAlg::Ecc => (
+                AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+                SignatureSchemeAlgorithm::EcDsa,
+            ),
         };
         self.with_context(|ctx| {
             Self::with_ek(ctx, ek_alg, |ctx, ek| {
                 let created = if restricted {
-                    tss_ak::create_ak_2(ctx, ek, HashingAlgorithm::Sha256, key_alg, scheme, None, None)
+                    tss_ak::create_ak_2(
+                        ctx,
+                        ek,
+                        HashingAlgorithm::Sha256,
+                        key_alg,
+                        scheme,
+                        None,
+                        None,
+                    )
                 } else {
-                    tss_ak::create_ak_2(ctx, ek, HashingAlgorithm::Sha256, key_alg, scheme, None, Unrestricted)
+                    tss_ak::create_ak_2(
+                        ctx,
+                        ek,
+                        HashingAlgorithm::Sha256,
+                        key_alg,
+                        scheme,
+                        None,
+                        Unrestricted,
+                    )
                 }
                 .map_err(cmd("AK creation"))?;
                 Ok(AkBlob {
@@ -253,22 +308,30 @@ impl Tpm {
 
     /// `TPM2_ActivateCredential` with the AK and the EK: returns the credential (the auditor's
     /// secret). Fails when the AK is not in the TPM holding the EK the credential was made for.
-    pub fn activate_credential(&self, ak: &AkBlob, credential_blob: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+    pub fn activate_credential(
+        &self,
+        ak: &AkBlob,
+        credential_blob: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
         let id = IdObject::try_from(credential_blob.to_vec()).map_err(|e| TpmError::Malformed {
             what: "credential blob",
             reason: e.to_string(),
         })?;
-        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(|e| TpmError::Malformed {
-            what: "encrypted secret",
-            reason: e.to_string(),
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(|e| {
+            TpmError::Malformed {
+                what: "encrypted secret",
+                reason: e.to_string(),
+            }
         })?;
         self.with_context(|ctx| {
             Self::with_ek(ctx, ak.ek_alg, |ctx, ek| {
                 Self::with_ak(ctx, ek, ak, |ctx, ak_handle| {
                     let session = ek_policy_session(ctx)?;
-                    let result = ctx.execute_with_sessions((Some(AuthSession::Password), Some(session), None), |ctx| {
-                        ctx.activate_credential(ak_handle, ek, id, secret)
-                    });
+                    let result = ctx.execute_with_sessions(
+                        (Some(AuthSession::Password), Some(session), None),
+                        |ctx| ctx.activate_credential(ak_handle, ek, id, secret),
+                    );
                     let flushed = ctx
                         .flush_context(SessionHandle::from(session).into())
                         .map_err(cmd("policy session flush"));
@@ -282,15 +345,23 @@ impl Tpm {
 
     /// Quotes `selection` with the AK over `qualifying_data`, then reads the PCRs; retries when
     /// they moved in between.
-    pub fn quote(&self, ak: &AkBlob, qualifying_data: &[u8; 32], selection: &PcrSelection) -> Result<QuoteOutput, TpmError> {
+    pub fn quote(
+        &self,
+        ak: &AkBlob,
+        qualifying_data: &[u8; 32],
+        selection: &PcrSelection,
+    ) -> Result<QuoteOutput, TpmError> {
         let tss_sel = tss_selection(selection)?;
         self.with_context(|ctx| {
             Self::with_ek(ctx, ak.ek_alg, |ctx, ek| {
                 Self::with_ak(ctx, ek, ak, |ctx, ak_handle| {
                     for _ in 0..QUOTE_ATTEMPTS {
-                        let data = Data::try_from(qualifying_data.to_vec()).map_err(cmd("quote data"))?;
+                        let data =
+                            Data::try_from(qualifying_data.to_vec()).map_err(cmd("quote data"))?;
                         let (attest, sig) = ctx
-                            .execute_with_nullauth_session(|ctx| ctx.quote(ak_handle, data, SignatureScheme::Null, tss_sel.clone()))
+                            .execute_with_nullauth_session(|ctx| {
+                                ctx.quote(ak_handle, data, SignatureScheme::Null, tss_sel.clone())
+                            })
                             .map_err(cmd("Quote"))?;
                         let attest = attest.marshall().map_err(cmd("attest marshal"))?;
                         let signature = sig.marshall().map_err(cmd("signature marshal"))?;
@@ -305,7 +376,11 @@ impl Tpm {
                         let (pcrs, values) = read_pcrs(ctx, selection)?;
                         let parts: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
                         if sig_hash.digest(&parts) == parsed.quote.pcr_digest {
-                            return Ok(QuoteOutput { attest, signature, pcrs });
+                            return Ok(QuoteOutput {
+                                attest,
+                                signature,
+                                pcrs,
+                            });
                         }
                         tracing::debug!("pcrs moved between quote and read; quoting again");
                     }
@@ -328,7 +403,14 @@ impl Tpm {
 /// A policy session satisfying the TCG EK policy (PolicySecret(TPM_RH_ENDORSEMENT)).
 fn ek_policy_session(ctx: &mut Context) -> Result<AuthSession, TpmError> {
     let session = ctx
-        .start_auth_session(None, None, None, SessionType::Policy, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
         .map_err(cmd("policy session start"))?
         .ok_or(TpmError::Malformed {
             what: "session handle",
@@ -336,11 +418,21 @@ fn ek_policy_session(ctx: &mut Context) -> Result<AuthSession, TpmError> {
         })?;
     let policy = PolicySession::try_from(session).map_err(cmd("policy session"))?;
     let r = ctx.execute_with_nullauth_session(|ctx| {
-        ctx.policy_secret(policy, AuthHandle::Endorsement, Default::default(), Default::default(), Default::default(), None)
+        ctx.policy_secret(
+            policy,
+            AuthHandle::Endorsement,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            None,
+        )
     });
     if let Err(source) = r {
         let _ = ctx.flush_context(SessionHandle::from(session).into());
-        return Err(TpmError::Command { op: "PolicySecret", source });
+        return Err(TpmError::Command {
+            op: "PolicySecret",
+            source,
+        });
     }
     Ok(session)
 }
@@ -391,7 +483,8 @@ fn read_pcrs(ctx: &mut Context, sel: &PcrSelection) -> Result<(PcrValues, Vec<Ve
     let mut map = PcrValues::new();
     let mut ordered = Vec::new();
     for bank in &sel.banks {
-        let h = HashAlg::from_tpm(bank.hash).ok_or_else(|| TpmError::Selection(format!("bank {:#06x}", bank.hash)))?;
+        let h = HashAlg::from_tpm(bank.hash)
+            .ok_or_else(|| TpmError::Selection(format!("bank {:#06x}", bank.hash)))?;
         let indices = bank.indices();
         for chunk in indices.chunks(8) {
             let mut select = vec![0u8; bank.select.len()];
@@ -399,10 +492,17 @@ fn read_pcrs(ctx: &mut Context, sel: &PcrSelection) -> Result<(PcrValues, Vec<Ve
                 select[(*i / 8) as usize] |= 1 << (i % 8);
             }
             let part = PcrSelection {
-                banks: vec![crate::structures::PcrBankSelection { hash: bank.hash, select }],
+                banks: vec![crate::structures::PcrBankSelection {
+                    hash: bank.hash,
+                    select,
+                }],
             };
             let (_, read_sel, digests) = ctx
-                .execute_without_session(|ctx| ctx.pcr_read(tss_selection(&part).map_err(|_| tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::InvalidParam))?))
+                .execute_without_session(|ctx| {
+                    ctx.pcr_read(tss_selection(&part).map_err(|_| {
+                        tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::InvalidParam)
+                    })?)
+                })
                 .map_err(cmd("PCR_Read"))?;
             if digests.len() != chunk.len() || read_sel.is_empty() {
                 return Err(TpmError::Selection(format!(
@@ -411,7 +511,9 @@ fn read_pcrs(ctx: &mut Context, sel: &PcrSelection) -> Result<(PcrValues, Vec<Ve
                 )));
             }
             for (i, d) in chunk.iter().zip(digests.value()) {
-                map.entry(h.name().to_string()).or_default().insert(*i, hex::encode(d.value()));
+                map.entry(h.name().to_string())
+                    .or_default()
+                    .insert(*i, hex::encode(d.value()));
                 ordered.push(d.value().to_vec());
             }
         }
@@ -422,13 +524,17 @@ fn read_pcrs(ctx: &mut Context, sel: &PcrSelection) -> Result<(PcrValues, Vec<Ve
 /// Reads a whole NV index; `None` when it is not defined.
 fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>, TpmError> {
     let handle = NvIndexTpmHandle::new(index).map_err(cmd("NV handle"))?;
-    let obj = match ctx.execute_without_session(|ctx| ctx.tr_from_tpm_public(TpmHandle::NvIndex(handle))) {
+    let obj = match ctx
+        .execute_without_session(|ctx| ctx.tr_from_tpm_public(TpmHandle::NvIndex(handle)))
+    {
         Ok(obj) => obj,
         Err(_) => return Ok(None),
     };
     let auth = NvAuth::NvIndex(obj.into());
     let data = ctx
-        .execute_with_nullauth_session(|ctx| tss_esapi::abstraction::nv::read_full(ctx, auth, handle))
+        .execute_with_nullauth_session(|ctx| {
+            tss_esapi::abstraction::nv::read_full(ctx, auth, handle)
+        })
         .map_err(cmd("NV read"));
     let mut obj = obj;
     let _ = ctx.tr_close(&mut obj);
@@ -440,7 +546,11 @@ fn defined_chain_indices(ctx: &mut Context) -> Result<Vec<u32>, TpmError> {
     use tss_esapi::constants::CapabilityType;
     use tss_esapi::structures::CapabilityData;
     let (data, _more) = ctx
-        .get_capability(CapabilityType::Handles, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST - NV_EK_CHAIN_FIRST + 1)
+        .get_capability(
+            CapabilityType::Handles,
+            NV_EK_CHAIN_FIRST,
+            NV_EK_CHAIN_LAST - NV_EK_CHAIN_FIRST + 1,
+        )
         .map_err(cmd("GetCapability(handles)"))?;
     let CapabilityData::Handles(handles) = data else {
         return Ok(Vec::new());

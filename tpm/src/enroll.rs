@@ -80,7 +80,9 @@ pub enum EnrollError {
     #[error("no pending enrollment challenge for nonce {0} (unknown, or already used)")]
     UnknownChallenge(String),
     /// The proof is wrong.
-    #[error("enrollment proof does not match: the AK is not in the TPM that holds the certified EK")]
+    #[error(
+        "enrollment proof does not match: the AK is not in the TPM that holds the certified EK"
+    )]
     ProofMismatch,
 }
 
@@ -141,11 +143,18 @@ pub struct EnrollProof {
     pub proof: Vec<u8>,
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, EnrollError> {
+fn parse_json<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, EnrollError> {
     serde_json::from_slice(bytes).map_err(|source| EnrollError::Json { what, source })
 }
 
-fn check_format(found: &str, expected: &'static str, what: &'static str) -> Result<(), EnrollError> {
+fn check_format(
+    found: &str,
+    expected: &'static str,
+    what: &'static str,
+) -> Result<(), EnrollError> {
     if found == expected {
         Ok(())
     } else {
@@ -203,14 +212,25 @@ pub fn make_proof(challenge: &EnrollChallenge, secret: &[u8]) -> EnrollProof {
 ///
 /// `opts` supplies the trust anchors, `allow_software_tpm` and the time; its nonce and PCR
 /// fields are unused here.
-pub fn create_challenge(store: &Store, req: &EnrollRequest, opts: &VerifyOptions) -> Result<EnrollChallenge, EnrollError> {
-    let ek = Public::parse_tpm2b(&req.ek_pub).map_err(|source| EnrollError::Structure { what: "EK public", source })?;
-    let ak = Public::parse_tpm2b(&req.ak_pub).map_err(|source| EnrollError::Structure { what: "AK public", source })?;
+pub fn create_challenge(
+    store: &Store,
+    req: &EnrollRequest,
+    opts: &VerifyOptions,
+) -> Result<EnrollChallenge, EnrollError> {
+    let ek = Public::parse_tpm2b(&req.ek_pub).map_err(|source| EnrollError::Structure {
+        what: "EK public",
+        source,
+    })?;
+    let ak = Public::parse_tpm2b(&req.ak_pub).map_err(|source| EnrollError::Structure {
+        what: "AK public",
+        source,
+    })?;
     let cert = req.ek_cert.as_deref().ok_or(EnrollError::NoEkCertificate)?;
     let note = ek_chain_outcome(cert, &req.ek_chain, opts).map_err(EnrollError::EkCertificate)?;
     let leaf = crate::certs::parse_der(crate::certs::trim_der_padding(cert), "EK certificate")
         .map_err(|e| EnrollError::EkCertificate(e.to_string()))?;
-    crate::certs::check_ek_matches(&leaf, &ek).map_err(|e| EnrollError::EkCertificate(e.to_string()))?;
+    crate::certs::check_ek_matches(&leaf, &ek)
+        .map_err(|e| EnrollError::EkCertificate(e.to_string()))?;
     check_ak_attributes(&ak).map_err(EnrollError::AkAttributes)?;
     let ak_name = ak
         .name()
@@ -245,7 +265,11 @@ pub fn create_challenge(store: &Store, req: &EnrollRequest, opts: &VerifyOptions
 }
 
 /// Auditor: accepts or rejects a proof. The challenge is consumed either way.
-pub fn finish(store: &Store, proof: &EnrollProof, now: SystemTime) -> Result<EnrolledAk, EnrollError> {
+pub fn finish(
+    store: &Store,
+    proof: &EnrollProof,
+    now: SystemTime,
+) -> Result<EnrolledAk, EnrollError> {
     let key = hex::encode(&proof.enroll_nonce);
     let mut state = store.load()?;
     let pending = state
@@ -259,7 +283,10 @@ pub fn finish(store: &Store, proof: &EnrollProof, now: SystemTime) -> Result<Enr
         return Err(EnrollError::ProofMismatch);
     }
     let ak_pub = hex::decode(&pending.ak_pub).map_err(|_| EnrollError::ProofMismatch)?;
-    let ak = Public::parse_tpm2b(&ak_pub).map_err(|source| EnrollError::Structure { what: "AK public", source })?;
+    let ak = Public::parse_tpm2b(&ak_pub).map_err(|source| EnrollError::Structure {
+        what: "AK public",
+        source,
+    })?;
     let name = ak
         .name()
         .ok_or_else(|| EnrollError::AkAttributes("AK name algorithm unsupported".into()))?;
@@ -308,12 +335,18 @@ mod tests {
             enroll_nonce: vec![1; 32],
             proof: vec![0; 32],
         };
-        assert!(matches!(finish(&store, &wrong, SystemTime::now()), Err(EnrollError::ProofMismatch)));
+        assert!(matches!(
+            finish(&store, &wrong, SystemTime::now()),
+            Err(EnrollError::ProofMismatch)
+        ));
         // Single use: the right proof now finds no challenge.
         let right = EnrollProof {
             proof: proof_mac(&[2; 32], "h", &[1; 32]),
             ..wrong
         };
-        assert!(matches!(finish(&store, &right, SystemTime::now()), Err(EnrollError::UnknownChallenge(_))));
+        assert!(matches!(
+            finish(&store, &right, SystemTime::now()),
+            Err(EnrollError::UnknownChallenge(_))
+        ));
     }
 }

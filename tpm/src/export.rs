@@ -61,7 +61,8 @@ pub fn serialized_pcrs(report: &Report) -> Result<Vec<u8>, ExportError> {
     }
     let mut values = Vec::new();
     for (bank, index) in sel.pairs() {
-        let h = HashAlg::from_tpm(bank).ok_or_else(|| ExportError::Pcr(format!("bank {bank:#06x}")))?;
+        let h =
+            HashAlg::from_tpm(bank).ok_or_else(|| ExportError::Pcr(format!("bank {bank:#06x}")))?;
         let v = report
             .tpm
             .quote
@@ -93,12 +94,16 @@ pub fn serialized_pcrs(report: &Report) -> Result<Vec<u8>, ExportError> {
 pub fn ak_pem(ak: &Public) -> Result<String, ExportError> {
     let key_err = |e: &dyn std::fmt::Display| ExportError::Key(e.to_string());
     match &ak.key {
-        PublicKey::Rsa { exponent, modulus, .. } => {
+        PublicKey::Rsa {
+            exponent, modulus, ..
+        } => {
             use rsa::pkcs8::EncodePublicKey;
             let e = if *exponent == 0 { 65537 } else { *exponent };
-            let key = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from(e))
-                .map_err(|e| key_err(&e))?;
-            key.to_public_key_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| key_err(&e))
+            let key =
+                rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from(e))
+                    .map_err(|e| key_err(&e))?;
+            key.to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+                .map_err(|e| key_err(&e))
         }
         PublicKey::Ecc { curve, x, y, .. } => {
             use p256::pkcs8::EncodePublicKey;
@@ -138,5 +143,8 @@ pub fn export_tpm2_tools(report: &Report, dir: &Path) -> Result<String, ExportEr
     write("quote.sig", &report.tpm.quote.signature)?;
     write("ak.pub.pem", pem.as_bytes())?;
     write("pcrs.bin", &pcrs)?;
-    Ok(hex::encode(crate::report::qualifying_data(&report.nonce, &report.payload)))
+    Ok(hex::encode(crate::report::qualifying_data(
+        &report.nonce,
+        &report.payload,
+    )))
 }

@@ -58,14 +58,19 @@ pub(crate) mod b64 {
     pub(crate) mod opt {
         use super::*;
 
-        pub(crate) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(
+            v: &Option<Vec<u8>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match v {
                 Some(v) => super::serialize(v, s),
                 None => s.serialize_none(),
             }
         }
 
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<u8>>, D::Error> {
             let s = Option::<String>::deserialize(d)?;
             s.map(|s| {
                 base64::engine::general_purpose::STANDARD
@@ -89,7 +94,9 @@ pub(crate) mod b64 {
             seq.end()
         }
 
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<Vec<u8>>, D::Error> {
             Vec::<String>::deserialize(d)?
                 .into_iter()
                 .map(|s| {
@@ -228,7 +235,8 @@ pub fn parse_pcr_spec(spec: &str) -> Result<PcrSelection, ReportError> {
         let (bank, list) = part
             .split_once(':')
             .ok_or_else(|| err(format!("\"{part}\" lacks \"bank:\"")))?;
-        let h = HashAlg::from_name(bank).ok_or_else(|| err(format!("unsupported bank \"{bank}\"")))?;
+        let h =
+            HashAlg::from_name(bank).ok_or_else(|| err(format!("unsupported bank \"{bank}\"")))?;
         if banks.iter().any(|b| b.hash == h.tpm_id()) {
             return Err(err(format!("bank {bank} given twice")));
         }
@@ -238,7 +246,11 @@ pub fn parse_pcr_spec(spec: &str) -> Result<PcrSelection, ReportError> {
                 Some((a, b)) => (a, b),
                 None => (item, item),
             };
-            let parse = |s: &str| s.trim().parse::<u32>().map_err(|_| err(format!("\"{s}\" is not a PCR index")));
+            let parse = |s: &str| {
+                s.trim()
+                    .parse::<u32>()
+                    .map_err(|_| err(format!("\"{s}\" is not a PCR index")))
+            };
             let (lo, hi) = (parse(lo)?, parse(hi)?);
             if lo > hi || hi as usize >= MAX_PCR_SELECT * 8 {
                 return Err(err(format!("range {lo}-{hi} is empty or beyond PCR 31")));
@@ -264,7 +276,8 @@ pub fn format_pcr_selection(sel: &PcrSelection) -> String {
     sel.banks
         .iter()
         .map(|b| {
-            let name = HashAlg::from_tpm(b.hash).map_or_else(|| format!("{:#06x}", b.hash), |h| h.name().to_string());
+            let name = HashAlg::from_tpm(b.hash)
+                .map_or_else(|| format!("{:#06x}", b.hash), |h| h.name().to_string());
             let idx: Vec<String> = b.indices().iter().map(u32::to_string).collect();
             format!("{name}:{}", idx.join(","))
         })
@@ -295,7 +308,14 @@ mod tests {
         assert_eq!(s.banks.len(), 2);
         assert_eq!(s.banks[0].indices(), vec![0, 10, 16, 17]);
         assert_eq!(format_pcr_selection(&s), "sha256:0,10,16,17+sha384:23");
-        for bad in ["sha1:0", "sha256", "sha256:7-3", "sha256:x", "sha256:0+sha256:1", "sha256:40"] {
+        for bad in [
+            "sha1:0",
+            "sha256",
+            "sha256:7-3",
+            "sha256:x",
+            "sha256:0+sha256:1",
+            "sha256:40",
+        ] {
             assert!(parse_pcr_spec(bad).is_err(), "{bad} accepted");
         }
     }
@@ -330,7 +350,9 @@ mod tests {
         };
         let json = r.to_json().unwrap();
         assert_eq!(Report::from_json(&json).unwrap(), r);
-        let text = String::from_utf8(json).unwrap().replace("\"host_id\"", "\"extra\": 1, \"host_id\"");
+        let text = String::from_utf8(json)
+            .unwrap()
+            .replace("\"host_id\"", "\"extra\": 1, \"host_id\"");
         assert!(Report::from_json(text.as_bytes()).is_err());
     }
 }

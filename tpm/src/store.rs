@@ -133,7 +133,9 @@ impl Store {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The state file's path.
@@ -145,7 +147,8 @@ impl Store {
     pub fn load(&self) -> Result<VerifierState, StoreError> {
         let path = self.path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StoreError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(VerifierState::default()),
             Err(source) => Err(StoreError::Io { path, source }),
         }
@@ -182,28 +185,8 @@ pub fn default_verifier_dir() -> PathBuf {
 
 /// Current Unix time in seconds.
 pub(crate) fn unix_now(now: std::time::SystemTime) -> u64 {
-    now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_round_trips_atomically_with_private_mode() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("v")).unwrap();
-        assert_eq!(store.load().unwrap(), VerifierState::default());
-        let mut s = VerifierState::default();
-        s.nonces.insert("ab".into(), 5);
-        store.save(&s).unwrap();
-        assert_eq!(store.load().unwrap(), s);
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0);
-        std::fs::write(store.path(), b"{").unwrap();
-        assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
-    }
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Verifies a report against the state's history; when every check passes, burns the nonce and
@@ -240,4 +223,28 @@ pub fn verify_and_record(
         store.save(&state)?;
     }
     Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_atomically_with_private_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v")).unwrap();
+        assert_eq!(store.load().unwrap(), VerifierState::default());
+        let mut s = VerifierState::default();
+        s.nonces.insert("ab".into(), 5);
+        store.save(&s).unwrap();
+        assert_eq!(store.load().unwrap(), s);
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
+        std::fs::write(store.path(), b"{").unwrap();
+        assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
+    }
 }

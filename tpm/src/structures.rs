@@ -13,6 +13,9 @@ pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_QUOTE`: the `TPMS_ATTEST` type of a quote.
 pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
 
+/// `TPM_RH_ENDORSEMENT`: the endorsement hierarchy handle.
+pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000b;
+
 /// TPM algorithm identifiers (`TPM_ALG_ID`) used here.
 pub mod alg {
     /// RSA key.
@@ -248,7 +251,9 @@ impl PcrSelection {
             if usize::from(size) > MAX_PCR_SELECT {
                 return Err(r.bad("pcrSelections.sizeofSelect", size.into(), at));
             }
-            let select = r.bytes(usize::from(size), "pcrSelections.pcrSelect")?.to_vec();
+            let select = r
+                .bytes(usize::from(size), "pcrSelections.pcrSelect")?
+                .to_vec();
             banks.push(PcrBankSelection { hash, select });
         }
         Ok(Self { banks })
@@ -575,6 +580,22 @@ impl Public {
         Some(name)
     }
 
+    /// The qualified name of this object as a child of `parent` (TPM 2.0 Part 1 §16):
+    /// QN = nameAlg || H_nameAlg(QN(parent) || name). `None` for an unaccepted name algorithm.
+    pub fn qualified_name(&self, parent_qualified_name: &[u8]) -> Option<Vec<u8>> {
+        let h = self.name_hash()?;
+        let name = self.name()?;
+        let mut qn = self.name_alg.to_be_bytes().to_vec();
+        qn.extend_from_slice(&h.digest(&[parent_qualified_name, &name]));
+        Some(qn)
+    }
+
+    /// The qualified name of a primary key of the endorsement hierarchy (an EK), whose parent's
+    /// qualified name is the hierarchy handle `TPM_RH_ENDORSEMENT` (0x4000000B).
+    pub fn endorsement_primary_qualified_name(&self) -> Option<Vec<u8>> {
+        self.qualified_name(&TPM_RH_ENDORSEMENT.to_be_bytes())
+    }
+
     /// The `TPM2B_PUBLIC` encoding (size prefix, then the exact `TPMT_PUBLIC` bytes).
     pub fn to_tpm2b(&self) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(self.bytes.len() + 2);
@@ -647,7 +668,12 @@ pub(crate) mod tests {
         b
     }
 
-    pub(crate) fn quote_attest(name: &[u8], extra: &[u8], sel: &PcrSelection, digest: &[u8]) -> Vec<u8> {
+    pub(crate) fn quote_attest(
+        name: &[u8],
+        extra: &[u8],
+        sel: &PcrSelection,
+        digest: &[u8],
+    ) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&TPM_GENERATED_VALUE.to_be_bytes());
         b.extend_from_slice(&TPM_ST_ATTEST_QUOTE.to_be_bytes());
@@ -683,15 +709,27 @@ pub(crate) mod tests {
 
         let mut bad = bytes.clone();
         bad[0] = 0;
-        assert!(Attest::parse(&bad).unwrap_err().to_string().contains("magic"));
+        assert!(Attest::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
         let mut bad = bytes.clone();
         bad[5] = 0x17; // 0x8017: certify
-        assert!(Attest::parse(&bad).unwrap_err().to_string().contains("type"));
+        assert!(Attest::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("type"));
         let mut bad = bytes.clone();
         bad.push(0);
-        assert!(matches!(Attest::parse(&bad), Err(ParseError::Trailing { count: 1, .. })));
+        assert!(matches!(
+            Attest::parse(&bad),
+            Err(ParseError::Trailing { count: 1, .. })
+        ));
         for cut in 0..bytes.len() {
-            assert!(Attest::parse(&bytes[..cut]).is_err(), "prefix {cut} accepted");
+            assert!(
+                Attest::parse(&bytes[..cut]).is_err(),
+                "prefix {cut} accepted"
+            );
         }
     }
 
@@ -700,7 +738,10 @@ pub(crate) mod tests {
         let mut bytes = quote_attest(&[1], &[], &sha256_0_7(), &[]);
         // magic 4 + type 2 + name 3 + extra 2 + clock 8 + counts 8 = offset 27.
         bytes[27] = 2;
-        assert!(Attest::parse(&bytes).unwrap_err().to_string().contains("clockInfo.safe"));
+        assert!(Attest::parse(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("clockInfo.safe"));
     }
 
     #[test]
@@ -709,7 +750,10 @@ pub(crate) mod tests {
         sel[6] = 5; // sizeofSelect
         assert!(PcrSelection::parse(&sel).is_err());
         let many = [0u8, 0, 0, 17];
-        assert!(PcrSelection::parse(&many).unwrap_err().to_string().contains("count"));
+        assert!(PcrSelection::parse(&many)
+            .unwrap_err()
+            .to_string()
+            .contains("count"));
         let sel = PcrSelection {
             banks: vec![PcrBankSelection {
                 hash: alg::SHA256,
@@ -736,9 +780,15 @@ pub(crate) mod tests {
         let mut e = alg::ECDSA.to_be_bytes().to_vec();
         e.extend_from_slice(&alg::SHA256.to_be_bytes());
         e.extend_from_slice(&[0, 1, 1, 0, 1, 2]);
-        assert!(matches!(Signature::parse(&e).unwrap(), Signature::Ecc { .. }));
+        assert!(matches!(
+            Signature::parse(&e).unwrap(),
+            Signature::Ecc { .. }
+        ));
         let hmac = [0u8, 5, 0, 0xb];
-        assert!(Signature::parse(&hmac).unwrap_err().to_string().contains("sigAlg"));
+        assert!(Signature::parse(&hmac)
+            .unwrap_err()
+            .to_string()
+            .contains("sigAlg"));
         b.push(0);
         assert!(Signature::parse(&b).is_err());
     }
@@ -767,7 +817,10 @@ pub(crate) mod tests {
         assert!(Public::parse_tpm2b(&short).is_err());
         let mut keyed_hash = tpmt.clone();
         keyed_hash[1] = 8;
-        assert!(Public::parse(&keyed_hash).unwrap_err().to_string().contains("type"));
+        assert!(Public::parse(&keyed_hash)
+            .unwrap_err()
+            .to_string()
+            .contains("type"));
     }
 
     #[test]

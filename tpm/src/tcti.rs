@@ -65,10 +65,16 @@ impl FromStr for Tcti {
             "swtpm" | "mssim" => {
                 let (mut host, mut port) = ("localhost".to_string(), 2321u16);
                 for kv in conf.split(',').filter(|kv| !kv.is_empty()) {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| err("options must be key=value"))?;
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| err("options must be key=value"))?;
                     match k {
                         "host" if !v.is_empty() => host = v.to_string(),
-                        "port" => port = v.parse().map_err(|_| err("port must be a number 1-65535"))?,
+                        "port" => {
+                            port = v
+                                .parse()
+                                .map_err(|_| err("port must be a number 1-65535"))?
+                        }
                         _ => return Err(err(&format!("unknown option \"{k}\""))),
                     }
                 }
@@ -102,7 +108,11 @@ mod tests {
 
     #[test]
     fn parses_and_prints_the_three_kinds() {
-        for s in ["device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=4000", "mssim:host=tpm,port=2321"] {
+        for s in [
+            "device:/dev/tpmrm0",
+            "swtpm:host=127.0.0.1,port=4000",
+            "mssim:host=tpm,port=2321",
+        ] {
             assert_eq!(s.parse::<Tcti>().unwrap().to_string(), s);
         }
         assert_eq!("device".parse::<Tcti>().unwrap(), Tcti::default());

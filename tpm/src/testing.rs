@@ -47,7 +47,10 @@ impl Swtpm {
             .prefix("fog-swtpm-")
             .tempdir()
             .map_err(|e| tool_err("tempdir", e))?;
-        let d = dir.path().canonicalize().map_err(|e| tool_err("canonicalize", e))?;
+        let d = dir
+            .path()
+            .canonicalize()
+            .map_err(|e| tool_err("canonicalize", e))?;
         write_configs(&d)?;
         run(Command::new("swtpm_setup")
             .arg("--tpm2")
@@ -134,15 +137,19 @@ impl Swtpm {
     /// The private CA's root and intermediate certificates (PEM), to use as trust anchors.
     pub fn trust_anchors_pem(&self) -> Result<Vec<u8>, SwtpmError> {
         let ca = self.dir.path().join("localca");
-        let mut pem = std::fs::read(ca.join("swtpm-localca-rootca-cert.pem")).map_err(|e| tool_err("read root CA", e))?;
-        pem.extend(std::fs::read(ca.join("issuercert.pem")).map_err(|e| tool_err("read issuer CA", e))?);
+        let mut pem = std::fs::read(ca.join("swtpm-localca-rootca-cert.pem"))
+            .map_err(|e| tool_err("read root CA", e))?;
+        pem.extend(
+            std::fs::read(ca.join("issuercert.pem")).map_err(|e| tool_err("read issuer CA", e))?,
+        );
         Ok(pem)
     }
 
     /// Writes the trust anchors to a file in the harness directory and returns its path.
     pub fn trust_anchors_file(&self) -> Result<PathBuf, SwtpmError> {
         let path = self.dir.path().join("anchors.pem");
-        std::fs::write(&path, self.trust_anchors_pem()?).map_err(|e| tool_err("write anchors", e))?;
+        std::fs::write(&path, self.trust_anchors_pem()?)
+            .map_err(|e| tool_err("write anchors", e))?;
         Ok(path)
     }
 
@@ -154,7 +161,8 @@ impl Swtpm {
     /// Power-cycles the TPM: orderly `TPM2_Shutdown(CLEAR)`, stop, start again (a TPM reset:
     /// resetCount goes up, the clock stays safe).
     pub fn restart(&mut self) -> Result<(), SwtpmError> {
-        let tpm = crate::device::Tpm::open(&self.tcti()).map_err(|e| tool_err("open before restart", e))?;
+        let tpm = crate::device::Tpm::open(&self.tcti())
+            .map_err(|e| tool_err("open before restart", e))?;
         tpm.shutdown().map_err(|e| tool_err("TPM2_Shutdown", e))?;
         drop(tpm);
         self.kill();
@@ -169,7 +177,9 @@ impl Drop for Swtpm {
 }
 
 fn write_configs(d: &Path) -> Result<(), SwtpmError> {
-    let w = |name: &str, text: String| std::fs::write(d.join(name), text).map_err(|e| tool_err(name, e));
+    let w = |name: &str, text: String| {
+        std::fs::write(d.join(name), text).map_err(|e| tool_err(name, e))
+    };
     std::fs::create_dir_all(d.join("localca")).map_err(|e| tool_err("mkdir localca", e))?;
     std::fs::create_dir_all(d.join("state")).map_err(|e| tool_err("mkdir state", e))?;
     let d = d.display();
@@ -196,7 +206,11 @@ fn run(cmd: &mut Command) -> Result<(), SwtpmError> {
     } else {
         Err(tool_err(
             &what,
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         ))
     }
 }
@@ -205,10 +219,16 @@ fn run(cmd: &mut Command) -> Result<(), SwtpmError> {
 fn free_port_pair() -> Result<u16, SwtpmError> {
     for _ in 0..50 {
         let a = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| tool_err("bind", e))?;
-        let port = a.local_addr().map_err(|e| tool_err("local_addr", e))?.port();
+        let port = a
+            .local_addr()
+            .map_err(|e| tool_err("local_addr", e))?
+            .port();
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return Ok(port);
         }
     }
-    Err(tool_err("free ports", "no free pair of adjacent ports found"))
+    Err(tool_err(
+        "free ports",
+        "no free pair of adjacent ports found",
+    ))
 }

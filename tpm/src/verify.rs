@@ -8,8 +8,12 @@ use serde::Serialize;
 use x509_cert::Certificate;
 
 use crate::certs;
-use crate::report::{format_pcr_selection, qualifying_data, Payload, Report, PAYLOAD_FORMAT, REPORT_FORMAT};
-use crate::structures::{alg, attr, curve, Attest, ClockInfo, HashAlg, PcrSelection, Public, PublicKey, Signature};
+use crate::report::{
+    format_pcr_selection, qualifying_data, Payload, Report, PAYLOAD_FORMAT, REPORT_FORMAT,
+};
+use crate::structures::{
+    alg, attr, curve, Attest, ClockInfo, HashAlg, PcrSelection, Public, PublicKey, Signature,
+};
 
 /// How far in the future a payload's `collected_at` may be (clock skew allowance).
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
@@ -77,7 +81,11 @@ pub struct Verdict {
 impl Verdict {
     /// The ids of failed checks.
     pub fn failed(&self) -> Vec<&'static str> {
-        self.checks.iter().filter(|c| !c.passed).map(|c| c.id).collect()
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.id)
+            .collect()
     }
 
     /// The check with this id.
@@ -89,22 +97,58 @@ impl Verdict {
 /// Every check id, in verdict order, with what it establishes.
 pub const CHECKS: &[(&str, &str)] = &[
     ("format", "report format is fog-attest-v1"),
-    ("ek_certificate", "EK certificate chains to a trust anchor (validity, key usage)"),
-    ("ek_matches_certificate", "EK public equals the EK certificate's key"),
-    ("ak_attributes", "AK is a restricted signing key with SHA-256 name and a non-SHA-1 scheme"),
-    ("ak_enrolled", "AK was enrolled by credential activation under this EK"),
+    (
+        "ek_certificate",
+        "EK certificate chains to a trust anchor (validity, key usage)",
+    ),
+    (
+        "ek_matches_certificate",
+        "EK public equals the EK certificate's key",
+    ),
+    (
+        "ak_attributes",
+        "AK is a restricted signing key with SHA-256 name and a non-SHA-1 scheme",
+    ),
+    (
+        "ak_enrolled",
+        "AK was enrolled by credential activation under this EK",
+    ),
     ("nonce_expected", "nonce equals the auditor's"),
     ("nonce_unused", "nonce was not used before"),
-    ("attest_structure", "TPMS_ATTEST is a quote with TPM magic and no trailing bytes"),
-    ("signature_scheme", "signature scheme and hash equal the AK's"),
-    ("signature", "signature over TPMS_ATTEST verifies with the AK"),
-    ("qualified_signer", "qualifiedSigner equals the AK name"),
+    (
+        "attest_structure",
+        "TPMS_ATTEST is a quote with TPM magic and no trailing bytes",
+    ),
+    (
+        "signature_scheme",
+        "signature scheme and hash equal the AK's",
+    ),
+    (
+        "signature",
+        "signature over TPMS_ATTEST verifies with the AK",
+    ),
+    (
+        "qualified_signer",
+        "qualifiedSigner equals the qualified name of the AK under the EK",
+    ),
     ("extra_data", "extraData binds nonce and payload"),
-    ("pcr_selection", "signed PCR selection equals the expected one"),
-    ("pcr_digest", "pcrDigest equals the hash of the reported PCR values"),
+    (
+        "pcr_selection",
+        "signed PCR selection equals the expected one",
+    ),
+    (
+        "pcr_digest",
+        "pcrDigest equals the hash of the reported PCR values",
+    ),
     ("clock_safe", "clockInfo.safe is set"),
-    ("clock_monotonic", "resetCount/restartCount/clock did not go backwards"),
-    ("payload_matches_wrapper", "payload host id, nonce and time agree with the wrapper"),
+    (
+        "clock_monotonic",
+        "resetCount/restartCount/clock did not go backwards",
+    ),
+    (
+        "payload_matches_wrapper",
+        "payload host id, nonce and time agree with the wrapper",
+    ),
 ];
 
 type Outcome = Result<Option<String>, String>;
@@ -121,15 +165,25 @@ pub fn verify_report(report: &Report, opts: &VerifyOptions, history: &History) -
     results.push(if report.format == REPORT_FORMAT {
         Ok(None)
     } else {
-        Err(format!("format is \"{}\", expected \"{REPORT_FORMAT}\"", report.format))
+        Err(format!(
+            "format is \"{}\", expected \"{REPORT_FORMAT}\"",
+            report.format
+        ))
     });
     let chain = check_ek_chain(report, opts);
     if let Ok(Some(note)) = &chain {
         software_tpm = note.contains("software TPM");
     }
     results.push(chain);
-    results.push(check_ek_matches(report, ek.as_ref().map_err(ToString::to_string)));
-    results.push(ak.as_ref().map_err(|e| format!("AK public: {e}")).and_then(check_ak_attributes));
+    results.push(check_ek_matches(
+        report,
+        ek.as_ref().map_err(ToString::to_string),
+    ));
+    results.push(
+        ak.as_ref()
+            .map_err(|e| format!("AK public: {e}"))
+            .and_then(check_ak_attributes),
+    );
     results.push(check_enrolled(report, history));
     results.push(check_nonce_expected(report, opts));
     results.push(if history.nonce_used {
@@ -148,15 +202,23 @@ pub fn verify_report(report: &Report, opts: &VerifyOptions, history: &History) -
         (Ok(sig), Ok(ak)) => check_signature(sig, ak, &report.tpm.quote.attest),
         (Err(e), _) | (_, Err(e)) => Err(e.clone()),
     });
-    let attest_ref = attest.as_ref().map_err(|_| "TPMS_ATTEST did not parse".to_string());
-    results.push(attest_ref.clone().and_then(|a| match &ak_name {
-        Some(name) if a.qualified_signer == *name => Ok(None),
-        Some(name) => Err(format!(
-            "qualifiedSigner {} is not the AK name {}",
+    let attest_ref = attest
+        .as_ref()
+        .map_err(|_| "TPMS_ATTEST did not parse".to_string());
+    let ak_qn = match (&ak, &ek) {
+        (Ok(ak), Ok(ek)) => ek
+            .endorsement_primary_qualified_name()
+            .and_then(|ek_qn| ak.qualified_name(&ek_qn)),
+        _ => None,
+    };
+    results.push(attest_ref.clone().and_then(|a| match &ak_qn {
+        Some(qn) if a.qualified_signer == *qn => Ok(None),
+        Some(qn) => Err(format!(
+            "qualifiedSigner {} is not the qualified name of the AK under the EK {}",
             hex::encode(&a.qualified_signer),
-            hex::encode(name)
+            hex::encode(qn)
         )),
-        None => Err("AK name unavailable (AK public unparseable or unsupported nameAlg)".into()),
+        None => Err("AK qualified name unavailable (AK or EK public unparseable, or unsupported nameAlg)".into()),
     }));
     results.push(attest_ref.clone().and_then(|a| {
         let expected = qualifying_data(&report.nonce, &report.payload);
@@ -170,9 +232,17 @@ pub fn verify_report(report: &Report, opts: &VerifyOptions, history: &History) -
             ))
         }
     }));
-    results.push(attest_ref.clone().and_then(|a| check_pcr_selection(&a.quote.pcr_select, &opts.pcrs)));
+    results.push(
+        attest_ref
+            .clone()
+            .and_then(|a| check_pcr_selection(&a.quote.pcr_select, &opts.pcrs)),
+    );
     results.push(attest_ref.clone().and_then(|a| {
-        let h = sig.as_ref().ok().and_then(|s| HashAlg::from_tpm(s.hash())).unwrap_or(HashAlg::Sha256);
+        let h = sig
+            .as_ref()
+            .ok()
+            .and_then(|s| HashAlg::from_tpm(s.hash()))
+            .unwrap_or(HashAlg::Sha256);
         check_pcr_digest(a, report, h)
     }));
     results.push(attest_ref.clone().and_then(|a| {
@@ -225,16 +295,27 @@ pub fn check_ek_chain(report: &Report, opts: &VerifyOptions) -> Outcome {
 
 /// The chain check on raw DER inputs (shared with enrollment).
 pub fn ek_chain_outcome(ek_cert: &[u8], chain: &[Vec<u8>], opts: &VerifyOptions) -> Outcome {
-    let leaf = certs::parse_der(certs::trim_der_padding(ek_cert), "EK certificate").map_err(|e| e.to_string())?;
+    let leaf = certs::parse_der(certs::trim_der_padding(ek_cert), "EK certificate")
+        .map_err(|e| e.to_string())?;
     let chain: Vec<Certificate> = chain
         .iter()
         .enumerate()
-        .filter_map(|(i, der)| certs::parse_der(certs::trim_der_padding(der), &format!("chain certificate {i}")).ok())
+        .filter_map(|(i, der)| {
+            certs::parse_der(
+                certs::trim_der_padding(der),
+                &format!("chain certificate {i}"),
+            )
+            .ok()
+        })
         .collect();
-    let ok = certs::verify_chain(&leaf, &chain, &opts.trust_anchors, opts.now).map_err(|e| e.to_string())?;
+    let ok = certs::verify_chain(&leaf, &chain, &opts.trust_anchors, opts.now)
+        .map_err(|e| e.to_string())?;
     if ok.software_tpm {
         if opts.allow_software_tpm {
-            Ok(Some(format!("software TPM: chains to \"{}\" (trusted by --allow-software-tpm)", ok.anchor)))
+            Ok(Some(format!(
+                "software TPM: chains to \"{}\" (trusted by --allow-software-tpm)",
+                ok.anchor
+            )))
         } else {
             Err(format!(
                 "EK certificate chains to a software TPM CA (\"{}\"); refused without --allow-software-tpm",
@@ -248,9 +329,16 @@ pub fn ek_chain_outcome(ek_cert: &[u8], chain: &[Vec<u8>], opts: &VerifyOptions)
 
 fn check_ek_matches(report: &Report, ek: Result<&Public, String>) -> Outcome {
     let ek = ek.map_err(|e| format!("EK public: {e}"))?;
-    let der = report.tpm.ek_cert.as_deref().ok_or("the report has no EK certificate")?;
-    let cert = certs::parse_der(certs::trim_der_padding(der), "EK certificate").map_err(|e| e.to_string())?;
-    certs::check_ek_matches(&cert, ek).map(|()| None).map_err(|e| e.to_string())
+    let der = report
+        .tpm
+        .ek_cert
+        .as_deref()
+        .ok_or("the report has no EK certificate")?;
+    let cert = certs::parse_der(certs::trim_der_padding(der), "EK certificate")
+        .map_err(|e| e.to_string())?;
+    certs::check_ek_matches(&cert, ek)
+        .map(|()| None)
+        .map_err(|e| e.to_string())
 }
 
 /// Checks the AK's attributes, name algorithm, key type and scheme.
@@ -275,16 +363,31 @@ pub fn check_ak_attributes(ak: &Public) -> Outcome {
             why.push("has decrypt".into());
         }
         if extra & !attr::DECRYPT != 0 {
-            why.push(format!("has extra attributes {:#010x}", extra & !attr::DECRYPT));
+            why.push(format!(
+                "has extra attributes {:#010x}",
+                extra & !attr::DECRYPT
+            ));
         }
-        return Err(format!("AK objectAttributes {:#010x}: {}", ak.attributes, why.join(", ")));
+        return Err(format!(
+            "AK objectAttributes {:#010x}: {}",
+            ak.attributes,
+            why.join(", ")
+        ));
     }
     if ak.name_alg != alg::SHA256 {
-        return Err(format!("AK nameAlg is {:#06x}, expected SHA-256", ak.name_alg));
+        return Err(format!(
+            "AK nameAlg is {:#06x}, expected SHA-256",
+            ak.name_alg
+        ));
     }
-    let scheme = ak.scheme.ok_or("AK has no signing scheme (NULL): a quote's scheme would be unbound")?;
+    let scheme = ak
+        .scheme
+        .ok_or("AK has no signing scheme (NULL): a quote's scheme would be unbound")?;
     if HashAlg::from_tpm(scheme.hash).is_none() {
-        return Err(format!("AK scheme hash {:#06x} is not SHA-256/384/512", scheme.hash));
+        return Err(format!(
+            "AK scheme hash {:#06x} is not SHA-256/384/512",
+            scheme.hash
+        ));
     }
     match (&ak.key, scheme.scheme) {
         (PublicKey::Rsa { key_bits, .. }, alg::RSASSA | alg::RSAPSS) if *key_bits >= 2048 => Ok(None),
@@ -295,7 +398,9 @@ pub fn check_ak_attributes(ak: &Public) -> Outcome {
 
 fn check_enrolled(report: &Report, history: &History) -> Outcome {
     match &history.enrolled_ek_pub {
-        None => Err("AK is not enrolled (run verify enroll-challenge / enroll-finish first)".into()),
+        None => {
+            Err("AK is not enrolled (run verify enroll-challenge / enroll-finish first)".into())
+        }
         Some(ek) if *ek == report.tpm.ek_pub => Ok(None),
         Some(_) => Err("AK was enrolled under a different EK".into()),
     }
@@ -338,14 +443,26 @@ pub fn check_signature(sig: &Signature, ak: &Public, message: &[u8]) -> Outcome 
     let digest = h.digest(&[message]);
     let bad = |what: &str| Err(format!("signature does not verify with the AK ({what})"));
     match (&ak.key, sig) {
-        (PublicKey::Rsa { exponent, modulus, .. }, Signature::Rsa { sig, .. }) => {
+        (
+            PublicKey::Rsa {
+                exponent, modulus, ..
+            },
+            Signature::Rsa { sig, .. },
+        ) => {
             let e = if *exponent == 0 { 65537 } else { *exponent };
-            let key = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from(e))
-                .map_err(|e| format!("AK RSA key unusable: {e}"))?;
+            let key =
+                rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from(e))
+                    .map_err(|e| format!("AK RSA key unusable: {e}"))?;
             let ok = match (scheme.scheme, h) {
-                (alg::RSASSA, HashAlg::Sha256) => key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, sig),
-                (alg::RSASSA, HashAlg::Sha384) => key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest, sig),
-                (alg::RSASSA, HashAlg::Sha512) => key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &digest, sig),
+                (alg::RSASSA, HashAlg::Sha256) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, sig)
+                }
+                (alg::RSASSA, HashAlg::Sha384) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest, sig)
+                }
+                (alg::RSASSA, HashAlg::Sha512) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &digest, sig)
+                }
                 (_, HashAlg::Sha256) => key.verify(rsa::Pss::new::<sha2::Sha256>(), &digest, sig),
                 (_, HashAlg::Sha384) => key.verify(rsa::Pss::new::<sha2::Sha384>(), &digest, sig),
                 (_, HashAlg::Sha512) => key.verify(rsa::Pss::new::<sha2::Sha512>(), &digest, sig),
@@ -389,8 +506,12 @@ where
         + ecdsa::hazmat::VerifyPrimitive<C>,
 {
     use ecdsa::signature::hazmat::PrehashVerifier;
-    let (Some(x), Some(y), Some(r), Some(s)) = (left_pad(x, len), left_pad(y, len), left_pad(r, len), left_pad(s, len))
-    else {
+    let (Some(x), Some(y), Some(r), Some(s)) = (
+        left_pad(x, len),
+        left_pad(y, len),
+        left_pad(r, len),
+        left_pad(s, len),
+    ) else {
         return false;
     };
     let mut sec1 = vec![0x04];
@@ -435,17 +556,29 @@ fn check_pcr_digest(a: &Attest, report: &Report, h: HashAlg) -> Outcome {
     let pairs = a.quote.pcr_select.pairs();
     let mut values = Vec::with_capacity(pairs.len());
     for (bank_id, index) in &pairs {
-        let bank = HashAlg::from_tpm(*bank_id).ok_or_else(|| format!("signed selection uses unsupported bank {bank_id:#06x}"))?;
+        let bank = HashAlg::from_tpm(*bank_id)
+            .ok_or_else(|| format!("signed selection uses unsupported bank {bank_id:#06x}"))?;
         let text = report
             .tpm
             .quote
             .pcrs
             .get(bank.name())
             .and_then(|m| m.get(index))
-            .ok_or_else(|| format!("PCR {}:{index} is in the signed selection but not in the report", bank.name()))?;
-        let value = hex::decode(text).map_err(|_| format!("PCR {}:{index} is not hex", bank.name()))?;
+            .ok_or_else(|| {
+                format!(
+                    "PCR {}:{index} is in the signed selection but not in the report",
+                    bank.name()
+                )
+            })?;
+        let value =
+            hex::decode(text).map_err(|_| format!("PCR {}:{index} is not hex", bank.name()))?;
         if value.len() != bank.size() {
-            return Err(format!("PCR {}:{index} is {} bytes, expected {}", bank.name(), value.len(), bank.size()));
+            return Err(format!(
+                "PCR {}:{index} is {} bytes, expected {}",
+                bank.name(),
+                value.len(),
+                bank.size()
+            ));
         }
         values.push(value);
     }
@@ -474,7 +607,10 @@ fn check_clock(now: &ClockInfo, last: Option<&ClockInfo>) -> Outcome {
         return Ok(Some("first report from this AK".into()));
     };
     if now.reset_count < last.reset_count {
-        return Err(format!("resetCount {} is lower than last seen {}", now.reset_count, last.reset_count));
+        return Err(format!(
+            "resetCount {} is lower than last seen {}",
+            now.reset_count, last.reset_count
+        ));
     }
     if now.reset_count == last.reset_count {
         if now.restart_count < last.restart_count {
@@ -484,30 +620,48 @@ fn check_clock(now: &ClockInfo, last: Option<&ClockInfo>) -> Outcome {
             ));
         }
         if now.restart_count == last.restart_count && now.clock < last.clock {
-            return Err(format!("clock {} ms is lower than last seen {} ms", now.clock, last.clock));
+            return Err(format!(
+                "clock {} ms is lower than last seen {} ms",
+                now.clock, last.clock
+            ));
         }
     }
     Ok(None)
 }
 
 fn check_payload(report: &Report, opts: &VerifyOptions) -> Outcome {
-    let p: Payload = serde_json::from_slice(&report.payload).map_err(|e| format!("payload is not fog payload JSON: {e}"))?;
+    let p: Payload = serde_json::from_slice(&report.payload)
+        .map_err(|e| format!("payload is not fog payload JSON: {e}"))?;
     if p.format != PAYLOAD_FORMAT {
         return Err(format!("payload format is \"{}\"", p.format));
     }
     if p.host_id != report.host_id {
-        return Err(format!("payload host_id \"{}\" differs from the report's \"{}\"", p.host_id, report.host_id));
+        return Err(format!(
+            "payload host_id \"{}\" differs from the report's \"{}\"",
+            p.host_id, report.host_id
+        ));
     }
     if p.nonce != report.nonce {
         return Err("payload nonce differs from the report's".into());
     }
-    let now = opts.now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let now = opts
+        .now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
     if p.collected_at > now.saturating_add(MAX_FUTURE_SKEW.as_secs()) {
-        return Err(format!("payload collected_at {} is in the future (now {now})", p.collected_at));
+        return Err(format!(
+            "payload collected_at {} is in the future (now {now})",
+            p.collected_at
+        ));
     }
     if let Some(max) = opts.max_age {
         if now.saturating_sub(p.collected_at) > max.as_secs() {
-            return Err(format!("payload collected_at {} is older than {} s", p.collected_at, max.as_secs()));
+            return Err(format!(
+                "payload collected_at {} is older than {} s",
+                p.collected_at,
+                max.as_secs()
+            ));
         }
     }
     Ok(None)
@@ -528,9 +682,15 @@ mod tests {
         assert!(check_clock(&c(3, 0, 10), None).is_ok());
         assert!(check_clock(&c(3, 0, 10), Some(&c(3, 0, 9))).is_ok());
         assert!(check_clock(&c(4, 0, 1), Some(&c(3, 5, 9))).is_ok());
-        assert!(check_clock(&c(2, 9, 99), Some(&c(3, 0, 9))).unwrap_err().contains("resetCount 2 is lower than last seen 3"));
-        assert!(check_clock(&c(3, 0, 99), Some(&c(3, 1, 9))).unwrap_err().contains("restartCount"));
-        assert!(check_clock(&c(3, 1, 8), Some(&c(3, 1, 9))).unwrap_err().contains("clock 8"));
+        assert!(check_clock(&c(2, 9, 99), Some(&c(3, 0, 9)))
+            .unwrap_err()
+            .contains("resetCount 2 is lower than last seen 3"));
+        assert!(check_clock(&c(3, 0, 99), Some(&c(3, 1, 9)))
+            .unwrap_err()
+            .contains("restartCount"));
+        assert!(check_clock(&c(3, 1, 8), Some(&c(3, 1, 9)))
+            .unwrap_err()
+            .contains("clock 8"));
     }
 
     #[test]
@@ -539,9 +699,13 @@ mod tests {
         let mut ak = Public::parse(&tpmt).unwrap();
         assert_eq!(check_ak_attributes(&ak), Ok(None));
         ak.attributes &= !attr::RESTRICTED;
-        assert!(check_ak_attributes(&ak).unwrap_err().contains("lacks restricted"));
+        assert!(check_ak_attributes(&ak)
+            .unwrap_err()
+            .contains("lacks restricted"));
         ak.attributes |= attr::RESTRICTED | attr::DECRYPT;
-        assert!(check_ak_attributes(&ak).unwrap_err().contains("has decrypt"));
+        assert!(check_ak_attributes(&ak)
+            .unwrap_err()
+            .contains("has decrypt"));
     }
 
     #[test]

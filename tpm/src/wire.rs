@@ -122,7 +122,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a TPM2B: a u16 size then that many bytes, at most `max`.
-    pub(crate) fn tpm2b(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], ParseError> {
+    pub(crate) fn tpm2b(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a [u8], ParseError> {
         let len = usize::from(self.u16(field)?);
         if len > max {
             return Err(ParseError::TooLong {
@@ -181,9 +185,15 @@ mod tests {
         assert_eq!(r.u32("b").unwrap(), 2);
         assert_eq!(r.tpm2b("c", 2).unwrap(), &[9, 9]);
         let err = r.u16("d").unwrap_err();
-        assert!(matches!(err, ParseError::Truncated { need: 1, .. }), "{err}");
+        assert!(
+            matches!(err, ParseError::Truncated { need: 1, .. }),
+            "{err}"
+        );
         let r = Reader::new(&[1, 2], "T");
-        assert!(matches!(r.finish(), Err(ParseError::Trailing { count: 2, .. })));
+        assert!(matches!(
+            r.finish(),
+            Err(ParseError::Trailing { count: 2, .. })
+        ));
     }
 
     #[test]
