@@ -53,12 +53,12 @@ const QUOTE_ATTEMPTS: usize = 3;
 #[derive(Debug, Error)]
 pub enum TpmError {
     /// No TPM reachable through the TCTI.
-    #[error("no TPM reachable through TCTI \"{tcti}\" ({source}); choose another with --tcti or `[tpm] tcti` in the config (e.g. device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321)")]
+    #[error("no TPM reachable through TCTI \"{tcti}\" ({reason}); choose another with --tcti or `[tpm] tcti` in the config (e.g. device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321)")]
     Open {
         /// The TCTI tried.
         tcti: String,
-        /// The ESAPI error.
-        source: tss_esapi::Error,
+        /// The ESAPI error, as text (kept out of `source()` so the line is not repeated).
+        reason: String,
     },
     /// A TPM command failed.
     #[error("TPM {op} failed: {source}")]
@@ -151,9 +151,9 @@ impl Tpm {
         f: impl FnOnce(&mut Context) -> Result<T, TpmError>,
     ) -> Result<T, TpmError> {
         let _guard = self.lock.lock().map_err(|_| TpmError::Poisoned)?;
-        let open_err = |source| TpmError::Open {
+        let open_err = |source: tss_esapi::Error| TpmError::Open {
             tcti: self.tcti.to_string(),
-            source,
+            reason: source.to_string(),
         };
         let conf = TctiNameConf::from_str(&self.tcti.to_string()).map_err(open_err)?;
         let mut ctx = Context::new(conf).map_err(open_err)?;

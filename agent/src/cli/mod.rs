@@ -4,7 +4,9 @@
 //! printed as one line on stderr (`fog-agent: <what went wrong>`) and mapped to exit codes:
 //! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
 
+pub mod attest;
 mod inventory;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,10 @@ pub struct Cli {
 pub enum Command {
     /// Collect and print the hardware inventory of this machine.
     Inventory(inventory::InventoryArgs),
+    /// TPM attestation: enrollment request/activation, and signed reports.
+    Attest(attest::AttestArgs),
+    /// Auditor side: enrollment challenges, and verification of attestation reports.
+    Verify(verify::VerifyArgs),
     /// Internal entry points of child processes the agent starts itself (crash isolation).
     #[command(hide = true, subcommand)]
     Internal(InternalCommand),
@@ -52,6 +58,8 @@ pub fn main() -> ExitCode {
     init_logging(cli.log.as_deref());
     let result = match cli.command {
         Command::Inventory(args) => inventory::run(&args),
+        Command::Attest(args) => attest::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Internal(InternalCommand::OpenclDevices) => {
             return crate::inventory::gpu::opencl::child_main();
         }
@@ -82,7 +90,7 @@ fn init_logging(filter: Option<&str>) {
     let filter = filter
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("FOG_LOG").ok())
-        .unwrap_or_else(|| EnvFilter::new("warn"));
+        .unwrap_or_else(|| EnvFilter::new("warn,tss_esapi=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

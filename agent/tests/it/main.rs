@@ -2,3 +2,4 @@
 //! view, plus real components (swtpm, PoCL, a simulated NVML library).
 //!
 //! One test binary for the crate; each area is a module.
+mod attest;
