@@ -3,3 +3,22 @@
 //!
 //! The verifier is pure Rust and needs no TPM and no libtss2; the TPM side (tss-esapi) sits
 //! behind the `tpm` cargo feature. This is the only crate that names `tss_esapi`.
+//!
+//! - [`wire`], [`structures`]: strict parsers of the TPM structures a verifier reads.
+//! - [`credential`]: software `TPM2_MakeCredential` for enrollment.
+
+pub mod ak;
+pub mod certs;
+pub mod credential;
+#[cfg(feature = "tpm")]
+pub mod device;
+pub mod enroll;
+pub mod export;
+pub mod report;
+pub mod store;
+pub mod structures;
+pub mod tcti;
+#[cfg(feature = "test-util")]
+pub mod testing;
+pub mod verify;
+pub mod wire;

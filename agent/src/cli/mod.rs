@@ -4,6 +4,7 @@
 //! printed as one line on stderr (`fog-agent: <what went wrong>`) and mapped to exit codes:
 //! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
 
+pub mod attest;
 pub mod bench;
 mod check_config;
 mod client;
@@ -11,6 +12,7 @@ mod dev_certs;
 mod inventory;
 mod render;
 mod serve;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -52,6 +54,10 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// Write a development CA, server and per-role client certificates.
     DevCerts(dev_certs::DevCertsArgs),
+    /// TPM attestation: enrollment request/activation, and signed reports.
+    Attest(attest::AttestArgs),
+    /// Auditor side: enrollment challenges, and verification of attestation reports.
+    Verify(verify::VerifyArgs),
     /// Internal entry points of child processes the agent starts itself (crash isolation).
     #[command(hide = true, subcommand)]
     Internal(InternalCommand),
@@ -84,6 +90,8 @@ pub fn main() -> ExitCode {
         Command::Client(args) => client::run(&args),
         Command::CheckConfig(args) => check_config::run(&args),
         Command::DevCerts(args) => dev_certs::run(&args),
+        Command::Attest(args) => attest::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Internal(InternalCommand::OpenclDevices) => {
             return crate::inventory::gpu::opencl::child_main();
         }
@@ -114,7 +122,7 @@ fn init_logging(filter: Option<&str>, default_level: &str) {
     let filter = filter
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("FOG_LOG").ok())
-        .unwrap_or_else(|| EnvFilter::new(default_level));
+        .unwrap_or_else(|| EnvFilter::new(format!("{default_level},tss_esapi=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

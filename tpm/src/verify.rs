@@ -1,0 +1,720 @@
+//! The `fog-attest-v1` verifier: every check of the auditor's checklist, each with its own
+//! reason, collected into a [`Verdict`]. Pure: history (enrollment, nonce use, last clock) comes
+//! in as [`History`]; [`crate::store`] reads and updates it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use x509_cert::Certificate;
+
+use crate::certs;
+use crate::report::{
+    format_pcr_selection, qualifying_data, Payload, Report, PAYLOAD_FORMAT, REPORT_FORMAT,
+};
+use crate::structures::{
+    alg, attr, curve, Attest, ClockInfo, HashAlg, PcrSelection, Public, PublicKey, Signature,
+};
+
+/// How far in the future a payload's `collected_at` may be (clock skew allowance).
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
+
+/// What the auditor expects and trusts.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The nonce the auditor issued.
+    pub nonce: Vec<u8>,
+    /// The PCR selection the auditor asked for.
+    pub pcrs: PcrSelection,
+    /// Trust anchors for EK certificates.
+    pub trust_anchors: Vec<Certificate>,
+    /// Whether a software-TPM CA (swtpm) may be trusted.
+    pub allow_software_tpm: bool,
+    /// The verification time.
+    pub now: SystemTime,
+    /// Oldest acceptable payload, if limited.
+    pub max_age: Option<Duration>,
+}
+
+/// What the verifier's state knows about this report's AK and nonce.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// The EK public (`TPM2B_PUBLIC`) the AK was enrolled with, if enrolled.
+    pub enrolled_ek_pub: Option<Vec<u8>>,
+    /// Whether the nonce was already used.
+    pub nonce_used: bool,
+    /// The last clock accepted for this AK.
+    pub last_clock: Option<ClockInfo>,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Stable id (`signature`, `pcr_digest`...).
+    pub id: &'static str,
+    /// What the check establishes.
+    pub what: &'static str,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why it failed (or a note when it passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The result of verifying one report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// Whether every check passed.
+    pub ok: bool,
+    /// Set when the EK chains to a software-TPM CA the auditor chose to trust.
+    pub software_tpm: bool,
+    /// The report's host id.
+    pub host_id: String,
+    /// The AK name (hex), when the AK public parsed.
+    pub ak_name: Option<String>,
+    /// The signed clock, when the attest parsed.
+    #[serde(skip)]
+    pub clock: Option<ClockInfo>,
+    /// Every check in checklist order.
+    pub checks: Vec<Check>,
+}
+
+impl Verdict {
+    /// The ids of failed checks.
+    pub fn failed(&self) -> Vec<&'static str> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// The check with this id.
+    pub fn check(&self, id: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.id == id)
+    }
+}
+
+/// Every check id, in verdict order, with what it establishes.
+pub const CHECKS: &[(&str, &str)] = &[
+    ("format", "report format is fog-attest-v1"),
+    (
+        "ek_certificate",
+        "EK certificate chains to a trust anchor (validity, key usage)",
+    ),
+    (
+        "ek_matches_certificate",
+        "EK public equals the EK certificate's key",
+    ),
+    (
+        "ak_attributes",
+        "AK is a restricted signing key with SHA-256 name and a non-SHA-1 scheme",
+    ),
+    (
+        "ak_enrolled",
+        "AK was enrolled by credential activation under this EK",
+    ),
+    ("nonce_expected", "nonce equals the auditor's"),
+    ("nonce_unused", "nonce was not used before"),
+    (
+        "attest_structure",
+        "TPMS_ATTEST is a quote with TPM magic and no trailing bytes",
+    ),
+    (
+        "signature_scheme",
+        "signature scheme and hash equal the AK's",
+    ),
+    (
+        "signature",
+        "signature over TPMS_ATTEST verifies with the AK",
+    ),
+    (
+        "qualified_signer",
+        "qualifiedSigner equals the qualified name of the AK under the EK",
+    ),
+    ("extra_data", "extraData binds nonce and payload"),
+    (
+        "pcr_selection",
+        "signed PCR selection equals the expected one",
+    ),
+    (
+        "pcr_digest",
+        "pcrDigest equals the hash of the reported PCR values",
+    ),
+    ("clock_safe", "clockInfo.safe is set"),
+    (
+        "clock_monotonic",
+        "resetCount/restartCount/clock did not go backwards",
+    ),
+    (
+        "payload_matches_wrapper",
+        "payload host id, nonce and time agree with the wrapper",
+    ),
+];
+
+type Outcome = Result<Option<String>, String>;
+
+/// Verifies `report` against `opts` and `history`; never panics, whatever the input.
+pub fn verify_report(report: &Report, opts: &VerifyOptions, history: &History) -> Verdict {
+    let ak = Public::parse_tpm2b(&report.tpm.ak_pub);
+    let ek = Public::parse_tpm2b(&report.tpm.ek_pub);
+    let attest = Attest::parse(&report.tpm.quote.attest);
+    let ak_name = ak.as_ref().ok().and_then(Public::name);
+    let mut software_tpm = false;
+    let mut results: Vec<Outcome> = Vec::with_capacity(CHECKS.len());
+
+    results.push(if report.format == REPORT_FORMAT {
+        Ok(None)
+    } else {
+        Err(format!(
+            "format is \"{}\", expected \"{REPORT_FORMAT}\"",
+            report.format
+        ))
+    });
+    let chain = check_ek_chain(report, opts);
+    if let Ok(Some(note)) = &chain {
+        software_tpm = note.contains("software TPM");
+    }
+    results.push(chain);
+    results.push(check_ek_matches(
+        report,
+        ek.as_ref().map_err(ToString::to_string),
+    ));
+    results.push(
+        ak.as_ref()
+            .map_err(|e| format!("AK public: {e}"))
+            .and_then(check_ak_attributes),
+    );
+    results.push(check_enrolled(report, history));
+    results.push(check_nonce_expected(report, opts));
+    results.push(if history.nonce_used {
+        Err("nonce was already used (replay)".into())
+    } else {
+        Ok(None)
+    });
+    results.push(attest.as_ref().map(|_| None).map_err(ToString::to_string));
+    let sig = Signature::parse(&report.tpm.quote.signature).map_err(|e| e.to_string());
+    let ak_ref = ak.as_ref().map_err(|e| format!("AK public: {e}"));
+    results.push(match (&sig, &ak_ref) {
+        (Ok(sig), Ok(ak)) => check_signature_scheme(sig, ak),
+        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+    });
+    results.push(match (&sig, &ak_ref) {
+        (Ok(sig), Ok(ak)) => check_signature(sig, ak, &report.tpm.quote.attest),
+        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+    });
+    let attest_ref = attest
+        .as_ref()
+        .map_err(|_| "TPMS_ATTEST did not parse".to_string());
+    let ak_qn = match (&ak, &ek) {
+        (Ok(ak), Ok(ek)) => ek
+            .endorsement_primary_qualified_name()
+            .and_then(|ek_qn| ak.qualified_name(&ek_qn)),
+        _ => None,
+    };
+    results.push(attest_ref.clone().and_then(|a| match &ak_qn {
+        Some(qn) if a.qualified_signer == *qn => Ok(None),
+        Some(qn) => Err(format!(
+            "qualifiedSigner {} is not the qualified name of the AK under the EK {}",
+            hex::encode(&a.qualified_signer),
+            hex::encode(qn)
+        )),
+        None => Err("AK qualified name unavailable (AK or EK public unparseable, or unsupported nameAlg)".into()),
+    }));
+    results.push(attest_ref.clone().and_then(|a| {
+        let expected = qualifying_data(&report.nonce, &report.payload);
+        if a.extra_data == expected {
+            Ok(None)
+        } else {
+            Err(format!(
+                "extraData {} is not SHA-256(\"fog-attest-v1\\0\" || nonce || SHA-256(payload)) = {}",
+                hex::encode(&a.extra_data),
+                hex::encode(expected)
+            ))
+        }
+    }));
+    results.push(
+        attest_ref
+            .clone()
+            .and_then(|a| check_pcr_selection(&a.quote.pcr_select, &opts.pcrs)),
+    );
+    results.push(attest_ref.clone().and_then(|a| {
+        let h = sig
+            .as_ref()
+            .ok()
+            .and_then(|s| HashAlg::from_tpm(s.hash()))
+            .unwrap_or(HashAlg::Sha256);
+        check_pcr_digest(a, report, h)
+    }));
+    results.push(attest_ref.clone().and_then(|a| {
+        if a.clock_info.safe {
+            Ok(None)
+        } else {
+            Err("clockInfo.safe is NO: the TPM clock may have gone backwards".into())
+        }
+    }));
+    results.push(attest_ref.and_then(|a| check_clock(&a.clock_info, history.last_clock.as_ref())));
+    results.push(check_payload(report, opts));
+
+    let checks: Vec<Check> = CHECKS
+        .iter()
+        .zip(results)
+        .map(|(&(id, what), r)| match r {
+            Ok(note) => Check {
+                id,
+                what,
+                passed: true,
+                reason: note,
+            },
+            Err(reason) => Check {
+                id,
+                what,
+                passed: false,
+                reason: Some(reason),
+            },
+        })
+        .collect();
+    Verdict {
+        ok: checks.iter().all(|c| c.passed),
+        software_tpm,
+        host_id: report.host_id.clone(),
+        ak_name: ak_name.map(hex::encode),
+        clock: attest.ok().map(|a| a.clock_info),
+        checks,
+    }
+}
+
+/// Validates the EK certificate chain and the software-TPM policy.
+pub fn check_ek_chain(report: &Report, opts: &VerifyOptions) -> Outcome {
+    let der = report
+        .tpm
+        .ek_cert
+        .as_deref()
+        .ok_or("the report has no EK certificate: the EK cannot be tied to a manufacturer")?;
+    ek_chain_outcome(der, &report.tpm.ek_chain, opts)
+}
+
+/// The chain check on raw DER inputs (shared with enrollment).
+pub fn ek_chain_outcome(ek_cert: &[u8], chain: &[Vec<u8>], opts: &VerifyOptions) -> Outcome {
+    let leaf = certs::parse_der(certs::trim_der_padding(ek_cert), "EK certificate")
+        .map_err(|e| e.to_string())?;
+    let chain: Vec<Certificate> = chain
+        .iter()
+        .enumerate()
+        .filter_map(|(i, der)| {
+            certs::parse_der(
+                certs::trim_der_padding(der),
+                &format!("chain certificate {i}"),
+            )
+            .ok()
+        })
+        .collect();
+    let ok = certs::verify_chain(&leaf, &chain, &opts.trust_anchors, opts.now)
+        .map_err(|e| e.to_string())?;
+    if ok.software_tpm {
+        if opts.allow_software_tpm {
+            Ok(Some(format!(
+                "software TPM: chains to \"{}\" (trusted by --allow-software-tpm)",
+                ok.anchor
+            )))
+        } else {
+            Err(format!(
+                "EK certificate chains to a software TPM CA (\"{}\"); refused without --allow-software-tpm",
+                ok.anchor
+            ))
+        }
+    } else {
+        Ok(Some(format!("chains to \"{}\"", ok.anchor)))
+    }
+}
+
+fn check_ek_matches(report: &Report, ek: Result<&Public, String>) -> Outcome {
+    let ek = ek.map_err(|e| format!("EK public: {e}"))?;
+    let der = report
+        .tpm
+        .ek_cert
+        .as_deref()
+        .ok_or("the report has no EK certificate")?;
+    let cert = certs::parse_der(certs::trim_der_padding(der), "EK certificate")
+        .map_err(|e| e.to_string())?;
+    certs::check_ek_matches(&cert, ek)
+        .map(|()| None)
+        .map_err(|e| e.to_string())
+}
+
+/// Checks the AK's attributes, name algorithm, key type and scheme.
+pub fn check_ak_attributes(ak: &Public) -> Outcome {
+    if ak.attributes != attr::AK {
+        let missing = attr::AK & !ak.attributes;
+        let extra = ak.attributes & !attr::AK;
+        let mut why = Vec::new();
+        for (bit, name) in [
+            (attr::RESTRICTED, "restricted"),
+            (attr::SIGN, "sign"),
+            (attr::FIXED_TPM, "fixedTPM"),
+            (attr::FIXED_PARENT, "fixedParent"),
+            (attr::SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
+            (attr::USER_WITH_AUTH, "userWithAuth"),
+        ] {
+            if missing & bit != 0 {
+                why.push(format!("lacks {name}"));
+            }
+        }
+        if extra & attr::DECRYPT != 0 {
+            why.push("has decrypt".into());
+        }
+        if extra & !attr::DECRYPT != 0 {
+            why.push(format!(
+                "has extra attributes {:#010x}",
+                extra & !attr::DECRYPT
+            ));
+        }
+        return Err(format!(
+            "AK objectAttributes {:#010x}: {}",
+            ak.attributes,
+            why.join(", ")
+        ));
+    }
+    if ak.name_alg != alg::SHA256 {
+        return Err(format!(
+            "AK nameAlg is {:#06x}, expected SHA-256",
+            ak.name_alg
+        ));
+    }
+    let scheme = ak
+        .scheme
+        .ok_or("AK has no signing scheme (NULL): a quote's scheme would be unbound")?;
+    if HashAlg::from_tpm(scheme.hash).is_none() {
+        return Err(format!(
+            "AK scheme hash {:#06x} is not SHA-256/384/512",
+            scheme.hash
+        ));
+    }
+    match (&ak.key, scheme.scheme) {
+        (PublicKey::Rsa { key_bits, .. }, alg::RSASSA | alg::RSAPSS) if *key_bits >= 2048 => Ok(None),
+        (PublicKey::Ecc { curve: c, .. }, alg::ECDSA) if *c == curve::NIST_P256 || *c == curve::NIST_P384 => Ok(None),
+        _ => Err(format!("AK key type or scheme {:#06x} unsupported (RSA>=2048 RSASSA/RSAPSS or ECDSA P-256/P-384)", scheme.scheme)),
+    }
+}
+
+fn check_enrolled(report: &Report, history: &History) -> Outcome {
+    match &history.enrolled_ek_pub {
+        None => {
+            Err("AK is not enrolled (run verify enroll-challenge / enroll-finish first)".into())
+        }
+        Some(ek) if *ek == report.tpm.ek_pub => Ok(None),
+        Some(_) => Err("AK was enrolled under a different EK".into()),
+    }
+}
+
+fn check_nonce_expected(report: &Report, opts: &VerifyOptions) -> Outcome {
+    use subtle::ConstantTimeEq;
+    if report.nonce.len() == opts.nonce.len() && bool::from(report.nonce.ct_eq(&opts.nonce)) {
+        Ok(None)
+    } else {
+        Err(format!(
+            "nonce {} is not the expected {}",
+            hex::encode(&report.nonce),
+            hex::encode(&opts.nonce)
+        ))
+    }
+}
+
+fn check_signature_scheme(sig: &Signature, ak: &Public) -> Outcome {
+    let scheme = ak.scheme.ok_or("AK has no signing scheme")?;
+    if sig.hash() == alg::SHA1 {
+        return Err("signature uses SHA-1".into());
+    }
+    if sig.scheme() != scheme.scheme || sig.hash() != scheme.hash {
+        return Err(format!(
+            "signature scheme {:#06x}/hash {:#06x} differs from the AK's {:#06x}/{:#06x}",
+            sig.scheme(),
+            sig.hash(),
+            scheme.scheme,
+            scheme.hash
+        ));
+    }
+    Ok(None)
+}
+
+/// Verifies `sig` over `message` with the AK, using the AK's own scheme.
+pub fn check_signature(sig: &Signature, ak: &Public, message: &[u8]) -> Outcome {
+    let scheme = ak.scheme.ok_or("AK has no signing scheme")?;
+    let h = HashAlg::from_tpm(scheme.hash).ok_or("AK scheme hash unsupported")?;
+    let digest = h.digest(&[message]);
+    let bad = |what: &str| Err(format!("signature does not verify with the AK ({what})"));
+    match (&ak.key, sig) {
+        (
+            PublicKey::Rsa {
+                exponent, modulus, ..
+            },
+            Signature::Rsa { sig, .. },
+        ) => {
+            let e = if *exponent == 0 { 65537 } else { *exponent };
+            let key =
+                rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from(e))
+                    .map_err(|e| format!("AK RSA key unusable: {e}"))?;
+            let ok = match (scheme.scheme, h) {
+                (alg::RSASSA, HashAlg::Sha256) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, sig)
+                }
+                (alg::RSASSA, HashAlg::Sha384) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest, sig)
+                }
+                (alg::RSASSA, HashAlg::Sha512) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &digest, sig)
+                }
+                (_, HashAlg::Sha256) => key.verify(rsa::Pss::new::<sha2::Sha256>(), &digest, sig),
+                (_, HashAlg::Sha384) => key.verify(rsa::Pss::new::<sha2::Sha384>(), &digest, sig),
+                (_, HashAlg::Sha512) => key.verify(rsa::Pss::new::<sha2::Sha512>(), &digest, sig),
+            };
+            ok.map(|()| None).or_else(|_| bad("RSA"))
+        }
+        (PublicKey::Ecc { curve: c, x, y, .. }, Signature::Ecc { r, s, .. }) => {
+            let ok = match *c {
+                curve::NIST_P256 => ecdsa_verify::<p256::NistP256>(x, y, r, s, &digest, 32),
+                curve::NIST_P384 => ecdsa_verify::<p384::NistP384>(x, y, r, s, &digest, 48),
+                _ => false,
+            };
+            if ok {
+                Ok(None)
+            } else {
+                bad("ECDSA")
+            }
+        }
+        _ => bad("signature type does not match the AK's key type"),
+    }
+}
+
+fn left_pad(b: &[u8], len: usize) -> Option<Vec<u8>> {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    let b = &b[start..];
+    if b.len() > len {
+        return None;
+    }
+    let mut out = vec![0u8; len - b.len()];
+    out.extend_from_slice(b);
+    Some(out)
+}
+
+fn ecdsa_verify<C>(x: &[u8], y: &[u8], r: &[u8], s: &[u8], digest: &[u8], len: usize) -> bool
+where
+    C: ecdsa::PrimeCurve + elliptic_curve::CurveArithmetic,
+    ecdsa::SignatureSize<C>: elliptic_curve::generic_array::ArrayLength<u8>,
+    elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
+    elliptic_curve::AffinePoint<C>: elliptic_curve::sec1::FromEncodedPoint<C>
+        + elliptic_curve::sec1::ToEncodedPoint<C>
+        + ecdsa::hazmat::VerifyPrimitive<C>,
+{
+    use ecdsa::signature::hazmat::PrehashVerifier;
+    let (Some(x), Some(y), Some(r), Some(s)) = (
+        left_pad(x, len),
+        left_pad(y, len),
+        left_pad(r, len),
+        left_pad(s, len),
+    ) else {
+        return false;
+    };
+    let mut sec1 = vec![0x04];
+    sec1.extend_from_slice(&x);
+    sec1.extend_from_slice(&y);
+    let Ok(key) = ecdsa::VerifyingKey::<C>::from_sec1_bytes(&sec1) else {
+        return false;
+    };
+    let mut rs = r;
+    rs.extend_from_slice(&s);
+    let Ok(sig) = ecdsa::Signature::<C>::from_slice(&rs) else {
+        return false;
+    };
+    key.verify_prehash(digest, &sig).is_ok()
+}
+
+fn check_pcr_selection(signed: &PcrSelection, expected: &PcrSelection) -> Outcome {
+    let norm = |s: &PcrSelection| {
+        let mut v = s.pairs();
+        v.sort_unstable();
+        v
+    };
+    let signed_pairs = signed.pairs();
+    let mut sorted = signed_pairs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != signed_pairs.len() {
+        return Err("signed PCR selection names a bank twice".into());
+    }
+    if norm(signed) == norm(expected) {
+        Ok(None)
+    } else {
+        Err(format!(
+            "signed PCR selection {} differs from the expected {}",
+            format_pcr_selection(signed),
+            format_pcr_selection(expected)
+        ))
+    }
+}
+
+fn check_pcr_digest(a: &Attest, report: &Report, h: HashAlg) -> Outcome {
+    let pairs = a.quote.pcr_select.pairs();
+    let mut values = Vec::with_capacity(pairs.len());
+    for (bank_id, index) in &pairs {
+        let bank = HashAlg::from_tpm(*bank_id)
+            .ok_or_else(|| format!("signed selection uses unsupported bank {bank_id:#06x}"))?;
+        let text = report
+            .tpm
+            .quote
+            .pcrs
+            .get(bank.name())
+            .and_then(|m| m.get(index))
+            .ok_or_else(|| {
+                format!(
+                    "PCR {}:{index} is in the signed selection but not in the report",
+                    bank.name()
+                )
+            })?;
+        let value =
+            hex::decode(text).map_err(|_| format!("PCR {}:{index} is not hex", bank.name()))?;
+        if value.len() != bank.size() {
+            return Err(format!(
+                "PCR {}:{index} is {} bytes, expected {}",
+                bank.name(),
+                value.len(),
+                bank.size()
+            ));
+        }
+        values.push(value);
+    }
+    let reported: usize = report.tpm.quote.pcrs.values().map(|m| m.len()).sum();
+    if reported != pairs.len() {
+        return Err(format!(
+            "the report carries {reported} PCR values but the signed selection covers {}",
+            pairs.len()
+        ));
+    }
+    let parts: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    let digest = h.digest(&parts);
+    if digest == a.quote.pcr_digest {
+        Ok(None)
+    } else {
+        Err(format!(
+            "pcrDigest {} does not match the reported PCR values (hash {})",
+            hex::encode(&a.quote.pcr_digest),
+            hex::encode(digest)
+        ))
+    }
+}
+
+fn check_clock(now: &ClockInfo, last: Option<&ClockInfo>) -> Outcome {
+    let Some(last) = last else {
+        return Ok(Some("first report from this AK".into()));
+    };
+    if now.reset_count < last.reset_count {
+        return Err(format!(
+            "resetCount {} is lower than last seen {}",
+            now.reset_count, last.reset_count
+        ));
+    }
+    if now.reset_count == last.reset_count {
+        if now.restart_count < last.restart_count {
+            return Err(format!(
+                "restartCount {} is lower than last seen {} (same resetCount)",
+                now.restart_count, last.restart_count
+            ));
+        }
+        if now.restart_count == last.restart_count && now.clock < last.clock {
+            return Err(format!(
+                "clock {} ms is lower than last seen {} ms",
+                now.clock, last.clock
+            ));
+        }
+    }
+    Ok(None)
+}
+
+fn check_payload(report: &Report, opts: &VerifyOptions) -> Outcome {
+    let p: Payload = serde_json::from_slice(&report.payload)
+        .map_err(|e| format!("payload is not fog payload JSON: {e}"))?;
+    if p.format != PAYLOAD_FORMAT {
+        return Err(format!("payload format is \"{}\"", p.format));
+    }
+    if p.host_id != report.host_id {
+        return Err(format!(
+            "payload host_id \"{}\" differs from the report's \"{}\"",
+            p.host_id, report.host_id
+        ));
+    }
+    if p.nonce != report.nonce {
+        return Err("payload nonce differs from the report's".into());
+    }
+    let now = opts
+        .now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    if p.collected_at > now.saturating_add(MAX_FUTURE_SKEW.as_secs()) {
+        return Err(format!(
+            "payload collected_at {} is in the future (now {now})",
+            p.collected_at
+        ));
+    }
+    if let Some(max) = opts.max_age {
+        if now.saturating_sub(p.collected_at) > max.as_secs() {
+            return Err(format!(
+                "payload collected_at {} is older than {} s",
+                p.collected_at,
+                max.as_secs()
+            ));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_history_rules() {
+        let c = |reset, restart, clock| ClockInfo {
+            clock,
+            reset_count: reset,
+            restart_count: restart,
+            safe: true,
+        };
+        assert!(check_clock(&c(3, 0, 10), None).is_ok());
+        assert!(check_clock(&c(3, 0, 10), Some(&c(3, 0, 9))).is_ok());
+        assert!(check_clock(&c(4, 0, 1), Some(&c(3, 5, 9))).is_ok());
+        assert!(check_clock(&c(2, 9, 99), Some(&c(3, 0, 9)))
+            .unwrap_err()
+            .contains("resetCount 2 is lower than last seen 3"));
+        assert!(check_clock(&c(3, 0, 99), Some(&c(3, 1, 9)))
+            .unwrap_err()
+            .contains("restartCount"));
+        assert!(check_clock(&c(3, 1, 8), Some(&c(3, 1, 9)))
+            .unwrap_err()
+            .contains("clock 8"));
+    }
+
+    #[test]
+    fn unrestricted_ak_is_named_in_the_reason() {
+        let tpmt = crate::structures::tests::rsa_ak_tpmt(&[0xc5; 256]);
+        let mut ak = Public::parse(&tpmt).unwrap();
+        assert_eq!(check_ak_attributes(&ak), Ok(None));
+        ak.attributes &= !attr::RESTRICTED;
+        assert!(check_ak_attributes(&ak)
+            .unwrap_err()
+            .contains("lacks restricted"));
+        ak.attributes |= attr::RESTRICTED | attr::DECRYPT;
+        assert!(check_ak_attributes(&ak)
+            .unwrap_err()
+            .contains("has decrypt"));
+    }
+
+    #[test]
+    fn selection_comparison_ignores_encoding_but_not_content() {
+        let a = crate::report::parse_pcr_spec("sha256:0-7").unwrap();
+        let mut b = a.clone();
+        b.banks[0].select.push(0); // sizeofSelect 4 instead of 3
+        assert_eq!(check_pcr_selection(&b, &a), Ok(None));
+        let c = crate::report::parse_pcr_spec("sha256:0-3").unwrap();
+        assert!(check_pcr_selection(&c, &a).unwrap_err().contains("differs"));
+    }
+}
