@@ -714,7 +714,7 @@ fn serve_dev_makes_certificates_and_answers_the_printed_client_command() {
     let port = free_port();
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n")).unwrap();
-    let mut child = agent()
+    let child = agent()
         .args(["serve", "--dev", "--config"])
         .arg(&config)
         .arg("--state-dir")
