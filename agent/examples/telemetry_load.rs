@@ -86,7 +86,9 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = DevCerts::generate()?;
     certs.write_to(&dir.path().join("certs"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
@@ -180,7 +182,10 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while (started.load(Ordering::Relaxed) as usize) < args.subscribers {
         if Instant::now() > deadline {
-            bail!("only {} subscribers started", started.load(Ordering::Relaxed));
+            bail!(
+                "only {} subscribers started",
+                started.load(Ordering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -215,7 +220,11 @@ async fn main() -> anyhow::Result<()> {
     println!("lag p99            {:.2} ms", percentile(&lags, 99.0));
     println!("lag max            {:.2} ms", percentile(&lags, 100.0));
     println!("agent cpu          {cpu_percent:.1}% of one core");
-    println!("agent rss          {:.1} MiB (peak {:.1} MiB)", rss_kb as f64 / 1024.0, hwm_kb as f64 / 1024.0);
+    println!(
+        "agent rss          {:.1} MiB (peak {:.1} MiB)",
+        rss_kb as f64 / 1024.0,
+        hwm_kb as f64 / 1024.0
+    );
     drop(agent);
     Ok(())
 }
