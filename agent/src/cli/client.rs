@@ -18,18 +18,18 @@ use super::render::bytes;
 /// Arguments of `fog-agent client`.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The agent, e.g. `https://127.0.0.1:7443`.
+    /// The agent: `https://HOST:PORT` (mutual TLS), or `unix:PATH` for the local admin socket.
     #[arg(long, value_name = "URL")]
     pub addr: String,
-    /// CA that signed the agent's server certificate (PEM).
+    /// CA that signed the agent's server certificate (PEM); required for https.
     #[arg(long, value_name = "FILE")]
-    pub ca: PathBuf,
-    /// Client certificate (PEM); its URI SAN names the role.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM); its URI SAN names the role. Required for https.
     #[arg(long, value_name = "FILE")]
-    pub cert: PathBuf,
-    /// Client private key (PEM).
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM). Required for https.
     #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
     /// Print canonical proto3 JSON instead of the human view.
     #[arg(long, global = true)]
     pub json: bool,
@@ -82,12 +82,21 @@ pub fn run(args: &ClientArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
-    let read = |path: &PathBuf| {
+    if let Some(path) = args.addr.strip_prefix("unix:") {
+        return connect_unix(PathBuf::from(path)).await;
+    }
+    let read = |flag: &str, path: &Option<PathBuf>| {
+        let path = path
+            .as_ref()
+            .with_context(|| format!("{flag} is required for {}", args.addr))?;
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&args.ca)?))
-        .identity(Identity::from_pem(read(&args.cert)?, read(&args.key)?));
+        .ca_certificate(Certificate::from_pem(read("--ca", &args.ca)?))
+        .identity(Identity::from_pem(
+            read("--cert", &args.cert)?,
+            read("--key", &args.key)?,
+        ));
     let endpoint = Endpoint::from_shared(args.addr.clone())
         .with_context(|| format!("--addr {}: not a URL", args.addr))?
         .connect_timeout(Duration::from_secs(10))
@@ -97,6 +106,22 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))
+}
+
+/// A channel over the local admin socket (no TLS: the socket's mode is the access control).
+async fn connect_unix(path: PathBuf) -> anyhow::Result<Channel> {
+    let display = path.display().to_string();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Endpoint::from_static("http://fog-agent.local")
+        .connect_with_connector(connector)
+        .await
+        .with_context(|| format!("cannot connect to {display}"))
 }
 
 async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {

@@ -700,8 +700,18 @@ mod tests {
         assert_eq!(msg.format, "fog-inventory-v1");
         assert_eq!(msg.fingerprint.unwrap().value, inventory.fingerprint.value);
         let cpu = msg.cpu.unwrap();
-        assert_eq!(cpu.probe.unwrap().status, pb::ProbeStatus::Ok as i32);
-        assert!(cpu.data.unwrap().logical_cpus >= 1);
+        let probe = cpu.probe.unwrap();
+        match inventory.cpu.get() {
+            Some(domain) => {
+                assert_eq!(probe.status, pb::ProbeStatus::Ok as i32);
+                assert_eq!(cpu.data.unwrap().logical_cpus, domain.logical_cpus);
+            }
+            None => {
+                assert_eq!(probe.status, pb::ProbeStatus::Unavailable as i32);
+                assert_eq!(Some(&probe.reason), inventory.cpu.reason.as_ref());
+                assert!(cpu.data.is_none());
+            }
+        }
         assert!(msg.collected_at.is_some());
     }
 

@@ -177,12 +177,8 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
             problems.iter().map(ToString::to_string).collect(),
         ));
     }
-    let shared = build_shared(config, &options);
-    let (shutdown_tx, _) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        shutdown: shutdown_tx.subscribe(),
-        ..shared
-    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(build_shared(config, &options, shutdown_rx));
 
     // The API is up before the inventory is: the first GetInventory waits for this collection.
     let warmup = shared.clone();
@@ -295,7 +291,11 @@ fn server_builder(config: &Config) -> Server {
 }
 
 /// The state every listener shares; the sampler is spawned here.
-fn build_shared(config: &Config, options: &DaemonOptions) -> Shared {
+fn build_shared(
+    config: &Config,
+    options: &DaemonOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Shared {
     let telemetry = TelemetryHub::new(
         config.telemetry.min_interval(),
         config.telemetry.queue_depth,
@@ -341,8 +341,6 @@ fn build_shared(config: &Config, options: &DaemonOptions) -> Shared {
             }
         }
     };
-    let (placeholder_tx, placeholder_rx) = watch::channel(false);
-    drop(placeholder_tx);
     Shared {
         inventory: inventory_cache::InventoryCache::new(
             options.inventory_source.clone(),
@@ -351,7 +349,7 @@ fn build_shared(config: &Config, options: &DaemonOptions) -> Shared {
         capacity,
         telemetry,
         backends: options.backends.clone(),
-        shutdown: placeholder_rx,
+        shutdown,
     }
 }
 

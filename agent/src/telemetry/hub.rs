@@ -257,9 +257,11 @@ impl TelemetryHub {
             collector = returned;
             sequence += 1;
             sample.sequence = sequence;
-            let now = Instant::now();
-            self.deliver(Arc::new(sample), now, period);
+            // Due times follow the tick schedule, not the (jittery) end of collection, so a
+            // subscriber at the sampler's own interval gets every sample.
+            self.deliver(Arc::new(sample), due, period);
             last_tick = Some(due);
+            let now = Instant::now();
             // Missed ticks are skipped, never caught up in a burst.
             next_tick = Some(if due + period > now {
                 due + period
@@ -277,15 +279,16 @@ impl TelemetryHub {
             .min()
     }
 
-    /// Hands `sample` to every subscriber that is due. A subscriber is due when its interval has
-    /// elapsed since its previous sample, within half a sampler period (ticks jitter).
-    fn deliver(&self, sample: Arc<HostSample>, now: Instant, period: Duration) {
+    /// Hands `sample`, taken for the tick scheduled at `tick`, to every subscriber that is due:
+    /// its interval has elapsed since the tick of its previous sample, within half a sampler
+    /// period (a subscriber that joined during a collection still gets that sample).
+    fn deliver(&self, sample: Arc<HostSample>, tick: Instant, period: Duration) {
         let slack = period / 2;
         let mut registry = lock(&self.inner.registry);
         for entry in registry.subscribers.values_mut() {
-            if entry.next_due <= now + slack {
+            if entry.next_due <= tick + slack {
                 entry.queue.push(sample.clone());
-                entry.next_due = now + entry.interval;
+                entry.next_due = tick + entry.interval;
             }
         }
     }

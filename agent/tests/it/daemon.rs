@@ -705,3 +705,62 @@ fn python_client_and_grpcurl_over_mtls_against_the_binary() {
     let status = served.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+#[test]
+fn serve_dev_makes_certificates_and_answers_the_printed_client_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // --dev keeps the default listen address; use a free port through a config file.
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    let child = agent()
+        .args(["serve", "--dev", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve --dev did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let certs = state.join("dev-certs");
+    let output = agent()
+        .args(["client", "--addr", &format!("https://127.0.0.1:{port}")])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("market.pem"))
+        .arg("--key")
+        .arg(certs.join("market.key"))
+        .args(["capacity", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let capacity: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        capacity["sequence"].is_string(),
+        "proto3 JSON uint64: {capacity}"
+    );
+    assert!(
+        state.join("agent.sock").exists(),
+        "admin socket under the state dir"
+    );
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("fog-agent client --addr"),
+        "quick-start hint printed: {stderr}"
+    );
+}
