@@ -67,6 +67,9 @@ fn run_with_timeout(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Its own process group, so a timeout kills everything it started (a driver's helper
+    // processes would otherwise keep running).
+    cmd.process_group(0);
     let mut child: Child = cmd
         .spawn()
         .map_err(|e| format!("cannot start child: {e}"))?;
