@@ -7,7 +7,7 @@
 //!   tested on fixture trees.
 //! - [`inventory`]: the hardware inventory (host, CPU, memory, GPUs, storage, network) and its
 //!   stable hardware fingerprint. Every probe is independent and never fatal.
-//! - [`bench`]: the benchmark suite (kernels from `fog-bench`) in crash-isolated child
+//! - [`bench`](mod@bench): the benchmark suite (kernels from `fog-bench`) in crash-isolated child
 //!   processes, cached in the state store.
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.

@@ -8,7 +8,7 @@
 //!
 //! Modules:
 //! - [`stats`]: the sampling protocol, median / min / max / CV, percentiles.
-//! - [`env`]: the environment snapshot taken before and after a run (governor, boost, steal,
+//! - [`env`](mod@env): the environment snapshot taken before and after a run (governor, boost, steal,
 //!   load, PSI), parsed from `/proc` and `/sys` text.
 //! - [`cpu`]: integer (SHA-256 + LZ4 compression round-trip over a fixed pseudo-random corpus),
 //!   floating point (FMA throughput with runtime ISA dispatch), the sysbench prime loop, the

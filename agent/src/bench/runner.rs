@@ -6,7 +6,7 @@
 //! crashes half-way are kept and only the rest are failed.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -67,6 +67,9 @@ fn run_with_timeout(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Its own process group, so a timeout kills everything it started (a driver's helper
+    // processes would otherwise keep running).
+    cmd.process_group(0);
     let mut child: Child = cmd
         .spawn()
         .map_err(|e| format!("cannot start child: {e}"))?;
@@ -98,6 +101,7 @@ fn run_with_timeout(
         match child.try_wait() {
             Ok(Some(status)) => break End::Exited(status),
             Ok(None) if start.elapsed() >= timeout => {
+                kill_group(&child);
                 let _ = child.kill();
                 let _ = child.wait();
                 break End::TimedOut(timeout);
@@ -108,15 +112,31 @@ fn run_with_timeout(
                 }
             }
             Err(e) => {
+                kill_group(&child);
                 let _ = child.kill();
                 return Err(format!("cannot wait for child: {e}"));
             }
         }
     };
+    if matches!(end, End::TimedOut(_)) {
+        // Whatever still holds the pipes (a grandchild outside the group) must not block the
+        // suite: keep what arrived and leave the reader threads to end on their own.
+        std::thread::sleep(Duration::from_millis(50));
+        lines.extend(rx.try_iter());
+        return Ok((lines, end, String::new()));
+    }
     let _ = reader.join();
     lines.extend(rx.try_iter());
     let stderr = err_reader.join().unwrap_or_default();
     Ok((lines, end, stderr))
+}
+
+/// Kills the child's process group (the child is its leader).
+fn kill_group(child: &Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: plain syscall; a negative pid names the process group the child leads.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
 }
 
 /// Lists OpenCL devices in a child (loading a driver can crash or hang).
