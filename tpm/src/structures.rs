@@ -832,3 +832,86 @@ pub(crate) mod tests {
         );
     }
 }
+
+/// Stable-Rust robustness test of the parsers (the cargo-fuzz targets in `tpm/fuzz` need
+/// nightly): seeded random inputs and random mutations of valid structures never panic, and
+/// whatever parses round-trips.
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// xorshift64*: deterministic, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..=rng.below(4) {
+            match rng.below(4) {
+                0 if !v.is_empty() => {
+                    let i = rng.below(v.len());
+                    v[i] = rng.next() as u8;
+                }
+                1 if !v.is_empty() => v.truncate(rng.below(v.len())),
+                2 => v.push(rng.next() as u8),
+                _ if !v.is_empty() => {
+                    let i = rng.below(v.len());
+                    v[i] ^= 1 << rng.below(8);
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn parsers_never_panic_on_random_or_mutated_input() {
+        let sel = crate::report::parse_pcr_spec("sha256:0-7").unwrap();
+        let attest = tests::quote_attest(&[0, 0xb, 1], &[2; 32], &sel, &[3; 32]);
+        let public = {
+            let t = tests::rsa_ak_tpmt(&[0xc5; 256]);
+            let mut b = (t.len() as u16).to_be_bytes().to_vec();
+            b.extend_from_slice(&t);
+            b
+        };
+        let sig = [
+            &alg::ECDSA.to_be_bytes()[..],
+            &alg::SHA256.to_be_bytes(),
+            &[0, 1, 1, 0, 1, 2],
+        ]
+        .concat();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let random: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+            for input in [
+                random,
+                mutate(&mut rng, &attest),
+                mutate(&mut rng, &public),
+                mutate(&mut rng, &sig),
+            ] {
+                if let Ok(a) = Attest::parse(&input) {
+                    assert_eq!(
+                        PcrSelection::parse(&a.quote.pcr_select.to_bytes()).unwrap(),
+                        a.quote.pcr_select
+                    );
+                }
+                if let Ok(p) = Public::parse_tpm2b(&input) {
+                    assert_eq!(p.to_tpm2b().unwrap(), input);
+                    let _ = p.name();
+                }
+                let _ = Signature::parse(&input);
+                let _ = PcrSelection::parse(&input);
+            }
+        }
+    }
+}
