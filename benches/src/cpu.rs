@@ -544,12 +544,7 @@ mod tests {
     use super::*;
 
     fn quick() -> Protocol {
-        Protocol {
-            warmup: 0,
-            samples: 2,
-            max_factor: 1,
-            cv_limit: 1.0,
-        }
+        Protocol::smoke_test()
     }
 
     #[test]

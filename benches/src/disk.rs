@@ -372,12 +372,7 @@ mod tests {
     }
 
     fn quick() -> Protocol {
-        Protocol {
-            warmup: 0,
-            samples: 2,
-            max_factor: 1,
-            cv_limit: 1.0,
-        }
+        Protocol::smoke_test()
     }
 
     /// A directory on a disk file system (O_DIRECT is refused on tmpfs).

@@ -20,6 +20,20 @@ pub struct Protocol {
     pub cv_limit: f64,
 }
 
+impl Protocol {
+    /// Two samples, no warm-up, never extended: for tests that check what a kernel computes,
+    /// not how fast.
+    #[cfg(test)]
+    pub(crate) fn smoke_test() -> Self {
+        Self {
+            warmup: 0,
+            samples: 2,
+            max_factor: 1,
+            cv_limit: 1.0,
+        }
+    }
+}
+
 impl Default for Protocol {
     fn default() -> Self {
         Self {
