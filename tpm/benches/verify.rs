@@ -69,6 +69,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| verify_report(&report, &opts, &history))
         });
 
+        let verifier = fog_tpm::verify::Verifier::new(opts.clone());
+        group.bench_function(format!("{alg:?}_ak_cached_ek_checks"), |b| {
+            b.iter(|| verifier.verify(&report, &history))
+        });
+
         let Ok(dir) = tempfile::tempdir() else { return };
         let Ok(q) = fog_tpm::export::export_tpm2_tools(&report, dir.path()) else {
             return;

@@ -3,9 +3,9 @@
 //! `ak.pub.pem` (SubjectPublicKeyInfo) and `pcrs.bin` in tpm2-tools' "serialized" layout.
 //!
 //! `pcrs.bin` is the in-memory layout of tpm2-tss' C structures on little-endian x86-64:
-//! `TPML_PCR_SELECTION` (u32 count, 16 x {u16 hash, u8 sizeofSelect, u8 pcrSelect[4], 1 pad
+//! `TPML_PCR_SELECTION` (u32 count, 16 x {u16 hash, u8 sizeofSelect, u8 pcrSelect\[4\], 1 pad
 //! byte} = 132 bytes), then u32 n = number of `TPML_DIGEST`s, then n x `TPML_DIGEST` (u32 count,
-//! 8 x {u16 size, u8 buffer[64]} = 532 bytes), values in signed-selection order, 8 per list.
+//! 8 x {u16 size, u8 buffer\[64\]} = 532 bytes), values in signed-selection order, 8 per list.
 
 use std::path::{Path, PathBuf};
 

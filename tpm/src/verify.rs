@@ -155,6 +155,72 @@ type Outcome = Result<Option<String>, String>;
 
 /// Verifies `report` against `opts` and `history`; never panics, whatever the input.
 pub fn verify_report(report: &Report, opts: &VerifyOptions, history: &History) -> Verdict {
+    verify_with(report, opts, history, &|r, o, ek| ek_checks(r, o, ek))
+}
+
+/// The outcomes of the two EK certificate checks (`ek_certificate`, `ek_matches_certificate`).
+type EkOutcomes = (Outcome, Outcome);
+
+/// Computes the EK certificate checks (directly, or through a cache).
+type EkCheckFn<'a> = dyn Fn(&Report, &VerifyOptions, Result<&Public, String>) -> EkOutcomes + 'a;
+
+fn ek_checks(report: &Report, opts: &VerifyOptions, ek: Result<&Public, String>) -> EkOutcomes {
+    (check_ek_chain(report, opts), check_ek_matches(report, ek))
+}
+
+/// A verifier for many reports at one verification time: EK certificate checks, identical for
+/// every report of the same TPM, are computed once per (EK certificate, chain, EK public) and
+/// reused. Build a new one when the time, the anchors or the policy change.
+#[derive(Debug)]
+pub struct Verifier {
+    opts: VerifyOptions,
+    cache: std::sync::Mutex<std::collections::HashMap<Vec<u8>, EkOutcomes>>,
+}
+
+impl Verifier {
+    /// A verifier with these options.
+    pub fn new(opts: VerifyOptions) -> Self {
+        Self {
+            opts,
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &VerifyOptions {
+        &self.opts
+    }
+
+    /// Verifies one report (same result as [`verify_report`]).
+    pub fn verify(&self, report: &Report, history: &History) -> Verdict {
+        verify_with(report, &self.opts, history, &|r, o, ek| {
+            let mut key = Vec::new();
+            for part in [r.tpm.ek_cert.as_deref().unwrap_or_default(), &r.tpm.ek_pub]
+                .into_iter()
+                .chain(r.tpm.ek_chain.iter().map(Vec::as_slice))
+            {
+                key.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                key.extend_from_slice(part);
+            }
+            let key = HashAlg::Sha256.digest(&[&key]);
+            if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+                return hit;
+            }
+            let fresh = ek_checks(r, o, ek);
+            if let Ok(mut c) = self.cache.lock() {
+                c.insert(key, fresh.clone());
+            }
+            fresh
+        })
+    }
+}
+
+fn verify_with(
+    report: &Report,
+    opts: &VerifyOptions,
+    history: &History,
+    ek_checks: &EkCheckFn<'_>,
+) -> Verdict {
     let ak = Public::parse_tpm2b(&report.tpm.ak_pub);
     let ek = Public::parse_tpm2b(&report.tpm.ek_pub);
     let attest = Attest::parse(&report.tpm.quote.attest);
@@ -170,15 +236,12 @@ pub fn verify_report(report: &Report, opts: &VerifyOptions, history: &History) -
             report.format
         ))
     });
-    let chain = check_ek_chain(report, opts);
+    let (chain, matches) = ek_checks(report, opts, ek.as_ref().map_err(ToString::to_string));
     if let Ok(Some(note)) = &chain {
         software_tpm = note.contains("software TPM");
     }
     results.push(chain);
-    results.push(check_ek_matches(
-        report,
-        ek.as_ref().map_err(ToString::to_string),
-    ));
+    results.push(matches);
     results.push(
         ak.as_ref()
             .map_err(|e| format!("AK public: {e}"))

@@ -175,6 +175,18 @@ fn rsa_ak_enroll_attest_verify_and_each_tampering_rejected_with_its_own_reason()
         assert_failed(&v, &["pcr_selection"]).contains("differs from the expected sha256:0,1,2,3")
     );
 
+    // The caching verifier agrees with the plain one, on first use and from its cache.
+    let verifier = fog_tpm::verify::Verifier::new(options(&f.anchors, &nonce(1)));
+    let history_ok = History {
+        enrolled_ek_pub: Some(report.tpm.ek_pub.clone()),
+        ..History::default()
+    };
+    assert!(verifier.verify(&report, &history_ok).ok);
+    assert!(verifier.verify(&report, &history_ok).ok);
+    let mut r = report.clone();
+    r.tpm.quote.signature[10] ^= 1;
+    assert_eq!(verifier.verify(&r, &history_ok).failed(), ["signature"]);
+
     // Signature bytes changed.
     let mut r = report.clone();
     let last = r.tpm.quote.signature.len() - 1;
