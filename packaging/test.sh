@@ -17,3 +17,18 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+# Fuzz the TPM structure parsers and the report JSON briefly (cargo-fuzz needs nightly; the
+# stable seeded robustness tests above always run).
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  step "cargo +nightly fuzz (tpm parsers, ${FOG_FUZZ_SECONDS:-10} s per target)"
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+  (
+    cd tpm/fuzz
+    for target in tpms_attest tpmt_signature tpm2b_public report_json; do
+      cargo +nightly fuzz run "$target" -- -max_total_time="${FOG_FUZZ_SECONDS:-10}" 2>&1 | tail -n 2
+    done
+  )
+else
+  echo "fuzz: skipped, no nightly toolchain (the stable robustness tests ran)"
+fi
