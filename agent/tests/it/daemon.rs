@@ -834,7 +834,11 @@ fn serve_dev_makes_certificates_and_answers_the_printed_client_command() {
     // --dev keeps the default listen address; use a free port through a config file.
     let port = free_port();
     let config = dir.path().join("agent.toml");
-    std::fs::write(&config, format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n[bench]\nrun_on_start = false\n"),
+    )
+    .unwrap();
     let child = agent()
         .args(["serve", "--dev", "--config"])
         .arg(&config)
