@@ -38,6 +38,23 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// `[capacity]`: what the host keeps for itself.
     pub capacity: CapacityConfig,
+    /// `[bench]`: the daemon's benchmark runs.
+    pub bench: BenchConfig,
+}
+
+/// `[bench]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BenchConfig {
+    /// Run the quick suite in the background on start and when the hardware fingerprint
+    /// changes, when nothing is cached for the fingerprint.
+    pub run_on_start: bool,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self { run_on_start: true }
+    }
 }
 
 /// `[api]`: the gRPC listeners.

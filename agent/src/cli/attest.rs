@@ -178,7 +178,11 @@ fn report(args: &AttestArgs) -> anyhow::Result<ExitCode> {
     let selection = parse_pcr_spec(&args.pcrs)?;
     let ak = AkBlob::load(&args.tpm.state_dir)?;
     let tpm = open_tpm(&args.tpm)?;
-    let payload = build_payload(&ak.host_id, &nonce, None)?;
+    let inventory = crate::inventory::collect_from(FsRoot::host());
+    let benchmarks =
+        crate::bench::cached_results(&args.tpm.state_dir, &crate::bench::fingerprint(&inventory))
+            .context("cannot read the cached benchmark results")?;
+    let payload = build_payload(&ak.host_id, &nonce, &inventory, Some(benchmarks))?;
     let report = tpm.attest(&ak, &nonce, payload, &selection)?;
     if let Some(dir) = &args.export_tpm2_tools {
         let q = fog_tpm::export::export_tpm2_tools(&report, dir)?;
@@ -196,9 +200,9 @@ fn report(args: &AttestArgs) -> anyhow::Result<ExitCode> {
 pub fn build_payload(
     host_id: &str,
     nonce: &[u8],
+    inventory: &crate::inventory::Inventory,
     benchmarks: Option<serde_json::Value>,
 ) -> anyhow::Result<Vec<u8>> {
-    let inventory = crate::inventory::collect_from(FsRoot::host());
     let payload = Payload {
         format: PAYLOAD_FORMAT.into(),
         host_id: host_id.to_string(),
@@ -207,7 +211,7 @@ pub fn build_payload(
         collected_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        inventory: serde_json::to_value(&inventory).context("cannot serialize the inventory")?,
+        inventory: serde_json::to_value(inventory).context("cannot serialize the inventory")?,
         benchmarks,
     };
     Ok(payload.to_bytes()?)

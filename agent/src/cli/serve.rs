@@ -7,11 +7,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
 use crate::config::Config;
+use crate::daemon::bench_backend::SuiteBackend;
+use crate::daemon::tpm_backend::TpmBackend;
 use crate::daemon::{self, tls::DevCerts, DaemonOptions};
 
 /// The TCTI `serve --dev` uses when there is no TPM device (`packaging/dev-swtpm.sh`).
@@ -81,7 +84,7 @@ fn apply_dev(config: &mut Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
-    let running = daemon::start(&config, DaemonOptions::default()).await?;
+    let running = daemon::start(&config, options(&config)?).await?;
     if dev {
         if let Some(addr) = running.tcp_addrs().first() {
             let certs = config.state.dir.join("dev-certs");
@@ -95,6 +98,36 @@ async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
     // Streams that outlive the grace period are cut (and logged); still a clean exit.
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's options with the real backends: the benchmark suite (children of this
+/// executable, background run per `[bench] run_on_start`) and the TPM at `[tpm] tcti`.
+fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
+    let defaults = DaemonOptions::default();
+    let tcti: fog_tpm::tcti::Tcti = config
+        .tpm
+        .tcti
+        .parse()
+        .with_context(|| format!("tpm.tcti {:?}", config.tpm.tcti))?;
+    let exe = std::env::current_exe().context("cannot find the agent executable")?;
+    let backends = daemon::Backends {
+        benchmarks: Arc::new(SuiteBackend::new(
+            config.state.dir.clone(),
+            exe,
+            defaults.inventory_source.clone(),
+            config.bench.run_on_start,
+        )),
+        attestation: Arc::new(TpmBackend::new(
+            tcti,
+            config.state.dir.clone(),
+            defaults.inventory_source.clone(),
+        )),
+        gpu_telemetry: defaults.backends.gpu_telemetry.clone(),
+    };
+    Ok(DaemonOptions {
+        backends,
+        ..defaults
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -4,7 +4,9 @@
 //! - [`auth`]: roles, the per-RPC role table, the role from a client certificate.
 //! - [`tls`]: development certificates and the server's TLS configuration.
 //! - [`service`]: the service implementation; [`convert`]: proto <-> domain at the boundary.
-//! - [`backends`]: the seams benchmarks, attestation and GPU telemetry plug into.
+//! - [`backends`]: the seams benchmarks, attestation and GPU telemetry plug into;
+//!   [`bench_backend`] (the benchmark suite) and [`tpm_backend`] (fog-tpm) are the real ones
+//!   `fog-agent serve` wires in.
 //! - [`inventory_cache`]: the inventory collected off the runtime and cached.
 //!
 //! [`start`] binds every listener and serves at once (the inventory is collected in the
@@ -13,10 +15,12 @@
 
 pub mod auth;
 pub mod backends;
+pub mod bench_backend;
 pub mod convert;
 pub mod inventory_cache;
 pub mod service;
 pub mod tls;
+pub mod tpm_backend;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ use fog_agent::capacity::Allocations;
 use fog_agent::config::Config;
 use fog_agent::daemon::auth::{Role, Rpc};
 use fog_agent::daemon::tls::DevCerts;
-use fog_agent::daemon::{self, DaemonOptions, RunningDaemon};
+use fog_agent::daemon::{self, Backends, DaemonOptions, RunningDaemon};
 use fog_agent::fsroot::FsRoot;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
@@ -37,6 +37,14 @@ struct Harness {
 
 impl Harness {
     async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(tweak, |_| Backends::default()).await
+    }
+
+    /// A daemon whose backends `backends` builds from the config.
+    async fn start_with(
+        tweak: impl FnOnce(&mut Config),
+        backends: impl FnOnce(&Config) -> Backends,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = DevCerts::generate().unwrap();
         certs.write_to(&dir.path().join("certs")).unwrap();
@@ -50,6 +58,7 @@ impl Harness {
         config.api.shutdown_grace_millis = 2000;
         tweak(&mut config);
         let options = DaemonOptions {
+            backends: backends(&config),
             inventory_source: Arc::new(|| fog_agent::inventory::collect_from(FsRoot::host())),
             ..DaemonOptions::default()
         };
@@ -156,7 +165,8 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
     }
 }
 
-/// What an allowed call answers in this build: benchmarks and attestation are not wired yet.
+/// What an allowed call answers with the unwired default backends (`Backends::default()`);
+/// the wired ones are tested in `wired_backends_*`.
 fn expected_when_allowed(rpc: Rpc) -> Code {
     match rpc {
         Rpc::GetBenchmarks
@@ -182,6 +192,116 @@ async fn role_matrix_over_mtls() {
             assert_eq!(call(&mut client, rpc).await, want, "{role} calling {rpc:?}");
         }
     }
+}
+
+/// An unreachable TCTI: nothing listens on port 1.
+const NO_TPM_TCTI: &str = "swtpm:host=127.0.0.1,port=1";
+
+/// The backends `fog-agent serve` wires: the benchmark suite (no background run) and the TPM at
+/// an unreachable TCTI.
+fn wired_backends(config: &Config) -> Backends {
+    use fog_agent::daemon::bench_backend::SuiteBackend;
+    use fog_agent::daemon::tpm_backend::TpmBackend;
+    let inventory: fog_agent::daemon::InventorySource =
+        Arc::new(|| fog_agent::inventory::collect_from(FsRoot::host()));
+    Backends {
+        benchmarks: Arc::new(SuiteBackend::new(
+            config.state.dir.clone(),
+            env!("CARGO_BIN_EXE_fog-agent").into(),
+            inventory.clone(),
+            false,
+        )),
+        attestation: Arc::new(TpmBackend::new(
+            NO_TPM_TCTI.parse().unwrap(),
+            config.state.dir.clone(),
+            inventory,
+        )),
+        ..Backends::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wired_backends_report_pending_benchmarks_and_an_unreachable_tpm() {
+    let harness = Harness::start_with(|_| {}, wired_backends).await;
+    let mut client = harness.client(Role::Admin).await;
+    let report = client
+        .get_benchmarks(pb::GetBenchmarksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert_eq!(report.state(), pb::BenchmarkState::Pending);
+    assert!(report.results.is_empty());
+    assert!(!report.fingerprint.is_empty());
+
+    let err = client
+        .get_attestation(pb::GetAttestationRequest {
+            nonce: vec![7; 32],
+            pcr_selection: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(err.message().contains(NO_TPM_TCTI), "{}", err.message());
+    let err = client
+        .get_enrollment(pb::GetEnrollmentRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(err.message().contains(NO_TPM_TCTI), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wired_benchmarks_serve_cached_results_as_done() {
+    let harness = Harness::start_with(|_| {}, wired_backends).await;
+    // Store one measured record under the daemon's fingerprint, as a finished run does.
+    let inventory = fog_agent::inventory::collect_from(FsRoot::host());
+    let fingerprint = fog_agent::bench::fingerprint(&inventory);
+    let state_dir = harness.dir.path().join("state");
+    let store = fog_agent::state::StateStore::open(&state_dir).unwrap();
+    let spec = fog_agent::bench::suite::select(fog_agent::bench::Mode::Quick, None)
+        .unwrap()
+        .remove(0);
+    let mut record = fog_agent::bench::BenchRecord::without_result(
+        &spec,
+        "cpu",
+        fog_agent::bench::Status::Ok,
+        String::new(),
+    );
+    record.reason = None;
+    record.unit = Some("GFLOP/s".into());
+    record.summary = fog_bench::Summary::of(&[10.0, 12.0, 11.0]);
+    record.duration_s = 1.25;
+    store
+        .bench_put(
+            &fog_agent::state::BenchKey {
+                fingerprint: fingerprint.clone(),
+                bench_id: spec.id.to_owned(),
+                device: "cpu".into(),
+                kernel_version: record.kernel_version,
+                driver_versions: String::new(),
+            },
+            &serde_json::to_value(&record).unwrap(),
+        )
+        .unwrap();
+    let mut client = harness.client(Role::Market).await;
+    let report = client
+        .get_benchmarks(pb::GetBenchmarksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert_eq!(report.state(), pb::BenchmarkState::Done);
+    assert_eq!(report.fingerprint, fingerprint);
+    assert_eq!(report.results.len(), 1);
+    let r = &report.results[0];
+    assert_eq!(r.benchmark_id, spec.id);
+    assert_eq!(r.unit, "GFLOP/s");
+    assert!((r.value - 11.0).abs() < 1e-9);
+    assert_eq!(r.samples, 3);
+    assert_eq!(r.duration_millis, 1250);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,7 +701,8 @@ impl Served {
             format!(
                 "[api]\nlisten = [\"127.0.0.1:{port}\"]\nunix_socket = \"{d}/run/agent.sock\"\n\
                  tls_cert = \"{c}/server.pem\"\ntls_key = \"{c}/server.key\"\nclient_ca = \"{c}/ca.pem\"\n\
-                 [state]\ndir = \"{d}/state\"\n[telemetry]\nmin_interval_millis = 100\n",
+                 [state]\ndir = \"{d}/state\"\n[telemetry]\nmin_interval_millis = 100\n\
+                 [bench]\nrun_on_start = false\n[tpm]\ntcti = \"{NO_TPM_TCTI}\"\n",
                 d = dir.path().display(),
                 c = certs.display()
             ),
@@ -713,7 +834,11 @@ fn serve_dev_makes_certificates_and_answers_the_printed_client_command() {
     // --dev keeps the default listen address; use a free port through a config file.
     let port = free_port();
     let config = dir.path().join("agent.toml");
-    std::fs::write(&config, format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n[bench]\nrun_on_start = false\n"),
+    )
+    .unwrap();
     let child = agent()
         .args(["serve", "--dev", "--config"])
         .arg(&config)

@@ -1,0 +1,195 @@
+//! The daemon's [`AttestationBackend`] over fog-tpm: the TPM named by `[tpm] tcti` is opened per
+//! request (the daemon starts without a TPM and answers `Unavailable` naming the TCTI until one
+//! is reachable), the AK is the blob in the state dir (created on first use, as
+//! `fog-agent attest enroll-request` does), and the attestation payload holds the current
+//! inventory and the cached benchmark results.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use fog_tpm::ak::{AkAlg, AkBlob, AkStateError, EkAlg};
+use fog_tpm::device::{Tpm, TpmError};
+use fog_tpm::report::parse_pcr_spec;
+use fog_tpm::tcti::Tcti;
+
+use super::backends::{
+    ActivationProof, ActivationRequest, AttestationBackend, AttestationReport, BackendError,
+    Enrollment, PcrBank, PcrSelection,
+};
+use super::InventorySource;
+
+/// Attestation through the TPM at one TCTI.
+pub struct TpmBackend {
+    tcti: Tcti,
+    state_dir: PathBuf,
+    inventory: InventorySource,
+}
+
+impl std::fmt::Debug for TpmBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmBackend")
+            .field("tcti", &self.tcti)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TpmBackend {
+    /// A backend using the TPM at `tcti`, the AK blob and benchmark cache under `state_dir`, and
+    /// the inventory from `inventory` for the payload.
+    pub fn new(tcti: Tcti, state_dir: PathBuf, inventory: InventorySource) -> Self {
+        Self {
+            tcti,
+            state_dir,
+            inventory,
+        }
+    }
+
+    /// Opens the TPM; not reachable is `Unavailable` with fog-tpm's line naming the TCTI.
+    fn open(&self) -> Result<Tpm, BackendError> {
+        Tpm::open(&self.tcti).map_err(|e| tpm_error(&self.tcti, e))
+    }
+
+    /// The AK blob, created (and saved) on first use with the machine id as host id.
+    fn ak(&self, tpm: &Tpm) -> Result<AkBlob, BackendError> {
+        match AkBlob::load(&self.state_dir) {
+            Ok(ak) => Ok(ak),
+            Err(AkStateError::Missing(_)) => {
+                let host_id = machine_id()?;
+                let ak = tpm
+                    .create_ak(AkAlg::Rsa, EkAlg::Rsa, &host_id)
+                    .map_err(|e| tpm_error(&self.tcti, e))?;
+                ak.save(&self.state_dir)
+                    .map_err(|e| BackendError::Failed(format!("cannot save the AK: {e}")))?;
+                Ok(ak)
+            }
+            Err(e) => Err(BackendError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// `Unavailable` when the TPM cannot be reached, `Failed` otherwise; the message names the TCTI.
+fn tpm_error(tcti: &Tcti, e: TpmError) -> BackendError {
+    match e {
+        TpmError::Open { .. } => BackendError::Unavailable(e.to_string()),
+        other => BackendError::Failed(format!("TPM at {tcti}: {other}")),
+    }
+}
+
+fn machine_id() -> Result<String, BackendError> {
+    let id = std::fs::read_to_string("/etc/machine-id").map_err(|e| {
+        BackendError::Failed(format!(
+            "cannot read /etc/machine-id for the AK's host id: {e}"
+        ))
+    })?;
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(BackendError::Failed("/etc/machine-id is empty".into()));
+    }
+    Ok(id.to_owned())
+}
+
+/// The fog-tpm selection of a validated API selection (`sha256:0,1,...`).
+fn tpm_selection(
+    selection: &PcrSelection,
+) -> Result<fog_tpm::structures::PcrSelection, BackendError> {
+    let bank = match selection.bank {
+        PcrBank::Sha256 => "sha256",
+        PcrBank::Sha384 => "sha384",
+    };
+    let list = selection
+        .pcrs
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    parse_pcr_spec(&format!("{bank}:{list}")).map_err(|e| BackendError::InvalidArgument {
+        field: "pcr_selection.pcrs",
+        message: e.to_string(),
+    })
+}
+
+impl AttestationBackend for TpmBackend {
+    fn attest(
+        &self,
+        nonce: &[u8],
+        selection: &PcrSelection,
+    ) -> Result<AttestationReport, BackendError> {
+        let selection = tpm_selection(selection)?;
+        let tpm = self.open()?;
+        let ak = self.ak(&tpm)?;
+        let inventory = (self.inventory)();
+        let benchmarks =
+            crate::bench::cached_results(&self.state_dir, &crate::bench::fingerprint(&inventory))
+                .map_err(|e| BackendError::Failed(format!("benchmark cache: {e}")))?;
+        let payload =
+            crate::cli::attest::build_payload(&ak.host_id, nonce, &inventory, Some(benchmarks))
+                .map_err(|e| BackendError::Failed(format!("{e:#}")))?;
+        let report = tpm
+            .attest(&ak, nonce, payload, &selection)
+            .map_err(|e| tpm_error(&self.tcti, e))?;
+        let report_json = report
+            .to_json()
+            .map_err(|e| BackendError::Failed(format!("cannot serialize the report: {e}")))?;
+        Ok(AttestationReport {
+            report_json,
+            host_id: report.host_id,
+            created_at: SystemTime::now(),
+        })
+    }
+
+    fn enrollment(&self) -> Result<Enrollment, BackendError> {
+        let tpm = self.open()?;
+        let ak = self.ak(&tpm)?;
+        let req = tpm
+            .enroll_request(&ak)
+            .map_err(|e| tpm_error(&self.tcti, e))?;
+        let ak_name = fog_tpm::structures::Public::parse_tpm2b(&req.ak_pub)
+            .ok()
+            .and_then(|p| p.name())
+            .ok_or_else(|| BackendError::Failed("cannot compute the AK name".into()))?;
+        Ok(Enrollment {
+            host_id: req.host_id,
+            ek_public: req.ek_pub,
+            ek_certificate_der: req.ek_cert,
+            ek_chain_der: req.ek_chain,
+            ak_public: req.ak_pub,
+            ak_name,
+        })
+    }
+
+    fn activate_credential(
+        &self,
+        request: &ActivationRequest,
+    ) -> Result<ActivationProof, BackendError> {
+        let tpm = self.open()?;
+        let ak = AkBlob::load(&self.state_dir).map_err(|e| BackendError::Failed(e.to_string()))?;
+        let secret = tpm
+            .activate_credential(&ak, &request.credential_blob, &request.encrypted_secret)
+            .map_err(|e| {
+                BackendError::Failed(format!(
+                    "credential activation failed (the challenge was not made for this TPM's EK and AK): {e}"
+                ))
+            })?;
+        Ok(ActivationProof {
+            proof: fog_tpm::enroll::proof_mac(&secret, &ak.host_id, &request.enroll_nonce),
+            host_id: ak.host_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_converts_to_a_tpm_selection() {
+        let s = PcrSelection {
+            bank: PcrBank::Sha256,
+            pcrs: vec![0, 7, 23],
+        };
+        let t = tpm_selection(&s).unwrap();
+        assert_eq!(t.banks.len(), 1);
+        assert_eq!(t.banks[0].select, vec![0b1000_0001, 0, 0b1000_0000]);
+    }
+}
