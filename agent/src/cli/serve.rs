@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::daemon::bench_backend::SuiteBackend;
 use crate::daemon::tpm_backend::TpmBackend;
 use crate::daemon::{self, tls::DevCerts, DaemonOptions};
+use crate::telemetry::nvml::NvmlTelemetry;
 
 /// The TCTI `serve --dev` uses when there is no TPM device (`packaging/dev-swtpm.sh`).
 pub const DEV_SWTPM_TCTI: &str = "swtpm:host=127.0.0.1,port=2321";
@@ -101,7 +102,8 @@ async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The daemon's options with the real backends: the benchmark suite (children of this
-/// executable, background run per `[bench] run_on_start`) and the TPM at `[tpm] tcti`.
+/// executable, background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, and GPU
+/// telemetry through NVML.
 fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     let defaults = DaemonOptions::default();
     let tcti: fog_tpm::tcti::Tcti = config
@@ -122,7 +124,7 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
             config.state.dir.clone(),
             defaults.inventory_source.clone(),
         )),
-        gpu_telemetry: defaults.backends.gpu_telemetry.clone(),
+        gpu_telemetry: Arc::new(NvmlTelemetry::system()),
     };
     Ok(DaemonOptions {
         backends,

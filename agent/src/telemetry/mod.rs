@@ -5,10 +5,12 @@
 //! - [`SystemCollector`] reads one sample: `/proc` files below an [`FsRoot`] (parsers in
 //!   [`procfs`]), filesystem usage through sysinfo (live host only), GPUs through a
 //!   [`GpuTelemetrySource`].
+//! - [`nvml::NvmlTelemetry`] is the real GPU source (NVML, initialized once).
 //! - [`hub::TelemetryHub`] runs the one sampler loop and the per-subscriber bounded queues.
 
 pub mod gpu;
 pub mod hub;
+pub mod nvml;
 pub mod procfs;
 
 use std::sync::{Arc, Mutex, PoisonError};
