@@ -10,6 +10,8 @@
 //! - [`bench`](mod@bench): the benchmark suite (kernels from `fog-bench`) in crash-isolated child
 //!   processes, cached in the state store.
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
+//! - [`image`]: the OCI image store (`<state>/images`): verified import of OCI image layouts,
+//!   layers unpacked into read-only rootfs dirs for jobs.
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
 pub mod bench;
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fsroot;
+pub mod image;
 pub mod inventory;
 pub mod state;
 pub mod telemetry;
