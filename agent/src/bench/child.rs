@@ -295,7 +295,7 @@ fn run_kernel(spec: &Spec, args: &ChildArgs) -> Result<KernelResult, BenchError>
         "disk.seq.write" | "disk.seq.read" | "disk.rand.read" => {
             let dp = disk::DiskParams {
                 dir: args.state_dir.clone(),
-                file_mib: if quick { 256 } else { 2048 },
+                file_mib: if quick { 128 } else { 2048 },
                 seq_inflight: 16,
                 rand_depth: 32,
                 rand_sample: Duration::from_millis(if quick { 300 } else { 2000 }),
