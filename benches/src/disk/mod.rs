@@ -180,7 +180,8 @@ impl TestFile {
         out[..8].copy_from_slice(&(i as u64).to_le_bytes());
     }
 
-    /// Writes every block once with `inflight` threads, then `fdatasync`. Returns the wall time.
+    /// Writes every block once with `inflight` requests in flight, then `fdatasync`. Returns the
+    /// wall time.
     pub fn write_all(&self, inflight: usize) -> Result<Duration, BenchError> {
         let start = Instant::now();
         let mut i = 0;
@@ -194,11 +195,7 @@ impl TestFile {
                     (i < self.blocks).then(|| {
                         self.expected_block(i, buf);
                         i += 1;
-                        uring::Request {
-                            offset: ((i - 1) * SEQ_BLOCK) as u64,
-                            len: SEQ_BLOCK,
-                            op: uring::Op::Write,
-                        }
+                        seq_request(i - 1, uring::Op::Write)
                     })
                 },
                 |_, _, _| Ok(()),
@@ -228,7 +225,8 @@ impl TestFile {
         })
     }
 
-    /// Reads every block once with `inflight` threads, verifying each. Returns the wall time.
+    /// Reads every block once with `inflight` requests in flight, verifying each. Returns the
+    /// wall time.
     pub fn read_all(&self, inflight: usize) -> Result<Duration, BenchError> {
         let start = Instant::now();
         let mut i = 0;
@@ -242,11 +240,7 @@ impl TestFile {
                 |_, _| {
                     (i < self.blocks).then(|| {
                         i += 1;
-                        uring::Request {
-                            offset: ((i - 1) * SEQ_BLOCK) as u64,
-                            len: SEQ_BLOCK,
-                            op: uring::Op::Read,
-                        }
+                        seq_request(i - 1, uring::Op::Read)
                     })
                 },
                 |req, buf, _| {
@@ -291,7 +285,7 @@ impl TestFile {
         })
     }
 
-    /// Random 4 KiB reads for `duration` from `depth` threads; returns (ops, wall time, every
+    /// Random 4 KiB reads for `duration` at queue depth `depth`; returns (ops, wall time, every
     /// latency in µs). Each read is verified against the written content.
     pub fn random_reads(
         &self,
@@ -395,6 +389,15 @@ impl TestFile {
                 .into_iter()
                 .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         })
+    }
+}
+
+/// The sequential request for 1 MiB block `block`.
+fn seq_request(block: usize, op: uring::Op) -> uring::Request {
+    uring::Request {
+        offset: (block * SEQ_BLOCK) as u64,
+        len: SEQ_BLOCK,
+        op,
     }
 }
 
