@@ -10,6 +10,9 @@
 //! - [`bench`](mod@bench): the benchmark suite (kernels from `fog-bench`) in crash-isolated child
 //!   processes, cached in the state store.
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
+//! - [`metrics`]: the Prometheus `/metrics` endpoint (node_exporter-compatible host metrics,
+//!   GPUs, jobs, capacity, benchmarks, attestation, the agent's own health); [`sdnotify`]:
+//!   systemd readiness notification.
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
 pub mod bench;
@@ -19,5 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod fsroot;
 pub mod inventory;
+pub mod metrics;
+pub mod sdnotify;
 pub mod state;
 pub mod telemetry;
