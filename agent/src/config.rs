@@ -40,6 +40,51 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// `[bench]`: the daemon's benchmark runs.
     pub bench: BenchConfig,
+    /// `[metrics]`: the Prometheus `/metrics` endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus `/metrics` endpoint (HTTP, plain or TLS; no authentication, so
+/// loopback by default; it exposes no secrets and changes nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// How often the host telemetry sampler runs while the endpoint is on; a scrape reads the
+    /// newest sample and never collects one itself.
+    pub sample_interval_millis: u64,
+    /// Server certificate chain (PEM) for HTTPS; with `tls_key`, or both empty for plain HTTP.
+    pub tls_cert: PathBuf,
+    /// The certificate's private key (PEM).
+    pub tls_key: PathBuf,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            sample_interval_millis: 5_000,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// [`Self::sample_interval_millis`] as a duration.
+    pub fn sample_interval(&self) -> Duration {
+        Duration::from_millis(self.sample_interval_millis)
+    }
+
+    /// The certificate and key paths when TLS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.tls_cert.as_os_str().is_empty() && !self.tls_key.as_os_str().is_empty())
+            .then_some((self.tls_cert.as_path(), self.tls_key.as_path()))
+    }
 }
 
 /// `[bench]`.
@@ -492,6 +537,20 @@ impl Config {
             "telemetry.max_subscribers",
             format!("{} is outside 1 to 100000", telemetry.max_subscribers),
         );
+        let metrics = &self.metrics;
+        check(
+            (100..=3_600_000).contains(&metrics.sample_interval_millis),
+            "metrics.sample_interval_millis",
+            format!(
+                "{} is outside 100 to 3600000",
+                metrics.sample_interval_millis
+            ),
+        );
+        check(
+            metrics.tls_cert.as_os_str().is_empty() == metrics.tls_key.as_os_str().is_empty(),
+            "metrics.tls_key",
+            "set both metrics.tls_cert and metrics.tls_key for HTTPS, or neither".into(),
+        );
         for gpu in &self.capacity.reserve_gpus {
             check(
                 valid_pci_bus_id(gpu),
@@ -701,6 +760,9 @@ min_interval_millis = 1
 queue_depth = 0
 [capacity]
 reserve_gpus = ["gpu0"]
+[metrics]
+sample_interval_millis = 5
+tls_cert = "/x/m.pem"
 "#,
         );
         assert_eq!(
@@ -712,6 +774,8 @@ reserve_gpus = ["gpu0"]
                 "tpm.tcti",
                 "telemetry.min_interval_millis",
                 "telemetry.queue_depth",
+                "metrics.sample_interval_millis",
+                "metrics.tls_key",
                 "capacity.reserve_gpus",
             ]
         );

@@ -12,6 +12,9 @@
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
 //! - [`image`]: the OCI image store (`<state>/images`): verified import of OCI image layouts,
 //!   layers unpacked into read-only rootfs dirs for jobs.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint (node_exporter-compatible host metrics,
+//!   GPUs, jobs, capacity, benchmarks, attestation, the agent's own health); [`sdnotify`]:
+//!   systemd readiness notification.
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
 pub mod bench;
@@ -22,5 +25,7 @@ pub mod daemon;
 pub mod fsroot;
 pub mod image;
 pub mod inventory;
+pub mod metrics;
+pub mod sdnotify;
 pub mod state;
 pub mod telemetry;

@@ -40,6 +40,8 @@ pub struct ServeArgs {
 
 /// Runs `fog-agent serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread or child exists (see sdnotify).
+    let notifier = crate::sdnotify::Notifier::take_from_env();
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::parse(crate::config::DEFAULT_TOML, "<embedded defaults>")?,
@@ -56,7 +58,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("fog-agent")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args.dev))
+    runtime.block_on(serve(config, args.dev, notifier))
 }
 
 /// Points the config at development certificates (created when missing), a socket under the
@@ -84,8 +86,14 @@ fn apply_dev(config: &mut Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
+async fn serve(
+    config: Config,
+    dev: bool,
+    notifier: crate::sdnotify::Notifier,
+) -> anyhow::Result<ExitCode> {
     let running = daemon::start(&config, options(&config)?).await?;
+    // Every listener (gRPC, admin socket, metrics) is bound: systemd's Type=notify start ends.
+    notifier.notify_or_log("READY=1\nSTATUS=serving");
     if dev {
         if let Some(addr) = running.tcp_addrs().first() {
             let certs = config.state.dir.join("dev-certs");
@@ -96,6 +104,7 @@ async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
         }
     }
     wait_for_signal().await?;
+    notifier.notify_or_log("STOPPING=1\nSTATUS=shutting down");
     // Streams that outlive the grace period are cut (and logged); still a clean exit.
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)

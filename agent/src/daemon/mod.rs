@@ -75,6 +75,9 @@ pub enum DaemonError {
     /// The reflection service could not be built from the descriptor sets.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// What the daemon is built from besides its config.
@@ -86,6 +89,8 @@ pub struct DaemonOptions {
     pub inventory_source: InventorySource,
     /// Root the telemetry sampler reads `/proc` below.
     pub fs: FsRoot,
+    /// Per-job figures for `/metrics` (the job runner's; no jobs by default).
+    pub job_metrics: Arc<dyn crate::metrics::JobMetricsSource>,
 }
 
 impl std::fmt::Debug for DaemonOptions {
@@ -103,6 +108,7 @@ impl Default for DaemonOptions {
             backends: Backends::default(),
             inventory_source: Arc::new(|| crate::inventory::collect_from(FsRoot::host())),
             fs: FsRoot::host(),
+            job_metrics: Arc::new(crate::metrics::NoJobs),
         }
     }
 }
@@ -117,6 +123,7 @@ pub struct RunningDaemon {
     shared: Arc<Shared>,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl RunningDaemon {
@@ -128,6 +135,13 @@ impl RunningDaemon {
     /// The unix socket path, if one is served.
     pub fn unix_socket(&self) -> Option<&Path> {
         self.unix_socket.as_deref()
+    }
+
+    /// The `/metrics` address, when `[metrics] enabled`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(crate::metrics::MetricsServer::local_addr)
     }
 
     /// The shared state (tests, and the lead's wiring of jobs into the capacity ledger).
@@ -142,6 +156,9 @@ impl RunningDaemon {
         self.health
             .set_not_serving::<AgentServer<AgentService>>()
             .await;
+        if let Some(metrics) = self.metrics {
+            metrics.stop();
+        }
         // Ignored error: no receivers means nothing is left to tell.
         let _ = self.shutdown_tx.send(true);
         self.shared.telemetry.close();
@@ -182,6 +199,12 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         ));
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut options = options;
+    let attestation_stats = Arc::new(crate::metrics::AttestationStats::default());
+    options.backends.attestation = Arc::new(crate::metrics::RecordingAttestation::new(
+        options.backends.attestation.clone(),
+        attestation_stats.clone(),
+    ));
     let shared = Arc::new(build_shared(config, &options, shutdown_rx));
 
     // The API is up before the inventory is: the first GetInventory waits for this collection.
@@ -214,6 +237,18 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
             .add_service(health_service.clone())
             .add_service(v1)
             .add_service(v1alpha))
+    };
+
+    // First, so a metrics address in use fails the start before any gRPC listener runs.
+    let metrics = if config.metrics.enabled {
+        let sources = crate::metrics::Sources::new(
+            shared.clone(),
+            attestation_stats,
+            options.job_metrics.clone(),
+        );
+        Some(crate::metrics::server::start(&config.metrics, sources).await?)
+    } else {
+        None
     };
 
     let mut servers = Vec::new();
@@ -277,6 +312,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         shared,
         health,
         grace: config.api.shutdown_grace(),
+        metrics,
     })
 }
 

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod attest;
 mod bench;
+mod certs;
 mod daemon;
 mod gpu;
 mod inventory;
+mod metrics;
