@@ -12,10 +12,12 @@
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
 //! - [`image`]: the OCI image store (`<state>/images`): verified import of OCI image layouts,
 //!   layers unpacked into read-only rootfs dirs for jobs.
+//! - [`cgroup`]: cgroup v1/v2/hybrid detection and per-cgroup stats (CPU, memory, pids, I/O).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
 pub mod bench;
 pub mod capacity;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
