@@ -30,6 +30,7 @@ runtime_pkgs=(
 test_pkgs=(
   lshw inxi hwloc-nox sysbench fio iperf3 likwid clpeak stress-ng
   python3-venv
+  skopeo umoci                                   # image interop tests (layout copy, unpack)
 )
 
 pkgs=("${runtime_pkgs[@]}")

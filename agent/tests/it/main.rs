@@ -9,4 +9,5 @@ mod attest;
 mod bench;
 mod daemon;
 mod gpu;
+mod image;
 mod inventory;
