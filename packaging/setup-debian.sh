@@ -32,6 +32,7 @@ test_pkgs=(
   python3-venv
   prometheus prometheus-node-exporter            # promtool check metrics; footprint peer
   systemd dpkg-dev                               # systemd-analyze verify/security; dpkg-shlibdeps for cargo-deb
+  skopeo umoci                                   # image interop tests (layout copy, unpack)
 )
 
 pkgs=("${runtime_pkgs[@]}")

@@ -15,10 +15,12 @@
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (node_exporter-compatible host metrics,
 //!   GPUs, jobs, capacity, benchmarks, attestation, the agent's own health); [`sdnotify`]:
 //!   systemd readiness notification.
+//! - [`cgroup`]: cgroup v1/v2/hybrid detection and per-cgroup stats (CPU, memory, pids, I/O).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
 pub mod bench;
 pub mod capacity;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

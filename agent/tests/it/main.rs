@@ -10,5 +10,6 @@ mod bench;
 mod certs;
 mod daemon;
 mod gpu;
+mod image;
 mod inventory;
 mod metrics;
