@@ -114,7 +114,10 @@ impl Collector for SnapshotCollector {
     }
 }
 
-const CPU_MODES: [(&str, fn(&CpuTimes) -> u64); 8] = [
+/// Reads one mode's time from [`CpuTimes`].
+type CpuField = fn(&CpuTimes) -> u64;
+
+const CPU_MODES: [(&str, CpuField); 8] = [
     ("user", |t| t.user_millis),
     ("nice", |t| t.nice_millis),
     ("system", |t| t.system_millis),
