@@ -2,7 +2,8 @@
 # Quick start (2): set up a fresh Debian 12 machine and run every gate and test:
 # formatting, clippy (warnings are errors), documentation, and the test suites of all crates
 # (unit tests, fixture trees, and integration tests against real components: the built binary on
-# this machine, PoCL, swtpm, a simulated NVML library).
+# this machine, PoCL, swtpm, a simulated NVML library, promtool), then the .deb on this machine
+# (packaging/test-package.sh, as root).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -17,6 +18,8 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test --workspace"
 cargo test --workspace --locked
+step "package: cargo deb, dpkg -i, run, systemd-analyze, dpkg -r, dpkg -P"
+bash packaging/test-package.sh
 
 # Fuzz the TPM structure parsers and the report JSON briefly (cargo-fuzz needs nightly; the
 # stable seeded robustness tests above always run).

@@ -114,10 +114,10 @@ impl Collector for SnapshotCollector {
     }
 }
 
-/// Reads one mode's time out of the CPU times.
-type CpuModeTime = fn(&CpuTimes) -> u64;
+/// Reads one mode's time from [`CpuTimes`].
+type CpuField = fn(&CpuTimes) -> u64;
 
-const CPU_MODES: [(&str, CpuModeTime); 8] = [
+const CPU_MODES: [(&str, CpuField); 8] = [
     ("user", |t| t.user_millis),
     ("nice", |t| t.nice_millis),
     ("system", |t| t.system_millis),
