@@ -9,6 +9,9 @@
 //!   stable hardware fingerprint. Every probe is independent and never fatal.
 //! - [`bench`](mod@bench): the benchmark suite (kernels from `fog-bench`) in crash-isolated child
 //!   processes, cached in the state store.
+//! - [`jobs`]: buyers' jobs as OCI containers (runc) under limits: spec validation, bundles,
+//!   the per-job shim, capacity reservations, durable records, restart recovery, telemetry,
+//!   usage counters and logs.
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
@@ -19,5 +22,6 @@ pub mod config;
 pub mod daemon;
 pub mod fsroot;
 pub mod inventory;
+pub mod jobs;
 pub mod state;
 pub mod telemetry;

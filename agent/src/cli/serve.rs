@@ -101,7 +101,8 @@ async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The daemon's options with the real backends: the benchmark suite (children of this
-/// executable, background run per `[bench] run_on_start`) and the TPM at `[tpm] tcti`.
+/// executable, background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, and the
+/// job runner (shims are this executable).
 fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     let defaults = DaemonOptions::default();
     let tcti: fog_tpm::tcti::Tcti = config
@@ -110,6 +111,11 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
         .parse()
         .with_context(|| format!("tpm.tcti {:?}", config.tpm.tcti))?;
     let exe = std::env::current_exe().context("cannot find the agent executable")?;
+    let jobs = daemon::JobsOptions {
+        shim_exe: exe.clone(),
+        images: Arc::new(crate::jobs::spec::NoImages),
+        runtime: None,
+    };
     let backends = daemon::Backends {
         benchmarks: Arc::new(SuiteBackend::new(
             config.state.dir.clone(),
@@ -126,6 +132,7 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     };
     Ok(DaemonOptions {
         backends,
+        jobs: Some(jobs),
         ..defaults
     })
 }

@@ -10,3 +10,4 @@ mod bench;
 mod daemon;
 mod gpu;
 mod inventory;
+mod jobs;
