@@ -30,6 +30,9 @@ runtime_pkgs=(
 test_pkgs=(
   lshw inxi hwloc-nox sysbench fio iperf3 likwid clpeak stress-ng
   python3-venv
+  prometheus prometheus-node-exporter            # promtool check metrics; footprint peer
+  systemd dpkg-dev                               # systemd-analyze verify/security; dpkg-shlibdeps for cargo-deb
+  skopeo umoci                                   # image interop tests (layout copy, unpack)
 )
 
 pkgs=("${runtime_pkgs[@]}")
@@ -51,6 +54,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
+fi
+
+if [ "$want_test" -eq 1 ] && ! cargo deb --version >/dev/null 2>&1; then
+  # Builds the .deb in packaging/test-package.sh (`cargo deb -p fog-agent`).
+  echo "setup: installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
 fi
 
 if [ "$want_test" -eq 1 ]; then

@@ -1,7 +1,7 @@
 //! Job start latency and telemetry cost (a benchmark, not a test).
 //!
 //! 1. Starts the daemon in this process (jobs enabled, runc, shims = `--agent`), admin socket
-//!    only, with a busybox rootfs built from the host's `/bin/busybox` as the image.
+//!    only, and imports the busybox image (`image::testing::busybox_layout`) with ImportImage.
 //! 2. Latency: N times, alternating, (a) `StartJob` over the unix socket until it answers
 //!    RUNNING, and (b) `runc run -d` of a copy of that job's own bundle (same config.json, its
 //!    own id and cgroup) directly; reports p50/p95 of each and the ratio.
@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use fog_agent::config::Config;
 use fog_agent::daemon::{self, DaemonOptions, JobsOptions};
-use fog_agent::jobs::{ImageSource, ResolvedImage};
+use fog_agent::image::ImageStore;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
@@ -48,29 +48,6 @@ struct Args {
     /// Job telemetry interval.
     #[arg(long, default_value_t = 1000)]
     interval_millis: u64,
-}
-
-#[derive(Debug)]
-struct DirImage(ResolvedImage);
-impl ImageSource for DirImage {
-    fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
-        Ok((name == self.0.reference).then(|| self.0.clone()))
-    }
-}
-
-fn busybox_rootfs(dir: &Path) -> anyhow::Result<PathBuf> {
-    let root = dir.join("rootfs");
-    for sub in ["bin", "proc", "dev", "sys", "scratch", "tmp"] {
-        std::fs::create_dir_all(root.join(sub))?;
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copy /bin/busybox")?;
-    let list = Command::new("/bin/busybox").arg("--list").output()?;
-    for applet in String::from_utf8(list.stdout)?.lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-        }
-    }
-    Ok(root)
 }
 
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
@@ -134,7 +111,6 @@ async fn connect(socket: &Path) -> anyhow::Result<AgentClient<Channel>> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let rootfs = busybox_rootfs(dir.path())?;
     let mut config = Config::default();
     config.api.listen = Vec::new();
     config.api.unix_socket = dir.path().join("agent.sock");
@@ -143,22 +119,26 @@ async fn main() -> anyhow::Result<()> {
     config.jobs.runtime = args.runtime.clone();
     config.jobs.cgroup_parent = "fog-agent-bench".into();
     config.jobs.telemetry_interval_millis = args.interval_millis;
-    let image = ResolvedImage {
-        reference: "busybox:latest".into(),
-        rootfs: rootfs.clone(),
-        cmd: vec!["/bin/sh".into()],
-        ..ResolvedImage::default()
-    };
+    config.metrics.enabled = false;
     let options = DaemonOptions {
         jobs: Some(JobsOptions {
             shim_exe: args.agent.clone(),
-            images: Arc::new(DirImage(image)),
+            images: Arc::new(ImageStore::open(&config.state.dir)?),
             runtime: None,
         }),
         ..DaemonOptions::default()
     };
     let running = daemon::start(&config, options).await?;
     let mut client = connect(&config.api.unix_socket).await?;
+    let layout = dir.path().join("layout");
+    fog_agent::image::testing::busybox_layout(&layout, "busybox:latest")?;
+    client
+        .import_image(pb::ImportImageRequest {
+            layout_dir: layout.display().to_string(),
+            reference: String::new(),
+        })
+        .await
+        .context("ImportImage")?;
     let ref_root = dir.path().join("ref-runc");
     let ref_dir = dir.path().join("ref");
     let result = measure(&args, &mut client, &config, &ref_root, &ref_dir).await;

@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         format!(
             "[api]\nlisten = [\"127.0.0.1:{port}\"]\nunix_socket = \"\"\n\
              tls_cert = \"{c}/server.pem\"\ntls_key = \"{c}/server.key\"\nclient_ca = \"{c}/ca.pem\"\n\
-             [state]\ndir = \"{d}/state\"\n",
+             [state]\ndir = \"{d}/state\"\n[metrics]\nenabled = false\n",
             c = dir.path().join("certs").display(),
             d = dir.path().display()
         ),

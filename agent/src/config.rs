@@ -42,6 +42,8 @@ pub struct Config {
     pub bench: BenchConfig,
     /// `[jobs]`: the job runner (OCI runtime, job dirs, limits).
     pub jobs: JobsConfig,
+    /// `[metrics]`: the Prometheus `/metrics` endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// `[jobs]`: how jobs run.
@@ -80,6 +82,36 @@ impl Default for JobsConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus `/metrics` endpoint (HTTP, plain or TLS; no authentication, so
+/// loopback by default; it exposes no secrets and changes nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// How often the host telemetry sampler runs while the endpoint is on; a scrape reads the
+    /// newest sample and never collects one itself.
+    pub sample_interval_millis: u64,
+    /// Server certificate chain (PEM) for HTTPS; with `tls_key`, or both empty for plain HTTP.
+    pub tls_cert: PathBuf,
+    /// The certificate's private key (PEM).
+    pub tls_key: PathBuf,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            sample_interval_millis: 5_000,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+        }
+    }
+}
+
 impl JobsConfig {
     /// The jobs dir: [`Self::dir`], or `<state dir>/jobs` when empty.
     pub fn dir_under(&self, state_dir: &Path) -> PathBuf {
@@ -93,6 +125,19 @@ impl JobsConfig {
     /// [`Self::telemetry_interval_millis`] as a duration.
     pub fn telemetry_interval(&self) -> Duration {
         Duration::from_millis(self.telemetry_interval_millis)
+    }
+}
+
+impl MetricsConfig {
+    /// [`Self::sample_interval_millis`] as a duration.
+    pub fn sample_interval(&self) -> Duration {
+        Duration::from_millis(self.sample_interval_millis)
+    }
+
+    /// The certificate and key paths when TLS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.tls_cert.as_os_str().is_empty() && !self.tls_key.as_os_str().is_empty())
+            .then_some((self.tls_cert.as_path(), self.tls_key.as_path()))
     }
 }
 
@@ -587,6 +632,20 @@ impl Config {
             "jobs.telemetry_interval_millis",
             format!("{} is outside 100 to 60000", jobs.telemetry_interval_millis),
         );
+        let metrics = &self.metrics;
+        check(
+            (100..=3_600_000).contains(&metrics.sample_interval_millis),
+            "metrics.sample_interval_millis",
+            format!(
+                "{} is outside 100 to 3600000",
+                metrics.sample_interval_millis
+            ),
+        );
+        check(
+            metrics.tls_cert.as_os_str().is_empty() == metrics.tls_key.as_os_str().is_empty(),
+            "metrics.tls_key",
+            "set both metrics.tls_cert and metrics.tls_key for HTTPS, or neither".into(),
+        );
         for gpu in &self.capacity.reserve_gpus {
             check(
                 valid_pci_bus_id(gpu),
@@ -800,6 +859,9 @@ reserve_gpus = ["gpu0"]
 runtime = "runc"
 cgroup_parent = "../x"
 telemetry_interval_millis = 5
+[metrics]
+sample_interval_millis = 5
+tls_cert = "/x/m.pem"
 "#,
         );
         assert_eq!(
@@ -814,6 +876,8 @@ telemetry_interval_millis = 5
                 "jobs.runtime",
                 "jobs.cgroup_parent",
                 "jobs.telemetry_interval_millis",
+                "metrics.sample_interval_millis",
+                "metrics.tls_key",
                 "capacity.reserve_gpus",
             ]
         );

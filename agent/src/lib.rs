@@ -13,15 +13,25 @@
 //!   the per-job shim, capacity reservations, durable records, restart recovery, telemetry,
 //!   usage counters and logs.
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
+//! - [`image`]: the OCI image store (`<state>/images`): verified import of OCI image layouts,
+//!   layers unpacked into read-only rootfs dirs for jobs.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint (node_exporter-compatible host metrics,
+//!   GPUs, jobs, capacity, benchmarks, attestation, the agent's own health); [`sdnotify`]:
+//!   systemd readiness notification.
+//! - [`cgroup`]: cgroup v1/v2/hybrid detection and per-cgroup stats (CPU, memory, pids, I/O).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
 pub mod bench;
 pub mod capacity;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fsroot;
+pub mod image;
 pub mod inventory;
 pub mod jobs;
+pub mod metrics;
+pub mod sdnotify;
 pub mod state;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use fog_bench::{cpu, disk, mem, net, opencl, BenchError, KernelResult, Protocol}
 use super::health::{self, NoNvml};
 use super::suite::{self, Mode, Spec};
 use super::{BenchRecord, CpuFacts, Status};
+use crate::telemetry::nvml::NvmlTelemetry;
 
 /// What the parent passes to the child.
 #[derive(Debug, Clone)]
@@ -57,12 +58,14 @@ pub fn list_opencl_main() -> std::process::ExitCode {
 pub fn main(args: &ChildArgs) -> std::process::ExitCode {
     let mut out = std::io::stdout().lock();
     let mut cl: Option<Result<opencl::ClBench, String>> = None;
+    // Initialized on the first OpenCL run on an NVIDIA device, then kept for the others.
+    let mut nvml: Option<NvmlTelemetry> = None;
     for id in &args.ids {
         let Some(spec) = suite::find(id) else {
             eprintln!("fog-agent: unknown benchmark id {id:?}");
             return std::process::ExitCode::FAILURE;
         };
-        let record = run_one(&spec, args, &mut cl);
+        let record = run_one(&spec, args, &mut cl, &mut nvml);
         match serde_json::to_string(&record) {
             Ok(line) => {
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
@@ -86,6 +89,7 @@ fn run_one(
     spec: &Spec,
     args: &ChildArgs,
     cl: &mut Option<Result<opencl::ClBench, String>>,
+    nvml: &mut Option<NvmlTelemetry>,
 ) -> BenchRecord {
     let root = Path::new("/");
     let env_before = fog_bench::env::snapshot(root);
@@ -99,12 +103,23 @@ fn run_one(
         });
         match bench {
             Ok(b) => {
-                // PCI bus id of NVIDIA devices is where the NVML hook attaches; other vendors
-                // have no NVML.
+                // NVML health is recorded for NVIDIA devices, found by their PCI address;
+                // other vendors have no NVML.
                 let nvidia = b.info().vendor.to_ascii_lowercase().contains("nvidia");
-                let source = NoNvml("NVML not wired into the benchmark child yet".into());
-                let bus = nvidia.then_some(b.info().name.as_str());
-                let (r, h, inv) = health::around(&source, bus, || run_opencl(spec, b, args));
+                let bus = nvidia.then(|| b.info().pci_bus_id.clone());
+                let (r, h, inv) = match bus {
+                    Some(Some(bus)) => {
+                        let nvml = nvml.get_or_insert_with(NvmlTelemetry::system);
+                        health::around(&*nvml, Some(&bus), || run_opencl(spec, b, args))
+                    }
+                    Some(None) => {
+                        let source = NoNvml("the OpenCL device has no PCI address".into());
+                        health::around(&source, Some("unknown"), || run_opencl(spec, b, args))
+                    }
+                    None => {
+                        health::around(&NoNvml(String::new()), None, || run_opencl(spec, b, args))
+                    }
+                };
                 gpu_health = Some(h);
                 invalid = inv;
                 r
@@ -280,7 +295,7 @@ fn run_kernel(spec: &Spec, args: &ChildArgs) -> Result<KernelResult, BenchError>
         "disk.seq.write" | "disk.seq.read" | "disk.rand.read" => {
             let dp = disk::DiskParams {
                 dir: args.state_dir.clone(),
-                file_mib: if quick { 256 } else { 2048 },
+                file_mib: if quick { 128 } else { 2048 },
                 seq_inflight: 16,
                 rand_depth: 32,
                 rand_sample: Duration::from_millis(if quick { 300 } else { 2000 }),

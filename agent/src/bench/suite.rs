@@ -460,6 +460,7 @@ mod tests {
             max_clock_mhz: 1000,
             is_cpu: true,
             fp64,
+            pci_bus_id: None,
         };
         let jobs = plan(
             &specs,

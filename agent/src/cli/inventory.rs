@@ -19,6 +19,11 @@ pub struct InventoryArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Enumerate OpenCL afresh instead of using this boot's cached enumeration (the cache is
+    /// keyed by boot id, ICD files and driver libraries, so it is refreshed on any change).
+    #[arg(long)]
+    pub no_cache: bool,
+
     /// Read /proc, /sys and /etc below this directory instead of `/` (for fixture trees; the
     /// probes that need the live machine, such as CPUID, NVML and OpenCL, are then skipped).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -32,7 +37,11 @@ pub fn run(args: &InventoryArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => FsRoot::new(dir),
         None => FsRoot::host(),
     };
-    let inventory = inventory::collect_from(fs);
+    let inventory = if args.no_cache {
+        inventory::collect_fresh(fs)
+    } else {
+        inventory::collect_from(fs)
+    };
     let text = if args.json {
         let mut json =
             serde_json::to_string_pretty(&inventory).context("cannot serialize the inventory")?;

@@ -9,6 +9,7 @@ pub mod bench;
 mod check_config;
 mod client;
 mod dev_certs;
+mod image;
 mod inventory;
 mod render;
 mod serve;
@@ -58,6 +59,8 @@ pub enum Command {
     Attest(attest::AttestArgs),
     /// Auditor side: enrollment challenges, and verification of attestation reports.
     Verify(verify::VerifyArgs),
+    /// The OCI image store: import image layout directories, list imported images.
+    Image(image::ImageArgs),
     /// Internal entry points of child processes the agent starts itself (crash isolation).
     #[command(hide = true, subcommand)]
     Internal(InternalCommand),
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::Attest(args) => attest::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Internal(InternalCommand::JobShim(args)) => return crate::jobs::shim::main(&args),
+        Command::Image(args) => image::run(&args),
         Command::Internal(InternalCommand::OpenclDevices) => {
             return crate::inventory::gpu::opencl::child_main();
         }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::daemon::bench_backend::SuiteBackend;
 use crate::daemon::tpm_backend::TpmBackend;
 use crate::daemon::{self, tls::DevCerts, DaemonOptions};
+use crate::telemetry::nvml::NvmlTelemetry;
 
 /// The TCTI `serve --dev` uses when there is no TPM device (`packaging/dev-swtpm.sh`).
 pub const DEV_SWTPM_TCTI: &str = "swtpm:host=127.0.0.1,port=2321";
@@ -39,6 +40,8 @@ pub struct ServeArgs {
 
 /// Runs `fog-agent serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread or child exists (see sdnotify).
+    let notifier = crate::sdnotify::Notifier::take_from_env();
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::parse(crate::config::DEFAULT_TOML, "<embedded defaults>")?,
@@ -55,7 +58,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("fog-agent")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args.dev))
+    runtime.block_on(serve(config, args.dev, notifier))
 }
 
 /// Points the config at development certificates (created when missing), a socket under the
@@ -83,8 +86,14 @@ fn apply_dev(config: &mut Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
+async fn serve(
+    config: Config,
+    dev: bool,
+    notifier: crate::sdnotify::Notifier,
+) -> anyhow::Result<ExitCode> {
     let running = daemon::start(&config, options(&config)?).await?;
+    // Every listener (gRPC, admin socket, metrics) is bound: systemd's Type=notify start ends.
+    notifier.notify_or_log("READY=1\nSTATUS=serving");
     if dev {
         if let Some(addr) = running.tcp_addrs().first() {
             let certs = config.state.dir.join("dev-certs");
@@ -95,14 +104,15 @@ async fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
         }
     }
     wait_for_signal().await?;
+    notifier.notify_or_log("STOPPING=1\nSTATUS=shutting down");
     // Streams that outlive the grace period are cut (and logged); still a clean exit.
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The daemon's options with the real backends: the benchmark suite (children of this
-/// executable, background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, and the
-/// job runner (shims are this executable).
+/// executable, background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, GPU
+/// telemetry through NVML, and the job runner (shims are this executable).
 fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     let defaults = DaemonOptions::default();
     let tcti: fog_tpm::tcti::Tcti = config
@@ -113,7 +123,10 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     let exe = std::env::current_exe().context("cannot find the agent executable")?;
     let jobs = daemon::JobsOptions {
         shim_exe: exe.clone(),
-        images: Arc::new(crate::jobs::spec::NoImages),
+        images: Arc::new(
+            crate::image::ImageStore::open(&config.state.dir)
+                .context("cannot open the image store")?,
+        ),
         runtime: None,
     };
     let backends = daemon::Backends {
@@ -128,7 +141,7 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
             config.state.dir.clone(),
             defaults.inventory_source.clone(),
         )),
-        gpu_telemetry: defaults.backends.gpu_telemetry.clone(),
+        gpu_telemetry: Arc::new(NvmlTelemetry::system()),
     };
     Ok(DaemonOptions {
         backends,

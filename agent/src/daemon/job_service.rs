@@ -250,19 +250,46 @@ pub fn job_logs(
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
-/// ImportImage: the image store is not merged into this build yet.
+/// ImportImage: a layout dir on this host into the image store (blocking pool).
 pub async fn import_image(
     shared: &Shared,
     request: pb::ImportImageRequest,
 ) -> Result<pb::ImportImageResponse, Status> {
-    manager(shared)?;
+    use crate::image::ImageError;
+    let store = shared
+        .images
+        .clone()
+        .ok_or_else(|| Status::unimplemented("images are not enabled in this agent"))?;
     if !request.layout_dir.starts_with('/') {
         return Err(Status::invalid_argument(format!(
             "layout_dir: {:?} must be an absolute path",
             request.layout_dir
         )));
     }
-    Err(Status::unimplemented(
-        "ImportImage: the image store is not built into this agent yet",
-    ))
+    let reference = (!request.reference.is_empty()).then(|| request.reference.clone());
+    let dir = std::path::PathBuf::from(&request.layout_dir);
+    let record = tokio::task::spawn_blocking(move || store.import(&dir, reference.as_deref()))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "image import panicked");
+            Status::internal("image import failed unexpectedly")
+        })?
+        .map_err(|err| match err {
+            ImageError::BadReference { .. } => {
+                Status::invalid_argument(format!("reference: {err}"))
+            }
+            ImageError::CorruptStore { .. } => Status::internal(err.to_string()),
+            _ => Status::invalid_argument(format!("layout_dir: {err}")),
+        })?;
+    tracing::info!(reference = %record.reference, digest = %record.manifest_digest, "image imported");
+    Ok(pb::ImportImageResponse {
+        image: Some(pb::Image {
+            reference: record.reference,
+            manifest_digest: record.manifest_digest,
+            size_bytes: record.size_bytes,
+            imported_at: Some(prost_types::Timestamp::from(
+                std::time::UNIX_EPOCH + Duration::from_secs(record.imported_at_unix),
+            )),
+        }),
+    })
 }

@@ -78,6 +78,9 @@ pub enum DaemonError {
     /// The reflection service could not be built from the descriptor sets.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The job runner could not start (state store, jobs dir, recovery).
     #[error("cannot start the job runner")]
     Jobs(#[source] crate::jobs::JobError),
@@ -89,8 +92,8 @@ pub enum DaemonError {
 pub struct JobsOptions {
     /// The agent executable, run as `<exe> internal job-shim ...` per job.
     pub shim_exe: PathBuf,
-    /// Where images come from.
-    pub images: Arc<dyn crate::jobs::ImageSource>,
+    /// The image store jobs run from (and ImportImage imports into).
+    pub images: Arc<crate::image::ImageStore>,
     /// The OCI runtime; None = runc at `[jobs] runtime`.
     pub runtime: Option<Arc<dyn crate::jobs::JobRuntime>>,
 }
@@ -104,6 +107,8 @@ pub struct DaemonOptions {
     pub inventory_source: InventorySource,
     /// Root the telemetry sampler reads `/proc` below.
     pub fs: FsRoot,
+    /// Per-job figures for `/metrics` (the job runner's; no jobs by default).
+    pub job_metrics: Arc<dyn crate::metrics::JobMetricsSource>,
     /// The job runner's parts; None = jobs disabled.
     pub jobs: Option<JobsOptions>,
 }
@@ -132,6 +137,7 @@ impl Default for DaemonOptions {
             backends: Backends::default(),
             inventory_source: Arc::new(|| crate::inventory::collect_from(FsRoot::host())),
             fs: FsRoot::host(),
+            job_metrics: Arc::new(crate::metrics::NoJobs),
             jobs: None,
         }
     }
@@ -147,6 +153,7 @@ pub struct RunningDaemon {
     shared: Arc<Shared>,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl RunningDaemon {
@@ -158,6 +165,13 @@ impl RunningDaemon {
     /// The unix socket path, if one is served.
     pub fn unix_socket(&self) -> Option<&Path> {
         self.unix_socket.as_deref()
+    }
+
+    /// The `/metrics` address, when `[metrics] enabled`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(crate::metrics::MetricsServer::local_addr)
     }
 
     /// The shared state (tests, and the lead's wiring of jobs into the capacity ledger).
@@ -172,6 +186,9 @@ impl RunningDaemon {
         self.health
             .set_not_serving::<AgentServer<AgentService>>()
             .await;
+        if let Some(metrics) = self.metrics {
+            metrics.stop();
+        }
         // Ignored error: no receivers means nothing is left to tell.
         let _ = self.shutdown_tx.send(true);
         self.shared.telemetry.close();
@@ -216,6 +233,12 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         ));
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut options = options;
+    let attestation_stats = Arc::new(crate::metrics::AttestationStats::default());
+    options.backends.attestation = Arc::new(crate::metrics::RecordingAttestation::new(
+        options.backends.attestation.clone(),
+        attestation_stats.clone(),
+    ));
     let shared = Arc::new(build_shared(config, &options, shutdown_rx)?);
 
     // The API is up before the inventory is: the first GetInventory waits for this collection.
@@ -248,6 +271,18 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
             .add_service(health_service.clone())
             .add_service(v1)
             .add_service(v1alpha))
+    };
+
+    // First, so a metrics address in use fails the start before any gRPC listener runs.
+    let metrics = if config.metrics.enabled {
+        let sources = crate::metrics::Sources::new(
+            shared.clone(),
+            attestation_stats,
+            options.job_metrics.clone(),
+        );
+        Some(crate::metrics::server::start(&config.metrics, sources).await?)
+    } else {
+        None
     };
 
     let mut servers = Vec::new();
@@ -311,6 +346,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         shared,
         health,
         grace: config.api.shutdown_grace(),
+        metrics,
     })
 }
 
@@ -436,6 +472,7 @@ fn build_shared(
         telemetry,
         backends: options.backends.clone(),
         shutdown,
+        images: options.jobs.as_ref().map(|j| j.images.clone()),
         jobs,
     })
 }

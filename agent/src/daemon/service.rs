@@ -59,6 +59,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The job runner (None: jobs not enabled; the job RPCs answer UNIMPLEMENTED).
     pub jobs: Option<Arc<JobManager>>,
+    /// The image store (with jobs).
+    pub images: Option<Arc<crate::image::ImageStore>>,
 }
 
 /// The service as served on one listener.

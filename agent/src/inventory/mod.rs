@@ -203,8 +203,18 @@ pub struct Sources<'a> {
 }
 
 /// Collects the inventory of the machine below `fs` with the real NVML and OpenCL sources (which
-/// are skipped when `fs` is not the live host's root).
+/// are skipped when `fs` is not the live host's root). The OpenCL enumeration comes from the
+/// per-boot cache when it is valid ([`gpu::opencl_cache`]).
 pub fn collect_from(fs: FsRoot) -> Inventory {
+    collect_live(fs, true)
+}
+
+/// [`collect_from`], enumerating OpenCL afresh (and refreshing the per-boot cache).
+pub fn collect_fresh(fs: FsRoot) -> Inventory {
+    collect_live(fs, false)
+}
+
+fn collect_live(fs: FsRoot, use_cache: bool) -> Inventory {
     const NOT_HOST: &str = "not the live host";
     if !fs.is_host() {
         return collect(&Sources {
@@ -215,16 +225,30 @@ pub fn collect_from(fs: FsRoot) -> Inventory {
     }
     let nvml = gpu::nvml::NvmlLibrary::system();
     let timeout = std::time::Duration::from_secs(20);
-    match gpu::opencl::ChildProcessOpenCl::current_exe(timeout) {
-        Ok(opencl) => collect(&Sources {
+    let child = match gpu::opencl::ChildProcessOpenCl::current_exe(timeout) {
+        Ok(child) => child,
+        Err(err) => {
+            return collect(&Sources {
+                fs,
+                nvml: &nvml,
+                opencl: &gpu::opencl::Skipped(err.to_string()),
+            })
+        }
+    };
+    match gpu::opencl_cache::default_dir() {
+        Some(dir) => {
+            let cached = gpu::opencl_cache::CachedOpenCl::new(&child, &fs, dir);
+            let cached = if use_cache { cached } else { cached.fresh() };
+            collect(&Sources {
+                fs,
+                nvml: &nvml,
+                opencl: &cached,
+            })
+        }
+        None => collect(&Sources {
             fs,
             nvml: &nvml,
-            opencl: &opencl,
-        }),
-        Err(err) => collect(&Sources {
-            fs,
-            nvml: &nvml,
-            opencl: &gpu::opencl::Skipped(err.to_string()),
+            opencl: &child,
         }),
     }
 }

@@ -29,12 +29,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::bundle::{self, DeviceNode};
-use super::cgroup_local::{self as cgroup, CgroupLayout, CgroupStats};
 use super::runtime::JobRuntime;
 use super::shim::{self, ExitRecord};
 use super::spec::{self, GpuIdentity, ImageSource, JobSpec, ValidJob};
 use super::JobError;
 use crate::capacity::{Allocations, CapacityLedger, GpuAssignment};
+use crate::cgroup::{self, CgroupLayout, CgroupStats};
 use crate::config::JobsConfig;
 use crate::fsroot::FsRoot;
 use crate::state::{JobRow, StateStore};

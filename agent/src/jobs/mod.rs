@@ -19,7 +19,6 @@
 //! (veth, bandwidth shaping) is a later step.
 
 pub mod bundle;
-pub mod cgroup_local;
 pub mod logs;
 pub mod manager;
 pub mod runtime;

@@ -20,8 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::cgroup_local as cgroup;
 use super::runtime::{JobRuntime, Runc};
+use crate::cgroup;
 use crate::fsroot::FsRoot;
 
 /// `shim.pid`: the shim's pid.

@@ -95,6 +95,23 @@ pub trait ImageSource: Send + Sync {
     fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String>;
 }
 
+/// The image store is where the daemon's jobs get their images.
+impl ImageSource for crate::image::ImageStore {
+    fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
+        let record = self.get(name).map_err(|err| err.to_string())?;
+        Ok(record.map(|r| ResolvedImage {
+            reference: r.reference,
+            manifest_digest: r.manifest_digest,
+            rootfs: r.rootfs,
+            entrypoint: r.config.entrypoint,
+            cmd: r.config.cmd,
+            env: r.config.env,
+            working_dir: r.config.working_dir,
+            user: r.config.user,
+        }))
+    }
+}
+
 /// An image source that knows no image (until the image store is wired in).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoImages;

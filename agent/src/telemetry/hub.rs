@@ -9,7 +9,7 @@
 //! at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -53,6 +53,23 @@ struct Inner {
     /// Wakes the sampler when the subscriber set changes or the hub closes.
     changed: Notify,
     closed: AtomicBool,
+    /// The newest sample, for readers that want the current state rather than a stream (the
+    /// metrics endpoint).
+    latest: Mutex<Option<Arc<HostSample>>>,
+    /// Samples dropped from full subscriber queues, all subscribers together.
+    dropped: AtomicU64,
+}
+
+/// The sampler's own counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Subscribers now.
+    pub subscribers: usize,
+    /// Samples taken since start (the newest sample's sequence).
+    pub samples: u64,
+    /// Samples dropped from full subscriber queues since start (the sum of every `gap_count`
+    /// handed out or still pending).
+    pub dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -90,16 +107,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Queue {
-    fn push(&self, sample: Arc<HostSample>) {
-        {
+    /// Queues a sample; returns whether the oldest one was dropped to make room.
+    fn push(&self, sample: Arc<HostSample>) -> bool {
+        let dropped = {
             let mut state = lock(&self.state);
-            if state.samples.len() >= self.depth {
+            let full = state.samples.len() >= self.depth;
+            if full {
                 state.samples.pop_front();
                 state.gaps += 1;
             }
             state.samples.push_back(sample);
-        }
+            full
+        };
         self.ready.notify_one();
+        dropped
     }
 
     fn close(&self) {
@@ -158,7 +179,25 @@ impl TelemetryHub {
                 registry: Mutex::new(Registry::default()),
                 changed: Notify::new(),
                 closed: AtomicBool::new(false),
+                latest: Mutex::new(None),
+                dropped: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// The newest sample, if one was taken. Reading it never triggers a collection.
+    pub fn latest(&self) -> Option<Arc<HostSample>> {
+        lock(&self.inner.latest).clone()
+    }
+
+    /// The sampler's counters.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            subscribers: self.subscriber_count(),
+            samples: lock(&self.inner.latest)
+                .as_ref()
+                .map_or(0, |sample| sample.sequence),
+            dropped: self.inner.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -284,13 +323,16 @@ impl TelemetryHub {
     /// period (a subscriber that joined during a collection still gets that sample).
     fn deliver(&self, sample: Arc<HostSample>, tick: Instant, period: Duration) {
         let slack = period / 2;
+        *lock(&self.inner.latest) = Some(sample.clone());
         let mut registry = lock(&self.inner.registry);
+        let mut dropped = 0;
         for entry in registry.subscribers.values_mut() {
             if entry.next_due <= tick + slack {
-                entry.queue.push(sample.clone());
+                dropped += u64::from(entry.queue.push(sample.clone()));
                 entry.next_due = tick + entry.interval;
             }
         }
+        self.inner.dropped.fetch_add(dropped, Ordering::Relaxed);
     }
 }
 
@@ -356,6 +398,12 @@ mod tests {
         assert_eq!(fast_seqs, (1..=10).collect::<Vec<_>>(), "no sample skipped");
         settle().await;
         // The slow one read nothing: its queue (depth 4) holds the newest 4 of 10.
+        let stats = hub.stats();
+        assert_eq!(
+            (stats.subscribers, stats.samples, stats.dropped),
+            (2, 10, 6)
+        );
+        assert_eq!(hub.latest().unwrap().sequence, 10);
         let first = slow.recv().await.unwrap();
         assert_eq!(first.gap_count, 6);
         assert_eq!(first.sample.sequence, 7);

@@ -5,10 +5,12 @@
 //! - [`SystemCollector`] reads one sample: `/proc` files below an [`FsRoot`] (parsers in
 //!   [`procfs`]), filesystem usage through sysinfo (live host only), GPUs through a
 //!   [`GpuTelemetrySource`].
+//! - [`nvml::NvmlTelemetry`] is the real GPU source (NVML, initialized once).
 //! - [`hub::TelemetryHub`] runs the one sampler loop and the per-subscriber bounded queues.
 
 pub mod gpu;
 pub mod hub;
+pub mod nvml;
 pub mod procfs;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::fsroot::FsRoot;
 
 pub use gpu::{GpuSample, GpuTelemetrySource, UnavailableGpuTelemetry};
-pub use hub::{Delivery, HubError, Subscription, TelemetryHub};
+pub use hub::{Delivery, HubError, HubStats, Subscription, TelemetryHub};
 
 /// One sample of the whole host.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,6 +30,8 @@ pub struct HostSample {
     pub taken_at: Option<SystemTime>,
     /// CPU times, shares and load; `None` when `/proc/stat` was unreadable.
     pub cpu: Option<CpuSample>,
+    /// Cumulative times of each logical CPU, `(N of cpuN, times)`; empty when unreadable.
+    pub per_cpu: Vec<(u32, CpuTimes)>,
     /// Memory; `None` when `/proc/meminfo` was unreadable.
     pub memory: Option<MemorySample>,
     /// PSI; `None` without `/proc/pressure`.
@@ -44,6 +48,20 @@ pub struct HostSample {
     pub errors: Vec<String>,
     /// Time spent collecting.
     pub collection: Duration,
+    /// Each collector's time in this sample and its error count so far.
+    pub collectors: Vec<CollectorStat>,
+}
+
+/// One collector's share of a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectorStat {
+    /// `cpu`, `memory`, `pressure`, `network`, `disks`, `filesystems` or `gpus`.
+    pub name: &'static str,
+    /// Time it took in this sample.
+    pub duration: Duration,
+    /// Samples, since the sampler started, in which it reported an error (for `gpus`: at least
+    /// one GPU unavailable).
+    pub errors_total: u64,
 }
 
 /// Cumulative CPU time per mode, all CPUs together, in milliseconds.
@@ -245,7 +263,19 @@ pub struct SystemCollector {
     gpu_source: Arc<dyn GpuTelemetrySource>,
     previous_cpu: Option<CpuTimes>,
     disks: Option<sysinfo::Disks>,
+    error_totals: [u64; COLLECTORS.len()],
 }
+
+/// The collectors of one sample, in collection order.
+const COLLECTORS: [&str; 7] = [
+    "cpu",
+    "memory",
+    "pressure",
+    "network",
+    "disks",
+    "filesystems",
+    "gpus",
+];
 
 impl std::fmt::Debug for SystemCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -265,17 +295,24 @@ impl SystemCollector {
             gpu_source,
             previous_cpu: None,
             disks: None,
+            error_totals: [0; COLLECTORS.len()],
         }
     }
 
-    fn cpu(&mut self, errors: &mut Vec<String>) -> Option<CpuSample> {
-        let (times, logical_cpus) = self
+    fn cpu(&mut self, errors: &mut Vec<String>) -> (Option<CpuSample>, Vec<(u32, CpuTimes)>) {
+        let parsed = self
             .fs
             .read_string("/proc/stat")
             .map_err(|e| crate::inventory::error_chain(&e))
-            .and_then(|text| procfs::parse_stat(&text).map_err(|e| e.to_string()))
-            .map_err(|e| errors.push(format!("cpu: {e}")))
-            .ok()?;
+            .and_then(|text| {
+                let total = procfs::parse_stat(&text).map_err(|e| e.to_string())?;
+                let per_cpu = procfs::parse_stat_per_cpu(&text).map_err(|e| e.to_string())?;
+                Ok((total, per_cpu))
+            })
+            .map_err(|e| errors.push(format!("cpu: {e}")));
+        let Ok(((times, logical_cpus), per_cpu)) = parsed else {
+            return (None, Vec::new());
+        };
         let shares = self
             .previous_cpu
             .replace(times)
@@ -283,13 +320,14 @@ impl SystemCollector {
         let load = read_parsed(&self.fs, "/proc/loadavg", procfs::parse_loadavg)
             .map_err(|e| errors.push(format!("load: {e}")))
             .ok();
-        Some(CpuSample {
+        let cpu = CpuSample {
             times,
             utilization_percent: shares.map(|(busy, _)| busy),
             steal_percent: shares.map(|(_, steal)| steal),
             load,
             logical_cpus,
-        })
+        };
+        (Some(cpu), per_cpu)
     }
 
     fn pressure(&self, errors: &mut Vec<String>) -> Option<PressureSample> {
@@ -358,26 +396,57 @@ impl Collect for SystemCollector {
     fn collect(&mut self) -> HostSample {
         let start = Instant::now();
         let mut errors = Vec::new();
-        let cpu = self.cpu(&mut errors);
+        let mut collectors = Vec::with_capacity(COLLECTORS.len());
+        // Times one collector (since the previous one ended) and counts the samples in which
+        // it failed.
+        let mut mark = Instant::now();
+        let mut account = |this: &mut Self, index: usize, failed: bool| {
+            let now = Instant::now();
+            if failed {
+                this.error_totals[index] += 1;
+            }
+            collectors.push(CollectorStat {
+                name: COLLECTORS[index],
+                duration: now - mark,
+                errors_total: this.error_totals[index],
+            });
+            mark = now;
+        };
+        let before = errors.len();
+        let (cpu, per_cpu) = self.cpu(&mut errors);
+        account(self, 0, errors.len() > before);
+        let before = errors.len();
         let memory = read_parsed(&self.fs, "/proc/meminfo", procfs::parse_meminfo)
             .map_err(|e| errors.push(format!("memory: {e}")))
             .ok();
+        account(self, 1, errors.len() > before);
+        let before = errors.len();
         let pressure = self.pressure(&mut errors);
+        account(self, 2, errors.len() > before);
+        let before = errors.len();
         let network = read_parsed(&self.fs, "/proc/net/dev", procfs::parse_net_dev)
             .map_err(|e| errors.push(format!("network: {e}")))
             .unwrap_or_default();
+        account(self, 3, errors.len() > before);
+        let before = errors.len();
         let disks = self.disks(&mut errors);
+        account(self, 4, errors.len() > before);
+        let before = errors.len();
         let filesystems = self.filesystems(&mut errors);
+        account(self, 5, errors.len() > before);
         let gpu_ids = self.gpus.get();
         let gpus = if gpu_ids.is_empty() {
             Vec::new()
         } else {
             gpu::sample_all(self.gpu_source.as_ref(), &gpu_ids)
         };
+        let gpu_failed = gpus.iter().any(|g| g.status == gpu::GpuStatus::Unavailable);
+        account(self, 6, gpu_failed);
         HostSample {
             sequence: 0,
             taken_at: Some(SystemTime::now()),
             cpu,
+            per_cpu,
             memory,
             pressure,
             network,
@@ -386,6 +455,7 @@ impl Collect for SystemCollector {
             gpus,
             errors,
             collection: start.elapsed(),
+            collectors,
         }
     }
 }
@@ -464,6 +534,12 @@ mod tests {
         let errors = first.errors.join("\n");
         assert!(errors.contains("/proc/pressure/memory"), "{errors}");
         assert!(errors.contains("/proc/pressure/io"), "{errors}");
+        assert_eq!(first.per_cpu.len(), 1);
+        let stat = |name: &str| *first.collectors.iter().find(|c| c.name == name).unwrap();
+        assert_eq!(first.collectors.len(), 7);
+        assert_eq!(stat("pressure").errors_total, 1);
+        assert_eq!(stat("cpu").errors_total, 0);
+        assert_eq!(stat("gpus").errors_total, 1, "an unavailable GPU counts");
 
         std::fs::write(
             dir.path().join("proc/stat"),

@@ -40,34 +40,61 @@ pub fn parse_stat(text: &str) -> Result<(CpuTimes, u32), ParseError> {
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         match fields.next() {
-            Some("cpu") => {
-                let values = fields
-                    .map(|f| f.parse::<u64>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| error(FILE, format!("non-numeric field in {line:?}")))?;
-                if values.len() < 4 {
-                    return Err(error(FILE, format!("too few fields in {line:?}")));
-                }
-                let at = |i: usize| values.get(i).copied().unwrap_or(0) * 1000 / USER_HZ;
-                total = Some(CpuTimes {
-                    user_millis: at(0),
-                    nice_millis: at(1),
-                    system_millis: at(2),
-                    idle_millis: at(3),
-                    iowait_millis: at(4),
-                    irq_millis: at(5),
-                    softirq_millis: at(6),
-                    steal_millis: at(7),
-                    guest_millis: at(8),
-                    guest_nice_millis: at(9),
-                });
-            }
+            Some("cpu") => total = Some(cpu_times(line, fields)?),
             Some(name) if name.starts_with("cpu") => cpus += 1,
             _ => {}
         }
     }
     let total = total.ok_or_else(|| error(FILE, "no aggregate cpu line"))?;
     Ok((total, cpus))
+}
+
+/// Parses the per-CPU `cpuN` lines of `/proc/stat`: `(N, times)` in file order.
+pub fn parse_stat_per_cpu(text: &str) -> Result<Vec<(u32, CpuTimes)>, ParseError> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(index) = fields
+            .next()
+            .and_then(|name| name.strip_prefix("cpu"))
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        let index = index
+            .parse::<u32>()
+            .map_err(|_| error("/proc/stat", format!("bad cpu number in {line:?}")))?;
+        out.push((index, cpu_times(line, fields)?));
+    }
+    Ok(out)
+}
+
+/// The times of one `cpu` line (after its name), converted from `USER_HZ` ticks to ms.
+fn cpu_times<'a>(
+    line: &str,
+    fields: impl Iterator<Item = &'a str>,
+) -> Result<CpuTimes, ParseError> {
+    const FILE: &str = "/proc/stat";
+    let values = fields
+        .map(|f| f.parse::<u64>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| error(FILE, format!("non-numeric field in {line:?}")))?;
+    if values.len() < 4 {
+        return Err(error(FILE, format!("too few fields in {line:?}")));
+    }
+    let at = |i: usize| values.get(i).copied().unwrap_or(0) * 1000 / USER_HZ;
+    Ok(CpuTimes {
+        user_millis: at(0),
+        nice_millis: at(1),
+        system_millis: at(2),
+        idle_millis: at(3),
+        iowait_millis: at(4),
+        irq_millis: at(5),
+        softirq_millis: at(6),
+        steal_millis: at(7),
+        guest_millis: at(8),
+        guest_nice_millis: at(9),
+    })
 }
 
 /// Busy and steal shares (percent) between two readings; `None` when no time passed or the
@@ -264,6 +291,17 @@ mod tests {
         // Old kernels have only 4 fields.
         let (old, _) = parse_stat("cpu 1 2 3 4\n").unwrap();
         assert_eq!(old.steal_millis, 0);
+    }
+
+    #[test]
+    fn stat_per_cpu_lines() {
+        let text = "cpu  100 5 50 1000 10 1 2 30 0 0\ncpu0 50 0 25 500 5 0 1 15 0 0\ncpu3 50 5 25 500 5 1 1 15 0 0\nintr 1 2\n";
+        let cpus = parse_stat_per_cpu(text).unwrap();
+        assert_eq!(cpus.len(), 2);
+        assert_eq!((cpus[0].0, cpus[0].1.user_millis), (0, 500));
+        assert_eq!((cpus[1].0, cpus[1].1.nice_millis), (3, 50));
+        assert!(parse_stat_per_cpu("cpux 1 2 3 4\n").is_err());
+        assert!(parse_stat_per_cpu("cpu0 1 2\n").is_err());
     }
 
     #[test]

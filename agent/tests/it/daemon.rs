@@ -56,6 +56,7 @@ impl Harness {
         config.api.client_ca = dir.path().join("certs/ca.pem");
         config.state.dir = dir.path().join("state");
         config.api.shutdown_grace_millis = 2000;
+        config.metrics.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut config);
         let options = DaemonOptions {
             backends: backends(&config),
@@ -63,7 +64,7 @@ impl Harness {
             // Jobs enabled (no image known): the role matrix reaches the job RPCs' own checks.
             jobs: Some(daemon::JobsOptions {
                 shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")),
-                images: Arc::new(fog_agent::jobs::spec::NoImages),
+                images: Arc::new(fog_agent::image::ImageStore::open(&config.state.dir).unwrap()),
                 runtime: None,
             }),
             ..DaemonOptions::default()
@@ -766,7 +767,8 @@ impl Served {
                 "[api]\nlisten = [\"127.0.0.1:{port}\"]\nunix_socket = \"{d}/run/agent.sock\"\n\
                  tls_cert = \"{c}/server.pem\"\ntls_key = \"{c}/server.key\"\nclient_ca = \"{c}/ca.pem\"\n\
                  [state]\ndir = \"{d}/state\"\n[telemetry]\nmin_interval_millis = 100\n\
-                 [bench]\nrun_on_start = false\n[tpm]\ntcti = \"{NO_TPM_TCTI}\"\n",
+                 [bench]\nrun_on_start = false\n[tpm]\ntcti = \"{NO_TPM_TCTI}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n",
                 d = dir.path().display(),
                 c = certs.display()
             ),
@@ -900,7 +902,10 @@ fn serve_dev_makes_certificates_and_answers_the_printed_client_command() {
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
-        format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n[bench]\nrun_on_start = false\n"),
+        format!(
+            "[api]\nlisten = [\"127.0.0.1:{port}\"]\n[bench]\nrun_on_start = false\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n"
+        ),
     )
     .unwrap();
     let child = agent()

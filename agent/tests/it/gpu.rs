@@ -229,3 +229,62 @@ fn nvml_sim_telemetry_entry_points() {
     assert!(gpu0.running_compute_processes().unwrap().is_empty());
     nvml.shutdown().unwrap();
 }
+
+/// The daemon's GPU telemetry source reads every figure through nvml-wrapper, finds devices by
+/// PCI address, and reports a lost GPU or an unknown address as unavailable, never idle.
+#[test]
+fn nvml_telemetry_source_reads_the_simulated_gpus() {
+    use fog_agent::telemetry::gpu::{sample_all, GpuStatus, GpuTelemetrySource};
+    use fog_agent::telemetry::nvml::NvmlTelemetry;
+
+    let (_dir, lib) = sim_with_mode("");
+    let source = NvmlTelemetry::new(lib);
+    let idle = source.sample("0000:17:00.0").unwrap();
+    assert_eq!(idle.status, GpuStatus::Ok);
+    assert_eq!(idle.utilization_percent, Some(3));
+    assert_eq!(idle.memory_utilization_percent, Some(1));
+    assert_eq!(idle.memory_used_bytes, Some(1 << 30));
+    assert_eq!(idle.memory_total_bytes, Some(80 << 30));
+    assert_eq!(idle.temperature_celsius, Some(34));
+    assert_eq!(idle.power_milliwatts, Some(61_000));
+    assert_eq!(idle.power_limit_milliwatts, Some(300_000));
+    assert_eq!(idle.graphics_clock_mhz, Some(210));
+    assert_eq!(idle.memory_clock_mhz, Some(1512));
+    assert_eq!(idle.throttle_reasons, ["gpu_idle"]);
+    // The same address written the way NVML writes it (8-digit domain, upper case).
+    let busy = source.sample("00000000:65:00.0").unwrap();
+    assert_eq!(busy.utilization_percent, Some(97));
+    assert_eq!(busy.sm_clock_mhz, Some(1410));
+    assert!(busy.throttle_reasons.is_empty());
+
+    let all = sample_all(
+        &source,
+        &["0000:65:00.0".to_owned(), "0000:b3:00.0".to_owned()],
+    );
+    assert_eq!(all[0].status, GpuStatus::Ok);
+    assert_eq!(all[1].status, GpuStatus::Unavailable);
+    assert_eq!(
+        all[1].error.as_deref(),
+        Some("nvml: no NVIDIA device at 0000:b3:00.0")
+    );
+    assert_eq!(all[1].utilization_percent, None);
+
+    // The benchmark health records come from the same source.
+    let health =
+        fog_agent::bench::health::GpuHealthSource::sample(&source, "0000:65:00.0").unwrap();
+    assert_eq!(health.sm_clock_mhz, Some(1410));
+    assert_eq!(health.temperature_c, Some(51));
+    assert_eq!(health.power_w, Some(72.0));
+
+    let (_lost_dir, lost_lib) = sim_with_mode("gpu_lost=1");
+    let lost = NvmlTelemetry::new(lost_lib);
+    assert_eq!(lost.sample("0000:17:00.0").unwrap().status, GpuStatus::Ok);
+    let err = lost.sample("0000:65:00.0").unwrap_err();
+    assert!(err.contains("device 1: device fell off the bus"), "{err}");
+
+    let (_nd_dir, nd_lib) = sim_with_mode("driver_not_loaded");
+    let err = NvmlTelemetry::new(nd_lib)
+        .sample("0000:17:00.0")
+        .unwrap_err();
+    assert_eq!(err, "no NVIDIA driver (driver not loaded)");
+}

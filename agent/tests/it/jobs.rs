@@ -1,6 +1,7 @@
 //! Jobs end to end with real runc: the daemon in-process (jobs enabled, shims = the built
-//! `fog-agent` binary) on its unix admin socket, a busybox rootfs built from the host's
-//! `busybox-static`. Limits (CPU quota, OOM kill, pids), capacity reservations, idempotency,
+//! `fog-agent` binary) on its unix admin socket, and the `fog-agent serve` binary for the
+//! SIGKILL test; the image is an OCI layout made from the host's `busybox-static`
+//! (`image::testing::busybox_layout`), imported with ImportImage. Limits (CPU quota, OOM kill, pids), capacity reservations, idempotency,
 //! bad specs, logs, WatchJob, restart recovery.
 //!
 //! Every test cleans up its containers and cgroups in a `Drop` guard (runc delete --force), so
@@ -8,14 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fog_agent::config::Config;
 use fog_agent::daemon::{self, DaemonOptions, JobsOptions, RunningDaemon};
-use fog_agent::jobs::{ImageSource, ResolvedImage};
+use fog_agent::image::ImageStore;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
@@ -24,35 +24,6 @@ use tonic::Code;
 const RUNC: &str = "/usr/sbin/runc";
 const IMAGE: &str = "busybox:latest";
 const MIB: i64 = 1 << 20;
-
-/// Images from plain rootfs dirs (the image store's place until it is merged).
-#[derive(Debug, Default)]
-struct DirImages(HashMap<String, ResolvedImage>);
-
-impl ImageSource for DirImages {
-    fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
-        Ok(self.0.get(name).cloned())
-    }
-}
-
-/// A rootfs with the host's static busybox and a symlink per applet.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for sub in ["bin", "proc", "dev", "sys", "scratch", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    root
-}
 
 /// CPU-heavy tests run one at a time (2 cores): a CPU measurement next to a fork bomb or a
 /// busy loop would measure the neighbour.
@@ -71,7 +42,6 @@ struct Harness {
     _cleanup: Cleanup,
     _dir: tempfile::TempDir,
     config: Config,
-    rootfs: PathBuf,
     daemon: Option<RunningDaemon>,
     client: AgentClient<Channel>,
     runc_root: PathBuf,
@@ -86,25 +56,39 @@ fn config_in(dir: &Path) -> Config {
     config.jobs.cgroup_parent = unique("fog-agent-it");
     config.jobs.telemetry_interval_millis = 200;
     config.api.shutdown_grace_millis = 1000;
+    config.metrics.enabled = false;
     config
 }
 
-fn options(rootfs: &Path) -> DaemonOptions {
-    let image = ResolvedImage {
-        reference: IMAGE.into(),
-        manifest_digest: "sha256:test".into(),
-        rootfs: rootfs.to_owned(),
-        cmd: vec!["/bin/sh".into()],
-        ..ResolvedImage::default()
-    };
+fn options(config: &Config) -> DaemonOptions {
     DaemonOptions {
         jobs: Some(JobsOptions {
             shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")),
-            images: Arc::new(DirImages(HashMap::from([(IMAGE.to_owned(), image)]))),
+            images: Arc::new(ImageStore::open(&config.state.dir).unwrap()),
             runtime: None,
         }),
         ..DaemonOptions::default()
     }
+}
+
+/// Writes the busybox layout and imports it through ImportImage.
+async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
+    let layout = dir.join("layout");
+    if !layout.exists() {
+        fog_agent::image::testing::busybox_layout(&layout, IMAGE).unwrap();
+    }
+    let image = client
+        .import_image(pb::ImportImageRequest {
+            layout_dir: layout.display().to_string(),
+            reference: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(image.reference, IMAGE);
+    assert!(image.manifest_digest.starts_with("sha256:"));
 }
 
 async fn connect(socket: &Path) -> AgentClient<Channel> {
@@ -126,16 +110,15 @@ async fn connect(socket: &Path) -> AgentClient<Channel> {
 impl Harness {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let rootfs = busybox_rootfs(dir.path());
         let config = config_in(dir.path());
-        let daemon = daemon::start(&config, options(&rootfs)).await.unwrap();
-        let client = connect(&config.api.unix_socket).await;
+        let daemon = daemon::start(&config, options(&config)).await.unwrap();
+        let mut client = connect(&config.api.unix_socket).await;
+        import_busybox(&mut client, dir.path()).await;
         let runc_root = config.state.dir.join("jobs/.runc");
         Self {
             _cleanup: Cleanup::new(&config),
             _dir: dir,
             config,
-            rootfs,
             daemon: Some(daemon),
             client,
             runc_root,
@@ -148,7 +131,7 @@ impl Harness {
         if let Some(daemon) = self.daemon.take() {
             daemon.shutdown().await;
         }
-        let daemon = daemon::start(&self.config, options(&self.rootfs))
+        let daemon = daemon::start(&self.config, options(&self.config))
             .await
             .unwrap();
         self.client = connect(&self.config.api.unix_socket).await;
@@ -718,4 +701,84 @@ async fn restarted_agent_finds_running_and_ended_jobs() {
     assert_eq!(cap.cpu_millicores.unwrap().allocated, 300);
     stop(&mut h.client, &running).await;
     assert!(h.containers().is_empty());
+}
+
+/// The `fog-agent serve` binary, SIGKILLed mid-job and started again on the same state dir:
+/// the job is still running, its counters continue.
+#[test]
+fn sigkill_of_the_agent_mid_job_and_restart_keep_the_job_and_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let toml = format!(
+        "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = {:?}\ntelemetry_interval_millis = 200\n",
+        config.api.unix_socket, config.state.dir, config.jobs.cgroup_parent
+    );
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    let guard = Cleanup::new(&config);
+    let serve = || {
+        let _ = std::fs::remove_file(&config.api.unix_socket);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fog-agent"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !config.api.unix_socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _heavy = HEAVY.blocking_lock();
+    let id = unique("sigkill");
+    let mut agent = serve();
+    let before = rt.block_on(async {
+        let mut client = connect(&config.api.unix_socket).await;
+        import_busybox(&mut client, dir.path()).await;
+        start(&mut client, spec(&id, "while :; do :; done")).await;
+        wait_for(&mut client, &id, Duration::from_secs(20), |j| {
+            j.usage.as_ref().unwrap().cpu_seconds > 0.5
+        })
+        .await
+        .usage
+        .unwrap()
+    });
+    agent.kill().unwrap(); // SIGKILL
+    agent.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut agent = serve();
+    rt.block_on(async {
+        let mut client = connect(&config.api.unix_socket).await;
+        let job = get(&mut client, &id).await;
+        assert_eq!(job.state(), pb::JobState::Running, "{job:?}");
+        let after = job.usage.unwrap();
+        assert!(
+            after.cpu_seconds >= before.cpu_seconds,
+            "{before:?} {after:?}"
+        );
+        assert!(after.duration_millis >= before.duration_millis + 1000);
+        let later = wait_for(&mut client, &id, Duration::from_secs(10), |j| {
+            j.usage.as_ref().unwrap().cpu_seconds > after.cpu_seconds + 0.3
+        })
+        .await;
+        assert!(later.last_sample.is_some());
+        let stopped = stop(&mut client, &id).await;
+        assert_eq!(stopped.state(), pb::JobState::Stopped);
+    });
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    drop(guard);
 }

@@ -7,7 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod attest;
 mod bench;
+mod certs;
 mod daemon;
 mod gpu;
+mod image;
 mod inventory;
 mod jobs;
+mod metrics;

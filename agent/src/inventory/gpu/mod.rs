@@ -5,6 +5,7 @@
 mod merge;
 pub mod nvml;
 pub mod opencl;
+pub mod opencl_cache;
 pub mod pci;
 
 use serde::{Deserialize, Serialize};

@@ -114,7 +114,8 @@ impl NvmlLibrary {
         }
     }
 
-    fn init(&self) -> Result<Nvml, NvmlSourceError> {
+    /// Loads and initializes the library (the caller shuts it down).
+    pub(crate) fn init(&self) -> Result<Nvml, NvmlSourceError> {
         let mut builder = Nvml::builder();
         if let Some(path) = &self.lib_path {
             builder.lib_path(path.as_os_str());

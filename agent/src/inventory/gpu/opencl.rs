@@ -16,11 +16,6 @@ use opencl3::device::{
 use opencl3::platform::Platform;
 use serde::{Deserialize, Serialize};
 
-use super::pci::bus_id_from_parts;
-
-/// `CL_DEVICE_PCI_DOMAIN_ID_NV` (cl_nv_device_attribute_query).
-const CL_DEVICE_PCI_DOMAIN_ID_NV: u32 = 0x400A;
-
 /// One OpenCL device.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OpenClDevice {
@@ -149,50 +144,9 @@ fn read_device(device: &Device) -> Result<OpenClDevice, opencl3::error_codes::Cl
         max_alloc_bytes: device.max_mem_alloc_size()?,
         max_work_group_size: device.max_work_group_size()? as u64,
         fp64: device.double_fp_config().map(|c| c != 0).unwrap_or(false),
-        pci_bus_id: pci_bus_id(device, &extensions),
+        pci_bus_id: fog_bench::opencl::pci_bus_id(device, &extensions),
         ..OpenClDevice::default()
     })
-}
-
-/// The PCI address through whichever vendor extension the device offers.
-fn pci_bus_id(device: &Device, extensions: &str) -> Option<String> {
-    let has = |ext: &str| extensions.split_whitespace().any(|e| e == ext);
-    if has("cl_khr_pci_bus_info") {
-        if let Ok(i) = device.pcibusinfokhr_intel() {
-            return Some(bus_id_from_parts(
-                i.pci_domain,
-                i.pci_bus,
-                i.pci_device,
-                i.pci_function,
-            ));
-        }
-    }
-    if has("cl_nv_device_attribute_query") {
-        let bus = device.pci_bus_id_nv().ok()?;
-        let slot = device.pci_slot_id_nv().ok()?;
-        let domain = device
-            .get_data(CL_DEVICE_PCI_DOMAIN_ID_NV)
-            .ok()
-            .and_then(|b| b.get(..4).and_then(|s| s.try_into().ok()))
-            .map(u32::from_ne_bytes)
-            .unwrap_or(0);
-        return Some(nv_bus_id(domain, bus, slot));
-    }
-    if has("cl_amd_device_attribute_query") {
-        let t = device.topology_amd().ok()?;
-        return Some(bus_id_from_parts(
-            0,
-            t.bus.into(),
-            t.device.into(),
-            t.function.into(),
-        ));
-    }
-    None
-}
-
-/// NVIDIA's slot id packs `device << 3 | function`.
-pub fn nv_bus_id(domain: u32, bus: u32, slot: u32) -> String {
-    bus_id_from_parts(domain, bus, slot >> 3, slot & 7)
 }
 
 /// The name of an OpenCL device type bit set (the first matching bit wins).
@@ -362,8 +316,11 @@ mod tests {
 
     #[test]
     fn nv_slot_unpacks_device_and_function() {
-        assert_eq!(nv_bus_id(0, 0x65, 0), "0000:65:00.0");
-        assert_eq!(nv_bus_id(1, 0x17, (3 << 3) | 1), "0001:17:03.1");
+        assert_eq!(fog_bench::opencl::nv_bus_id(0, 0x65, 0), "0000:65:00.0");
+        assert_eq!(
+            fog_bench::opencl::nv_bus_id(1, 0x17, (3 << 3) | 1),
+            "0001:17:03.1"
+        );
     }
 
     #[test]

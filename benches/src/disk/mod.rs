@@ -1,9 +1,10 @@
 //! Storage kernels: O_DIRECT sequential write / read with 1 MiB blocks and random 4 KiB reads.
 //!
-//! Queue depth is provided by threads: `inflight` threads each issue blocking `pwrite`/`pread`
-//! at queue depth 1, so the device sees `inflight` requests in flight (what fio's `psync`
-//! engine with `numjobs` does; io_uring would give the same depth from one thread). Buffers are
-//! 4 KiB aligned, the file is opened with `O_DIRECT` (no page cache) and filled with random,
+//! Queue depth comes from io_uring ([`uring`]): one thread keeps `inflight` requests in flight,
+//! as fio's `libaio` engine (the reference) does. Where the kernel refuses io_uring (seccomp,
+//! `kernel.io_uring_disabled`), `inflight` threads each issue blocking `pwrite`/`pread` at queue
+//! depth 1 instead (fio's `psync` with `numjobs`); the result's `engine` says which ran. Buffers
+//! are 4 KiB aligned, the file is opened with `O_DIRECT` (no page cache) and filled with random,
 //! incompressible data in which every 1 MiB block carries its own index, so reads verify both
 //! contents and position. The file lives in the directory the caller gives (the agent's state
 //! dir) and is removed when [`TestFile`] drops, also on error or panic.
@@ -18,8 +19,10 @@ use std::time::{Duration, Instant};
 use crate::stats::{self, Protocol};
 use crate::{BenchError, KernelResult, XorShift};
 
+mod uring;
+
 /// Version of the disk kernels.
-pub const DISK_KERNEL_VERSION: u32 = 1;
+pub const DISK_KERNEL_VERSION: u32 = 2;
 /// Sequential block size.
 pub const SEQ_BLOCK: usize = 1 << 20;
 /// Random read size.
@@ -75,12 +78,32 @@ impl Drop for AlignedBuf {
 }
 
 /// The benchmark file: created in a directory, removed on drop.
-#[derive(Debug)]
 pub struct TestFile {
     path: PathBuf,
     file: File,
     blocks: usize,
     pool: Vec<Vec<u8>>,
+    /// `None` when the kernel refused io_uring (then threads), with the reason.
+    ring: std::sync::Mutex<Result<io_uring::IoUring, String>>,
+}
+
+/// Which engine [`TestFile`] uses, for the result's details.
+pub fn engine_name(ring_ok: bool) -> &'static str {
+    if ring_ok {
+        "O_DIRECT io_uring, one thread, requests in flight = queue depth (as fio libaio)"
+    } else {
+        "O_DIRECT pread/pwrite, one thread per request in flight (io_uring refused)"
+    }
+}
+
+impl std::fmt::Debug for TestFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestFile")
+            .field("path", &self.path)
+            .field("blocks", &self.blocks)
+            .field("io_uring", &self.uses_io_uring())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for TestFile {
@@ -120,12 +143,25 @@ impl TestFile {
                 b
             })
             .collect();
+        let ring = uring::ring(64).map_err(|e| format!("io_uring refused: {e}"));
         Ok(Self {
             path,
             file,
             blocks,
             pool,
+            ring: std::sync::Mutex::new(ring),
         })
+    }
+
+    /// Whether requests go through io_uring (else threads).
+    pub fn uses_io_uring(&self) -> bool {
+        self.ring.lock().map(|r| r.is_ok()).unwrap_or(false)
+    }
+
+    /// Runs `f` with the ring, or returns `None` when there is none (threads then).
+    fn with_ring<T>(&self, f: impl FnOnce(&mut io_uring::IoUring) -> T) -> Option<T> {
+        let mut guard = self.ring.lock().ok()?;
+        guard.as_mut().ok().map(f)
     }
 
     /// The file's path.
@@ -144,10 +180,39 @@ impl TestFile {
         out[..8].copy_from_slice(&(i as u64).to_le_bytes());
     }
 
-    /// Writes every block once with `inflight` threads, then `fdatasync`. Returns the wall time.
+    /// Writes every block once with `inflight` requests in flight, then `fdatasync`. Returns the
+    /// wall time.
     pub fn write_all(&self, inflight: usize) -> Result<Duration, BenchError> {
-        let next = AtomicUsize::new(0);
         let start = Instant::now();
+        let mut i = 0;
+        let ring = self.with_ring(|ring| {
+            uring::run(
+                ring,
+                &self.file,
+                inflight,
+                SEQ_BLOCK,
+                |_, buf| {
+                    (i < self.blocks).then(|| {
+                        self.expected_block(i, buf);
+                        i += 1;
+                        seq_request(i - 1, uring::Op::Write)
+                    })
+                },
+                |_, _, _| Ok(()),
+            )
+        });
+        match ring {
+            Some(r) => r?,
+            None => self.write_all_threads(inflight)?,
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| BenchError::io(format!("fdatasync {}", self.path.display()), e))?;
+        Ok(start.elapsed())
+    }
+
+    fn write_all_threads(&self, inflight: usize) -> Result<(), BenchError> {
+        let next = AtomicUsize::new(0);
         self.parallel(inflight, |buf: &mut AlignedBuf| loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= self.blocks {
@@ -157,17 +222,49 @@ impl TestFile {
             self.file
                 .write_all_at(buf, (i * SEQ_BLOCK) as u64)
                 .map_err(|e| BenchError::io(format!("pwrite {}", self.path.display()), e))?;
-        })?;
-        self.file
-            .sync_data()
-            .map_err(|e| BenchError::io(format!("fdatasync {}", self.path.display()), e))?;
+        })
+    }
+
+    /// Reads every block once with `inflight` requests in flight, verifying each. Returns the
+    /// wall time.
+    pub fn read_all(&self, inflight: usize) -> Result<Duration, BenchError> {
+        let start = Instant::now();
+        let mut i = 0;
+        let mut expected = vec![0u8; SEQ_BLOCK];
+        let ring = self.with_ring(|ring| {
+            uring::run(
+                ring,
+                &self.file,
+                inflight,
+                SEQ_BLOCK,
+                |_, _| {
+                    (i < self.blocks).then(|| {
+                        i += 1;
+                        seq_request(i - 1, uring::Op::Read)
+                    })
+                },
+                |req, buf, _| {
+                    let block = (req.offset / SEQ_BLOCK as u64) as usize;
+                    self.expected_block(block, &mut expected);
+                    if buf[..] == expected[..] {
+                        Ok(())
+                    } else {
+                        Err(BenchError::Verification(format!(
+                            "block {block} read back differs from what was written"
+                        )))
+                    }
+                },
+            )
+        });
+        match ring {
+            Some(r) => r?,
+            None => self.read_all_threads(inflight)?,
+        }
         Ok(start.elapsed())
     }
 
-    /// Reads every block once with `inflight` threads, verifying each. Returns the wall time.
-    pub fn read_all(&self, inflight: usize) -> Result<Duration, BenchError> {
+    fn read_all_threads(&self, inflight: usize) -> Result<(), BenchError> {
         let next = AtomicUsize::new(0);
-        let start = Instant::now();
         self.parallel(inflight, |buf: &mut AlignedBuf| {
             let mut expected = vec![0u8; SEQ_BLOCK];
             loop {
@@ -185,11 +282,10 @@ impl TestFile {
                     )));
                 }
             }
-        })?;
-        Ok(start.elapsed())
+        })
     }
 
-    /// Random 4 KiB reads for `duration` from `depth` threads; returns (ops, wall time, every
+    /// Random 4 KiB reads for `duration` at queue depth `depth`; returns (ops, wall time, every
     /// latency in µs). Each read is verified against the written content.
     pub fn random_reads(
         &self,
@@ -199,6 +295,32 @@ impl TestFile {
     ) -> Result<(u64, Duration, Vec<f64>), BenchError> {
         let slots = (self.bytes() / RAND_BLOCK as u64).max(1);
         let start = Instant::now();
+        let mut rng = XorShift::new(seed);
+        let mut lat = Vec::with_capacity(1 << 16);
+        let ring = self.with_ring(|ring| {
+            uring::run(
+                ring,
+                &self.file,
+                depth,
+                RAND_BLOCK,
+                |_, _| {
+                    (start.elapsed() < duration).then(|| uring::Request {
+                        offset: rng.below(slots) * RAND_BLOCK as u64,
+                        len: RAND_BLOCK,
+                        op: uring::Op::Read,
+                    })
+                },
+                |req, buf, us| {
+                    lat.push(us);
+                    self.verify_piece(req.offset as usize, &buf[..RAND_BLOCK])
+                },
+            )
+        });
+        if let Some(r) = ring {
+            r?;
+            let elapsed = start.elapsed();
+            return Ok((lat.len() as u64, elapsed, lat));
+        }
         let per_thread = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..depth)
                 .map(|t| {
@@ -270,6 +392,15 @@ impl TestFile {
     }
 }
 
+/// The sequential request for 1 MiB block `block`.
+fn seq_request(block: usize, op: uring::Op) -> uring::Request {
+    uring::Request {
+        offset: (block * SEQ_BLOCK) as u64,
+        len: SEQ_BLOCK,
+        op,
+    }
+}
+
 /// Parameters of the disk benchmarks.
 #[derive(Debug, Clone)]
 pub struct DiskParams {
@@ -322,10 +453,7 @@ fn seq_result(p: &DiskParams, file: &TestFile, summary: stats::Summary, op: &str
     .with("block_bytes", SEQ_BLOCK)
     .with("inflight", p.seq_inflight)
     .with("file_bytes", file.bytes())
-    .with(
-        "engine",
-        "O_DIRECT pread/pwrite, one thread per request in flight",
-    )
+    .with("engine", engine_name(file.uses_io_uring()))
 }
 
 /// Random 4 KiB read IOPS at queue depth `rand_depth`, with p50/p99 latency (µs) over all
@@ -354,7 +482,7 @@ pub fn rand_read(p: &DiskParams, protocol: &Protocol) -> Result<KernelResult, Be
     .with("queue_depth", p.rand_depth)
     .with("block_bytes", RAND_BLOCK)
     .with("file_bytes", file.bytes())
-    .with("engine", "O_DIRECT pread, one thread per queue slot"))
+    .with("engine", engine_name(file.uses_io_uring())))
 }
 
 #[cfg(test)]

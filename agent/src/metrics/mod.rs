@@ -1,0 +1,410 @@
+//! The Prometheus `/metrics` endpoint: what the daemon knows, in the Prometheus text format
+//! (0.0.4) or OpenMetrics 1.0, encoded by the `prometheus-client` crate.
+//!
+//! - [`families`]: turns one [`Snapshot`] into metric families. Host metrics use
+//!   node_exporter's names (`node_cpu_seconds_total{cpu,mode}`, `node_memory_MemTotal_bytes`,
+//!   ...) so existing dashboards work; the rest are `fog_*`: GPUs (a failed query is
+//!   `fog_gpu_up 0` with no other series, never zeros that look idle), the GPU->job mapping
+//!   (`fog_gpu_job_info`, instead of a job label on every GPU sample), jobs, capacity,
+//!   benchmark medians, attestation outcomes, and the agent's own health.
+//! - [`process`]: the agent process's own RSS, CPU time and file descriptors.
+//! - [`server`]: the HTTP(S) server (hyper, already in the tree through tonic).
+//!
+//! A scrape never collects host telemetry itself: it reads the newest sample of the one
+//! telemetry sampler ([`crate::telemetry::TelemetryHub::latest`]); while the endpoint is on,
+//! it holds a subscription at `[metrics] sample_interval_millis` so the sampler keeps running.
+//! Benchmark results come from the state store at most every [`BENCHMARK_REFRESH`].
+//!
+//! Unauthenticated by design (Prometheus scrapers rarely carry client certificates): the
+//! endpoint serves only `GET /metrics`, exposes no secrets (no keys, nonces, certificates or
+//! job specs), changes nothing, and listens on loopback unless configured otherwise.
+
+pub mod families;
+pub mod process;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::capacity::CapacitySnapshot;
+use crate::daemon::backends::{
+    ActivationProof, ActivationRequest, AttestationBackend, AttestationReport, BackendError,
+    BenchmarkReport, Enrollment, PcrSelection,
+};
+use crate::daemon::Shared;
+use crate::telemetry::{HostSample, HubStats, TelemetryHub};
+
+pub use server::{MetricsError, MetricsServer};
+
+/// How long cached benchmark results are reused before the state store is read again.
+pub const BENCHMARK_REFRESH: Duration = Duration::from_secs(30);
+
+/// How long a scrape waits for the daemon's first inventory before leaving benchmark results
+/// out.
+pub const INVENTORY_WAIT: Duration = Duration::from_secs(2);
+
+/// The benchmark backend's answer, shared between scrapes.
+pub type CachedBenchmarks = Arc<Result<BenchmarkReport, BackendError>>;
+
+/// One job's newest figures, as the job runner sampled them from its cgroup. `None` = not
+/// known (the series is left out, never reported as 0).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobMetrics {
+    /// The job id.
+    pub job_id: String,
+    /// Its state (`running`, `exited`, ...).
+    pub state: String,
+    /// CPU time used.
+    pub cpu_seconds: Option<f64>,
+    /// Time throttled by its CPU quota.
+    pub cpu_throttled_seconds: Option<f64>,
+    /// Memory in use.
+    pub memory_bytes: Option<u64>,
+    /// Peak memory.
+    pub memory_peak_bytes: Option<u64>,
+    /// Memory limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// OOM kills.
+    pub oom_kills: Option<u64>,
+    /// Processes now.
+    pub pids: Option<u64>,
+    /// Bytes read from block devices.
+    pub io_read_bytes: Option<u64>,
+    /// Bytes written to block devices.
+    pub io_written_bytes: Option<u64>,
+}
+
+/// Where per-job figures come from: the job runner implements it (wired by the daemon).
+pub trait JobMetricsSource: Send + Sync + 'static {
+    /// The newest figures of every job the runner tracks. Must return at once: the runner's
+    /// latest sample, never a cgroup read per call (a scrape must not trigger collection).
+    fn job_metrics(&self) -> Vec<JobMetrics>;
+}
+
+/// The source used until jobs are wired: no jobs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoJobs;
+
+impl JobMetricsSource for NoJobs {
+    fn job_metrics(&self) -> Vec<JobMetrics> {
+        Vec::new()
+    }
+}
+
+/// What one attestation operation has done since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OperationCounts {
+    /// Answered.
+    pub ok: u64,
+    /// Refused as a bad request (the caller's fault, not the TPM's).
+    pub invalid: u64,
+    /// Not built into this agent.
+    pub unimplemented: u64,
+    /// Failed or the TPM was unavailable.
+    pub failed: u64,
+    /// When the last success ended.
+    pub last_success: Option<SystemTime>,
+    /// When the last failure ended.
+    pub last_failure: Option<SystemTime>,
+}
+
+/// Attestation operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Operation {
+    /// `GetAttestation`: a quote.
+    Quote,
+    /// `GetEnrollment`.
+    Enrollment,
+    /// `ActivateCredential`.
+    Activation,
+}
+
+impl Operation {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quote => "quote",
+            Self::Enrollment => "enrollment",
+            Self::Activation => "activation",
+        }
+    }
+}
+
+/// Outcomes of the attestation backend's calls, shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct AttestationStats(Mutex<BTreeMap<Operation, OperationCounts>>);
+
+impl AttestationStats {
+    /// Records one outcome.
+    pub fn record<T>(&self, operation: Operation, result: &Result<T, BackendError>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = map.entry(operation).or_default();
+        let now = Some(SystemTime::now());
+        match result {
+            Ok(_) => {
+                counts.ok += 1;
+                counts.last_success = now;
+            }
+            Err(BackendError::InvalidArgument { .. }) => counts.invalid += 1,
+            Err(BackendError::Unimplemented(_)) => counts.unimplemented += 1,
+            Err(BackendError::Unavailable(_) | BackendError::Failed(_)) => {
+                counts.failed += 1;
+                counts.last_failure = now;
+            }
+        }
+    }
+
+    /// Every operation's counts.
+    pub fn get(&self) -> BTreeMap<Operation, OperationCounts> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// An [`AttestationBackend`] that records each outcome in [`AttestationStats`].
+pub struct RecordingAttestation {
+    inner: Arc<dyn AttestationBackend>,
+    stats: Arc<AttestationStats>,
+}
+
+impl std::fmt::Debug for RecordingAttestation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingAttestation")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordingAttestation {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn AttestationBackend>, stats: Arc<AttestationStats>) -> Self {
+        Self { inner, stats }
+    }
+}
+
+impl AttestationBackend for RecordingAttestation {
+    fn attest(
+        &self,
+        nonce: &[u8],
+        selection: &PcrSelection,
+    ) -> Result<AttestationReport, BackendError> {
+        let result = self.inner.attest(nonce, selection);
+        self.stats.record(Operation::Quote, &result);
+        result
+    }
+
+    fn enrollment(&self) -> Result<Enrollment, BackendError> {
+        let result = self.inner.enrollment();
+        self.stats.record(Operation::Enrollment, &result);
+        result
+    }
+
+    fn activate_credential(
+        &self,
+        request: &ActivationRequest,
+    ) -> Result<ActivationProof, BackendError> {
+        let result = self.inner.activate_credential(request);
+        self.stats.record(Operation::Activation, &result);
+        result
+    }
+}
+
+/// Everything a scrape reads from. Cheap to clone.
+#[derive(Clone)]
+pub struct Sources {
+    /// The daemon's shared state: telemetry hub, capacity ledger, benchmark backend, inventory.
+    shared: Arc<Shared>,
+    /// Attestation outcomes.
+    attestation: Arc<AttestationStats>,
+    /// Jobs.
+    jobs: Arc<dyn JobMetricsSource>,
+    /// Benchmark results read at most every [`BENCHMARK_REFRESH`].
+    benchmark_cache: Arc<Mutex<Option<(Instant, CachedBenchmarks)>>>,
+    /// When the process started (seconds since the epoch), read once.
+    process_start: Option<f64>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").finish_non_exhaustive()
+    }
+}
+
+impl Sources {
+    /// The sources of one daemon.
+    pub fn new(
+        shared: Arc<Shared>,
+        attestation: Arc<AttestationStats>,
+        jobs: Arc<dyn JobMetricsSource>,
+    ) -> Self {
+        Self {
+            shared,
+            attestation,
+            jobs,
+            benchmark_cache: Arc::new(Mutex::new(None)),
+            process_start: process::start_time_seconds(),
+        }
+    }
+
+    /// The telemetry hub.
+    pub fn telemetry(&self) -> &TelemetryHub {
+        &self.shared.telemetry
+    }
+
+    /// Gathers one scrape's data. Never collects host telemetry or the inventory; reads the
+    /// state store (on the blocking pool) only when the cached benchmark results are older than
+    /// [`BENCHMARK_REFRESH`].
+    pub async fn snapshot(&self) -> Snapshot {
+        let benchmarks = self.benchmarks_cached().await;
+        Snapshot {
+            host: self.shared.telemetry.latest(),
+            hub: self.shared.telemetry.stats(),
+            capacity: self.shared.capacity.current(),
+            benchmarks,
+            attestation: self.attestation.get(),
+            jobs: self.jobs.job_metrics(),
+            process: process::read_self(),
+            process_start: self.process_start,
+        }
+    }
+
+    /// The cached benchmark results, read again when stale. The results belong to the hardware
+    /// fingerprint, which the daemon learns from its first inventory: until that collection
+    /// (started at start-up) is done, waiting at most [`INVENTORY_WAIT`], there are none, so a
+    /// scrape never starts an inventory collection of its own.
+    async fn benchmarks_cached(&self) -> Option<CachedBenchmarks> {
+        {
+            let cache = self
+                .benchmark_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, report)) = cache.as_ref() {
+                if at.elapsed() < BENCHMARK_REFRESH {
+                    return Some(report.clone());
+                }
+            }
+        }
+        match tokio::time::timeout(INVENTORY_WAIT, self.shared.inventory.get(false)).await {
+            Ok(Ok(_)) => {}
+            _ => return None,
+        }
+        let backend = self.shared.backends.benchmarks.clone();
+        let report = tokio::task::spawn_blocking(move || backend.cached())
+            .await
+            .unwrap_or_else(|err| Err(BackendError::Failed(format!("benchmark cache: {err}"))));
+        let report = Arc::new(report);
+        *self
+            .benchmark_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), report.clone()));
+        Some(report)
+    }
+}
+
+/// The data of one scrape.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The newest host sample (`None` before the sampler's first one).
+    pub host: Option<Arc<HostSample>>,
+    /// Sampler counters.
+    pub hub: HubStats,
+    /// Capacity.
+    pub capacity: Arc<CapacitySnapshot>,
+    /// Cached benchmark results or why there are none; `None` before the first inventory.
+    pub benchmarks: Option<CachedBenchmarks>,
+    /// Attestation outcomes.
+    pub attestation: BTreeMap<Operation, OperationCounts>,
+    /// Jobs.
+    pub jobs: Vec<JobMetrics>,
+    /// The agent process itself (`None` when `/proc/self` was unreadable).
+    pub process: Option<process::ProcessStats>,
+    /// Process start time, seconds since the epoch.
+    pub process_start: Option<f64>,
+}
+
+/// The exposition format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4 (what `promtool check metrics` reads).
+    PrometheusText,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it names it, else Prometheus
+    /// text (the default of every scraper).
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::PrometheusText,
+        }
+    }
+
+    /// The `Content-Type` of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Encodes a snapshot.
+pub fn render(snapshot: Snapshot, format: Format) -> Result<String, std::fmt::Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(families::SnapshotCollector(snapshot)));
+    let mut out = String::with_capacity(16 * 1024);
+    match format {
+        Format::PrometheusText => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
+        }
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attestation_outcomes_are_counted_by_kind() {
+        let stats = AttestationStats::default();
+        stats.record::<()>(Operation::Quote, &Ok(()));
+        stats.record::<()>(
+            Operation::Quote,
+            &Err(BackendError::Unavailable("no TPM".into())),
+        );
+        stats.record::<()>(
+            Operation::Quote,
+            &Err(BackendError::InvalidArgument {
+                field: "nonce",
+                message: "short".into(),
+            }),
+        );
+        let counts = stats.get()[&Operation::Quote];
+        assert_eq!((counts.ok, counts.failed, counts.invalid), (1, 1, 1));
+        assert!(counts.last_success.is_some() && counts.last_failure.is_some());
+        assert!(!stats.get().contains_key(&Operation::Enrollment));
+    }
+
+    #[test]
+    fn accept_header_negotiation() {
+        assert_eq!(Format::negotiate(None), Format::PrometheusText);
+        assert_eq!(
+            Format::negotiate(Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1")),
+            Format::PrometheusText
+        );
+        // What Prometheus itself sends.
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Format::OpenMetrics
+        );
+    }
+}
