@@ -275,11 +275,11 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
 
     // First, so a metrics address in use fails the start before any gRPC listener runs.
     let metrics = if config.metrics.enabled {
-        let sources = crate::metrics::Sources::new(
-            shared.clone(),
-            attestation_stats,
-            options.job_metrics.clone(),
-        );
+        let job_metrics: Arc<dyn crate::metrics::JobMetricsSource> = match &shared.jobs {
+            Some(jobs) => jobs.clone(),
+            None => options.job_metrics.clone(),
+        };
+        let sources = crate::metrics::Sources::new(shared.clone(), attestation_stats, job_metrics);
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {
         None

@@ -1317,6 +1317,36 @@ impl JobManager {
     }
 }
 
+/// `/metrics` per-job series: every active job's newest sample (no cgroup read per scrape).
+impl crate::metrics::JobMetricsSource for JobManager {
+    fn job_metrics(&self) -> Vec<crate::metrics::JobMetrics> {
+        let inner = lock(&self.inner);
+        inner
+            .order
+            .iter()
+            .filter_map(|id| inner.jobs.get(id))
+            .filter(|e| e.view.record.state.is_active())
+            .map(|e| {
+                let stats = e.view.last_sample.as_ref().map(|s| &s.stats);
+                let get = |f: fn(&CgroupStats) -> Option<u64>| stats.and_then(f);
+                crate::metrics::JobMetrics {
+                    job_id: e.view.spec.job_id.clone(),
+                    state: e.view.record.state.name().to_owned(),
+                    cpu_seconds: get(|s| s.cpu_usage_nanos).map(|n| n as f64 / 1e9),
+                    cpu_throttled_seconds: get(|s| s.cpu_throttled_nanos).map(|n| n as f64 / 1e9),
+                    memory_bytes: get(|s| s.memory_usage_bytes),
+                    memory_peak_bytes: get(|s| s.memory_peak_bytes),
+                    memory_limit_bytes: get(|s| s.memory_limit_bytes),
+                    oom_kills: get(|s| s.oom_kills),
+                    pids: get(|s| s.pids_current),
+                    io_read_bytes: get(|s| s.io_read_bytes),
+                    io_written_bytes: get(|s| s.io_write_bytes),
+                }
+            })
+            .collect()
+    }
+}
+
 /// A view with the duration counter brought up to now for a job that runs (the other
 /// counters move with the telemetry samples).
 fn fresh(view: &JobView) -> JobView {

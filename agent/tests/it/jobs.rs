@@ -324,6 +324,16 @@ async fn cpu_bound_job_at_500_millicores_uses_half_a_core() {
     let usage = job.usage.unwrap();
     assert!(usage.cpu_seconds > 1.0, "{usage:?}");
     assert!(job.last_sample.unwrap().cpu_nr_throttled.unwrap() > 0);
+    // The /metrics per-job series come from the same samples.
+    let metrics = {
+        use fog_agent::metrics::JobMetricsSource;
+        let jobs = h.daemon.as_ref().unwrap().shared().jobs.clone().unwrap();
+        jobs.job_metrics()
+    };
+    let mine = metrics.iter().find(|m| m.job_id == id).unwrap();
+    assert_eq!(mine.state, "running");
+    assert!(mine.cpu_seconds.unwrap() > 1.0, "{mine:?}");
+    assert_eq!(mine.memory_limit_bytes, Some(64 << 20));
     let stopped = stop(&mut h.client, &id).await;
     assert_eq!(stopped.state(), pb::JobState::Stopped);
     assert_eq!(stopped.termination(), pb::TerminationReason::StopRequested);
