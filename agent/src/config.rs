@@ -40,8 +40,46 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// `[bench]`: the daemon's benchmark runs.
     pub bench: BenchConfig,
+    /// `[jobs]`: the job runner (OCI runtime, job dirs, limits).
+    pub jobs: JobsConfig,
     /// `[metrics]`: the Prometheus `/metrics` endpoint.
     pub metrics: MetricsConfig,
+}
+
+/// `[jobs]`: how jobs run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// The OCI runtime binary (runc; crun 1.8 refuses hybrid cgroup hosts).
+    pub runtime: PathBuf,
+    /// Where job dirs (bundle, logs, scratch, exit status) and the runtime's state live; empty =
+    /// `<state dir>/jobs`.
+    pub dir: PathBuf,
+    /// Size cap of each job's stdout and stderr log file; output past it is dropped (counted).
+    pub log_max_bytes: ByteSize,
+    /// Time limit of a job whose spec gives none.
+    pub default_time_limit_millis: u64,
+    /// Largest time limit a spec may ask for.
+    pub max_time_limit_millis: u64,
+    /// The cgroup (below each controller's root) job cgroups are made under:
+    /// `/<cgroup_parent>/<job id>`.
+    pub cgroup_parent: String,
+    /// Interval of the job telemetry loop (one loop samples every job's cgroup).
+    pub telemetry_interval_millis: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            runtime: PathBuf::from("/usr/sbin/runc"),
+            dir: PathBuf::new(),
+            log_max_bytes: ByteSize(16 * 1024 * 1024),
+            default_time_limit_millis: 86_400_000,
+            max_time_limit_millis: 604_800_000,
+            cgroup_parent: "fog-agent".to_owned(),
+            telemetry_interval_millis: 1000,
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus `/metrics` endpoint (HTTP, plain or TLS; no authentication, so
@@ -71,6 +109,22 @@ impl Default for MetricsConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
         }
+    }
+}
+
+impl JobsConfig {
+    /// The jobs dir: [`Self::dir`], or `<state dir>/jobs` when empty.
+    pub fn dir_under(&self, state_dir: &Path) -> PathBuf {
+        if self.dir.as_os_str().is_empty() {
+            state_dir.join("jobs")
+        } else {
+            self.dir.clone()
+        }
+    }
+
+    /// [`Self::telemetry_interval_millis`] as a duration.
+    pub fn telemetry_interval(&self) -> Duration {
+        Duration::from_millis(self.telemetry_interval_millis)
     }
 }
 
@@ -537,6 +591,47 @@ impl Config {
             "telemetry.max_subscribers",
             format!("{} is outside 1 to 100000", telemetry.max_subscribers),
         );
+        let jobs = &self.jobs;
+        check(
+            jobs.runtime.is_absolute(),
+            "jobs.runtime",
+            format!("must be an absolute path, not {:?}", jobs.runtime),
+        );
+        check(
+            jobs.dir.as_os_str().is_empty() || jobs.dir.is_absolute(),
+            "jobs.dir",
+            format!("must be empty or an absolute path, not {:?}", jobs.dir),
+        );
+        check(
+            (4096..=1 << 40).contains(&jobs.log_max_bytes.0),
+            "jobs.log_max_bytes",
+            format!("{} bytes is outside 4 KiB to 1 TiB", jobs.log_max_bytes.0),
+        );
+        check(
+            (1000..=jobs.max_time_limit_millis).contains(&jobs.default_time_limit_millis),
+            "jobs.default_time_limit_millis",
+            format!(
+                "{} is outside 1000 to jobs.max_time_limit_millis ({})",
+                jobs.default_time_limit_millis, jobs.max_time_limit_millis
+            ),
+        );
+        check(
+            !jobs.cgroup_parent.is_empty()
+                && jobs
+                    .cgroup_parent
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != ".."),
+            "jobs.cgroup_parent",
+            format!(
+                "{:?} is not a relative cgroup path like \"fog-agent\"",
+                jobs.cgroup_parent
+            ),
+        );
+        check(
+            (100..=60_000).contains(&jobs.telemetry_interval_millis),
+            "jobs.telemetry_interval_millis",
+            format!("{} is outside 100 to 60000", jobs.telemetry_interval_millis),
+        );
         let metrics = &self.metrics;
         check(
             (100..=3_600_000).contains(&metrics.sample_interval_millis),
@@ -760,6 +855,10 @@ min_interval_millis = 1
 queue_depth = 0
 [capacity]
 reserve_gpus = ["gpu0"]
+[jobs]
+runtime = "runc"
+cgroup_parent = "../x"
+telemetry_interval_millis = 5
 [metrics]
 sample_interval_millis = 5
 tls_cert = "/x/m.pem"
@@ -774,6 +873,9 @@ tls_cert = "/x/m.pem"
                 "tpm.tcti",
                 "telemetry.min_interval_millis",
                 "telemetry.queue_depth",
+                "jobs.runtime",
+                "jobs.cgroup_parent",
+                "jobs.telemetry_interval_millis",
                 "metrics.sample_interval_millis",
                 "metrics.tls_key",
                 "capacity.reserve_gpus",

@@ -9,6 +9,9 @@
 //!   stable hardware fingerprint. Every probe is independent and never fatal.
 //! - [`bench`](mod@bench): the benchmark suite (kernels from `fog-bench`) in crash-isolated child
 //!   processes, cached in the state store.
+//! - [`jobs`]: buyers' jobs as OCI containers (runc) under limits: spec validation, bundles,
+//!   the per-job shim, capacity reservations, durable records, restart recovery, telemetry,
+//!   usage counters and logs.
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
 //! - [`image`]: the OCI image store (`<state>/images`): verified import of OCI image layouts,
 //!   layers unpacked into read-only rootfs dirs for jobs.
@@ -27,6 +30,7 @@ pub mod daemon;
 pub mod fsroot;
 pub mod image;
 pub mod inventory;
+pub mod jobs;
 pub mod metrics;
 pub mod sdnotify;
 pub mod state;

@@ -1,5 +1,5 @@
 //! `fog-agent client`: the market-side view of an agent over mutual TLS — inventory, capacity,
-//! telemetry, attestation and health — human or `--json` (canonical proto3 JSON, one document
+//! telemetry, attestation, health and jobs — human or `--json` (canonical proto3 JSON, one document
 //! per message, so `--watch` output is JSON lines).
 
 use std::io::Write as _;
@@ -70,6 +70,77 @@ pub enum Query {
     },
     /// The standard gRPC health check of the Agent service.
     Health,
+    /// Jobs: start, stop, get, list, logs.
+    #[command(subcommand)]
+    Job(JobQuery),
+}
+
+/// `fog-agent client job ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobQuery {
+    /// Start a job (idempotent on the id); prints the job once it runs.
+    Start {
+        /// The job id.
+        #[arg(long)]
+        id: String,
+        /// An imported image (reference or digest).
+        #[arg(long)]
+        image: String,
+        /// CPU in millicores.
+        #[arg(long, default_value_t = 1000)]
+        cpu_millicores: i64,
+        /// Memory limit (`"512 MiB"` or bytes).
+        #[arg(long, default_value = "512 MiB", value_parser = crate::config::parse_size)]
+        memory: u64,
+        /// Largest number of processes.
+        #[arg(long, default_value_t = 256)]
+        pids: i64,
+        /// GPUs by UUID or PCI bus id (repeatable).
+        #[arg(long = "gpu")]
+        gpus: Vec<String>,
+        /// Scratch space (`"1 GiB"` or bytes).
+        #[arg(long, default_value = "0", value_parser = crate::config::parse_size)]
+        scratch: u64,
+        /// `NAME=value` (repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Time limit in ms (0 = the agent's default).
+        #[arg(long, default_value_t = 0)]
+        time_limit_millis: u64,
+        /// The command and its arguments (empty = the image's).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Stop a job (SIGTERM, SIGKILL after the grace period).
+    Stop {
+        /// The job id.
+        id: String,
+        /// Grace period in ms (0 = 5000).
+        #[arg(long, default_value_t = 0)]
+        grace_millis: u64,
+    },
+    /// One job.
+    Get {
+        /// The job id.
+        id: String,
+    },
+    /// Every job, newest first.
+    List {
+        /// Only jobs that have not ended.
+        #[arg(long)]
+        active: bool,
+    },
+    /// A job's output.
+    Logs {
+        /// The job id.
+        id: String,
+        /// Earlier lines per stream.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep printing until the job ends.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 /// Runs `fog-agent client`.
@@ -227,6 +298,138 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Query::Health => unreachable_health()?,
+        Query::Job(job) => return job_query(&mut client, job, args.json).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn job_query(
+    client: &mut AgentClient<Channel>,
+    query: &JobQuery,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let print_job = |job: &pb::Job| -> anyhow::Result<()> {
+        if json {
+            return out(&to_json(job, "fog.agent.v1.Job")?);
+        }
+        let spec = job.spec.clone().unwrap_or_default();
+        let usage = job.usage.clone().unwrap_or_default();
+        let state = job.state().as_str_name().trim_start_matches("JOB_STATE_");
+        let mut line = format!(
+            "{} {} cpu {:.2} s mem {:.3} GiB·s {:.1} s",
+            spec.job_id,
+            state.to_lowercase(),
+            usage.cpu_seconds,
+            usage.memory_gib_seconds,
+            usage.duration_millis as f64 / 1000.0
+        );
+        if let Some(code) = job.exit_code {
+            line.push_str(&format!(
+                " exit {code} ({})",
+                job.termination()
+                    .as_str_name()
+                    .trim_start_matches("TERMINATION_REASON_")
+                    .to_lowercase()
+            ));
+        }
+        if !job.message.is_empty() {
+            line.push_str(&format!(" — {}", job.message));
+        }
+        out(&line)
+    };
+    match query {
+        JobQuery::Start {
+            id,
+            image,
+            cpu_millicores,
+            memory,
+            pids,
+            gpus,
+            scratch,
+            env,
+            time_limit_millis,
+            command,
+        } => {
+            let to_i64 = |flag: &str, v: u64| {
+                i64::try_from(v).with_context(|| format!("{flag}: {v} is too large"))
+            };
+            let spec = pb::JobSpec {
+                job_id: id.clone(),
+                image: image.clone(),
+                command: command.clone(),
+                env: env.clone(),
+                resources: Some(pb::JobResources {
+                    cpu_millicores: *cpu_millicores,
+                    memory_bytes: to_i64("--memory", *memory)?,
+                    pids: *pids,
+                    gpus: gpus.clone(),
+                    scratch_bytes: to_i64("--scratch", *scratch)?,
+                }),
+                time_limit_millis: *time_limit_millis,
+                ..pb::JobSpec::default()
+            };
+            let reply = client
+                .start_job(pb::StartJobRequest { spec: Some(spec) })
+                .await
+                .map_err(|s| anyhow::anyhow!("StartJob: {}", s.message()))?
+                .into_inner();
+            print_job(&reply.job.unwrap_or_default())?;
+        }
+        JobQuery::Stop { id, grace_millis } => {
+            let reply = client
+                .stop_job(pb::StopJobRequest {
+                    job_id: id.clone(),
+                    grace_millis: *grace_millis,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("StopJob: {}", s.message()))?
+                .into_inner();
+            print_job(&reply.job.unwrap_or_default())?;
+        }
+        JobQuery::Get { id } => {
+            let reply = client
+                .get_job(pb::GetJobRequest { job_id: id.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("GetJob: {}", s.message()))?
+                .into_inner();
+            print_job(&reply.job.unwrap_or_default())?;
+        }
+        JobQuery::List { active } => {
+            let reply = client
+                .list_jobs(pb::ListJobsRequest {
+                    active_only: *active,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("ListJobs: {}", s.message()))?
+                .into_inner();
+            for job in &reply.jobs {
+                print_job(job)?;
+            }
+        }
+        JobQuery::Logs { id, tail, follow } => {
+            let mut stream = client
+                .job_logs(pb::JobLogsRequest {
+                    job_id: id.clone(),
+                    tail_lines: *tail,
+                    follow: *follow,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("JobLogs: {}", s.message()))?
+                .into_inner();
+            while let Some(msg) = stream.message().await.context("JobLogs stream")? {
+                let Some(line) = msg.log else { continue };
+                if json {
+                    out(&to_json(&line, "fog.agent.v1.LogLine")?)?;
+                } else {
+                    let tag = if line.stream() == pb::LogStream::Stderr {
+                        "err"
+                    } else {
+                        "out"
+                    };
+                    out(&format!("{tag} {}", String::from_utf8_lossy(&line.line)))?;
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

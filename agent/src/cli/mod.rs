@@ -73,6 +73,8 @@ pub enum InternalCommand {
     OpenclDevices,
     /// Run benchmarks in this (child) process and print one JSON record per line.
     BenchRun(bench::BenchRunArgs),
+    /// Supervise one job's container (started by the agent; see `jobs::shim`).
+    JobShim(crate::jobs::shim::ShimArgs),
 }
 
 /// Parses the command line, runs it and returns the exit code.
@@ -95,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::DevCerts(args) => dev_certs::run(&args),
         Command::Attest(args) => attest::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Internal(InternalCommand::JobShim(args)) => return crate::jobs::shim::main(&args),
         Command::Image(args) => image::run(&args),
         Command::Internal(InternalCommand::OpenclDevices) => {
             return crate::inventory::gpu::opencl::child_main();

@@ -111,8 +111,8 @@ async fn serve(
 }
 
 /// The daemon's options with the real backends: the benchmark suite (children of this
-/// executable, background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, and GPU
-/// telemetry through NVML.
+/// executable, background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, GPU
+/// telemetry through NVML, and the job runner (shims are this executable).
 fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     let defaults = DaemonOptions::default();
     let tcti: fog_tpm::tcti::Tcti = config
@@ -121,6 +121,14 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
         .parse()
         .with_context(|| format!("tpm.tcti {:?}", config.tpm.tcti))?;
     let exe = std::env::current_exe().context("cannot find the agent executable")?;
+    let jobs = daemon::JobsOptions {
+        shim_exe: exe.clone(),
+        images: Arc::new(
+            crate::image::ImageStore::open(&config.state.dir)
+                .context("cannot open the image store")?,
+        ),
+        runtime: None,
+    };
     let backends = daemon::Backends {
         benchmarks: Arc::new(SuiteBackend::new(
             config.state.dir.clone(),
@@ -137,6 +145,7 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     };
     Ok(DaemonOptions {
         backends,
+        jobs: Some(jobs),
         ..defaults
     })
 }

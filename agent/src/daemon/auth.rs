@@ -16,11 +16,11 @@ pub const ROLE_URI_PREFIX: &str = "fog://role/";
 /// A caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// The market: inventory, benchmarks, capacity, telemetry, attestation (and jobs later).
+    /// The market: inventory, benchmarks, capacity, telemetry, attestation, jobs.
     Market,
     /// An auditor: inventory, benchmarks, attestation.
     Auditor,
-    /// The host's operator: everything.
+    /// The host's operator: everything (including image import).
     Admin,
 }
 
@@ -75,11 +75,25 @@ pub enum Rpc {
     GetEnrollment,
     /// ActivateCredential.
     ActivateCredential,
+    /// StartJob.
+    StartJob,
+    /// StopJob.
+    StopJob,
+    /// GetJob.
+    GetJob,
+    /// ListJobs.
+    ListJobs,
+    /// WatchJob.
+    WatchJob,
+    /// JobLogs.
+    JobLogs,
+    /// ImportImage.
+    ImportImage,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 9] = [
+    pub const ALL: [Rpc; 16] = [
         Rpc::GetInventory,
         Rpc::GetBenchmarks,
         Rpc::RunBenchmarks,
@@ -89,6 +103,13 @@ impl Rpc {
         Rpc::GetAttestation,
         Rpc::GetEnrollment,
         Rpc::ActivateCredential,
+        Rpc::StartJob,
+        Rpc::StopJob,
+        Rpc::GetJob,
+        Rpc::ListJobs,
+        Rpc::WatchJob,
+        Rpc::JobLogs,
+        Rpc::ImportImage,
     ];
 }
 
@@ -107,6 +128,12 @@ pub fn allowed(role: Role, rpc: Rpc) -> bool {
                 | GetAttestation
                 | GetEnrollment
                 | ActivateCredential
+                | StartJob
+                | StopJob
+                | GetJob
+                | ListJobs
+                | WatchJob
+                | JobLogs
         ),
         Role::Auditor => matches!(
             rpc,
@@ -189,6 +216,13 @@ mod tests {
             (GetAttestation, true, true, true),
             (GetEnrollment, true, true, true),
             (ActivateCredential, true, true, true),
+            (StartJob, true, false, true),
+            (StopJob, true, false, true),
+            (GetJob, true, false, true),
+            (ListJobs, true, false, true),
+            (WatchJob, true, false, true),
+            (JobLogs, true, false, true),
+            (ImportImage, false, false, true),
         ];
         assert_eq!(expected.len(), Rpc::ALL.len());
         for (rpc, market, auditor, admin) in expected {

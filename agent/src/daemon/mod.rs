@@ -8,6 +8,7 @@
 //!   [`bench_backend`] (the benchmark suite) and [`tpm_backend`] (fog-tpm) are the real ones
 //!   `fog-agent serve` wires in.
 //! - [`inventory_cache`]: the inventory collected off the runtime and cached.
+//! - [`job_service`], [`job_convert`]: the job RPCs over [`crate::jobs::JobManager`].
 //!
 //! [`start`] binds every listener and serves at once (the inventory is collected in the
 //! background; the first GetInventory waits for it). [`RunningDaemon::shutdown`] stops
@@ -18,6 +19,8 @@ pub mod backends;
 pub mod bench_backend;
 pub mod convert;
 pub mod inventory_cache;
+pub mod job_convert;
+pub mod job_service;
 pub mod service;
 pub mod tls;
 pub mod tpm_backend;
@@ -78,6 +81,21 @@ pub enum DaemonError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The job runner could not start (state store, jobs dir, recovery).
+    #[error("cannot start the job runner")]
+    Jobs(#[source] crate::jobs::JobError),
+}
+
+/// What the job runner is built from besides `[jobs]` (None in [`DaemonOptions::jobs`]: jobs
+/// disabled, the job RPCs answer UNIMPLEMENTED).
+#[derive(Clone)]
+pub struct JobsOptions {
+    /// The agent executable, run as `<exe> internal job-shim ...` per job.
+    pub shim_exe: PathBuf,
+    /// The image store jobs run from (and ImportImage imports into).
+    pub images: Arc<crate::image::ImageStore>,
+    /// The OCI runtime; None = runc at `[jobs] runtime`.
+    pub runtime: Option<Arc<dyn crate::jobs::JobRuntime>>,
 }
 
 /// What the daemon is built from besides its config.
@@ -91,6 +109,17 @@ pub struct DaemonOptions {
     pub fs: FsRoot,
     /// Per-job figures for `/metrics` (the job runner's; no jobs by default).
     pub job_metrics: Arc<dyn crate::metrics::JobMetricsSource>,
+    /// The job runner's parts; None = jobs disabled.
+    pub jobs: Option<JobsOptions>,
+}
+
+impl std::fmt::Debug for JobsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobsOptions")
+            .field("shim_exe", &self.shim_exe)
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for DaemonOptions {
@@ -109,6 +138,7 @@ impl Default for DaemonOptions {
             inventory_source: Arc::new(|| crate::inventory::collect_from(FsRoot::host())),
             fs: FsRoot::host(),
             job_metrics: Arc::new(crate::metrics::NoJobs),
+            jobs: None,
         }
     }
 }
@@ -162,6 +192,10 @@ impl RunningDaemon {
         // Ignored error: no receivers means nothing is left to tell.
         let _ = self.shutdown_tx.send(true);
         self.shared.telemetry.close();
+        if let Some(jobs) = &self.shared.jobs {
+            // Jobs keep running under their shims; a restarted agent finds them again.
+            jobs.shutdown();
+        }
         let mut servers = self.servers;
         let drained = tokio::time::timeout(self.grace, async {
             for server in &mut servers {
@@ -205,7 +239,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         options.backends.attestation.clone(),
         attestation_stats.clone(),
     ));
-    let shared = Arc::new(build_shared(config, &options, shutdown_rx));
+    let shared = Arc::new(build_shared(config, &options, shutdown_rx)?);
 
     // The API is up before the inventory is: the first GetInventory waits for this collection.
     let warmup = shared.clone();
@@ -241,11 +275,11 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
 
     // First, so a metrics address in use fails the start before any gRPC listener runs.
     let metrics = if config.metrics.enabled {
-        let sources = crate::metrics::Sources::new(
-            shared.clone(),
-            attestation_stats,
-            options.job_metrics.clone(),
-        );
+        let job_metrics: Arc<dyn crate::metrics::JobMetricsSource> = match &shared.jobs {
+            Some(jobs) => jobs.clone(),
+            None => options.job_metrics.clone(),
+        };
+        let sources = crate::metrics::Sources::new(shared.clone(), attestation_stats, job_metrics);
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {
         None
@@ -335,7 +369,7 @@ fn build_shared(
     config: &Config,
     options: &DaemonOptions,
     shutdown: watch::Receiver<bool>,
-) -> Shared {
+) -> Result<Shared, DaemonError> {
     let telemetry = TelemetryHub::new(
         config.telemetry.min_interval(),
         config.telemetry.queue_depth,
@@ -356,13 +390,61 @@ fn build_shared(
             ..Totals::default()
         },
     ));
+    let jobs = match &options.jobs {
+        None => None,
+        Some(jobs) => {
+            let runtime: Arc<dyn crate::jobs::JobRuntime> = match jobs.runtime.clone() {
+                Some(runtime) => runtime,
+                None => Arc::new(crate::jobs::Runc::new(
+                    config.jobs.runtime.clone(),
+                    crate::jobs::manager::runtime_root(&config.jobs.dir_under(&config.state.dir)),
+                )),
+            };
+            let setup = crate::jobs::JobSetup {
+                config: config.jobs.clone(),
+                state_dir: config.state.dir.clone(),
+                shim_exe: jobs.shim_exe.clone(),
+                runtime,
+                images: jobs.images.clone(),
+                gpu_accounting: Arc::new(crate::jobs::manager::NoGpuAccounting),
+                fs: options.fs.clone(),
+            };
+            let manager = crate::jobs::JobManager::open(setup, capacity.clone())
+                .map_err(DaemonError::Jobs)?;
+            manager.spawn_sampler().map_err(|source| {
+                DaemonError::Jobs(crate::jobs::JobError::Io {
+                    path: PathBuf::from("job-telemetry thread"),
+                    source,
+                })
+            })?;
+            Some(manager)
+        }
+    };
     let on_collected = {
         let capacity = capacity.clone();
+        let jobs = jobs.clone();
         let state_dir = config.state.dir.clone();
         let benchmarks = options.backends.benchmarks.clone();
         let last_fingerprint = Mutex::new(None::<String>);
         move |inventory: &Inventory| {
             capacity.set_totals(Totals::from_inventory(inventory, &state_dir));
+            if let Some(jobs) = &jobs {
+                jobs.set_gpus(
+                    inventory
+                        .gpus
+                        .get()
+                        .map(|g| {
+                            g.gpus
+                                .iter()
+                                .map(|gpu| crate::jobs::GpuIdentity {
+                                    pci_bus_id: gpu.pci_bus_id.clone(),
+                                    uuid: gpu.nvml.as_ref().and_then(|n| n.uuid.clone()),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                );
+            }
             gpus.set(
                 inventory
                     .gpus
@@ -381,7 +463,7 @@ fn build_shared(
             }
         }
     };
-    Shared {
+    Ok(Shared {
         inventory: inventory_cache::InventoryCache::new(
             options.inventory_source.clone(),
             Arc::new(on_collected),
@@ -390,7 +472,9 @@ fn build_shared(
         telemetry,
         backends: options.backends.clone(),
         shutdown,
-    }
+        images: options.jobs.as_ref().map(|j| j.images.clone()),
+        jobs,
+    })
 }
 
 /// Binds the admin socket: parent dir created (0700), a stale socket replaced, mode 0600.

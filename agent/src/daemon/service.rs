@@ -13,7 +13,9 @@ use super::auth::{self, Role, Rpc};
 use super::backends::{BackendError, Backends};
 use super::convert;
 use super::inventory_cache::InventoryCache;
+use super::job_service;
 use crate::capacity::CapacityLedger;
+use crate::jobs::JobManager;
 use crate::telemetry::TelemetryHub;
 
 /// A boxed server stream.
@@ -55,6 +57,10 @@ pub struct Shared {
     pub backends: Backends,
     /// Becomes true when the daemon shuts down: open streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// The job runner (None: jobs not enabled; the job RPCs answer UNIMPLEMENTED).
+    pub jobs: Option<Arc<JobManager>>,
+    /// The image store (with jobs).
+    pub images: Option<Arc<crate::image::ImageStore>>,
 }
 
 /// The service as served on one listener.
@@ -283,5 +289,71 @@ impl pb::agent_server::Agent for AgentService {
             proof: proof.proof,
             host_id: proof.host_id,
         }))
+    }
+
+    async fn start_job(
+        &self,
+        request: Request<pb::StartJobRequest>,
+    ) -> Result<Response<pb::StartJobResponse>, Status> {
+        self.authorize(&request, Rpc::StartJob)?;
+        job_service::start_job(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::StopJobResponse>, Status> {
+        self.authorize(&request, Rpc::StopJob)?;
+        job_service::stop_job(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        self.authorize(&request, Rpc::GetJob)?;
+        job_service::get_job(&self.shared, request.get_ref()).map(Response::new)
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.authorize(&request, Rpc::ListJobs)?;
+        job_service::list_jobs(&self.shared, request.get_ref()).map(Response::new)
+    }
+
+    type WatchJobStream = ResponseStream<pb::WatchJobResponse>;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.authorize(&request, Rpc::WatchJob)?;
+        job_service::watch_job(&self.shared, request.into_inner()).map(Response::new)
+    }
+
+    type JobLogsStream = ResponseStream<pb::JobLogsResponse>;
+
+    async fn job_logs(
+        &self,
+        request: Request<pb::JobLogsRequest>,
+    ) -> Result<Response<Self::JobLogsStream>, Status> {
+        self.authorize(&request, Rpc::JobLogs)?;
+        job_service::job_logs(&self.shared, request.into_inner()).map(Response::new)
+    }
+
+    async fn import_image(
+        &self,
+        request: Request<pb::ImportImageRequest>,
+    ) -> Result<Response<pb::ImportImageResponse>, Status> {
+        self.authorize(&request, Rpc::ImportImage)?;
+        job_service::import_image(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -1,13 +1,14 @@
 //! The agent's state store: one embedded SQLite database (`state.db`) in the state directory,
 //! WAL journal, versioned migrations.
 //!
-//! Schema (version 1; `PRAGMA user_version` holds the version, each migration runs in one
+//! Schema (version 2; `PRAGMA user_version` holds the version, each migration runs in one
 //! transaction and is never edited once released — new versions append to [`MIGRATIONS`]):
 //!
 //! | table | what | key |
 //! | --- | --- | --- |
 //! | `bench_results` | cached benchmark results, one JSON document each | (`fingerprint`, `bench_id`, `device`, `kernel_version`, `driver_versions`) |
-//! | `jobs` | job records (later issue): id, state, spec JSON, timestamps | `job_id` |
+//! | `jobs` | job records: id, state, spec JSON, the rest of the record as JSON (v2: `record_json`), timestamps | `job_id` |
+//! | `job_events` | (v2) every state transition of a job, with its time (Unix ms) and message | `seq` |
 //! | `usage_counters` | metered usage per job and counter (CPU-seconds, GPU-seconds, bytes) | (`job_id`, `counter`) |
 //! | `verifier_nonces` | attestation nonces already answered, for replay protection | `nonce` |
 //!
@@ -55,7 +56,41 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER NOT NULL
     );
     CREATE INDEX verifier_nonces_expiry ON verifier_nonces(expires_at);",
+    // v2: the job runner's record and transitions.
+    "ALTER TABLE jobs ADD COLUMN record_json TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE job_events (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id      TEXT    NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+        at_millis   INTEGER NOT NULL,
+        state       TEXT    NOT NULL,
+        message     TEXT    NOT NULL
+    );
+    CREATE INDEX job_events_job ON job_events(job_id, seq);",
 ];
+
+/// One row of `jobs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    /// The job id.
+    pub job_id: String,
+    /// Its state name.
+    pub state: String,
+    /// The spec as JSON.
+    pub spec_json: String,
+    /// The rest of the job runner's record as JSON.
+    pub record_json: String,
+}
+
+/// One row of `job_events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEventRow {
+    /// Unix milliseconds.
+    pub at_millis: i64,
+    /// The state entered.
+    pub state: String,
+    /// Why.
+    pub message: String,
+}
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +227,166 @@ impl StateStore {
         Ok(())
     }
 
+    /// Inserts a new job with its first transition, in one transaction. Fails (SQLite
+    /// constraint) when the id exists.
+    pub fn job_insert(&mut self, row: &JobRow, at_millis: i64) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let e = move |what| {
+            let path = path.clone();
+            move |source| StateError::Sqlite { path, what, source }
+        };
+        let tx = self.conn.transaction().map_err(e("begin job insert"))?;
+        tx.execute(
+            "INSERT INTO jobs (job_id, state, spec_json, record_json, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![row.job_id, row.state, row.spec_json, row.record_json, now()],
+        )
+        .map_err(e("insert job"))?;
+        tx.execute(
+            "INSERT INTO job_events (job_id, at_millis, state, message) VALUES (?1, ?2, ?3, '')",
+            params![row.job_id, at_millis, row.state],
+        )
+        .map_err(e("insert job event"))?;
+        tx.commit().map_err(e("commit job insert"))
+    }
+
+    /// Updates a job's state and record; a changed state also appends a transition with
+    /// `message`. One transaction.
+    pub fn job_update(
+        &mut self,
+        job_id: &str,
+        state: &str,
+        record_json: &str,
+        at_millis: i64,
+        message: &str,
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let e = move |what| {
+            let path = path.clone();
+            move |source| StateError::Sqlite { path, what, source }
+        };
+        let tx = self.conn.transaction().map_err(e("begin job update"))?;
+        let previous: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE job_id = ?1", [job_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(e("read job state"))?;
+        tx.execute(
+            "UPDATE jobs SET state = ?2, record_json = ?3, updated_at = ?4 WHERE job_id = ?1",
+            params![job_id, state, record_json, now()],
+        )
+        .map_err(e("update job"))?;
+        if previous.as_deref() != Some(state) {
+            tx.execute(
+                "INSERT INTO job_events (job_id, at_millis, state, message) VALUES (?1, ?2, ?3, ?4)",
+                params![job_id, at_millis, state, message],
+            )
+            .map_err(e("insert job event"))?;
+        }
+        tx.commit().map_err(e("commit job update"))
+    }
+
+    /// One job.
+    pub fn job_get(&self, job_id: &str) -> Result<Option<JobRow>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT job_id, state, spec_json, record_json FROM jobs WHERE job_id = ?1",
+                [job_id],
+                |r| {
+                    Ok(JobRow {
+                        job_id: r.get(0)?,
+                        state: r.get(1)?,
+                        spec_json: r.get(2)?,
+                        record_json: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err("read job"))
+    }
+
+    /// Every job, in insertion order.
+    pub fn job_list(&self) -> Result<Vec<JobRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT job_id, state, spec_json, record_json FROM jobs ORDER BY rowid")
+            .map_err(self.err("query jobs"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(JobRow {
+                    job_id: r.get(0)?,
+                    state: r.get(1)?,
+                    spec_json: r.get(2)?,
+                    record_json: r.get(3)?,
+                })
+            })
+            .map_err(self.err("query jobs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read job row"))
+    }
+
+    /// A job's transitions, oldest first.
+    pub fn job_events(&self, job_id: &str) -> Result<Vec<JobEventRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT at_millis, state, message FROM job_events WHERE job_id = ?1 ORDER BY seq",
+            )
+            .map_err(self.err("query job events"))?;
+        let rows = stmt
+            .query_map([job_id], |r| {
+                Ok(JobEventRow {
+                    at_millis: r.get(0)?,
+                    state: r.get(1)?,
+                    message: r.get(2)?,
+                })
+            })
+            .map_err(self.err("query job events"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read job event"))
+    }
+
+    /// Stores usage counters `(job id, counter, value)`, all in one transaction; a counter
+    /// never goes down (the larger of the stored and the new value is kept).
+    pub fn usage_put(&mut self, values: &[(&str, &str, i64)]) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let e = move |what| {
+            let path = path.clone();
+            move |source| StateError::Sqlite { path, what, source }
+        };
+        let tx = self.conn.transaction().map_err(e("begin usage update"))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO usage_counters (job_id, counter, value, updated_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (job_id, counter) DO UPDATE
+                     SET value = max(value, excluded.value), updated_at = excluded.updated_at",
+                )
+                .map_err(e("prepare usage update"))?;
+            let at = now();
+            for (job, counter, value) in values {
+                stmt.execute(params![job, counter, value, at])
+                    .map_err(e("store usage counter"))?;
+            }
+        }
+        tx.commit().map_err(e("commit usage update"))
+    }
+
+    /// A job's usage counters.
+    pub fn usage_get(&self, job_id: &str) -> Result<Vec<(String, i64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT counter, value FROM usage_counters WHERE job_id = ?1 ORDER BY counter")
+            .map_err(self.err("query usage counters"))?;
+        let rows = stmt
+            .query_map([job_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err("query usage counters"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read usage counter"))
+    }
+
     /// The cached result for `key`, if any.
     pub fn bench_get(&self, key: &BenchKey) -> Result<Option<serde_json::Value>, StateError> {
         let text: Option<String> = self
@@ -296,6 +491,43 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 1, "{table}");
         }
+    }
+
+    #[test]
+    fn jobs_transitions_and_monotonic_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path()).unwrap();
+        let row = JobRow {
+            job_id: "j1".into(),
+            state: "creating".into(),
+            spec_json: "{}".into(),
+            record_json: "{}".into(),
+        };
+        s.job_insert(&row, 1).unwrap();
+        assert!(s.job_insert(&row, 2).is_err(), "duplicate id");
+        s.job_update("j1", "running", "{\"a\":1}", 3, "started")
+            .unwrap();
+        s.job_update("j1", "running", "{\"a\":2}", 4, "").unwrap();
+        let got = s.job_get("j1").unwrap().unwrap();
+        assert_eq!(
+            (got.state.as_str(), got.record_json.as_str()),
+            ("running", "{\"a\":2}")
+        );
+        let events = s.job_events("j1").unwrap();
+        assert_eq!(events.len(), 2, "same state twice is one transition");
+        assert_eq!(events[1].message, "started");
+        s.usage_put(&[("j1", "cpu_nanos", 10), ("j1", "duration_millis", 5)])
+            .unwrap();
+        s.usage_put(&[("j1", "cpu_nanos", 7)]).unwrap();
+        assert_eq!(
+            s.usage_get("j1").unwrap(),
+            [
+                ("cpu_nanos".to_owned(), 10),
+                ("duration_millis".to_owned(), 5)
+            ]
+        );
+        assert_eq!(s.job_list().unwrap().len(), 1);
+        assert!(s.job_get("nope").unwrap().is_none());
     }
 
     #[test]

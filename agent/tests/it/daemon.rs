@@ -61,6 +61,12 @@ impl Harness {
         let options = DaemonOptions {
             backends: backends(&config),
             inventory_source: Arc::new(|| fog_agent::inventory::collect_from(FsRoot::host())),
+            // Jobs enabled (no image known): the role matrix reaches the job RPCs' own checks.
+            jobs: Some(daemon::JobsOptions {
+                shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")),
+                images: Arc::new(fog_agent::image::ImageStore::open(&config.state.dir).unwrap()),
+                runtime: None,
+            }),
             ..DaemonOptions::default()
         };
         let daemon = daemon::start(&config, options).await.unwrap();
@@ -154,6 +160,58 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
                 .await,
         ),
         Rpc::GetEnrollment => code(client.get_enrollment(pb::GetEnrollmentRequest {}).await),
+        Rpc::StartJob => code(
+            client
+                .start_job(pb::StartJobRequest {
+                    spec: Some(pb::JobSpec {
+                        job_id: "role-matrix".into(),
+                        image: "not-imported:1".into(),
+                        ..pb::JobSpec::default()
+                    }),
+                })
+                .await,
+        ),
+        Rpc::StopJob => code(
+            client
+                .stop_job(pb::StopJobRequest {
+                    job_id: "nope".into(),
+                    grace_millis: 0,
+                })
+                .await,
+        ),
+        Rpc::GetJob => code(
+            client
+                .get_job(pb::GetJobRequest {
+                    job_id: "nope".into(),
+                })
+                .await,
+        ),
+        Rpc::ListJobs => code(client.list_jobs(pb::ListJobsRequest::default()).await),
+        Rpc::WatchJob => code(
+            client
+                .watch_job(pb::WatchJobRequest {
+                    job_id: "nope".into(),
+                    logs: false,
+                })
+                .await,
+        ),
+        Rpc::JobLogs => code(
+            client
+                .job_logs(pb::JobLogsRequest {
+                    job_id: "nope".into(),
+                    tail_lines: 0,
+                    follow: false,
+                })
+                .await,
+        ),
+        Rpc::ImportImage => code(
+            client
+                .import_image(pb::ImportImageRequest {
+                    layout_dir: "relative/dir".into(),
+                    reference: String::new(),
+                })
+                .await,
+        ),
         Rpc::ActivateCredential => code(
             client
                 .activate_credential(pb::ActivateCredentialRequest {
@@ -175,6 +233,10 @@ fn expected_when_allowed(rpc: Rpc) -> Code {
         | Rpc::GetAttestation
         | Rpc::GetEnrollment
         | Rpc::ActivateCredential => Code::Unimplemented,
+        // Past authorization, each job RPC answers its own check: the image is not imported,
+        // the job is unknown, the layout dir is not absolute.
+        Rpc::StartJob | Rpc::ImportImage => Code::InvalidArgument,
+        Rpc::StopJob | Rpc::GetJob | Rpc::WatchJob | Rpc::JobLogs => Code::NotFound,
         _ => Code::Ok,
     }
 }
@@ -638,6 +700,8 @@ fn check_config_names_each_bad_key() {
                 "telemetry.min_interval_millis: 1 is outside",
                 "telemetry.queue_depth: 0 is outside",
                 "capacity.reserve_gpus: \"gpu0\"",
+                "jobs.runtime: must be an absolute path",
+                "jobs.telemetry_interval_millis: 5 is outside",
             ],
         ),
     ];

@@ -12,4 +12,5 @@ mod daemon;
 mod gpu;
 mod image;
 mod inventory;
+mod jobs;
 mod metrics;

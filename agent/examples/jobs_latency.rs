@@ -1,0 +1,293 @@
+//! Job start latency and telemetry cost (a benchmark, not a test).
+//!
+//! 1. Starts the daemon in this process (jobs enabled, runc, shims = `--agent`), admin socket
+//!    only, and imports the busybox image (`image::testing::busybox_layout`) with ImportImage.
+//! 2. Latency: N times, alternating, (a) `StartJob` over the unix socket until it answers
+//!    RUNNING, and (b) `runc run -d` of a copy of that job's own bundle (same config.json, its
+//!    own id and cgroup) directly; reports p50/p95 of each and the ratio.
+//! 3. Telemetry cost: with the N agent jobs running (the reference containers removed), this
+//!    process's CPU time (the daemon; the client is idle) over `--seconds` at the given telemetry
+//!    interval, as % of one core; plus the shims' CPU.
+//!
+//! ```sh
+//! cargo build --release -p fog-agent --bin fog-agent --example jobs_latency
+//! target/release/examples/jobs_latency --agent target/release/fog-agent --jobs 50 --seconds 30
+//! ```
+//! (`benches/jobs-latency.sh` runs exactly this.)
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use fog_agent::config::Config;
+use fog_agent::daemon::{self, DaemonOptions, JobsOptions};
+use fog_agent::image::ImageStore;
+use fog_proto::v1 as pb;
+use fog_proto::v1::agent_client::AgentClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Job start latency vs runc, and telemetry cost with many jobs.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The fog-agent binary (the job shim).
+    #[arg(long)]
+    agent: PathBuf,
+    /// The OCI runtime.
+    #[arg(long, default_value = "/usr/sbin/runc")]
+    runtime: PathBuf,
+    /// Jobs (and reference containers).
+    #[arg(long, default_value_t = 50)]
+    jobs: usize,
+    /// Telemetry measurement window.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Job telemetry interval.
+    #[arg(long, default_value_t = 1000)]
+    interval_millis: u64,
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len().saturating_sub(1)) as f64).round() as usize;
+    sorted
+        .get(rank.min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn runc(args: &Args, root: &Path) -> Command {
+    let mut cmd = Command::new(&args.runtime);
+    cmd.arg("--root").arg(root);
+    cmd
+}
+
+/// A copy of a job's bundle for the reference run: same config, own id, cgroup and scratch.
+fn reference_bundle(job_dir: &Path, dir: &Path, id: &str) -> anyhow::Result<PathBuf> {
+    let config = std::fs::read_to_string(job_dir.join("bundle/config.json"))?;
+    let mut spec: serde_json::Value = serde_json::from_str(&config)?;
+    spec["linux"]["cgroupsPath"] = format!("/fog-agent-bench-ref/{id}").into();
+    let scratch = dir.join(id).join("scratch");
+    std::fs::create_dir_all(&scratch)?;
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for m in mounts {
+            if m["type"] == "bind" {
+                m["source"] = scratch.display().to_string().into();
+            }
+        }
+    }
+    let bundle = dir.join(id).join("bundle");
+    std::fs::create_dir_all(&bundle)?;
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    Ok(bundle)
+}
+
+async fn connect(socket: &Path) -> anyhow::Result<AgentClient<Channel>> {
+    let path = socket.to_owned();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(AgentClient::new(
+        Endpoint::from_static("http://agent.local")
+            .connect_with_connector(connector)
+            .await?,
+    ))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.api.listen = Vec::new();
+    config.api.unix_socket = dir.path().join("agent.sock");
+    config.state.dir = dir.path().join("state");
+    config.bench.run_on_start = false;
+    config.jobs.runtime = args.runtime.clone();
+    config.jobs.cgroup_parent = "fog-agent-bench".into();
+    config.jobs.telemetry_interval_millis = args.interval_millis;
+    config.metrics.enabled = false;
+    let options = DaemonOptions {
+        jobs: Some(JobsOptions {
+            shim_exe: args.agent.clone(),
+            images: Arc::new(ImageStore::open(&config.state.dir)?),
+            runtime: None,
+        }),
+        ..DaemonOptions::default()
+    };
+    let running = daemon::start(&config, options).await?;
+    let mut client = connect(&config.api.unix_socket).await?;
+    let layout = dir.path().join("layout");
+    fog_agent::image::testing::busybox_layout(&layout, "busybox:latest")?;
+    client
+        .import_image(pb::ImportImageRequest {
+            layout_dir: layout.display().to_string(),
+            reference: String::new(),
+        })
+        .await
+        .context("ImportImage")?;
+    let ref_root = dir.path().join("ref-runc");
+    let ref_dir = dir.path().join("ref");
+    let result = measure(&args, &mut client, &config, &ref_root, &ref_dir).await;
+
+    // Clean up: agent jobs, reference containers.
+    let ids: Vec<String> = (0..args.jobs).map(|i| format!("bench-{i}")).collect();
+    let stops = ids.iter().map(|id| {
+        let mut c = client.clone();
+        let id = id.clone();
+        async move {
+            let _ = c
+                .stop_job(pb::StopJobRequest {
+                    job_id: id,
+                    grace_millis: 100,
+                })
+                .await;
+        }
+    });
+    futures_util::future::join_all(stops).await;
+    for i in 0..args.jobs {
+        let _ = runc(&args, &ref_root)
+            .args(["delete", "--force", &format!("ref-{i}")])
+            .output();
+    }
+    for c in [
+        "cpu", "cpuacct", "memory", "pids", "devices", "freezer", "blkio", "cpuset", "systemd",
+    ] {
+        for parent in ["fog-agent-bench", "fog-agent-bench-ref"] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{parent}"));
+        }
+    }
+    running.shutdown().await;
+    result
+}
+
+async fn measure(
+    args: &Args,
+    client: &mut AgentClient<Channel>,
+    config: &Config,
+    ref_root: &Path,
+    ref_dir: &Path,
+) -> anyhow::Result<()> {
+    let mut agent_ms = Vec::new();
+    let mut runc_ms = Vec::new();
+    let jobs_dir = config.jobs.dir_under(&config.state.dir);
+    for i in 0..args.jobs {
+        let id = format!("bench-{i}");
+        let spec = pb::JobSpec {
+            job_id: id.clone(),
+            image: "busybox:latest".into(),
+            command: vec!["/bin/sleep".into(), "3600".into()],
+            resources: Some(pb::JobResources {
+                cpu_millicores: 10,
+                memory_bytes: 16 << 20,
+                pids: 16,
+                ..pb::JobResources::default()
+            }),
+            ..pb::JobSpec::default()
+        };
+        let t = Instant::now();
+        let response = client
+            .start_job(pb::StartJobRequest { spec: Some(spec) })
+            .await
+            .with_context(|| format!("StartJob {id}"))?
+            .into_inner();
+        let elapsed = t.elapsed();
+        let state = response.job.map(|j| j.state());
+        if state != Some(pb::JobState::Running) {
+            bail!("{id} is {state:?}, not running");
+        }
+        if i > 0 {
+            // The first StartJob also waits for the inventory: not a start latency.
+            agent_ms.push(elapsed.as_secs_f64() * 1000.0);
+        }
+
+        let ref_id = format!("ref-{i}");
+        let bundle = reference_bundle(&jobs_dir.join(&id), ref_dir, &ref_id)?;
+        let t = Instant::now();
+        let status = runc(args, ref_root)
+            .args(["run", "-d", "--bundle"])
+            .arg(&bundle)
+            .arg(&ref_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let elapsed = t.elapsed();
+        if !status.success() {
+            bail!("runc run -d {ref_id} failed: {status}");
+        }
+        if i > 0 {
+            runc_ms.push(elapsed.as_secs_f64() * 1000.0);
+        }
+    }
+    for i in 0..args.jobs {
+        let _ = runc(args, ref_root)
+            .args(["delete", "--force", &format!("ref-{i}")])
+            .output();
+    }
+    agent_ms.sort_by(f64::total_cmp);
+    runc_ms.sort_by(f64::total_cmp);
+    let (a50, a95) = (percentile(&agent_ms, 50.0), percentile(&agent_ms, 95.0));
+    let (r50, r95) = (percentile(&runc_ms, 50.0), percentile(&runc_ms, 95.0));
+    println!(
+        "start latency over {} starts: StartJob p50 {a50:.1} ms p95 {a95:.1} ms | runc run -d p50 {r50:.1} ms p95 {r95:.1} ms | ratio p50 {:.2}x p95 {:.2}x",
+        agent_ms.len(),
+        a50 / r50,
+        a95 / r95
+    );
+
+    // Telemetry cost with every agent job running.
+    let me = std::process::id();
+    let shims: Vec<u32> = (0..args.jobs)
+        .filter_map(|i| {
+            std::fs::read_to_string(jobs_dir.join(format!("bench-{i}/shim.pid")))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hz = 100.0; // USER_HZ on Linux
+    let shim_ticks = |pids: &[u32]| pids.iter().filter_map(|p| cpu_ticks(*p).ok()).sum::<u64>();
+    let (c0, s0, t0) = (cpu_ticks(me)?, shim_ticks(&shims), Instant::now());
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let (c1, s1, t1) = (cpu_ticks(me)?, shim_ticks(&shims), Instant::now());
+    let secs = (t1 - t0).as_secs_f64();
+    let active = client
+        .list_jobs(pb::ListJobsRequest { active_only: true })
+        .await?
+        .into_inner()
+        .jobs
+        .len();
+    let with_samples: HashMap<String, bool> = client
+        .list_jobs(pb::ListJobsRequest { active_only: true })
+        .await?
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| (j.spec.unwrap_or_default().job_id, j.last_sample.is_some()))
+        .collect();
+    println!(
+        "telemetry cost: {active} running jobs ({} sampled) at {} ms for {secs:.0} s: agent CPU {:.2}% of one core; {} shims together {:.2}%",
+        with_samples.values().filter(|s| **s).count(),
+        args.interval_millis,
+        (c1 - c0) as f64 / hz / secs * 100.0,
+        shims.len(),
+        (s1 - s0) as f64 / hz / secs * 100.0,
+    );
+    Ok(())
+}

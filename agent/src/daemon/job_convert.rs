@@ -1,0 +1,241 @@
+//! Jobs: proto <-> domain at the service boundary, and [`JobError`] -> gRPC status.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use fog_proto::v1 as pb;
+use tonic::Status;
+
+use crate::jobs::logs::{Line, Stream};
+use crate::jobs::manager::{Sample, Usage};
+use crate::jobs::{JobError, JobSpec, JobState, JobView, Resources, Termination};
+
+impl From<JobError> for Status {
+    fn from(err: JobError) -> Self {
+        let text = err.to_string();
+        match err {
+            JobError::InvalidArgument { .. } => Status::invalid_argument(text),
+            JobError::ResourceExhausted { .. } => Status::resource_exhausted(text),
+            JobError::NotFound(_) => Status::not_found(text),
+            JobError::AlreadyExists(_) => Status::already_exists(text),
+            JobError::Gpu(_) => Status::failed_precondition(text),
+            JobError::StartFailed { .. }
+            | JobError::Runtime { .. }
+            | JobError::Images(_)
+            | JobError::Bundle(_)
+            | JobError::Io { .. }
+            | JobError::State(_)
+            | JobError::Record(_) => {
+                tracing::warn!(error = %text, "job request failed");
+                Status::internal(text)
+            }
+        }
+    }
+}
+
+fn timestamp(unix_millis: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(unix_millis))
+}
+
+/// The spec of a StartJob request; a missing spec is INVALID_ARGUMENT.
+pub fn job_spec(spec: Option<&pb::JobSpec>) -> Result<JobSpec, Status> {
+    let spec = spec.ok_or_else(|| Status::invalid_argument("spec: required"))?;
+    let r = spec.resources.clone().unwrap_or_default();
+    Ok(JobSpec {
+        job_id: spec.job_id.clone(),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        working_dir: spec.working_dir.clone(),
+        resources: Resources {
+            cpu_millicores: r.cpu_millicores,
+            memory_bytes: r.memory_bytes,
+            pids: r.pids,
+            gpus: r.gpus,
+            scratch_bytes: r.scratch_bytes,
+        },
+        time_limit_millis: spec.time_limit_millis,
+        labels: spec.labels.clone().into_iter().collect(),
+    })
+}
+
+fn proto_spec(spec: &JobSpec) -> pb::JobSpec {
+    let r = &spec.resources;
+    pb::JobSpec {
+        job_id: spec.job_id.clone(),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        working_dir: spec.working_dir.clone(),
+        resources: Some(pb::JobResources {
+            cpu_millicores: r.cpu_millicores,
+            memory_bytes: r.memory_bytes,
+            pids: r.pids,
+            gpus: r.gpus.clone(),
+            scratch_bytes: r.scratch_bytes,
+        }),
+        time_limit_millis: spec.time_limit_millis,
+        labels: spec.labels.clone().into_iter().collect(),
+    }
+}
+
+fn state(state: JobState) -> pb::JobState {
+    match state {
+        JobState::Creating => pb::JobState::Creating,
+        JobState::Running => pb::JobState::Running,
+        JobState::Stopping => pb::JobState::Stopping,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Stopped => pb::JobState::Stopped,
+    }
+}
+
+fn termination(t: Option<Termination>) -> pb::TerminationReason {
+    match t {
+        None => pb::TerminationReason::Unspecified,
+        Some(Termination::Exited) => pb::TerminationReason::Exited,
+        Some(Termination::OomKilled) => pb::TerminationReason::OomKilled,
+        Some(Termination::StopRequested) => pb::TerminationReason::StopRequested,
+        Some(Termination::TimeLimit) => pb::TerminationReason::TimeLimit,
+        Some(Termination::ScratchLimit) => pb::TerminationReason::ScratchLimit,
+        Some(Termination::StartFailed) => pb::TerminationReason::StartFailed,
+        Some(Termination::Lost) => pb::TerminationReason::Lost,
+    }
+}
+
+/// Usage counters.
+pub fn usage(usage: &Usage) -> pb::JobUsage {
+    pb::JobUsage {
+        duration_millis: usage.duration_millis,
+        cpu_seconds: usage.cpu_nanos as f64 / 1e9,
+        memory_gib_seconds: usage.memory_mib_millis as f64 / 1024.0 / 1000.0,
+        gpus: usage
+            .gpu_millis
+            .iter()
+            .map(|(id, ms)| pb::GpuUsage {
+                pci_bus_id: id.clone(),
+                gpu_seconds: *ms as f64 / 1000.0,
+            })
+            .collect(),
+        gpu_note: usage.gpu_note.clone(),
+        updated_at: (usage.updated_at_millis > 0).then(|| timestamp(usage.updated_at_millis)),
+    }
+}
+
+/// A telemetry sample.
+pub fn sample(sample: &Sample) -> pb::JobSample {
+    let s = &sample.stats;
+    pb::JobSample {
+        taken_at: Some(timestamp(sample.taken_at_millis)),
+        cpu_usage_nanos: s.cpu_usage_nanos,
+        cpu_user_nanos: s.cpu_user_nanos,
+        cpu_system_nanos: s.cpu_system_nanos,
+        cpu_nr_periods: s.cpu_nr_periods,
+        cpu_nr_throttled: s.cpu_nr_throttled,
+        cpu_throttled_nanos: s.cpu_throttled_nanos,
+        memory_usage_bytes: s.memory_usage_bytes,
+        memory_peak_bytes: s.memory_peak_bytes,
+        memory_limit_bytes: s.memory_limit_bytes,
+        oom_kills: s.oom_kills,
+        pids_current: s.pids_current,
+        pids_limit: s.pids_limit,
+        io_read_bytes: s.io_read_bytes,
+        io_write_bytes: s.io_write_bytes,
+        scratch_used_bytes: sample.scratch_used_bytes,
+        notes: s.notes.clone(),
+    }
+}
+
+/// A job.
+pub fn job(view: &JobView) -> pb::Job {
+    let r = &view.record;
+    pb::Job {
+        spec: Some(proto_spec(&view.spec)),
+        state: state(r.state).into(),
+        created_at: Some(timestamp(r.created_at_millis)),
+        started_at: r.started_at_millis.map(timestamp),
+        finished_at: r.finished_at_millis.map(timestamp),
+        termination: termination(r.termination).into(),
+        exit_code: r.exit_code,
+        message: r.message.clone(),
+        usage: Some(usage(&view.usage)),
+        last_sample: view.last_sample.as_deref().map(sample),
+        gpu_pci_bus_ids: r.gpus.clone(),
+        cgroups_path: r.cgroups_path.clone(),
+    }
+}
+
+/// A log line.
+pub fn log_line(line: Line) -> pb::LogLine {
+    pb::LogLine {
+        stream: match line.stream {
+            Stream::Stdout => pb::LogStream::Stdout,
+            Stream::Stderr => pb::LogStream::Stderr,
+        }
+        .into(),
+        line: line.bytes,
+        offset: line.offset,
+    }
+}
+
+/// StopJob's grace: 0 = the default, at most 60 s.
+pub fn stop_grace(millis: u64) -> Result<Duration, Status> {
+    match millis {
+        0 => Ok(crate::jobs::manager::DEFAULT_STOP_GRACE),
+        1..=60_000 => Ok(Duration::from_millis(millis)),
+        _ => Err(Status::invalid_argument(format!(
+            "grace_millis: {millis} is more than 60000"
+        ))),
+    }
+}
+
+/// JobLogs' tail: at most 100000 lines.
+pub fn tail_lines(n: u32) -> Result<usize, Status> {
+    if n > 100_000 {
+        return Err(Status::invalid_argument(format!(
+            "tail_lines: {n} is more than 100000"
+        )));
+    }
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_codes_naming_the_field() {
+        let status = Status::from(JobError::InvalidArgument {
+            field: "resources.memory_bytes".into(),
+            message: "must be positive".into(),
+        });
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with("resources.memory_bytes: "));
+        let status = Status::from(JobError::ResourceExhausted {
+            resource: "resources.cpu_millicores".into(),
+            message: "requested 9, 1 free".into(),
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with("resources.cpu_millicores"));
+        assert_eq!(
+            Status::from(JobError::NotFound("x".into())).code(),
+            tonic::Code::NotFound
+        );
+        assert!(job_spec(None).is_err());
+        assert!(stop_grace(60_001).is_err());
+        assert_eq!(stop_grace(0).unwrap(), Duration::from_secs(5));
+        assert!(tail_lines(100_001).is_err());
+    }
+
+    #[test]
+    fn usage_units() {
+        let u = usage(&Usage {
+            cpu_nanos: 1_500_000_000,
+            memory_mib_millis: 1024 * 1000 * 2,
+            ..Usage::default()
+        });
+        assert_eq!(u.cpu_seconds, 1.5);
+        assert_eq!(u.memory_gib_seconds, 2.0);
+    }
+}

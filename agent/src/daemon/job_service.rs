@@ -1,0 +1,295 @@
+//! The job RPCs of `fog.agent.v1.Agent` (called from [`super::service`] after authorization):
+//! blocking job-manager calls run on the blocking pool; WatchJob and JobLogs are bounded
+//! channels fed by one producer task each, which stops when the client goes away, the job
+//! ends, or the daemon shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fog_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::Status;
+
+use super::job_convert as convert;
+use super::service::{ResponseStream, Shared};
+use crate::jobs::logs::{self, LogFollower, Stream};
+use crate::jobs::{JobError, JobEvent, JobManager};
+
+/// How often followed logs are polled.
+const LOG_POLL: Duration = Duration::from_millis(200);
+/// Messages buffered per stream.
+const STREAM_QUEUE: usize = 256;
+
+fn manager(shared: &Shared) -> Result<Arc<JobManager>, Status> {
+    shared
+        .jobs
+        .clone()
+        .ok_or_else(|| Status::unimplemented("jobs are not enabled in this agent"))
+}
+
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, JobError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "job call panicked");
+            Status::internal("job runner failed unexpectedly")
+        })?
+        .map_err(Status::from)
+}
+
+/// StartJob.
+pub async fn start_job(
+    shared: &Shared,
+    request: pb::StartJobRequest,
+) -> Result<pb::StartJobResponse, Status> {
+    let jobs = manager(shared)?;
+    let spec = convert::job_spec(request.spec.as_ref())?;
+    // Capacity is known once the inventory is: wait for the first collection.
+    shared.inventory.get(false).await?;
+    let (view, created) = blocking(move || jobs.start(&spec)).await?;
+    Ok(pb::StartJobResponse {
+        job: Some(convert::job(&view)),
+        created,
+    })
+}
+
+/// StopJob.
+pub async fn stop_job(
+    shared: &Shared,
+    request: pb::StopJobRequest,
+) -> Result<pb::StopJobResponse, Status> {
+    let jobs = manager(shared)?;
+    let grace = convert::stop_grace(request.grace_millis)?;
+    let view = blocking(move || jobs.stop(&request.job_id, grace)).await?;
+    Ok(pb::StopJobResponse {
+        job: Some(convert::job(&view)),
+    })
+}
+
+/// GetJob.
+pub fn get_job(shared: &Shared, request: &pb::GetJobRequest) -> Result<pb::GetJobResponse, Status> {
+    let view = manager(shared)?.get(&request.job_id)?;
+    Ok(pb::GetJobResponse {
+        job: Some(convert::job(&view)),
+    })
+}
+
+/// ListJobs.
+pub fn list_jobs(
+    shared: &Shared,
+    request: &pb::ListJobsRequest,
+) -> Result<pb::ListJobsResponse, Status> {
+    let jobs = manager(shared)?.list(request.active_only);
+    Ok(pb::ListJobsResponse {
+        jobs: jobs.iter().map(convert::job).collect(),
+    })
+}
+
+/// Followers of both logs from their current ends.
+fn followers_at_end(jobs: &JobManager, id: &str) -> Result<Vec<LogFollower>, JobError> {
+    let (out, err) = jobs.log_paths(id)?;
+    let len = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    Ok(vec![
+        LogFollower::new(out.clone(), Stream::Stdout, len(&out)),
+        LogFollower::new(err.clone(), Stream::Stderr, len(&err)),
+    ])
+}
+
+/// New complete lines of every follower (with `flush`, also the incomplete last ones).
+fn poll_all(followers: &mut [LogFollower], flush: bool) -> Vec<logs::Line> {
+    let mut out = Vec::new();
+    for follower in followers {
+        match follower.poll() {
+            Ok(lines) => out.extend(lines),
+            Err(err) => tracing::debug!(error = %err, "log poll failed"),
+        }
+        if flush {
+            out.extend(follower.flush());
+        }
+    }
+    out
+}
+
+async fn shutting_down(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: the daemon is stopping too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// WatchJob.
+pub fn watch_job(
+    shared: &Shared,
+    request: pb::WatchJobRequest,
+) -> Result<ResponseStream<pb::WatchJobResponse>, Status> {
+    use pb::watch_job_response::Event;
+    let jobs = manager(shared)?;
+    let (view, mut events) = jobs.subscribe(&request.job_id)?;
+    let mut followers = if request.logs {
+        followers_at_end(&jobs, &request.job_id)?
+    } else {
+        Vec::new()
+    };
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let shutdown = shared.shutdown.clone();
+    tokio::spawn(async move {
+        let send = |event: Event| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(pb::WatchJobResponse { event: Some(event) }))
+                    .await
+                    .is_ok()
+            }
+        };
+        let mut ended = !view.record.state.is_active();
+        if !send(Event::Job(convert::job(&view))).await || ended {
+            return;
+        }
+        let mut poll = tokio::time::interval(LOG_POLL);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(JobEvent::Changed(view)) => {
+                        ended = !view.record.state.is_active();
+                        if ended {
+                            for line in poll_all(&mut followers, true) {
+                                if !send(Event::Log(convert::log_line(line))).await {
+                                    return;
+                                }
+                            }
+                        }
+                        if !send(Event::Job(convert::job(&view))).await || ended {
+                            return;
+                        }
+                    }
+                    Ok(JobEvent::Telemetry(sample, usage)) => {
+                        let msg = Event::Telemetry(pb::JobTelemetry {
+                            sample: Some(convert::sample(&sample)),
+                            usage: Some(convert::usage(&usage)),
+                        });
+                        if !send(msg).await {
+                            return;
+                        }
+                    }
+                    // A slow reader skips events; the next state/sample is complete.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = poll.tick(), if !followers.is_empty() => {
+                    for line in poll_all(&mut followers, false) {
+                        if !send(Event::Log(convert::log_line(line))).await {
+                            return;
+                        }
+                    }
+                }
+                () = tx.closed() => return,
+                () = shutting_down(shutdown.clone()) => return,
+            }
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// JobLogs.
+pub fn job_logs(
+    shared: &Shared,
+    request: pb::JobLogsRequest,
+) -> Result<ResponseStream<pb::JobLogsResponse>, Status> {
+    let jobs = manager(shared)?;
+    let n = convert::tail_lines(request.tail_lines)?;
+    let (out, err) = jobs.log_paths(&request.job_id)?;
+    let io = |e: std::io::Error| Status::internal(format!("cannot read the job's logs: {e}"));
+    let (mut lines, out_end) = logs::tail(&out, Stream::Stdout, n).map_err(io)?;
+    let (err_lines, err_end) = logs::tail(&err, Stream::Stderr, n).map_err(io)?;
+    lines.extend(err_lines);
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let shutdown = shared.shutdown.clone();
+    let id = request.job_id.clone();
+    tokio::spawn(async move {
+        let send = |line: logs::Line| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(pb::JobLogsResponse {
+                    log: Some(convert::log_line(line)),
+                }))
+                .await
+                .is_ok()
+            }
+        };
+        for line in lines {
+            if !send(line).await {
+                return;
+            }
+        }
+        if !request.follow {
+            return;
+        }
+        let mut followers = vec![
+            LogFollower::new(out, Stream::Stdout, out_end),
+            LogFollower::new(err, Stream::Stderr, err_end),
+        ];
+        let mut poll = tokio::time::interval(LOG_POLL);
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    let ended = jobs.get(&id).map_or(true, |v| !v.record.state.is_active());
+                    for line in poll_all(&mut followers, ended) {
+                        if !send(line).await {
+                            return;
+                        }
+                    }
+                    if ended {
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+                () = shutting_down(shutdown.clone()) => return,
+            }
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// ImportImage: a layout dir on this host into the image store (blocking pool).
+pub async fn import_image(
+    shared: &Shared,
+    request: pb::ImportImageRequest,
+) -> Result<pb::ImportImageResponse, Status> {
+    use crate::image::ImageError;
+    let store = shared
+        .images
+        .clone()
+        .ok_or_else(|| Status::unimplemented("images are not enabled in this agent"))?;
+    if !request.layout_dir.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "layout_dir: {:?} must be an absolute path",
+            request.layout_dir
+        )));
+    }
+    let reference = (!request.reference.is_empty()).then(|| request.reference.clone());
+    let dir = std::path::PathBuf::from(&request.layout_dir);
+    let record = tokio::task::spawn_blocking(move || store.import(&dir, reference.as_deref()))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "image import panicked");
+            Status::internal("image import failed unexpectedly")
+        })?
+        .map_err(|err| match err {
+            ImageError::BadReference { .. } => {
+                Status::invalid_argument(format!("reference: {err}"))
+            }
+            ImageError::CorruptStore { .. } => Status::internal(err.to_string()),
+            _ => Status::invalid_argument(format!("layout_dir: {err}")),
+        })?;
+    tracing::info!(reference = %record.reference, digest = %record.manifest_digest, "image imported");
+    Ok(pb::ImportImageResponse {
+        image: Some(pb::Image {
+            reference: record.reference,
+            manifest_digest: record.manifest_digest,
+            size_bytes: record.size_bytes,
+            imported_at: Some(prost_types::Timestamp::from(
+                std::time::UNIX_EPOCH + Duration::from_secs(record.imported_at_unix),
+            )),
+        }),
+    })
+}

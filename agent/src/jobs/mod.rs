@@ -1,0 +1,99 @@
+//! The job runner: buyers' work as OCI containers under limits, with capacity reservations,
+//! durable records, telemetry, usage counters and logs.
+//!
+//! - [`spec`]: the job spec and its validation (each bad field named).
+//! - [`bundle`]: the OCI runtime spec (`config.json`) of a job, built with `oci-spec`.
+//! - [`runtime`]: the [`JobRuntime`] seam and the real [`Runc`].
+//! - [`shim`]: `fog-agent internal job-shim`, the per-job supervisor that runs the container in
+//!   the foreground, caps its logs and records its exit status in the job dir.
+//! - [`manager`]: [`JobManager`]: StartJob/StopJob/GetJob/ListJobs, capacity reservations
+//!   through [`crate::capacity::CapacityLedger`], the SQLite records, recovery after a restart,
+//!   and the one telemetry loop for all jobs.
+//! - [`logs`]: tail and follow of the log files.
+//!
+//! Job dir layout (`<[jobs] dir>/<job id>/`): `bundle/config.json`, `scratch/` (mounted at
+//! `/scratch`), `stdout.log`, `stderr.log`, `shim.pid`, `container.pid`, `exit.json`,
+//! `shim.log`. The runtime's own state lives in `<[jobs] dir>/.runc`.
+//!
+//! Network: a job gets a fresh network namespace with loopback only; network beyond loopback
+//! (veth, bandwidth shaping) is a later step.
+
+pub mod bundle;
+pub mod logs;
+pub mod manager;
+pub mod runtime;
+pub mod shim;
+pub mod spec;
+
+use std::path::PathBuf;
+
+pub use manager::{JobEvent, JobManager, JobRecord, JobSetup, JobState, JobView, Termination};
+pub use runtime::{JobRuntime, Runc};
+pub use spec::{GpuIdentity, ImageSource, JobSpec, ResolvedImage, Resources};
+
+/// Errors of the job runner. Each maps to one gRPC code (see the daemon's service).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A spec field is wrong (INVALID_ARGUMENT; the field path comes first).
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field path, e.g. `resources.memory_bytes`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The request does not fit the free capacity (RESOURCE_EXHAUSTED, naming the resource).
+    #[error("{resource}: {message}")]
+    ResourceExhausted {
+        /// The resource, e.g. `resources.memory_bytes`.
+        resource: String,
+        /// Requested vs free.
+        message: String,
+    },
+    /// No job with this id.
+    #[error("job_id: no job {0:?}")]
+    NotFound(String),
+    /// The id was started before with a different spec.
+    #[error("job_id: job {0:?} was started before with a different spec")]
+    AlreadyExists(String),
+    /// The image store failed.
+    #[error("image store: {0}")]
+    Images(String),
+    /// A GPU's device nodes could not be found.
+    #[error("{0}")]
+    Gpu(String),
+    /// The bundle could not be built or written.
+    #[error("bundle: {0}")]
+    Bundle(String),
+    /// The OCI runtime failed.
+    #[error("{what}: {message}")]
+    Runtime {
+        /// The call, e.g. `/usr/sbin/runc kill`.
+        what: String,
+        /// Its error output.
+        message: String,
+    },
+    /// The container could not be started (the job is recorded as FAILED).
+    #[error("job {id:?} could not be started: {message}")]
+    StartFailed {
+        /// The job.
+        id: String,
+        /// Why.
+        message: String,
+    },
+    /// A file or dir of the job runner.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state store.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// A stored record could not be read.
+    #[error("stored job record: {0}")]
+    Record(#[from] serde_json::Error),
+}

@@ -1,0 +1,587 @@
+//! The job spec (the domain form of `fog.agent.v1.JobSpec`) and its validation.
+//!
+//! [`validate`] checks every field against the host (the image must be imported, GPUs must
+//! exist) and the `[jobs]` limits, and returns a [`ValidJob`]: the process to run (image
+//! entrypoint/cmd/env merged with the spec's), the resolved image, the GPUs by PCI bus id and
+//! the time limit. Each problem is a [`JobError::InvalidArgument`] whose field path comes first
+//! (`resources.memory_bytes: must be positive, got -1`).
+//!
+//! There is deliberately no field for host paths or mounts: a job sees its image (read-only),
+//! its scratch dir and the runtime's minimal /proc, /dev, /sys. An image given as a host path is
+//! refused.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::JobError;
+use crate::config::JobsConfig;
+
+/// Longest job id.
+pub const MAX_JOB_ID_LEN: usize = 64;
+/// Smallest CPU limit: the kernel's smallest CFS quota is 1 ms per 100 ms period.
+pub const MIN_CPU_MILLICORES: i64 = 10;
+/// Smallest memory limit runc can start a container under.
+pub const MIN_MEMORY_BYTES: i64 = 4 << 20;
+/// Largest number of env entries, args and labels each.
+const MAX_LIST: usize = 4096;
+
+/// What to run (see `fog.agent.v1.JobSpec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSpec {
+    /// The idempotency key.
+    pub job_id: String,
+    /// Image reference or manifest digest.
+    pub image: String,
+    /// Replaces the image's entrypoint when not empty.
+    pub command: Vec<String>,
+    /// Replaces the image's cmd when not empty.
+    pub args: Vec<String>,
+    /// `NAME=value` entries.
+    pub env: Vec<String>,
+    /// Absolute working dir in the container; empty = the image's.
+    pub working_dir: String,
+    /// Limits, reserved against capacity.
+    pub resources: Resources,
+    /// 0 = the default.
+    pub time_limit_millis: u64,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Resource limits (signed, as on the wire, so negative values are reported, not wrapped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    /// Millicores.
+    pub cpu_millicores: i64,
+    /// Bytes.
+    pub memory_bytes: i64,
+    /// Processes and threads.
+    pub pids: i64,
+    /// GPUs by UUID or PCI bus id.
+    pub gpus: Vec<String>,
+    /// Scratch bytes.
+    pub scratch_bytes: i64,
+}
+
+/// An image as jobs need it (what the image store records).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// Reference name.
+    pub reference: String,
+    /// `sha256:...`.
+    pub manifest_digest: String,
+    /// The unpacked rootfs, absolute; shared read-only by every job of this image.
+    pub rootfs: PathBuf,
+    /// Image config: entrypoint.
+    pub entrypoint: Vec<String>,
+    /// Image config: cmd.
+    pub cmd: Vec<String>,
+    /// Image config: env.
+    pub env: Vec<String>,
+    /// Image config: working dir.
+    pub working_dir: Option<String>,
+    /// Image config: user (`uid[:gid]`; names are not resolved).
+    pub user: Option<String>,
+}
+
+/// Where images come from (the image store in the daemon; a seam for tests).
+pub trait ImageSource: Send + Sync {
+    /// The image named `name` (reference or digest); `Ok(None)` when unknown.
+    fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String>;
+}
+
+/// The image store is where the daemon's jobs get their images.
+impl ImageSource for crate::image::ImageStore {
+    fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
+        let record = self.get(name).map_err(|err| err.to_string())?;
+        Ok(record.map(|r| ResolvedImage {
+            reference: r.reference,
+            manifest_digest: r.manifest_digest,
+            rootfs: r.rootfs,
+            entrypoint: r.config.entrypoint,
+            cmd: r.config.cmd,
+            env: r.config.env,
+            working_dir: r.config.working_dir,
+            user: r.config.user,
+        }))
+    }
+}
+
+/// An image source that knows no image (until the image store is wired in).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoImages;
+
+impl ImageSource for NoImages {
+    fn resolve(&self, _name: &str) -> Result<Option<ResolvedImage>, String> {
+        Ok(None)
+    }
+}
+
+/// One GPU the host has, as jobs may name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuIdentity {
+    /// PCI bus id (`0000:01:00.0`, lowercase).
+    pub pci_bus_id: String,
+    /// NVIDIA UUID (`GPU-...`), when NVML knows it.
+    pub uuid: Option<String>,
+}
+
+/// A spec that passed validation, with everything resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidJob {
+    /// The spec as given.
+    pub spec: JobSpec,
+    /// The image.
+    pub image: ResolvedImage,
+    /// argv.
+    pub args: Vec<String>,
+    /// The environment (image's, then the spec's; later entries override).
+    pub env: Vec<String>,
+    /// Working dir.
+    pub cwd: String,
+    /// uid, gid.
+    pub user: (u32, u32),
+    /// GPUs by PCI bus id, in the spec's order.
+    pub gpus: Vec<String>,
+    /// Wall-clock limit.
+    pub time_limit: Duration,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> JobError {
+    JobError::InvalidArgument {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks a job id: 1 to 64 of `[A-Za-z0-9_.-]`, first an ASCII letter or digit.
+pub fn check_job_id(id: &str) -> Result<(), JobError> {
+    if id.is_empty() || id.len() > MAX_JOB_ID_LEN {
+        return Err(invalid(
+            "job_id",
+            format!("must be 1 to {MAX_JOB_ID_LEN} characters, got {}", id.len()),
+        ));
+    }
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(invalid(
+            "job_id",
+            format!("{id:?} may hold only A-Z a-z 0-9 _ . - and must start with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
+fn no_nul(field: &str, value: &str) -> Result<(), JobError> {
+    if value.contains('\0') {
+        return Err(invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Checks one `NAME=value` entry.
+fn check_env(field: &str, entry: &str) -> Result<(), JobError> {
+    no_nul(field, entry)?;
+    let Some((name, _)) = entry.split_once('=') else {
+        return Err(invalid(field, format!("{entry:?} is not NAME=value")));
+    };
+    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(invalid(
+            field,
+            format!("{name:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+        ));
+    }
+    Ok(())
+}
+
+/// An absolute container path without `..` components.
+fn check_container_path(field: &str, path: &str) -> Result<(), JobError> {
+    no_nul(field, path)?;
+    if !path.starts_with('/') {
+        return Err(invalid(field, format!("{path:?} must be absolute")));
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err(invalid(field, format!("{path:?} must not contain ..")));
+    }
+    Ok(())
+}
+
+/// `uid[:gid]` from an image's user; names (which need the image's /etc/passwd) map to root.
+fn parse_user(user: Option<&str>) -> (u32, u32) {
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return (0, 0);
+    };
+    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+    let uid: u32 = uid.parse().unwrap_or(0);
+    let gid: u32 = gid.parse().unwrap_or(uid);
+    (uid, gid)
+}
+
+/// Merges env lists: later entries replace earlier ones with the same name.
+fn merge_env(base: &[String], over: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in base.iter().chain(over) {
+        let name = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
+        out.retain(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) != name);
+        out.push(entry.clone());
+    }
+    out
+}
+
+/// Resolves one GPU name (UUID or PCI bus id, any case) to its PCI bus id.
+pub fn resolve_gpu(name: &str, gpus: &[GpuIdentity]) -> Option<String> {
+    gpus.iter()
+        .find(|gpu| {
+            gpu.pci_bus_id.eq_ignore_ascii_case(name)
+                || gpu
+                    .uuid
+                    .as_deref()
+                    .is_some_and(|uuid| uuid.eq_ignore_ascii_case(name))
+        })
+        .map(|gpu| gpu.pci_bus_id.clone())
+}
+
+/// Validates a spec against the host and the config.
+pub fn validate(
+    spec: &JobSpec,
+    images: &dyn ImageSource,
+    gpus: &[GpuIdentity],
+    config: &JobsConfig,
+) -> Result<ValidJob, JobError> {
+    check_job_id(&spec.job_id)?;
+
+    if spec.image.is_empty() {
+        return Err(invalid("image", "required"));
+    }
+    no_nul("image", &spec.image)?;
+    if spec.image.starts_with('/') || spec.image.starts_with('.') {
+        return Err(invalid(
+            "image",
+            format!(
+                "{:?} is a host path; jobs run only from imported images (ImportImage)",
+                spec.image
+            ),
+        ));
+    }
+    let image = images
+        .resolve(&spec.image)
+        .map_err(JobError::Images)?
+        .ok_or_else(|| {
+            invalid(
+                "image",
+                format!("unknown image {:?} (import it first)", spec.image),
+            )
+        })?;
+
+    for (name, list) in [
+        ("command", &spec.command),
+        ("args", &spec.args),
+        ("env", &spec.env),
+    ] {
+        if list.len() > MAX_LIST {
+            return Err(invalid(name, format!("more than {MAX_LIST} entries")));
+        }
+    }
+    for (i, arg) in spec.command.iter().enumerate() {
+        no_nul(&format!("command[{i}]"), arg)?;
+    }
+    for (i, arg) in spec.args.iter().enumerate() {
+        no_nul(&format!("args[{i}]"), arg)?;
+    }
+    for (i, entry) in spec.env.iter().enumerate() {
+        check_env(&format!("env[{i}]"), entry)?;
+    }
+    if !spec.working_dir.is_empty() {
+        check_container_path("working_dir", &spec.working_dir)?;
+    }
+
+    let r = &spec.resources;
+    if r.cpu_millicores < MIN_CPU_MILLICORES {
+        return Err(invalid(
+            "resources.cpu_millicores",
+            format!(
+                "must be at least {MIN_CPU_MILLICORES}, got {}",
+                r.cpu_millicores
+            ),
+        ));
+    }
+    if r.memory_bytes <= 0 {
+        return Err(invalid(
+            "resources.memory_bytes",
+            format!("must be positive, got {}", r.memory_bytes),
+        ));
+    }
+    if r.memory_bytes < MIN_MEMORY_BYTES {
+        return Err(invalid(
+            "resources.memory_bytes",
+            format!(
+                "must be at least {MIN_MEMORY_BYTES} (4 MiB), got {}",
+                r.memory_bytes
+            ),
+        ));
+    }
+    if r.pids <= 0 {
+        return Err(invalid(
+            "resources.pids",
+            format!("must be positive, got {}", r.pids),
+        ));
+    }
+    if r.scratch_bytes < 0 {
+        return Err(invalid(
+            "resources.scratch_bytes",
+            format!("must not be negative, got {}", r.scratch_bytes),
+        ));
+    }
+    let mut gpu_ids: Vec<String> = Vec::new();
+    for (i, name) in r.gpus.iter().enumerate() {
+        let field = format!("resources.gpus[{i}]");
+        let id = resolve_gpu(name, gpus).ok_or_else(|| {
+            invalid(
+                &field,
+                format!("unknown GPU {name:?} (not a UUID or PCI bus id of this host)"),
+            )
+        })?;
+        if gpu_ids.contains(&id) {
+            return Err(invalid(field, format!("GPU {name:?} is named twice")));
+        }
+        gpu_ids.push(id);
+    }
+
+    let time_limit_millis = if spec.time_limit_millis == 0 {
+        config.default_time_limit_millis
+    } else {
+        spec.time_limit_millis
+    };
+    if time_limit_millis > config.max_time_limit_millis {
+        return Err(invalid(
+            "time_limit_millis",
+            format!(
+                "{time_limit_millis} is more than this host's limit of {}",
+                config.max_time_limit_millis
+            ),
+        ));
+    }
+
+    if spec.labels.len() > MAX_LIST {
+        return Err(invalid("labels", format!("more than {MAX_LIST} labels")));
+    }
+    for (key, value) in &spec.labels {
+        if key.is_empty() || key.len() > 63 {
+            return Err(invalid(
+                "labels",
+                format!("key {key:?} must be 1 to 63 characters"),
+            ));
+        }
+        no_nul("labels", key)?;
+        no_nul(&format!("labels[{key}]"), value)?;
+        if value.len() > 4096 {
+            return Err(invalid(
+                format!("labels[{key}]"),
+                "value is longer than 4096 bytes",
+            ));
+        }
+    }
+
+    let entrypoint = if spec.command.is_empty() {
+        &image.entrypoint
+    } else {
+        &spec.command
+    };
+    // As Docker does: a command given without args drops the image's cmd too.
+    let cmd = if !spec.args.is_empty() {
+        &spec.args
+    } else if spec.command.is_empty() {
+        &image.cmd
+    } else {
+        &spec.args
+    };
+    let args: Vec<String> = entrypoint.iter().chain(cmd).cloned().collect();
+    if args.is_empty() {
+        return Err(invalid(
+            "command",
+            "the image has no entrypoint or cmd: give command",
+        ));
+    }
+    let cwd = if spec.working_dir.is_empty() {
+        image
+            .working_dir
+            .clone()
+            .filter(|w| w.starts_with('/'))
+            .unwrap_or_else(|| "/".to_owned())
+    } else {
+        spec.working_dir.clone()
+    };
+    let mut base_env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+    base_env.extend(image.env.iter().cloned());
+    let env = merge_env(&base_env, &spec.env);
+    let user = parse_user(image.user.as_deref());
+    Ok(ValidJob {
+        spec: spec.clone(),
+        image,
+        args,
+        env,
+        cwd,
+        user,
+        gpus: gpu_ids,
+        time_limit: Duration::from_millis(time_limit_millis),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OneImage;
+    impl ImageSource for OneImage {
+        fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
+            Ok((name == "busybox:latest").then(|| ResolvedImage {
+                reference: name.into(),
+                rootfs: "/images/busybox/rootfs".into(),
+                cmd: vec!["/bin/sh".into()],
+                env: vec!["PATH=/bin".into(), "A=1".into()],
+                ..ResolvedImage::default()
+            }))
+        }
+    }
+
+    fn gpus() -> Vec<GpuIdentity> {
+        vec![GpuIdentity {
+            pci_bus_id: "0000:01:00.0".into(),
+            uuid: Some("GPU-abc".into()),
+        }]
+    }
+
+    fn good() -> JobSpec {
+        JobSpec {
+            job_id: "job-1".into(),
+            image: "busybox:latest".into(),
+            resources: Resources {
+                cpu_millicores: 500,
+                memory_bytes: 64 << 20,
+                pids: 64,
+                ..Resources::default()
+            },
+            ..JobSpec::default()
+        }
+    }
+
+    fn field_of(spec: &JobSpec) -> String {
+        match validate(spec, &OneImage, &gpus(), &JobsConfig::default()) {
+            Err(JobError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_spec_resolves_process_from_the_image() {
+        let job = validate(&good(), &OneImage, &gpus(), &JobsConfig::default()).unwrap();
+        assert_eq!(job.args, ["/bin/sh"]);
+        assert_eq!(job.cwd, "/");
+        assert_eq!(job.env, ["PATH=/bin", "A=1"]);
+        assert_eq!(job.time_limit, Duration::from_millis(86_400_000));
+        let mut spec = good();
+        spec.command = vec!["sleep".into()];
+        spec.env = vec!["A=2".into()];
+        spec.resources.gpus = vec!["gpu-ABC".into()];
+        let job = validate(&spec, &OneImage, &gpus(), &JobsConfig::default()).unwrap();
+        assert_eq!(
+            job.args,
+            ["sleep"],
+            "command without args drops the image cmd"
+        );
+        assert_eq!(job.env, ["PATH=/bin", "A=2"]);
+        assert_eq!(job.gpus, ["0000:01:00.0"]);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Change = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("job_id", Box::new(|s| s.job_id = String::new())),
+            ("job_id", Box::new(|s| s.job_id = "a/b".into())),
+            ("job_id", Box::new(|s| s.job_id = "-a".into())),
+            ("job_id", Box::new(|s| s.job_id = "x".repeat(65))),
+            ("image", Box::new(|s| s.image = "nope:1".into())),
+            ("image", Box::new(|s| s.image = "/srv/rootfs".into())),
+            ("image", Box::new(|s| s.image = String::new())),
+            ("env[0]", Box::new(|s| s.env = vec!["NOEQUALS".into()])),
+            (
+                "env[1]",
+                Box::new(|s| s.env = vec!["A=1".into(), "1A=2".into()]),
+            ),
+            ("working_dir", Box::new(|s| s.working_dir = "tmp".into())),
+            (
+                "working_dir",
+                Box::new(|s| s.working_dir = "/a/../b".into()),
+            ),
+            (
+                "resources.cpu_millicores",
+                Box::new(|s| s.resources.cpu_millicores = 0),
+            ),
+            (
+                "resources.memory_bytes",
+                Box::new(|s| s.resources.memory_bytes = -1),
+            ),
+            (
+                "resources.memory_bytes",
+                Box::new(|s| s.resources.memory_bytes = 0),
+            ),
+            (
+                "resources.memory_bytes",
+                Box::new(|s| s.resources.memory_bytes = 1000),
+            ),
+            ("resources.pids", Box::new(|s| s.resources.pids = 0)),
+            (
+                "resources.scratch_bytes",
+                Box::new(|s| s.resources.scratch_bytes = -5),
+            ),
+            (
+                "resources.gpus[0]",
+                Box::new(|s| s.resources.gpus = vec!["GPU-zzz".into()]),
+            ),
+            (
+                "resources.gpus[1]",
+                Box::new(|s| s.resources.gpus = vec!["GPU-abc".into(), "0000:01:00.0".into()]),
+            ),
+            (
+                "time_limit_millis",
+                Box::new(|s| s.time_limit_millis = u64::MAX),
+            ),
+            ("args[0]", Box::new(|s| s.args = vec!["a\0b".into()])),
+            (
+                "labels",
+                Box::new(|s| {
+                    s.labels.insert(String::new(), "x".into());
+                }),
+            ),
+        ];
+        for (want, change) in cases {
+            let mut spec = good();
+            change(&mut spec);
+            assert_eq!(field_of(&spec), want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn users_and_env_merge() {
+        assert_eq!(parse_user(Some("1000:100")), (1000, 100));
+        assert_eq!(parse_user(Some("1000")), (1000, 1000));
+        assert_eq!(parse_user(Some("nobody")), (0, 0));
+        assert_eq!(parse_user(None), (0, 0));
+        assert_eq!(
+            merge_env(&["A=1".into(), "B=2".into()], &["A=3".into()]),
+            ["B=2", "A=3"]
+        );
+    }
+}

@@ -1,0 +1,794 @@
+//! Jobs end to end with real runc: the daemon in-process (jobs enabled, shims = the built
+//! `fog-agent` binary) on its unix admin socket, and the `fog-agent serve` binary for the
+//! SIGKILL test; the image is an OCI layout made from the host's `busybox-static`
+//! (`image::testing::busybox_layout`), imported with ImportImage. Limits (CPU quota, OOM kill, pids), capacity reservations, idempotency,
+//! bad specs, logs, WatchJob, restart recovery.
+//!
+//! Every test cleans up its containers and cgroups in a `Drop` guard (runc delete --force), so
+//! a failing assertion leaves nothing running; every wait is bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fog_agent::config::Config;
+use fog_agent::daemon::{self, DaemonOptions, JobsOptions, RunningDaemon};
+use fog_agent::image::ImageStore;
+use fog_proto::v1 as pb;
+use fog_proto::v1::agent_client::AgentClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+const RUNC: &str = "/usr/sbin/runc";
+const IMAGE: &str = "busybox:latest";
+const MIB: i64 = 1 << 20;
+
+/// CPU-heavy tests run one at a time (2 cores): a CPU measurement next to a fork bomb or a
+/// busy loop would measure the neighbour.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A unique name for this process and call.
+fn unique(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+struct Harness {
+    // Dropped first: containers and cgroups go before the temp dir does.
+    _cleanup: Cleanup,
+    _dir: tempfile::TempDir,
+    config: Config,
+    daemon: Option<RunningDaemon>,
+    client: AgentClient<Channel>,
+    runc_root: PathBuf,
+}
+
+fn config_in(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.api.listen = Vec::new();
+    config.api.unix_socket = dir.join("agent.sock");
+    config.state.dir = dir.join("state");
+    config.bench.run_on_start = false;
+    config.jobs.cgroup_parent = unique("fog-agent-it");
+    config.jobs.telemetry_interval_millis = 200;
+    config.api.shutdown_grace_millis = 1000;
+    config.metrics.enabled = false;
+    config
+}
+
+fn options(config: &Config) -> DaemonOptions {
+    DaemonOptions {
+        jobs: Some(JobsOptions {
+            shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")),
+            images: Arc::new(ImageStore::open(&config.state.dir).unwrap()),
+            runtime: None,
+        }),
+        ..DaemonOptions::default()
+    }
+}
+
+/// Writes the busybox layout and imports it through ImportImage.
+async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
+    let layout = dir.join("layout");
+    if !layout.exists() {
+        fog_agent::image::testing::busybox_layout(&layout, IMAGE).unwrap();
+    }
+    let image = client
+        .import_image(pb::ImportImageRequest {
+            layout_dir: layout.display().to_string(),
+            reference: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(image.reference, IMAGE);
+    assert!(image.manifest_digest.starts_with("sha256:"));
+}
+
+async fn connect(socket: &Path) -> AgentClient<Channel> {
+    let path = socket.to_owned();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let channel = Endpoint::from_static("http://agent.local")
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    AgentClient::new(channel)
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path());
+        let daemon = daemon::start(&config, options(&config)).await.unwrap();
+        let mut client = connect(&config.api.unix_socket).await;
+        import_busybox(&mut client, dir.path()).await;
+        let runc_root = config.state.dir.join("jobs/.runc");
+        Self {
+            _cleanup: Cleanup::new(&config),
+            _dir: dir,
+            config,
+            daemon: Some(daemon),
+            client,
+            runc_root,
+        }
+    }
+
+    /// Stops the daemon (jobs keep running under their shims) and starts a new one on the same
+    /// state dir.
+    async fn restart(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown().await;
+        }
+        let daemon = daemon::start(&self.config, options(&self.config))
+            .await
+            .unwrap();
+        self.client = connect(&self.config.api.unix_socket).await;
+        self.daemon = Some(daemon);
+    }
+
+    fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/{controller}/{}/{id}",
+            self.config.jobs.cgroup_parent
+        ))
+    }
+
+    fn containers(&self) -> Vec<String> {
+        containers_in(&self.runc_root)
+    }
+}
+
+/// Removes every container under a runtime root and every cgroup below a parent, on drop.
+struct Cleanup {
+    runc_root: PathBuf,
+    cgroup_parent: String,
+}
+
+impl Cleanup {
+    fn new(config: &Config) -> Self {
+        Self {
+            runc_root: config.jobs.dir_under(&config.state.dir).join(".runc"),
+            cgroup_parent: config.jobs.cgroup_parent.clone(),
+        }
+    }
+}
+
+fn containers_in(runc_root: &Path) -> Vec<String> {
+    let out = std::process::Command::new(RUNC)
+        .arg("--root")
+        .arg(runc_root)
+        .args(["list", "--quiet"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Whatever happened: no container and no cgroup of this test survives it.
+        for id in containers_in(&self.runc_root) {
+            for args in [vec!["kill", &id, "KILL"], vec!["delete", "--force", &id]] {
+                let _ = std::process::Command::new(RUNC)
+                    .arg("--root")
+                    .arg(&self.runc_root)
+                    .args(args)
+                    .output();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for controller in [
+            "cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer", "cpuset", "systemd",
+            "unified",
+        ] {
+            let parent = PathBuf::from(format!(
+                "/sys/fs/cgroup/{controller}/{}",
+                self.cgroup_parent
+            ));
+            if let Ok(entries) = std::fs::read_dir(&parent) {
+                for entry in entries.flatten() {
+                    if entry.path().is_dir() {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&parent);
+        }
+    }
+}
+
+fn spec(id: &str, script: &str) -> pb::JobSpec {
+    pb::JobSpec {
+        job_id: id.to_owned(),
+        image: IMAGE.to_owned(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.to_owned()],
+        resources: Some(pb::JobResources {
+            cpu_millicores: 500,
+            memory_bytes: 64 * MIB,
+            pids: 64,
+            gpus: vec![],
+            scratch_bytes: 0,
+        }),
+        ..pb::JobSpec::default()
+    }
+}
+
+async fn start(client: &mut AgentClient<Channel>, spec: pb::JobSpec) -> pb::StartJobResponse {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        client.start_job(pb::StartJobRequest { spec: Some(spec) }),
+    )
+    .await
+    .expect("StartJob within 60 s")
+    .unwrap()
+    .into_inner()
+}
+
+async fn get(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
+    client
+        .get_job(pb::GetJobRequest {
+            job_id: id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+}
+
+async fn stop(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        client.stop_job(pb::StopJobRequest {
+            job_id: id.to_owned(),
+            grace_millis: 200,
+        }),
+    )
+    .await
+    .expect("StopJob within 30 s")
+    .unwrap()
+    .into_inner()
+    .job
+    .unwrap()
+}
+
+/// Polls GetJob until `done`, at most `timeout`.
+async fn wait_for(
+    client: &mut AgentClient<Channel>,
+    id: &str,
+    timeout: Duration,
+    done: impl Fn(&pb::Job) -> bool,
+) -> pb::Job {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job = get(client, id).await;
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} not there within {timeout:?}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ended(job: &pb::Job) -> bool {
+    matches!(
+        job.state(),
+        pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Stopped
+    )
+}
+
+fn read_u64(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_bound_job_at_500_millicores_uses_half_a_core() {
+    let _heavy = HEAVY.lock().await;
+    let mut h = Harness::start().await;
+    let id = unique("cpu");
+    let job = start(&mut h.client, spec(&id, "while :; do :; done")).await;
+    assert!(job.created);
+    assert_eq!(job.job.unwrap().state(), pb::JobState::Running);
+    let usage = h.cgroup_dir("cpuacct", &id).join("cpuacct.usage");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (t0, c0) = (Instant::now(), read_u64(&usage));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (t1, c1) = (Instant::now(), read_u64(&usage));
+    let cores = (c1 - c0) as f64 / 1e9 / (t1 - t0).as_secs_f64();
+    assert!((0.4..=0.6).contains(&cores), "used {cores:.3} cores");
+    let quota = read_u64(&h.cgroup_dir("cpu", &id).join("cpu.cfs_quota_us"));
+    assert_eq!(quota, 50_000);
+    // Telemetry and counters saw it too.
+    let job = get(&mut h.client, &id).await;
+    let usage = job.usage.unwrap();
+    assert!(usage.cpu_seconds > 1.0, "{usage:?}");
+    assert!(job.last_sample.unwrap().cpu_nr_throttled.unwrap() > 0);
+    // The /metrics per-job series come from the same samples.
+    let metrics = {
+        use fog_agent::metrics::JobMetricsSource;
+        let jobs = h.daemon.as_ref().unwrap().shared().jobs.clone().unwrap();
+        jobs.job_metrics()
+    };
+    let mine = metrics.iter().find(|m| m.job_id == id).unwrap();
+    assert_eq!(mine.state, "running");
+    assert!(mine.cpu_seconds.unwrap() > 1.0, "{mine:?}");
+    assert_eq!(mine.memory_limit_bytes, Some(64 << 20));
+    let stopped = stop(&mut h.client, &id).await;
+    assert_eq!(stopped.state(), pb::JobState::Stopped);
+    assert_eq!(stopped.termination(), pb::TerminationReason::StopRequested);
+    assert!(h.containers().is_empty(), "{:?}", h.containers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_past_its_memory_limit_is_oom_killed_and_reported() {
+    let _heavy = HEAVY.lock().await;
+    let mut h = Harness::start().await;
+    let id = unique("oom");
+    let mut s = spec(&id, "x=aaaaaaaaaaaaaaaa; while :; do x=\"$x$x\"; done");
+    s.resources.as_mut().unwrap().memory_bytes = 32 * MIB;
+    start(&mut h.client, s).await;
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(60), ended).await;
+    assert_eq!(job.state(), pb::JobState::Failed, "{job:?}");
+    assert_eq!(
+        job.termination(),
+        pb::TerminationReason::OomKilled,
+        "{job:?}"
+    );
+    assert_eq!(job.exit_code, Some(137), "{job:?}");
+    assert!(job.message.contains("OOM"), "{}", job.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_stops_at_its_pids_limit() {
+    let _heavy = HEAVY.lock().await;
+    let mut h = Harness::start().await;
+    let id = unique("forkbomb");
+    // The bomb runs in a background subshell; the job's init then execs sleep (no fork
+    // needed), so the job lives on while the bomb hits the limit.
+    let mut s = spec(&id, "f() { f | f & }; f 2>/dev/null & exec sleep 30");
+    let r = s.resources.as_mut().unwrap();
+    r.pids = 16;
+    r.cpu_millicores = 200;
+    start(&mut h.client, s).await;
+    let pids = h.cgroup_dir("pids", &id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        let events = std::fs::read_to_string(pids.join("pids.events")).unwrap_or_default();
+        refused = events
+            .lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        let current = read_u64(&pids.join("pids.current"));
+        assert!(current <= 16, "pids.current {current} above the limit");
+        if refused > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "no fork was refused at the limit");
+    assert_eq!(read_u64(&pids.join("pids.max")), 16);
+    let stopped = stop(&mut h.client, &id).await;
+    assert!(ended(&stopped), "{stopped:?}");
+}
+
+async fn capacity(client: &mut AgentClient<Channel>) -> pb::Capacity {
+    client
+        .get_capacity(pb::GetCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capacity
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_goes_down_on_start_and_back_up_on_stop() {
+    let mut h = Harness::start().await;
+    let mut watch = h
+        .client
+        .watch_capacity(pb::WatchCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let id = unique("cap");
+    let mut s = spec(&id, "sleep 60");
+    s.resources.as_mut().unwrap().cpu_millicores = 250;
+    s.resources.as_mut().unwrap().scratch_bytes = 10 * MIB;
+    // The first StartJob waits for the inventory, so capacity totals are known after it.
+    start(&mut h.client, s).await;
+    let during = capacity(&mut h.client).await;
+    let cpu = during.cpu_millicores.unwrap();
+    assert_eq!(cpu.allocated, 250);
+    assert_eq!(during.memory_bytes.unwrap().allocated, 64 << 20);
+    assert_eq!(during.disk_bytes.unwrap().allocated, 10 << 20);
+    stop(&mut h.client, &id).await;
+    let after = capacity(&mut h.client).await;
+    assert_eq!(after.cpu_millicores.unwrap().allocated, 0);
+    assert_eq!(after.cpu_millicores.unwrap().free, cpu.free + 250);
+    assert_eq!(after.memory_bytes.unwrap().allocated, 0);
+    assert!(after.sequence > during.sequence);
+    // The watch saw the allocation and the release.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.ends_with(&[250, 0]) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, watch.message())
+            .await
+            .expect("capacity change within 10 s")
+            .unwrap()
+            .unwrap();
+        let allocated = msg.capacity.unwrap().cpu_millicores.unwrap().allocated;
+        if seen.last() != Some(&allocated) {
+            seen.push(allocated);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_large_requests_are_resource_exhausted_naming_the_resource() {
+    let mut h = Harness::start().await;
+    for (field, change) in [
+        ("resources.cpu_millicores", (1_000_000_000, 64 * MIB)),
+        ("resources.memory_bytes", (100, 1 << 50)),
+    ] {
+        let id = unique("big");
+        let mut s = spec(&id, "sleep 1");
+        let r = s.resources.as_mut().unwrap();
+        (r.cpu_millicores, r.memory_bytes) = change;
+        let status = h
+            .client
+            .start_job(pb::StartJobRequest { spec: Some(s) })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+        let missing = h
+            .client
+            .get_job(pb::GetJobRequest { job_id: id })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            missing.code(),
+            Code::NotFound,
+            "a refused job is not recorded"
+        );
+    }
+    assert!(h.containers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_job_id_started_twice_runs_once() {
+    let mut h = Harness::start().await;
+    let id = unique("twice");
+    let s = spec(&id, "sleep 60");
+    let (mut c1, mut c2) = (h.client.clone(), h.client.clone());
+    let (a, b) = tokio::join!(start(&mut c1, s.clone()), start(&mut c2, s.clone()));
+    assert_eq!(
+        [a.created, b.created].iter().filter(|c| **c).count(),
+        1,
+        "exactly one StartJob created the job"
+    );
+    let again = start(&mut h.client, s.clone()).await;
+    assert!(!again.created);
+    assert_eq!(again.job.unwrap().state(), pb::JobState::Running);
+    assert_eq!(h.containers(), std::slice::from_ref(&id));
+    let jobs = h
+        .client
+        .list_jobs(pb::ListJobsRequest { active_only: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1);
+    // The same id with another spec is refused.
+    let mut other = s.clone();
+    other.command = vec!["/bin/true".into()];
+    let status = h
+        .client
+        .start_job(pb::StartJobRequest { spec: Some(other) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    stop(&mut h.client, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_invalid_argument_naming_the_field() {
+    let mut h = Harness::start().await;
+    type Change = Box<dyn Fn(&mut pb::JobSpec)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("image", Box::new(|s| s.image = "unknown:1".into())),
+        ("image", Box::new(|s| s.image = "/bin".into())),
+        (
+            "resources.memory_bytes",
+            Box::new(|s| s.resources.as_mut().unwrap().memory_bytes = -1),
+        ),
+        (
+            "resources.gpus[0]",
+            Box::new(|s| {
+                s.resources.as_mut().unwrap().gpus =
+                    vec!["GPU-00000000-0000-0000-0000-000000000000".into()]
+            }),
+        ),
+        (
+            "resources.cpu_millicores",
+            Box::new(|s| s.resources.as_mut().unwrap().cpu_millicores = -100),
+        ),
+        (
+            "resources.pids",
+            Box::new(|s| s.resources.as_mut().unwrap().pids = 0),
+        ),
+        ("job_id", Box::new(|s| s.job_id = "../etc".into())),
+        (
+            "working_dir",
+            Box::new(|s| s.working_dir = "relative/dir".into()),
+        ),
+        (
+            "env[0]",
+            Box::new(|s| s.env = vec!["no equals sign".into()]),
+        ),
+    ];
+    for (field, change) in cases {
+        let mut s = spec(&unique("bad"), "true");
+        change(&mut s);
+        let status = h
+            .client
+            .start_job(pb::StartJobRequest {
+                spec: Some(s.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let status = h
+        .client
+        .start_job(pb::StartJobRequest { spec: None })
+        .await
+        .unwrap_err();
+    assert!(status.message().starts_with("spec"));
+    assert!(h.containers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_stream_while_the_job_runs() {
+    let mut h = Harness::start().await;
+    let id = unique("logs");
+    let script =
+        "i=0; while [ $i -lt 300 ]; do echo line $i; echo err $i >&2; i=$((i+1)); sleep 0.1; done";
+    start(&mut h.client, spec(&id, script)).await;
+    let mut watch = h
+        .client
+        .watch_job(pb::WatchJobRequest {
+            job_id: id.clone(),
+            logs: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stdout_lines = 0;
+    let mut stderr_lines = 0;
+    let mut telemetry = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stdout_lines < 10 || stderr_lines < 10 || telemetry < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, watch.message())
+            .await
+            .expect("watch messages within 20 s")
+            .unwrap()
+            .unwrap();
+        match msg.event.unwrap() {
+            pb::watch_job_response::Event::Job(job) => {
+                assert_eq!(job.state(), pb::JobState::Running)
+            }
+            pb::watch_job_response::Event::Telemetry(t) => {
+                assert!(t.sample.unwrap().memory_usage_bytes.is_some());
+                telemetry += 1;
+            }
+            pb::watch_job_response::Event::Log(line) => {
+                let stream = line.stream();
+                let text = String::from_utf8(line.line).unwrap();
+                match stream {
+                    pb::LogStream::Stdout => {
+                        assert!(text.starts_with("line "), "{text}");
+                        stdout_lines += 1;
+                    }
+                    pb::LogStream::Stderr => {
+                        assert!(text.starts_with("err "), "{text}");
+                        stderr_lines += 1;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+    // The job is still running: lines arrived while it ran.
+    assert_eq!(get(&mut h.client, &id).await.state(), pb::JobState::Running);
+    // JobLogs: the last 3 lines of each stream, then following.
+    let mut logs = h
+        .client
+        .job_logs(pb::JobLogsRequest {
+            job_id: id.clone(),
+            tail_lines: 3,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut first = Vec::new();
+    for _ in 0..8 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), logs.message())
+            .await
+            .expect("log line within 10 s")
+            .unwrap()
+            .unwrap();
+        first.push(String::from_utf8(msg.log.unwrap().line).unwrap());
+    }
+    assert!(
+        first[..3].iter().all(|l| l.starts_with("line ")),
+        "{first:?}"
+    );
+    assert!(
+        first[3..6].iter().all(|l| l.starts_with("err ")),
+        "{first:?}"
+    );
+    let n = |l: &str| l.rsplit(' ').next().unwrap().parse::<u32>().unwrap();
+    assert!(n(&first[1]) == n(&first[0]) + 1, "{first:?}");
+    stop(&mut h.client, &id).await;
+    // Followed logs end with the job.
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while logs.message().await.unwrap().is_some() {}
+    })
+    .await;
+    assert!(rest.is_ok(), "JobLogs did not end after the job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_finds_running_and_ended_jobs() {
+    let _heavy = HEAVY.lock().await;
+    let mut h = Harness::start().await;
+    let running = unique("keeps");
+    let ending = unique("ends");
+    let mut busy = spec(&running, "while :; do :; done");
+    busy.resources.as_mut().unwrap().cpu_millicores = 300;
+    start(&mut h.client, busy).await;
+    start(&mut h.client, spec(&ending, "sleep 2; exit 3")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = get(&mut h.client, &running).await.usage.unwrap();
+    assert!(before.cpu_seconds > 0.2, "{before:?}");
+    // Down for 3 s: `ending` exits meanwhile.
+    if let Some(daemon) = h.daemon.take() {
+        daemon.shutdown().await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.restart().await;
+    let job = get(&mut h.client, &running).await;
+    assert_eq!(job.state(), pb::JobState::Running, "{job:?}");
+    let after = job.usage.unwrap();
+    assert!(
+        after.cpu_seconds >= before.cpu_seconds,
+        "{before:?} {after:?}"
+    );
+    assert!(after.duration_millis >= before.duration_millis + 3000);
+    let gone = get(&mut h.client, &ending).await;
+    assert_eq!(gone.state(), pb::JobState::Failed, "{gone:?}");
+    assert_eq!(gone.exit_code, Some(3));
+    assert_eq!(gone.termination(), pb::TerminationReason::Exited);
+    // Telemetry continues: counters grow after the restart.
+    let later = wait_for(&mut h.client, &running, Duration::from_secs(10), |j| {
+        j.usage.as_ref().unwrap().cpu_seconds > after.cpu_seconds + 0.2
+    })
+    .await;
+    assert!(later.last_sample.is_some());
+    // Capacity: only the running job holds its reservation.
+    let cap = capacity(&mut h.client).await;
+    assert_eq!(cap.cpu_millicores.unwrap().allocated, 300);
+    stop(&mut h.client, &running).await;
+    assert!(h.containers().is_empty());
+}
+
+/// The `fog-agent serve` binary, SIGKILLed mid-job and started again on the same state dir:
+/// the job is still running, its counters continue.
+#[test]
+fn sigkill_of_the_agent_mid_job_and_restart_keep_the_job_and_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let toml = format!(
+        "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = {:?}\ntelemetry_interval_millis = 200\n",
+        config.api.unix_socket, config.state.dir, config.jobs.cgroup_parent
+    );
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    let guard = Cleanup::new(&config);
+    let serve = || {
+        let _ = std::fs::remove_file(&config.api.unix_socket);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fog-agent"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !config.api.unix_socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _heavy = HEAVY.blocking_lock();
+    let id = unique("sigkill");
+    let mut agent = serve();
+    let before = rt.block_on(async {
+        let mut client = connect(&config.api.unix_socket).await;
+        import_busybox(&mut client, dir.path()).await;
+        start(&mut client, spec(&id, "while :; do :; done")).await;
+        wait_for(&mut client, &id, Duration::from_secs(20), |j| {
+            j.usage.as_ref().unwrap().cpu_seconds > 0.5
+        })
+        .await
+        .usage
+        .unwrap()
+    });
+    agent.kill().unwrap(); // SIGKILL
+    agent.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut agent = serve();
+    rt.block_on(async {
+        let mut client = connect(&config.api.unix_socket).await;
+        let job = get(&mut client, &id).await;
+        assert_eq!(job.state(), pb::JobState::Running, "{job:?}");
+        let after = job.usage.unwrap();
+        assert!(
+            after.cpu_seconds >= before.cpu_seconds,
+            "{before:?} {after:?}"
+        );
+        assert!(after.duration_millis >= before.duration_millis + 1000);
+        let later = wait_for(&mut client, &id, Duration::from_secs(10), |j| {
+            j.usage.as_ref().unwrap().cpu_seconds > after.cpu_seconds + 0.3
+        })
+        .await;
+        assert!(later.last_sample.is_some());
+        let stopped = stop(&mut client, &id).await;
+        assert_eq!(stopped.state(), pb::JobState::Stopped);
+    });
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    drop(guard);
+}
