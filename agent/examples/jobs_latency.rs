@@ -165,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
     }
     for c in [
         "cpu", "cpuacct", "memory", "pids", "devices", "freezer", "blkio", "cpuset", "systemd",
+        "unified",
     ] {
         for parent in ["fog-agent-bench", "fog-agent-bench-ref"] {
             let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{parent}"));

@@ -835,11 +835,15 @@ impl JobManager {
             if let Some(exit) = shim::read_exit(&dir) {
                 return Ok(Some(exit));
             }
-            if pid_file.exists() {
-                match self.runtime.state(id) {
-                    Ok(Some(state)) if state.status == "running" => return Ok(None),
-                    Ok(_) => {}
-                    Err(err) => tracing::debug!(job = %id, error = %err, "runtime state"),
+            if let Some(pid) = shim::read_pid(&pid_file) {
+                match self.runtime.started(id, pid) {
+                    Some(true) => return Ok(None),
+                    Some(false) => {}
+                    None => match self.runtime.state(id) {
+                        Ok(Some(state)) if state.status == "running" => return Ok(None),
+                        Ok(_) => {}
+                        Err(err) => tracing::debug!(job = %id, error = %err, "runtime state"),
+                    },
                 }
             }
             if Instant::now() > deadline {

@@ -42,6 +42,11 @@ pub trait JobRuntime: Send + Sync + std::fmt::Debug {
     fn delete(&self, id: &str, force: bool) -> Result<(), JobError>;
     /// The ids of every container the runtime knows (under this root).
     fn list(&self) -> Result<Vec<String>, JobError>;
+    /// A cheap answer to "has container `id` (init pid `pid`) been started?" without running
+    /// the runtime, when the runtime's state files allow it; `None` = ask [`Self::state`].
+    fn started(&self, _id: &str, _pid: i32) -> Option<bool> {
+        None
+    }
 }
 
 /// runc (or a compatible CLI) with its own state root.
@@ -149,6 +154,16 @@ impl JobRuntime for Runc {
         }
     }
 
+    /// runc's own rule (libcontainer `runType`): a container whose init lives is `created`
+    /// while `<root>/<id>/exec.fifo` exists and `running` once `start` has removed it.
+    fn started(&self, id: &str, pid: i32) -> Option<bool> {
+        let dir = self.root.join(id);
+        if !dir.join("state.json").exists() || !Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+        Some(!dir.join("exec.fifo").exists())
+    }
+
     fn list(&self) -> Result<Vec<String>, JobError> {
         let (ok, stdout, stderr) = self.call("list", &["list", "--quiet"])?;
         if !ok {
@@ -209,6 +224,22 @@ mod tests {
         assert_eq!(out.stdout, b"hi\n");
         let err = run_bounded(Command::new("/nonexistent/runc"), CALL_TIMEOUT).unwrap_err();
         assert!(err.contains("cannot start"), "{err}");
+    }
+
+    #[test]
+    fn started_follows_runcs_exec_fifo_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let runc = Runc::new("/usr/sbin/runc", dir.path());
+        let me = std::process::id() as i32;
+        assert_eq!(runc.started("c1", me), None, "no state yet: ask runc");
+        let c = dir.path().join("c1");
+        std::fs::create_dir(&c).unwrap();
+        std::fs::write(c.join("state.json"), "{}").unwrap();
+        std::fs::write(c.join("exec.fifo"), "").unwrap();
+        assert_eq!(runc.started("c1", me), Some(false), "created, not started");
+        std::fs::remove_file(c.join("exec.fifo")).unwrap();
+        assert_eq!(runc.started("c1", me), Some(true));
+        assert_eq!(runc.started("c1", i32::MAX), None, "init gone: ask runc");
     }
 
     #[test]
