@@ -1,7 +1,7 @@
 //! Storage kernels: O_DIRECT sequential write / read with 1 MiB blocks and random 4 KiB reads.
 //!
-//! Queue depth comes from io_uring (the private `uring` module): one thread keeps `inflight` requests in flight,
-//! as fio's `libaio` engine (the reference) does. Where the kernel refuses io_uring (seccomp,
+//! Queue depth comes from io_uring (the private `uring` module): one thread keeps `inflight`
+//! requests in flight, as fio's `libaio` engine (the reference) does. Where the kernel refuses io_uring (seccomp,
 //! `kernel.io_uring_disabled`), `inflight` threads each issue blocking `pwrite`/`pread` at queue
 //! depth 1 instead (fio's `psync` with `numjobs`); the result's `engine` says which ran. Buffers
 //! are 4 KiB aligned, the file is opened with `O_DIRECT` (no page cache) and filled with random,
