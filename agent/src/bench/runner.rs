@@ -70,6 +70,24 @@ fn run_with_timeout(
     // Its own process group, so a timeout kills everything it started (a driver's helper
     // processes would otherwise keep running).
     cmd.process_group(0);
+    // And it dies with the agent: a benchmark must not outlive the process that enforces its
+    // timeout (systemd stops only the agent itself, see packaging/fog-agent.service).
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child: Child = cmd
         .spawn()
         .map_err(|e| format!("cannot start child: {e}"))?;
