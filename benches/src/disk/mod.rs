@@ -543,6 +543,16 @@ mod tests {
     }
 
     #[test]
+    fn queue_deeper_than_the_ring_is_clamped() {
+        let d = dir();
+        let f = TestFile::create(d.path(), 2).unwrap();
+        f.write_all(100).unwrap();
+        f.read_all(100).unwrap();
+        let (ops, _, lat) = f.random_reads(100, Duration::from_millis(20), 3).unwrap();
+        assert!(ops > 0 && lat.len() as u64 == ops);
+    }
+
+    #[test]
     fn zero_blocks_rejected() {
         assert!(TestFile::create(Path::new("/tmp"), 0).is_err());
     }

@@ -55,7 +55,9 @@ pub(super) fn run(
     mut done: impl FnMut(&Request, &AlignedBuf, f64) -> Result<(), BenchError>,
 ) -> Result<(), BenchError> {
     let fd = types::Fd(file.as_raw_fd());
-    let mut slots = (0..depth.max(1))
+    // Never more requests in flight than the submission queue holds.
+    let depth = depth.clamp(1, ring.params().sq_entries() as usize);
+    let mut slots = (0..depth)
         .map(|_| {
             Ok(Slot {
                 buf: AlignedBuf::new(buf_len)?,
