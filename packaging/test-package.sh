@@ -58,12 +58,12 @@ trap cleanup EXIT
 depends="$(dpkg-deb -f "$deb" Depends)"
 echo "  Depends: $depends"
 dep_names="$(echo "$depends" | tr ',|' '\n\n' | sed 's/(.*)//; s/^ *//; s/ *$//' | grep -v '^$')"
-in_depends() { echo "$dep_names" | grep -qx "$1"; }
+in_depends() { grep -qx -- "$1" <<< "$dep_names"; }
 # Also what those packages themselves depend on (libgcc-s1 comes with libc6, which dpkg-shlibdeps
 # therefore leaves out).
 indirect="$(for d in $dep_names; do dpkg-query -W -f='${Depends}, ${Pre-Depends}\n' "$d" 2>/dev/null || true; done \
   | tr ',|' '\n\n' | sed 's/(.*)//; s/:any//; s/^ *//; s/ *$//' | grep -v '^$' | sort -u)"
-via_depends() { in_depends "$1" || echo "$indirect" | grep -qx "$1"; }
+via_depends() { in_depends "$1" || grep -qx -- "$1" <<< "$indirect"; }
 # The package owning a library file (dpkg knows either the /lib or the /usr/lib spelling on a
 # merged-/usr system).
 owner() {
@@ -91,7 +91,9 @@ ok "every linked library's package is in Depends or comes with one"
 # Loaded with dlopen: libtss2-tctildr loads the TCTI named by [tpm] tcti; opencl3 loads the ICD
 # loader. (libnvidia-ml.so.1 comes with NVIDIA's driver, only where there is such a GPU.)
 for soname in libtss2-tcti-device.so.0 libtss2-tcti-swtpm.so.0 libtss2-tcti-mssim.so.0 libOpenCL.so.1; do
-  path="$(ldconfig -p | awk -v s="$soname" '$1 == s { print $NF; exit }')"
+  # awk reads all of ldconfig's output (no early `exit`): under pipefail an early exit can kill
+  # ldconfig with SIGPIPE and fail the script with status 141.
+  path="$(ldconfig -p | awk -v s="$soname" '$1 == s && path == "" { path = $NF } END { print path }')"
   [ -n "$path" ] || fail "$soname not installed here (packaging/setup-debian.sh)"
   pkg="$(owner "$path")" || fail "$soname ($path): no Debian package owns it"
   in_depends "$pkg" || fail "dlopened $soname comes from $pkg, which is not in Depends"
@@ -99,7 +101,7 @@ for soname in libtss2-tcti-device.so.0 libtss2-tcti-swtpm.so.0 libtss2-tcti-mssi
 done
 ok "every dlopened library's package is in Depends"
 recommends="$(dpkg-deb -f "$deb" Recommends)"
-echo "$recommends" | grep -qw runc || fail "runc not in Recommends: $recommends"
+grep -qw runc <<< "$recommends" || fail "runc not in Recommends: $recommends"
 ok "runc recommended ($recommends)"
 conffiles="$(dpkg-deb -I "$deb" conffiles)" || fail "no conffiles in the package"
 [ "$conffiles" = /etc/fog-agent/agent.toml ] || fail "conffiles: $conffiles"
@@ -125,7 +127,7 @@ ok "installed binary collects the inventory (OpenCL loader and TCTI libraries pr
 # Without TLS files the shipped config refuses to serve, naming the file.
 err="$(timeout 20 /usr/bin/fog-agent serve --config /etc/fog-agent/agent.toml 2>&1 >/dev/null)" \
   && fail "serve started without TLS files"
-echo "$err" | grep -q "/etc/fog-agent/tls/server.pem" || fail "serve without TLS files: $err"
+grep -q "/etc/fog-agent/tls/server.pem" <<< "$err" || fail "serve without TLS files: $err"
 ok "serve without TLS files exits naming /etc/fog-agent/tls/server.pem"
 
 unit=/lib/systemd/system/fog-agent.service

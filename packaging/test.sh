@@ -9,7 +9,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash packaging/setup-debian.sh --test
 
-step() { echo; echo "==> $*"; }
+# Each step prints how long the one before it took, so a slow CI run shows where the time went.
+step_started=$SECONDS
+step_name=""
+step() {
+  [ -z "$step_name" ] || echo "<== $step_name: $((SECONDS - step_started)) s"
+  step_name="$*"
+  step_started=$SECONDS
+  echo
+  echo "==> $*"
+}
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
@@ -23,7 +32,7 @@ bash packaging/test-package.sh
 
 # Fuzz the TPM structure parsers and the report JSON briefly (cargo-fuzz needs nightly; the
 # stable seeded robustness tests above always run).
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if grep -q '^nightly' <<< "$(rustup toolchain list 2>/dev/null)"; then
   step "cargo +nightly fuzz (tpm parsers, ${FOG_FUZZ_SECONDS:-10} s per target)"
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
   (
@@ -35,3 +44,4 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
 else
   echo "fuzz: skipped, no nightly toolchain (the stable robustness tests ran)"
 fi
+step "done"
