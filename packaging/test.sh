@@ -7,8 +7,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash packaging/setup-debian.sh --test
-
 # Each step prints how long the one before it took, so a slow CI run shows where the time went.
 step_started=$SECONDS
 step_name=""
@@ -19,6 +17,9 @@ step() {
   echo
   echo "==> $*"
 }
+step "setup: packaging/setup-debian.sh --test"
+bash packaging/setup-debian.sh --test
+
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
