@@ -210,6 +210,37 @@ pub fn read_stats(fs: &FsRoot, layout: &CgroupLayout, cgroups_path: &str) -> Cgr
     reader.stats
 }
 
+/// The processes (host pids) in one cgroup, from `cgroup.procs`: on v1 in the first mounted
+/// controller of `pids`, `cpu`, `memory` (runc joins every controller), on v2 in the unified
+/// hierarchy.
+pub fn read_procs(
+    fs: &FsRoot,
+    layout: &CgroupLayout,
+    cgroups_path: &str,
+) -> Result<Vec<u32>, String> {
+    let rel = relative_cgroup_path(cgroups_path)
+        .ok_or_else(|| format!("cgroups path {cgroups_path:?} is not a plain path"))?;
+    let dir = match layout {
+        CgroupLayout::V2 { root } => cgroup_dir(root, &rel),
+        CgroupLayout::V1 { .. } => ["pids", "cpu", "memory"]
+            .iter()
+            .find_map(|c| layout.v1_mount(c))
+            .or_else(|| layout.unified())
+            .map(|mount| cgroup_dir(mount, &rel))
+            .ok_or_else(|| "no pids, cpu or memory controller mounted".to_owned())?,
+    };
+    let path = format!("{dir}/cgroup.procs");
+    let text = fs.read_string(&path).map_err(|e| e.to_string())?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{path}: {l:?} is not a pid"))
+        })
+        .collect()
+}
+
 /// The controllers of a v2 hierarchy's root (`cgroup.controllers`).
 fn unified_controllers(fs: &FsRoot, root: &Path) -> Vec<String> {
     fs.read_opt(&format!("{}/cgroup.controllers", root.display()))

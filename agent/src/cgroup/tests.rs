@@ -124,6 +124,29 @@ fn v1_stats_from_the_fixture() {
 }
 
 #[test]
+fn procs_of_a_job_on_both_layouts() {
+    let v1 = fixture("cgroup-v1");
+    let layout = CgroupLayout::detect(&v1).unwrap();
+    assert_eq!(
+        read_procs(&v1, &layout, "/fog-agent/job-abc").unwrap(),
+        [4242, 4250]
+    );
+    let err = read_procs(&v1, &layout, "/fog-agent/job-gone").unwrap_err();
+    assert!(
+        err.contains("pids/fog-agent/job-gone/cgroup.procs"),
+        "{err}"
+    );
+    assert!(read_procs(&v1, &layout, "/fog-agent/../etc").is_err());
+
+    let v2 = fixture("cgroup-v2");
+    let layout = CgroupLayout::detect(&v2).unwrap();
+    assert_eq!(
+        read_procs(&v2, &layout, "/fog-agent/job-abc").unwrap(),
+        [777]
+    );
+}
+
+#[test]
 fn v2_stats_from_the_fixture() {
     let fs = fixture("cgroup-v2");
     let layout = CgroupLayout::detect(&fs).unwrap();
@@ -370,6 +393,7 @@ fn a_real_cgroup_on_this_machine_sees_cpu_time_grow() {
     assert!(b - a > 50_000_000, "cpu grew only {} ns", b - a);
     assert!(second.cpu_user_nanos.is_some());
     assert!(second.pids_current.unwrap() >= 1);
+    assert_eq!(read_procs(&fs, &layout, &path).unwrap(), [pid]);
     // v1 does not move a task's existing charge with it (move_charge_at_immigrate 0) and a busy
     // loop allocates nothing new: the value may be 0, but it is read.
     assert!(second.memory_usage_bytes.is_some(), "{:?}", second.notes);

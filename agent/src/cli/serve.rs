@@ -129,6 +129,8 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
         ),
         runtime: None,
     };
+    // One NVML session for the host telemetry and the jobs' GPU accounting.
+    let nvml = Arc::new(NvmlTelemetry::system());
     let backends = daemon::Backends {
         benchmarks: Arc::new(SuiteBackend::new(
             config.state.dir.clone(),
@@ -141,7 +143,8 @@ fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
             config.state.dir.clone(),
             defaults.inventory_source.clone(),
         )),
-        gpu_telemetry: Arc::new(NvmlTelemetry::system()),
+        gpu_telemetry: nvml.clone(),
+        gpu_accounting: nvml,
     };
     Ok(DaemonOptions {
         backends,

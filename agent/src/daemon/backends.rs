@@ -232,6 +232,8 @@ pub struct Backends {
     pub attestation: Arc<dyn AttestationBackend>,
     /// GPU telemetry for the sampler.
     pub gpu_telemetry: Arc<dyn crate::telemetry::GpuTelemetrySource>,
+    /// Per-process GPU accounting for jobs' GPU-seconds.
+    pub gpu_accounting: Arc<dyn crate::jobs::GpuAccounting>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -242,12 +244,13 @@ impl std::fmt::Debug for Backends {
 
 impl Default for Backends {
     /// Nothing wired: benchmarks and attestation answer `UNIMPLEMENTED`, GPUs are
-    /// "nvml unavailable".
+    /// "nvml unavailable", jobs' GPU-seconds missing with the reason.
     fn default() -> Self {
         Self {
             benchmarks: Arc::new(NotBuilt),
             attestation: Arc::new(NotBuilt),
             gpu_telemetry: Arc::new(crate::telemetry::UnavailableGpuTelemetry::default()),
+            gpu_accounting: Arc::new(crate::jobs::NoGpuAccounting),
         }
     }
 }

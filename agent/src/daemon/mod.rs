@@ -406,7 +406,7 @@ fn build_shared(
                 shim_exe: jobs.shim_exe.clone(),
                 runtime,
                 images: jobs.images.clone(),
-                gpu_accounting: Arc::new(crate::jobs::manager::NoGpuAccounting),
+                gpu_accounting: options.backends.gpu_accounting.clone(),
                 fs: options.fs.clone(),
             };
             let manager = crate::jobs::JobManager::open(setup, capacity.clone())

@@ -18,7 +18,7 @@
 //!
 //! Lock order: `inner`, then `store`. Runtime calls and waits happen without `inner` held.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::bundle::{self, DeviceNode};
+use super::gpu_usage::{self, GpuAccounting};
 use super::runtime::JobRuntime;
 use super::shim::{self, ExitRecord};
 use super::spec::{self, GpuIdentity, ImageSource, JobSpec, ValidJob};
@@ -221,24 +222,6 @@ pub enum JobEvent {
     Telemetry(Arc<Sample>, Usage),
 }
 
-/// Per-process GPU accounting (NVML's accounting mode in production). The seam: this machine
-/// has no GPU, and the NVML implementation is not wired yet, so the daemon uses
-/// [`NoGpuAccounting`] and jobs with GPUs report `gpu_note` instead of GPU-seconds.
-pub trait GpuAccounting: Send + Sync + std::fmt::Debug {
-    /// GPU time in ms used on `pci_bus_id` by the given host pids so far.
-    fn used_millis(&self, pci_bus_id: &str, pids: &[u32]) -> Result<u64, String>;
-}
-
-/// No GPU accounting available.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoGpuAccounting;
-
-impl GpuAccounting for NoGpuAccounting {
-    fn used_millis(&self, _pci_bus_id: &str, _pids: &[u32]) -> Result<u64, String> {
-        Err("per-process GPU accounting (NVML) is not available in this agent".to_owned())
-    }
-}
-
 /// What the manager is built from.
 #[derive(Clone)]
 pub struct JobSetup {
@@ -299,6 +282,9 @@ pub struct JobManager {
     store: Mutex<StateStore>,
     inner: Mutex<Inner>,
     gpus: Mutex<Vec<GpuIdentity>>,
+    /// Every pid seen in each running GPU job's cgroup (see [`gpu_usage`]); touched only by the
+    /// telemetry loop.
+    gpu_pids: Mutex<HashMap<String, BTreeSet<u32>>>,
     stopping: AtomicBool,
 }
 
@@ -383,6 +369,7 @@ impl JobManager {
             store: Mutex::new(store),
             inner: Mutex::new(Inner::default()),
             gpus: Mutex::new(Vec::new()),
+            gpu_pids: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
         manager.recover()?;
@@ -785,6 +772,12 @@ impl JobManager {
             .map_err(|e| format!("cannot chown {}: {e}", scratch.display()))?;
         let gpu_nodes: Vec<DeviceNode> =
             bundle::gpu_device_nodes(&self.fs, &job.gpus).map_err(|e| e.to_string())?;
+        for gpu in &job.gpus {
+            // Not fatal: the job runs, and its usage says why GPU-seconds are missing.
+            if let Err(err) = self.gpu_accounting.prepare(gpu) {
+                tracing::warn!(job = %id, gpu = %gpu, error = %err, "GPU accounting unavailable");
+            }
+        }
         let spec = bundle::runtime_spec(job, &scratch, &self.cgroups_path(id), &gpu_nodes)
             .map_err(|e| e.to_string())?;
         bundle::write_bundle(&dir.join(shim::BUNDLE_DIR), &spec).map_err(|e| e.to_string())?;
@@ -1160,6 +1153,42 @@ impl JobManager {
 
     // ---- telemetry ----
 
+    /// GPU-milliseconds of a running job on each of its GPUs so far (see [`gpu_usage`]), or
+    /// why they cannot be read. Empty for a job without GPUs.
+    fn gpu_used(&self, id: &str, record: &JobRecord) -> Vec<(String, Result<u64, String>)> {
+        if record.gpus.is_empty() {
+            return Vec::new();
+        }
+        let pids = {
+            let mut seen = lock(&self.gpu_pids);
+            let pids = seen.entry(id.to_owned()).or_default();
+            if let Some(layout) = &self.layout {
+                match cgroup::read_procs(&self.fs, layout, &record.cgroups_path) {
+                    Ok(now) => pids.extend(now),
+                    Err(err) => {
+                        tracing::debug!(job = %id, error = %err, "cannot list the job's pids")
+                    }
+                }
+            }
+            pids.clone()
+        };
+        // Created, not started: the container's first processes start before `running` is
+        // recorded.
+        let since_micros = record.created_at_millis.saturating_mul(1000);
+        let now_micros = shim::now_millis().saturating_mul(1000);
+        record
+            .gpus
+            .iter()
+            .map(|gpu| {
+                let used = self
+                    .gpu_accounting
+                    .process_spans(gpu, &pids)
+                    .map(|spans| gpu_usage::held_millis(&spans, since_micros, now_micros));
+                (gpu.clone(), used)
+            })
+            .collect()
+    }
+
     /// One telemetry round over every running job (see the module doc).
     pub fn tick(self: &Arc<Self>) {
         let now = Instant::now();
@@ -1181,6 +1210,7 @@ impl JobManager {
                 .collect();
             (jobs, inner.ticks % SCRATCH_EVERY_TICKS == 0)
         };
+        lock(&self.gpu_pids).retain(|id, _| jobs.iter().any(|(job, _, _)| job == id));
         let mut ended = Vec::new();
         let mut samples = Vec::new();
         for (id, record, scratch_limit) in jobs {
@@ -1198,12 +1228,13 @@ impl JobManager {
             };
             let scratch_used_bytes =
                 measure_scratch.then(|| dir_size(&dir.join(shim::SCRATCH_DIR)));
+            let gpu_used = self.gpu_used(&id, &record);
             let sample = Sample {
                 taken_at_millis: now_ms,
                 stats,
                 scratch_used_bytes,
             };
-            samples.push((id, record, scratch_limit, sample));
+            samples.push((id, record, scratch_limit, sample, gpu_used));
         }
         for id in ended {
             if let Err(err) = self.check_ended(&id) {
@@ -1214,7 +1245,7 @@ impl JobManager {
         let mut to_stop = Vec::new();
         {
             let mut inner = lock(&self.inner);
-            for (id, record, scratch_limit, sample) in samples {
+            for (id, record, scratch_limit, sample, gpu_used) in samples {
                 let Some(entry) = inner.jobs.get_mut(&id) else {
                     continue;
                 };
@@ -1235,17 +1266,18 @@ impl JobManager {
                         .memory_mib_millis
                         .saturating_add(u64::try_from(add).unwrap_or(u64::MAX));
                 }
-                if !record.gpus.is_empty() {
-                    let pids: Vec<u32> = Vec::new();
-                    for gpu in &record.gpus {
-                        match self.gpu_accounting.used_millis(gpu, &pids) {
+                if !gpu_used.is_empty() {
+                    let mut notes = Vec::new();
+                    for (gpu, used) in gpu_used {
+                        match used {
                             Ok(ms) => {
-                                let slot = usage.gpu_millis.entry(gpu.clone()).or_insert(0);
+                                let slot = usage.gpu_millis.entry(gpu).or_insert(0);
                                 *slot = (*slot).max(ms);
                             }
-                            Err(note) => usage.gpu_note = note,
+                            Err(note) => notes.push(format!("{gpu}: {note}")),
                         }
                     }
+                    usage.gpu_note = notes.join("; ");
                 }
                 usage.updated_at_millis = now_ms;
                 entry.last_sample_at = Some(now);

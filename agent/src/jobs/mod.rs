@@ -10,6 +10,8 @@
 //!   through [`crate::capacity::CapacityLedger`], the SQLite records, recovery after a restart,
 //!   and the one telemetry loop for all jobs.
 //! - [`logs`]: tail and follow of the log files.
+//! - [`gpu_usage`]: GPU-seconds from per-process accounting (the [`GpuAccounting`] seam; NVML
+//!   implements it in [`crate::telemetry::NvmlTelemetry`]).
 //!
 //! Job dir layout (`<[jobs] dir>/<job id>/`): `bundle/config.json`, `scratch/` (mounted at
 //! `/scratch`), `stdout.log`, `stderr.log`, `shim.pid`, `container.pid`, `exit.json`,
@@ -19,6 +21,7 @@
 //! (veth, bandwidth shaping) is a later step.
 
 pub mod bundle;
+pub mod gpu_usage;
 pub mod logs;
 pub mod manager;
 pub mod runtime;
@@ -27,6 +30,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 
+pub use gpu_usage::{GpuAccounting, NoGpuAccounting, ProcessSpan};
 pub use manager::{JobEvent, JobManager, JobRecord, JobSetup, JobState, JobView, Termination};
 pub use runtime::{JobRuntime, Runc};
 pub use spec::{GpuIdentity, ImageSource, JobSpec, ResolvedImage, Resources};

@@ -9,11 +9,15 @@
 //! PCI address from NVML's own PCI info (the same normalization as the inventory), so the
 //! sampler and the inventory agree on which card is which.
 //!
+//! The same source answers per-process accounting for jobs' GPU-seconds ([`GpuAccounting`]):
+//! it turns NVML's accounting mode on for a job's GPUs and reads the records of the job's
+//! processes.
+//!
 //! A failed core query (utilization, memory, or a lost GPU) makes the whole sample an error, so a
 //! GPU that cannot be read is reported unavailable and never looks idle. Optional figures a
 //! device does not support (power on some boards, SM clock) are `None`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,7 @@ use super::gpu::{GpuSample, GpuStatus, GpuTelemetrySource};
 use crate::bench::health::{GpuHealth, GpuHealthSource};
 use crate::inventory::gpu::nvml::{NvmlLibrary, NvmlSourceError};
 use crate::inventory::gpu::pci::normalize_bus_id;
+use crate::jobs::{GpuAccounting, ProcessSpan};
 
 /// How long a failed initialization is remembered before NVML is tried again.
 pub const INIT_RETRY: Duration = Duration::from_secs(60);
@@ -70,7 +75,7 @@ impl NvmlTelemetry {
     fn with_device<T>(
         &self,
         pci_bus_id: &str,
-        f: impl FnOnce(&nvml_wrapper::Device<'_>) -> Result<T, String>,
+        f: impl FnOnce(&mut nvml_wrapper::Device<'_>) -> Result<T, String>,
     ) -> Result<T, String> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let retry = match &*state {
@@ -108,10 +113,10 @@ impl NvmlTelemetry {
                         )
                     });
                 };
-                let device = nvml
+                let mut device = nvml
                     .device_by_index(index)
                     .map_err(|e| format!("nvml: device {index} ({pci_bus_id}): {e}"))?;
-                f(&device)
+                f(&mut device)
             }
             State::Failed { reason, .. } => Err(reason.clone()),
             State::NotTried => Err("nvml: not initialized".to_owned()),
@@ -235,6 +240,51 @@ impl GpuHealthSource for NvmlTelemetry {
             temperature_c: s.temperature_celsius.and_then(|t| u32::try_from(t).ok()),
             power_w: s.power_milliwatts.map(|mw| f64::from(mw) / 1000.0),
             throttle_reasons: s.throttle_reasons,
+        })
+    }
+}
+
+impl GpuAccounting for NvmlTelemetry {
+    fn prepare(&self, pci_bus_id: &str) -> Result<(), String> {
+        self.with_device(pci_bus_id, |device| {
+            let enabled = device
+                .is_accounting_enabled()
+                .map_err(|e| format!("nvml: accounting mode: {e}"))?;
+            if !enabled {
+                device.set_accounting(true).map_err(|e| {
+                    format!("nvml: accounting mode is off and cannot be turned on: {e}")
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn process_spans(
+        &self,
+        pci_bus_id: &str,
+        pids: &BTreeSet<u32>,
+    ) -> Result<Vec<ProcessSpan>, String> {
+        self.with_device(pci_bus_id, |device| {
+            let recorded = device.accounting_pids().map_err(|e| match e {
+                NvmlError::NotSupported => {
+                    "nvml: per-process accounting is off or not supported on this GPU".to_owned()
+                }
+                other => format!("nvml: accounting pids: {other}"),
+            })?;
+            let mut spans = Vec::new();
+            for pid in recorded.into_iter().filter(|p| pids.contains(p)) {
+                match device.accounting_stats_for(pid) {
+                    Ok(stats) => spans.push(ProcessSpan {
+                        pid,
+                        start_unix_micros: stats.start_time,
+                        ended_after_millis: (!stats.is_running).then_some(stats.time),
+                    }),
+                    // Overwritten in NVML's circular buffer since it was listed.
+                    Err(NvmlError::NotFound) => {}
+                    Err(e) => return Err(format!("nvml: accounting stats of pid {pid}: {e}")),
+                }
+            }
+            Ok(spans)
         })
     }
 }

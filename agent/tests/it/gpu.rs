@@ -288,3 +288,88 @@ fn nvml_telemetry_source_reads_the_simulated_gpus() {
         .unwrap_err();
     assert_eq!(err, "no NVIDIA driver (driver not loaded)");
 }
+
+/// Jobs' GPU-seconds through the real nvml-wrapper accounting calls: accounting mode turned on
+/// by `prepare`, only the job's pids counted, overlapping processes counted once, a running
+/// process up to now, a reused pid of a process older than the job left out.
+#[test]
+fn nvml_accounting_gives_a_jobs_gpu_seconds() {
+    use std::collections::BTreeSet;
+
+    use fog_agent::jobs::{gpu_usage, GpuAccounting};
+    use fog_agent::telemetry::nvml::NvmlTelemetry;
+
+    let now_us = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    let s = 1_000_000;
+    let job_created = now_us - 200 * s;
+    let t0 = now_us - 100 * s;
+    let records = [
+        // GPU 1 (0000:65:00.0): the job's 500 and 501 overlap (t0..t0+60, t0+30..t0+90).
+        format!("acct=1:500:{t0}:60000:0"),
+        format!("acct=1:501:{}:60000:0", t0 + 30 * s),
+        // 502 is still running since 10 s ago (NVML reports time 0 while it runs).
+        format!("acct=1:502:{}:0:1", now_us - 10 * s),
+        // 600 is a pid the job has now, but this record is of an older process.
+        format!("acct=1:600:{}:5000:0", job_created - 50 * s),
+        // Another tenant's process on the same card.
+        format!("acct=1:999:{t0}:50000:0"),
+        // The job's pid 500 on the other card counts there, not on GPU 1.
+        format!("acct=0:500:{t0}:7000:0"),
+    ];
+    let (_dir, lib) = sim_with_mode(&format!("acct_off,{}", records.join(",")));
+    let nvml = NvmlTelemetry::new(lib);
+    let pids: BTreeSet<u32> = [500, 501, 502, 600].into();
+
+    let off = nvml.process_spans("0000:65:00.0", &pids).unwrap_err();
+    assert!(off.contains("accounting is off"), "{off}");
+    nvml.prepare("0000:65:00.0").unwrap();
+    nvml.prepare("0000:17:00.0").unwrap();
+
+    let spans = nvml.process_spans("0000:65:00.0", &pids).unwrap();
+    let mut seen: Vec<u32> = spans.iter().map(|s| s.pid).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [500, 501, 502, 600], "only the job's pids");
+    let running = spans.iter().find(|s| s.pid == 502).unwrap();
+    assert_eq!(running.ended_after_millis, None);
+    let held = gpu_usage::held_millis(&spans, job_created, now_us);
+    assert_eq!(held, 90_000 + 10_000);
+
+    let other_card = nvml.process_spans("0000:17:00.0", &pids).unwrap();
+    assert_eq!(
+        gpu_usage::held_millis(&other_card, job_created, now_us),
+        7_000
+    );
+
+    let unknown = nvml.prepare("0000:b3:00.0").unwrap_err();
+    assert!(
+        unknown.contains("no NVIDIA device at 0000:b3:00.0"),
+        "{unknown}"
+    );
+}
+
+/// Accounting mode that cannot be turned on (no permission) and a host without a driver are
+/// reasons, never zero GPU-seconds.
+#[test]
+fn nvml_accounting_unavailable_says_why() {
+    use fog_agent::jobs::GpuAccounting;
+    use fog_agent::telemetry::nvml::NvmlTelemetry;
+
+    let (_dir, lib) = sim_with_mode("acct_off,acct_locked");
+    let nvml = NvmlTelemetry::new(lib);
+    let err = nvml.prepare("0000:17:00.0").unwrap_err();
+    assert!(err.contains("cannot be turned on"), "{err}");
+    assert!(nvml
+        .process_spans("0000:17:00.0", &[1].into())
+        .unwrap_err()
+        .contains("accounting is off"));
+
+    let (_dir, lib) = sim_with_mode("driver_not_loaded");
+    let err = NvmlTelemetry::new(lib).prepare("0000:17:00.0").unwrap_err();
+    assert!(err.starts_with("no NVIDIA driver"), "{err}");
+}

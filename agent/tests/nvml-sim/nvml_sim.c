@@ -11,6 +11,12 @@
  *   driver_not_loaded        init returns NVML_ERROR_DRIVER_NOT_LOADED
  *   gpu_lost=<index>         every query on that device returns NVML_ERROR_GPU_IS_LOST
  *   fail_query=<nvmlName>    that entry point returns NVML_ERROR_NOT_SUPPORTED on every device
+ *   acct=<index>:<pid>:<start_us>:<time_ms>:<running>
+ *                            a process accounting record on that device (start as Unix us;
+ *                            time as NVML reports it: 0 while running)
+ *   acct_off                 accounting mode starts disabled (nvmlDeviceSetAccountingMode
+ *                            enables it)
+ *   acct_locked              ... and enabling it fails with NVML_ERROR_NO_PERMISSION
  *
  * To add an entry point: write it with DEVICE_QUERY(...) first, then fill the outputs from
  * the `struct sim_gpu` table (add a field there if needed).
@@ -27,6 +33,8 @@ enum {
     NVML_ERROR_UNINITIALIZED = 1,
     NVML_ERROR_INVALID_ARGUMENT = 2,
     NVML_ERROR_NOT_SUPPORTED = 3,
+    NVML_ERROR_NO_PERMISSION = 4,
+    NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
     NVML_ERROR_GPU_IS_LOST = 15,
@@ -88,18 +96,36 @@ static const struct sim_gpu GPUS[] = {
 };
 #define GPU_COUNT ((unsigned int)(sizeof GPUS / sizeof GPUS[0]))
 
+/* nvmlAccountingStats_t */
+typedef struct {
+    unsigned int gpuUtilization, memoryUtilization;
+    unsigned long long maxMemoryUsage, time, startTime;
+    unsigned int isRunning;
+    unsigned int reserved[5];
+} nvmlAccountingStats_t;
+
+struct sim_acct {
+    unsigned int gpu, pid, running;
+    unsigned long long start_us, time_ms;
+};
+#define MAX_ACCT 32
+
 static struct {
     int initialized;
     int driver_not_loaded;
     int lost_index; /* -1: none */
     char fail_query[128];
-} sim = {0, 0, -1, ""};
+    int acct_locked;
+    unsigned int acct_enabled[2]; /* per device; GPU_COUNT is 2 */
+    struct sim_acct acct[MAX_ACCT];
+    unsigned int acct_count;
+} sim = {0, 0, -1, "", 0, {1, 1}, {{0, 0, 0, 0, 0}}, 0};
 
 /* nvmlDevice_t is an opaque pointer; ours points into GPUS. */
 typedef const struct sim_gpu *nvmlDevice_t;
 
 static void load_config(void) {
-    char buf[512] = "";
+    char buf[4096] = "";
     const char *env = getenv("FOG_NVML_SIM");
     if (env) {
         snprintf(buf, sizeof buf, "%s", env);
@@ -123,6 +149,9 @@ static void load_config(void) {
     sim.driver_not_loaded = 0;
     sim.lost_index = -1;
     sim.fail_query[0] = '\0';
+    sim.acct_locked = 0;
+    sim.acct_enabled[0] = sim.acct_enabled[1] = 1;
+    sim.acct_count = 0;
     for (char *save = NULL, *tok = strtok_r(buf, ",\n \t", &save); tok;
          tok = strtok_r(NULL, ",\n \t", &save)) {
         if (strcmp(tok, "driver_not_loaded") == 0)
@@ -131,6 +160,16 @@ static void load_config(void) {
             sim.lost_index = atoi(tok + 9);
         else if (strncmp(tok, "fail_query=", 11) == 0)
             snprintf(sim.fail_query, sizeof sim.fail_query, "%s", tok + 11);
+        else if (strcmp(tok, "acct_off") == 0)
+            sim.acct_enabled[0] = sim.acct_enabled[1] = 0;
+        else if (strcmp(tok, "acct_locked") == 0)
+            sim.acct_locked = 1;
+        else if (strncmp(tok, "acct=", 5) == 0 && sim.acct_count < MAX_ACCT) {
+            struct sim_acct *a = &sim.acct[sim.acct_count];
+            if (sscanf(tok + 5, "%u:%u:%llu:%llu:%u", &a->gpu, &a->pid, &a->start_us, &a->time_ms,
+                       &a->running) == 5)
+                sim.acct_count++;
+        }
     }
 }
 
@@ -365,4 +404,63 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned 
         infos[i] = GPU1_PROCESSES[i];
     *count = have;
     return NVML_SUCCESS;
+}
+
+/* ---- per-process accounting ---- */
+
+nvmlReturn_t nvmlDeviceGetAccountingMode(nvmlDevice_t dev, unsigned int *mode) {
+    DEVICE_QUERY(dev, mode);
+    *mode = sim.acct_enabled[dev - GPUS];
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceSetAccountingMode(nvmlDevice_t dev, unsigned int mode) {
+    DEVICE_QUERY(dev, &mode);
+    if (sim.acct_locked)
+        return NVML_ERROR_NO_PERMISSION;
+    sim.acct_enabled[dev - GPUS] = mode ? 1 : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetAccountingPids(nvmlDevice_t dev, unsigned int *count,
+                                         unsigned int *pids) {
+    DEVICE_QUERY(dev, count);
+    unsigned int index = (unsigned int)(dev - GPUS);
+    if (!sim.acct_enabled[index])
+        return NVML_ERROR_NOT_SUPPORTED;
+    unsigned int have = 0;
+    for (unsigned int i = 0; i < sim.acct_count; i++)
+        have += sim.acct[i].gpu == index;
+    if (*count < have || (have > 0 && !pids)) {
+        *count = have;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned int n = 0;
+    for (unsigned int i = 0; i < sim.acct_count; i++)
+        if (sim.acct[i].gpu == index)
+            pids[n++] = sim.acct[i].pid;
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetAccountingStats(nvmlDevice_t dev, unsigned int pid,
+                                          nvmlAccountingStats_t *stats) {
+    DEVICE_QUERY(dev, stats);
+    unsigned int index = (unsigned int)(dev - GPUS);
+    if (!sim.acct_enabled[index])
+        return NVML_ERROR_NOT_SUPPORTED;
+    for (unsigned int i = 0; i < sim.acct_count; i++) {
+        const struct sim_acct *a = &sim.acct[i];
+        if (a->gpu == index && a->pid == pid) {
+            memset(stats, 0, sizeof *stats);
+            stats->gpuUtilization = 50;
+            stats->memoryUtilization = 10;
+            stats->maxMemoryUsage = 1073741824ULL;
+            stats->time = a->time_ms;
+            stats->startTime = a->start_us;
+            stats->isRunning = a->running;
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_NOT_FOUND;
 }
