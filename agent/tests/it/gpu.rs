@@ -37,7 +37,7 @@ fn sim_library() -> &'static Path {
 
 /// A private copy of the sim with its own failure mode (file next to the library), so tests in
 /// this process do not share the library's state.
-fn sim_with_mode(mode: &str) -> (tempfile::TempDir, NvmlLibrary) {
+pub(crate) fn sim_with_mode(mode: &str) -> (tempfile::TempDir, NvmlLibrary) {
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("libnvidia-ml.so.1");
     std::fs::copy(sim_library(), &lib).unwrap();

@@ -5,7 +5,8 @@
 //! bad specs, logs, WatchJob, restart recovery.
 //!
 //! Every test cleans up its containers and cgroups in a `Drop` guard (runc delete --force), so
-//! a failing assertion leaves nothing running; every wait is bounded.
+//! a failing assertion leaves nothing running; every wait is bounded. The GPU job runs on a host
+//! root with a simulated NVIDIA driver (`/proc/driver/nvidia`) and the simulated NVML library.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -109,9 +110,15 @@ async fn connect(socket: &Path) -> AgentClient<Channel> {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(|_, options| options).await
+    }
+
+    /// A harness whose daemon options `adjust` changes (it gets the temp dir).
+    async fn start_with(adjust: impl FnOnce(&Path, DaemonOptions) -> DaemonOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(dir.path());
-        let daemon = daemon::start(&config, options(&config)).await.unwrap();
+        let options = adjust(dir.path(), options(&config));
+        let daemon = daemon::start(&config, options).await.unwrap();
         let mut client = connect(&config.api.unix_socket).await;
         import_busybox(&mut client, dir.path()).await;
         let runc_root = config.state.dir.join("jobs/.runc");
@@ -791,4 +798,153 @@ fn sigkill_of_the_agent_mid_job_and_restart_keep_the_job_and_its_counters() {
     agent.kill().unwrap();
     agent.wait().unwrap();
     drop(guard);
+}
+
+/// A root for the agent that is this host (`/sys`, `/proc`) plus an NVIDIA driver's
+/// `/proc/driver/nvidia/gpus/<bus>/information` for one card with minor 0, and an empty `/dev`.
+fn host_with_an_nvidia_driver(dir: &Path, bus: &str) -> fog_agent::fsroot::FsRoot {
+    let root = dir.join("root");
+    let proc = root.join("proc");
+    std::fs::create_dir_all(proc.join(format!("driver/nvidia/gpus/{bus}"))).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    std::os::unix::fs::symlink("/sys", root.join("sys")).unwrap();
+    for entry in std::fs::read_dir("/proc").unwrap() {
+        let name = entry.unwrap().file_name();
+        let name = name.to_string_lossy();
+        if name != "driver" && !name.bytes().all(|b| b.is_ascii_digit()) {
+            std::os::unix::fs::symlink(format!("/proc/{name}"), proc.join(&*name)).unwrap();
+        }
+    }
+    std::fs::write(
+        proc.join(format!("driver/nvidia/gpus/{bus}/information")),
+        "Model: \t\t NVIDIA A100 80GB PCIe\nIRQ:   \t\t 42\nDevice Minor: \t 0\n",
+    )
+    .unwrap();
+    fog_agent::fsroot::FsRoot::new(root)
+}
+
+/// A GPU job end to end: the GPU is offered (inventory), reserved for one job only, its
+/// `/dev/nvidia0` is in the bundle's device allowlist, and the job's GPU-seconds come from the
+/// (simulated) NVML accounting records of the job's real container process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
+    const BUS: &str = "0000:17:00.0";
+    let (sim_dir, sim_lib) = crate::gpu::sim_with_mode("acct_off");
+    let mut h = Harness::start_with(|dir, mut options| {
+        let fs = host_with_an_nvidia_driver(dir, BUS);
+        options.fs = fs.clone();
+        options.inventory_source = Arc::new(move || {
+            let mut inventory = fog_agent::inventory::collect_from(fs.clone());
+            let gpus = inventory.gpus.data.get_or_insert_with(Default::default);
+            gpus.gpus = vec![fog_agent::inventory::gpu::Gpu {
+                pci_bus_id: BUS.to_owned(),
+                vendor: "NVIDIA".to_owned(),
+                ..Default::default()
+            }];
+            inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
+            inventory
+        });
+        options.backends.gpu_accounting =
+            Arc::new(fog_agent::telemetry::nvml::NvmlTelemetry::new(sim_lib));
+        options
+    })
+    .await;
+
+    let capacity = wait_capacity_gpus(&mut h.client).await;
+    assert_eq!(capacity, [BUS]);
+    let id = unique("gpu");
+    let mut s = spec(&id, "sleep 60");
+    s.resources.as_mut().unwrap().gpus = vec![BUS.to_owned()];
+    let job = start(&mut h.client, s).await.job.unwrap();
+    assert_eq!(job.state(), pb::JobState::Running, "{job:?}");
+
+    // The card is this job's alone.
+    let other = unique("gpu-other");
+    let mut s = spec(&other, "true");
+    s.resources.as_mut().unwrap().gpus = vec![BUS.to_owned()];
+    let err = h
+        .client
+        .start_job(pb::StartJobRequest { spec: Some(s) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("GPU {BUS} is allocated to job")),
+        "{err:?}"
+    );
+
+    // Only its own card's node is allowed in the container.
+    let bundle = h
+        .config
+        .state
+        .dir
+        .join(format!("jobs/{id}/bundle/config.json"));
+    let bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle).unwrap()).unwrap();
+    let devices = bundle["linux"]["devices"].as_array().unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["path"] == "/dev/nvidia0" && d["major"] == 195 && d["minor"] == 0),
+        "{devices:?}"
+    );
+
+    // NVML's record of the job's container process, started now and running; and another
+    // tenant's process on the same card, which is not the job's.
+    let procs = h.cgroup_dir("pids", &id).join("cgroup.procs");
+    let pid: u32 = std::fs::read_to_string(&procs)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    std::fs::write(
+        sim_dir.path().join("fog-nvml-sim.acct"),
+        format!("acct=0:{pid}:{now_us}:0:1,acct=0:1:{now_us}:0:1"),
+    )
+    .unwrap();
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(20), |j| {
+        j.usage
+            .as_ref()
+            .is_some_and(|u| u.gpus.iter().any(|g| g.gpu_seconds >= 1.0))
+    })
+    .await;
+    let usage = job.usage.unwrap();
+    assert_eq!(usage.gpu_note, "", "{usage:?}");
+    assert_eq!(usage.gpus.len(), 1);
+    assert_eq!(usage.gpus[0].pci_bus_id, BUS);
+    // Held since the record's start, never more than the job ran.
+    assert!(
+        usage.gpus[0].gpu_seconds * 1000.0 <= usage.duration_millis as f64 + 500.0,
+        "{usage:?}"
+    );
+
+    let stopped = stop(&mut h.client, &id).await;
+    let final_usage = stopped.usage.unwrap();
+    assert!(final_usage.gpus[0].gpu_seconds >= usage.gpus[0].gpu_seconds);
+    assert_eq!(wait_capacity_gpus(&mut h.client).await, [BUS]);
+}
+
+/// The free GPUs once the inventory has been collected (bounded wait).
+async fn wait_capacity_gpus(client: &mut AgentClient<Channel>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = capacity(client).await;
+        let free: Vec<String> = c
+            .gpus
+            .iter()
+            .filter(|g| g.assignment() == pb::GpuAssignment::Free)
+            .map(|g| g.pci_bus_id.clone())
+            .collect();
+        if !free.is_empty() || Instant::now() > deadline {
+            return free;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -17,6 +17,8 @@
  *   acct_off                 accounting mode starts disabled (nvmlDeviceSetAccountingMode
  *                            enables it)
  *   acct_locked              ... and enabling it fails with NVML_ERROR_NO_PERMISSION
+ * The accounting records can also come from `fog-nvml-sim.acct` next to the library, re-read at
+ * every nvmlDeviceGetAccountingPids (for records of a process a test starts later).
  *
  * To add an entry point: write it with DEVICE_QUERY(...) first, then fill the outputs from
  * the `struct sim_gpu` table (add a field there if needed).
@@ -124,28 +126,58 @@ static struct {
 /* nvmlDevice_t is an opaque pointer; ours points into GPUS. */
 typedef const struct sim_gpu *nvmlDevice_t;
 
+/* Reads the file `name` next to this library into buf; 0 when there is none. */
+static int read_sim_file(const char *name, char *buf, size_t size) {
+    Dl_info info;
+    buf[0] = '\0';
+    if (!dladdr((void *)read_sim_file, &info) || !info.dli_fname)
+        return 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s", info.dli_fname);
+    char *slash = strrchr(path, '/');
+    if (!slash)
+        return 0;
+    snprintf(slash + 1, sizeof path - (size_t)(slash + 1 - path), "%s", name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, size - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return 1;
+}
+
+/* An `acct=` token into the accounting table. */
+static void add_acct(const char *value) {
+    if (sim.acct_count >= MAX_ACCT)
+        return;
+    struct sim_acct *a = &sim.acct[sim.acct_count];
+    if (sscanf(value, "%u:%u:%llu:%llu:%u", &a->gpu, &a->pid, &a->start_us, &a->time_ms,
+               &a->running) == 5)
+        sim.acct_count++;
+}
+
+/* Accounting records can change while a test runs (a job's real pid is known only once it
+ * started): when `fog-nvml-sim.acct` exists next to the library, its `acct=` tokens replace the
+ * table at every accounting call. */
+static void reload_acct(void) {
+    char buf[4096];
+    if (!read_sim_file("fog-nvml-sim.acct", buf, sizeof buf))
+        return;
+    sim.acct_count = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",\n \t", &save); tok;
+         tok = strtok_r(NULL, ",\n \t", &save))
+        if (strncmp(tok, "acct=", 5) == 0)
+            add_acct(tok + 5);
+}
+
 static void load_config(void) {
     char buf[4096] = "";
     const char *env = getenv("FOG_NVML_SIM");
-    if (env) {
+    if (env)
         snprintf(buf, sizeof buf, "%s", env);
-    } else {
-        Dl_info info;
-        if (dladdr((void *)load_config, &info) && info.dli_fname) {
-            char path[4096];
-            snprintf(path, sizeof path, "%s", info.dli_fname);
-            char *slash = strrchr(path, '/');
-            if (slash) {
-                snprintf(slash + 1, sizeof path - (size_t)(slash + 1 - path), "fog-nvml-sim.conf");
-                FILE *f = fopen(path, "r");
-                if (f) {
-                    size_t n = fread(buf, 1, sizeof buf - 1, f);
-                    buf[n] = '\0';
-                    fclose(f);
-                }
-            }
-        }
-    }
+    else
+        read_sim_file("fog-nvml-sim.conf", buf, sizeof buf);
     sim.driver_not_loaded = 0;
     sim.lost_index = -1;
     sim.fail_query[0] = '\0';
@@ -164,12 +196,8 @@ static void load_config(void) {
             sim.acct_enabled[0] = sim.acct_enabled[1] = 0;
         else if (strcmp(tok, "acct_locked") == 0)
             sim.acct_locked = 1;
-        else if (strncmp(tok, "acct=", 5) == 0 && sim.acct_count < MAX_ACCT) {
-            struct sim_acct *a = &sim.acct[sim.acct_count];
-            if (sscanf(tok + 5, "%u:%u:%llu:%llu:%u", &a->gpu, &a->pid, &a->start_us, &a->time_ms,
-                       &a->running) == 5)
-                sim.acct_count++;
-        }
+        else if (strncmp(tok, "acct=", 5) == 0)
+            add_acct(tok + 5);
     }
 }
 
@@ -428,6 +456,7 @@ nvmlReturn_t nvmlDeviceGetAccountingPids(nvmlDevice_t dev, unsigned int *count,
     unsigned int index = (unsigned int)(dev - GPUS);
     if (!sim.acct_enabled[index])
         return NVML_ERROR_NOT_SUPPORTED;
+    reload_acct();
     unsigned int have = 0;
     for (unsigned int i = 0; i < sim.acct_count; i++)
         have += sim.acct[i].gpu == index;
