@@ -6,6 +6,7 @@
 //!
 //! - [`wire`], [`structures`]: strict parsers of the TPM structures a verifier reads.
 //! - [`credential`]: software `TPM2_MakeCredential` for enrollment.
+#![forbid(unsafe_code)]
 
 pub mod ak;
 pub mod certs;
