@@ -594,18 +594,7 @@ async fn unix_socket_is_the_admin_door() {
     let path = harness.running().unix_socket().unwrap().to_owned();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = Endpoint::from_static("http://agent.local")
-        .connect_with_connector(connector)
-        .await
-        .unwrap();
-    let mut client = AgentClient::new(channel);
+    let mut client = crate::support::unix_client(&path).await;
     // Admin only: not PERMISSION_DENIED, just not built yet.
     assert_eq!(
         call(&mut client, Rpc::RunBenchmarks).await,
@@ -793,20 +782,7 @@ impl Served {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fog-agent did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::support::terminate(&mut self.child)
     }
 }
 

@@ -19,7 +19,7 @@ use fog_agent::daemon::{self, DaemonOptions, JobsOptions, RunningDaemon};
 use fog_agent::image::ImageStore;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 const RUNC: &str = "/usr/sbin/runc";
@@ -93,19 +93,7 @@ async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
 }
 
 async fn connect(socket: &Path) -> AgentClient<Channel> {
-    let path = socket.to_owned();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = Endpoint::from_static("http://agent.local")
-        .connect_with_connector(connector)
-        .await
-        .unwrap();
-    AgentClient::new(channel)
+    crate::support::unix_client(socket).await
 }
 
 impl Harness {

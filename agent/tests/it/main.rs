@@ -14,3 +14,4 @@ mod image;
 mod inventory;
 mod jobs;
 mod metrics;
+mod support;

@@ -604,7 +604,10 @@ mod tests {
     fn a_created_file_is_laid_out_and_reads_back() {
         let d = dir();
         let f = TestFile::create(d.path(), 3).unwrap();
-        assert_eq!(std::fs::metadata(f.path()).unwrap().len(), 3 * SEQ_BLOCK as u64);
+        assert_eq!(
+            std::fs::metadata(f.path()).unwrap().len(),
+            3 * SEQ_BLOCK as u64
+        );
         f.read_all(2).unwrap();
         let (ops, _, _) = f.random_reads(2, Duration::from_millis(20), 5).unwrap();
         assert!(ops > 0);
