@@ -11,7 +11,7 @@
 //!   and the one telemetry loop for all jobs.
 //! - [`logs`]: tail and follow of the log files.
 //! - [`gpu_usage`]: GPU-seconds from per-process accounting (the [`GpuAccounting`] seam; NVML
-//!   implements it in [`crate::telemetry::NvmlTelemetry`]).
+//!   implements it in [`crate::telemetry::nvml::NvmlTelemetry`]).
 //!
 //! Job dir layout (`<[jobs] dir>/<job id>/`): `bundle/config.json`, `scratch/` (mounted at
 //! `/scratch`), `stdout.log`, `stderr.log`, `shim.pid`, `container.pid`, `exit.json`,
