@@ -1377,6 +1377,13 @@ impl crate::metrics::JobMetricsSource for JobManager {
                     pids: get(|s| s.pids_current),
                     io_read_bytes: get(|s| s.io_read_bytes),
                     io_written_bytes: get(|s| s.io_write_bytes),
+                    gpu_seconds: e
+                        .view
+                        .usage
+                        .gpu_millis
+                        .iter()
+                        .map(|(bus, ms)| (bus.clone(), *ms as f64 / 1000.0))
+                        .collect(),
                 }
             })
             .collect()

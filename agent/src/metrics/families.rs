@@ -480,6 +480,7 @@ fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
     let mut pids = Series::default();
     let mut read = Series::default();
     let mut written = Series::default();
+    let mut gpu_seconds = Series::default();
     let num = |v: Option<u64>| v.map(|v| v as f64);
     for job in &s.jobs {
         let id = || l1("job_id", job.job_id.clone());
@@ -496,6 +497,12 @@ fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
         pids.push_opt(id(), num(job.pids));
         read.push_opt(id(), num(job.io_read_bytes));
         written.push_opt(id(), num(job.io_written_bytes));
+        for (bus, seconds) in &job.gpu_seconds {
+            gpu_seconds.push(
+                vec![("job_id", job.job_id.clone()), ("pci_bus_id", bus.clone())],
+                *seconds,
+            );
+        }
     }
     w.gauge("fog_job_info", "1 per job, with its state.", info)?;
     w.counter("fog_job_cpu_seconds", "CPU time used by the job.", cpu)?;
@@ -522,6 +529,11 @@ fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
         "fog_job_io_written_bytes",
         "Bytes the job wrote to block devices.",
         written,
+    )?;
+    w.counter(
+        "fog_job_gpu_seconds",
+        "Time the job's processes held a context on the GPU (NVML process accounting).",
+        gpu_seconds,
     )
 }
 
@@ -849,6 +861,7 @@ mod tests {
                 job_id: "job-7".into(),
                 state: "running".into(),
                 cpu_seconds: Some(12.5),
+                gpu_seconds: vec![("0000:01:00.0".into(), 30.25)],
                 ..JobMetrics::default()
             }],
             process: None,
@@ -877,6 +890,7 @@ mod tests {
             "fog_gpu_power_watts{pci_bus_id=\"0000:01:00.0\"} 70.5",
             "fog_gpu_job_info{pci_bus_id=\"0000:01:00.0\",job_id=\"job-7\"} 1.0",
             "fog_job_cpu_seconds_total{job_id=\"job-7\"} 12.5",
+            "fog_job_gpu_seconds_total{job_id=\"job-7\",pci_bus_id=\"0000:01:00.0\"} 30.25",
             "fog_capacity_gpus{state=\"allocated\"} 1.0",
             "fog_capacity_cpu_cores{state=\"total\"} 2.0",
             "fog_benchmark_result{id=\"cpu.fma.f32\",device=\"cpu\",metric=\"gflops\",unit=\"GFLOP/s\"} 123.5",

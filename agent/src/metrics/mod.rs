@@ -73,6 +73,9 @@ pub struct JobMetrics {
     pub io_read_bytes: Option<u64>,
     /// Bytes written to block devices.
     pub io_written_bytes: Option<u64>,
+    /// GPU-seconds per allocated GPU (PCI bus id) from NVML process accounting; a GPU whose
+    /// accounting cannot be read is left out.
+    pub gpu_seconds: Vec<(String, f64)>,
 }
 
 /// Where per-job figures come from: the job runner implements it (wired by the daemon).

@@ -233,23 +233,12 @@ impl TestFile {
     /// time to the last completion (the sync is not timed, as fio without `end_fsync`).
     pub fn write_all(&self, inflight: usize) -> Result<Duration, BenchError> {
         let start = Instant::now();
-        let mut i = 0;
-        let ring = self.with_ring(|ring| {
-            uring::run(
-                ring,
-                &self.file,
-                inflight,
-                SEQ_BLOCK,
-                |_, buf| {
-                    (i < self.blocks).then(|| {
-                        self.expected_block(i, buf);
-                        i += 1;
-                        seq_request(i - 1, uring::Op::Write)
-                    })
-                },
-                |_, _, _| Ok(()),
-            )
-        });
+        let ring = self.seq_pass(
+            inflight,
+            uring::Op::Write,
+            |i, buf| self.expected_block(i, buf),
+            |_, _| Ok(()),
+        );
         match ring {
             Some(r) => r?,
             None => self.write_all_threads(inflight)?,
@@ -259,6 +248,35 @@ impl TestFile {
             .sync_data()
             .map_err(|e| BenchError::io(format!("fdatasync {}", self.path.display()), e))?;
         Ok(elapsed)
+    }
+
+    /// One pass over every block in order through the ring, `inflight` in flight: `fill(block,
+    /// buffer)` before each request, `check(block, buffer)` after each completion. `None` when
+    /// there is no ring (the caller uses threads).
+    fn seq_pass(
+        &self,
+        inflight: usize,
+        op: uring::Op,
+        mut fill: impl FnMut(usize, &mut [u8]),
+        mut check: impl FnMut(usize, &[u8]) -> Result<(), BenchError>,
+    ) -> Option<Result<(), BenchError>> {
+        let mut next_block = 0;
+        self.with_ring(|ring| {
+            uring::run(
+                ring,
+                &self.file,
+                inflight,
+                SEQ_BLOCK,
+                |_, buf| {
+                    (next_block < self.blocks).then(|| {
+                        fill(next_block, buf);
+                        next_block += 1;
+                        seq_request(next_block - 1, op)
+                    })
+                },
+                |req, buf, _| check((req.offset / SEQ_BLOCK as u64) as usize, buf),
+            )
+        })
     }
 
     fn write_all_threads(&self, inflight: usize) -> Result<(), BenchError> {
@@ -279,33 +297,22 @@ impl TestFile {
     /// wall time.
     pub fn read_all(&self, inflight: usize) -> Result<Duration, BenchError> {
         let start = Instant::now();
-        let mut i = 0;
         let mut expected = vec![0u8; SEQ_BLOCK];
-        let ring = self.with_ring(|ring| {
-            uring::run(
-                ring,
-                &self.file,
-                inflight,
-                SEQ_BLOCK,
-                |_, _| {
-                    (i < self.blocks).then(|| {
-                        i += 1;
-                        seq_request(i - 1, uring::Op::Read)
-                    })
-                },
-                |req, buf, _| {
-                    let block = (req.offset / SEQ_BLOCK as u64) as usize;
-                    self.expected_block(block, &mut expected);
-                    if buf[..] == expected[..] {
-                        Ok(())
-                    } else {
-                        Err(BenchError::Verification(format!(
-                            "block {block} read back differs from what was written"
-                        )))
-                    }
-                },
-            )
-        });
+        let ring = self.seq_pass(
+            inflight,
+            uring::Op::Read,
+            |_, _| {},
+            |block, buf| {
+                self.expected_block(block, &mut expected);
+                if buf == &expected[..] {
+                    Ok(())
+                } else {
+                    Err(BenchError::Verification(format!(
+                        "block {block} read back differs from what was written"
+                    )))
+                }
+            },
+        );
         match ring {
             Some(r) => r?,
             None => self.read_all_threads(inflight)?,
