@@ -28,7 +28,7 @@ use fog_agent::daemon::{self, DaemonOptions, JobsOptions};
 use fog_agent::image::ImageStore;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Job start latency vs runc, and telemetry cost with many jobs.
 #[derive(Debug, Parser)]
@@ -92,18 +92,8 @@ fn reference_bundle(job_dir: &Path, dir: &Path, id: &str) -> anyhow::Result<Path
 }
 
 async fn connect(socket: &Path) -> anyhow::Result<AgentClient<Channel>> {
-    let path = socket.to_owned();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
     Ok(AgentClient::new(
-        Endpoint::from_static("http://agent.local")
-            .connect_with_connector(connector)
-            .await?,
+        fog_agent::cli::connect_unix(socket.to_owned()).await?,
     ))
 }
 

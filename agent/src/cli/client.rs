@@ -180,7 +180,8 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
 }
 
 /// A channel over the local admin socket (no TLS: the socket's mode is the access control).
-async fn connect_unix(path: PathBuf) -> anyhow::Result<Channel> {
+/// Also what the tests and the jobs latency benchmark connect with.
+pub async fn connect_unix(path: PathBuf) -> anyhow::Result<Channel> {
     let display = path.display().to_string();
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
         let path = path.clone();

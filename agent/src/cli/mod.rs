@@ -15,6 +15,8 @@ mod render;
 mod serve;
 pub mod verify;
 
+pub use client::connect_unix;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

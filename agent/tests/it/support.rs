@@ -6,23 +6,15 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use fog_proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A client of the agent listening on the unix socket at `socket`.
 pub(crate) async fn unix_client(socket: &Path) -> AgentClient<Channel> {
-    let path = socket.to_owned();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = Endpoint::from_static("http://agent.local")
-        .connect_with_connector(connector)
-        .await
-        .unwrap();
-    AgentClient::new(channel)
+    AgentClient::new(
+        fog_agent::cli::connect_unix(socket.to_owned())
+            .await
+            .unwrap(),
+    )
 }
 
 /// Sends SIGTERM to `child` and waits at most 10 s for it to exit.
