@@ -8,4 +8,4 @@ set -eu
 cd "$(dirname "$0")/.."
 cargo build --release -p fog-agent --bin fog-agent --example jobs_latency
 exec target/release/examples/jobs_latency --agent target/release/fog-agent \
-    --jobs 50 --seconds 30 "$@"
+    --starts 50 --jobs 50 --seconds 30 "$@"

@@ -2,16 +2,20 @@
 //!
 //! 1. Starts the daemon in this process (jobs enabled, runc, shims = `--agent`), admin socket
 //!    only, and imports the busybox image (`image::testing::busybox_layout`) with ImportImage.
-//! 2. Latency: N times, alternating, (a) `StartJob` over the unix socket until it answers
-//!    RUNNING, and (b) `runc run -d` of a copy of that job's own bundle (same config.json, its
-//!    own id and cgroup) directly; reports p50/p95 of each and the ratio.
-//! 3. Telemetry cost: with the N agent jobs running (the reference containers removed), this
-//!    process's CPU time (the daemon; the client is idle) over `--seconds` at the given telemetry
-//!    interval, as % of one core; plus the shims' CPU.
+//! 2. Latency: `--starts` times, in pairs whose order alternates, (a) `StartJob` over the unix
+//!    socket until it answers RUNNING, and (b) `runc run -d` of a copy of a job's own bundle
+//!    (same config.json, its own id and cgroup) directly; each pair is stopped before the next.
+//!    Reports p50/p95 of each side, their ratio, and the paired ratio and extra milliseconds.
+//!    The timed jobs get `--start-millicores` (1 core): runc's container setup runs inside the
+//!    container's cgroup, and at a 10-millicore quota it is throttled to ~200 ms on both sides,
+//!    in steps of the 100 ms CFS period, which buries the agent's part in noise.
+//! 3. Telemetry cost: with `--jobs` agent jobs running (10 millicores each), this process's CPU
+//!    time (the daemon; the client is idle) over `--seconds` at the given telemetry interval, as
+//!    % of one core; plus the shims' CPU.
 //!
 //! ```sh
 //! cargo build --release -p fog-agent --bin fog-agent --example jobs_latency
-//! target/release/examples/jobs_latency --agent target/release/fog-agent --jobs 50 --seconds 30
+//! target/release/examples/jobs_latency --agent target/release/fog-agent --starts 50 --jobs 50 --seconds 30
 //! ```
 //! (`benches/jobs-latency.sh` runs exactly this.)
 
@@ -39,7 +43,14 @@ struct Args {
     /// The OCI runtime.
     #[arg(long, default_value = "/usr/sbin/runc")]
     runtime: PathBuf,
-    /// Jobs (and reference containers).
+    /// Timed starts (and reference runs), one job at a time.
+    #[arg(long, default_value_t = 50)]
+    starts: usize,
+    /// CPU of each timed job. runc's own setup (`runc init`) runs inside the container's
+    /// cgroup, so a tiny quota throttles the start itself, for both sides.
+    #[arg(long, default_value_t = 1000)]
+    start_millicores: i64,
+    /// Jobs running at once for the telemetry cost (10 millicores each).
     #[arg(long, default_value_t = 50)]
     jobs: usize,
     /// Telemetry measurement window.
@@ -165,6 +176,61 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+/// One StartJob over the socket until it answers RUNNING; its latency in ms.
+async fn start_job(client: &mut AgentClient<Channel>, spec: pb::JobSpec) -> anyhow::Result<f64> {
+    let id = spec.job_id.clone();
+    let t = Instant::now();
+    let response = client
+        .start_job(pb::StartJobRequest { spec: Some(spec) })
+        .await
+        .with_context(|| format!("StartJob {id}"))?
+        .into_inner();
+    let elapsed = t.elapsed();
+    let state = response.job.map(|j| j.state());
+    if state != Some(pb::JobState::Running) {
+        bail!("{id} is {state:?}, not running");
+    }
+    Ok(elapsed.as_secs_f64() * 1000.0)
+}
+
+/// Stops a job (the benchmark's jobs ignore SIGTERM as pid 1: the grace is short).
+async fn stop_job(client: &mut AgentClient<Channel>, id: &str) {
+    // Ignored: a job that is already gone is fine here.
+    let _ = client
+        .stop_job(pb::StopJobRequest {
+            job_id: id.to_owned(),
+            grace_millis: 100,
+        })
+        .await;
+}
+
+/// `runc run -d` of a copy of agent job `job_id`'s bundle as container `ref_id`; its latency
+/// in ms.
+fn run_reference(
+    args: &Args,
+    ref_root: &Path,
+    ref_dir: &Path,
+    jobs_dir: &Path,
+    job_id: &str,
+    ref_id: &str,
+) -> anyhow::Result<f64> {
+    let bundle = reference_bundle(&jobs_dir.join(job_id), ref_dir, ref_id)?;
+    let t = Instant::now();
+    let status = runc(args, ref_root)
+        .args(["run", "-d", "--bundle"])
+        .arg(&bundle)
+        .arg(ref_id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let elapsed = t.elapsed();
+    if !status.success() {
+        bail!("runc run -d {ref_id} failed: {status}");
+    }
+    Ok(elapsed.as_secs_f64() * 1000.0)
+}
+
 async fn measure(
     args: &Args,
     client: &mut AgentClient<Channel>,
@@ -172,75 +238,76 @@ async fn measure(
     ref_root: &Path,
     ref_dir: &Path,
 ) -> anyhow::Result<()> {
+    let jobs_dir = config.jobs.dir_under(&config.state.dir);
+    let spec = |id: &str, cpu_millicores: i64| pb::JobSpec {
+        job_id: id.to_owned(),
+        image: "busybox:latest".into(),
+        command: vec!["/bin/sleep".into(), "3600".into()],
+        resources: Some(pb::JobResources {
+            cpu_millicores,
+            memory_bytes: 16 << 20,
+            pids: 16,
+            ..pb::JobResources::default()
+        }),
+        ..pb::JobSpec::default()
+    };
+
+    // Latency: one job at a time, each stopped (and its reference deleted) before the next.
     let mut agent_ms = Vec::new();
     let mut runc_ms = Vec::new();
-    let jobs_dir = config.jobs.dir_under(&config.state.dir);
-    for i in 0..args.jobs {
-        let id = format!("bench-{i}");
-        let spec = pb::JobSpec {
-            job_id: id.clone(),
-            image: "busybox:latest".into(),
-            command: vec!["/bin/sleep".into(), "3600".into()],
-            resources: Some(pb::JobResources {
-                cpu_millicores: 10,
-                memory_bytes: 16 << 20,
-                pids: 16,
-                ..pb::JobResources::default()
-            }),
-            ..pb::JobSpec::default()
-        };
-        let t = Instant::now();
-        let response = client
-            .start_job(pb::StartJobRequest { spec: Some(spec) })
-            .await
-            .with_context(|| format!("StartJob {id}"))?
-            .into_inner();
-        let elapsed = t.elapsed();
-        let state = response.job.map(|j| j.state());
-        if state != Some(pb::JobState::Running) {
-            bail!("{id} is {state:?}, not running");
-        }
-        if i > 0 {
-            // The first StartJob also waits for the inventory: not a start latency.
-            agent_ms.push(elapsed.as_secs_f64() * 1000.0);
-        }
-
+    // The first StartJob also waits for the inventory: a warm-up, not a start latency.
+    start_job(client, spec("warm-up", args.start_millicores)).await?;
+    stop_job(client, "warm-up").await;
+    for i in 0..args.starts {
+        let id = format!("start-{i}");
         let ref_id = format!("ref-{i}");
-        let bundle = reference_bundle(&jobs_dir.join(&id), ref_dir, &ref_id)?;
-        let t = Instant::now();
-        let status = runc(args, ref_root)
-            .args(["run", "-d", "--bundle"])
-            .arg(&bundle)
-            .arg(&ref_id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        let elapsed = t.elapsed();
-        if !status.success() {
-            bail!("runc run -d {ref_id} failed: {status}");
-        }
-        if i > 0 {
-            runc_ms.push(elapsed.as_secs_f64() * 1000.0);
-        }
-    }
-    for i in 0..args.jobs {
+        // Alternate which of the pair goes first, so neither always runs on a machine the
+        // other has just disturbed. The reference copies the bundle of the job before it when
+        // it goes first (the same config apart from the ids; a stopped job's dir stays).
+        let (agent, reference) = if i % 2 == 0 {
+            let agent = start_job(client, spec(&id, args.start_millicores)).await?;
+            let reference = run_reference(args, ref_root, ref_dir, &jobs_dir, &id, &ref_id)?;
+            (agent, reference)
+        } else {
+            let previous = format!("start-{}", i - 1);
+            let reference = run_reference(args, ref_root, ref_dir, &jobs_dir, &previous, &ref_id)?;
+            let agent = start_job(client, spec(&id, args.start_millicores)).await?;
+            (agent, reference)
+        };
+        agent_ms.push(agent);
+        runc_ms.push(reference);
+        stop_job(client, &id).await;
         let _ = runc(args, ref_root)
-            .args(["delete", "--force", &format!("ref-{i}")])
+            .args(["delete", "--force", &ref_id])
             .output();
     }
+    let mut pair_ratio: Vec<f64> = agent_ms.iter().zip(&runc_ms).map(|(a, r)| a / r).collect();
+    let mut pair_extra: Vec<f64> = agent_ms.iter().zip(&runc_ms).map(|(a, r)| a - r).collect();
+    pair_ratio.sort_by(f64::total_cmp);
+    pair_extra.sort_by(f64::total_cmp);
     agent_ms.sort_by(f64::total_cmp);
     runc_ms.sort_by(f64::total_cmp);
     let (a50, a95) = (percentile(&agent_ms, 50.0), percentile(&agent_ms, 95.0));
     let (r50, r95) = (percentile(&runc_ms, 50.0), percentile(&runc_ms, 95.0));
     println!(
-        "start latency over {} starts: StartJob p50 {a50:.1} ms p95 {a95:.1} ms | runc run -d p50 {r50:.1} ms p95 {r95:.1} ms | ratio p50 {:.2}x p95 {:.2}x",
+        "start latency over {} starts ({} millicores): StartJob p50 {a50:.1} ms p95 {a95:.1} ms | runc run -d p50 {r50:.1} ms p95 {r95:.1} ms | ratio p50 {:.2}x p95 {:.2}x",
         agent_ms.len(),
+        args.start_millicores,
         a50 / r50,
         a95 / r95
     );
+    println!(
+        "paired (each StartJob with the runc run next to it): median ratio {:.2}x, median extra {:+.1} ms (p25 {:+.1}, p75 {:+.1})",
+        percentile(&pair_ratio, 50.0),
+        percentile(&pair_extra, 50.0),
+        percentile(&pair_extra, 25.0),
+        percentile(&pair_extra, 75.0)
+    );
 
-    // Telemetry cost with every agent job running.
+    // Telemetry: `--jobs` small jobs running at once (not timed).
+    for i in 0..args.jobs {
+        start_job(client, spec(&format!("bench-{i}"), 10)).await?;
+    }
     let me = std::process::id();
     let shims: Vec<u32> = (0..args.jobs)
         .filter_map(|i| {

@@ -77,6 +77,8 @@ pub enum InternalCommand {
     BenchRun(bench::BenchRunArgs),
     /// Supervise one job's container (started by the agent; see `jobs::shim`).
     JobShim(crate::jobs::shim::ShimArgs),
+    /// A job shim exec'd ahead of its job; reads its arguments as JSON on stdin.
+    JobShimStandby,
 }
 
 /// Parses the command line, runs it and returns the exit code.
@@ -100,6 +102,9 @@ pub fn main() -> ExitCode {
         Command::Attest(args) => attest::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Internal(InternalCommand::JobShim(args)) => return crate::jobs::shim::main(&args),
+        Command::Internal(InternalCommand::JobShimStandby) => {
+            return crate::jobs::shim::standby_main();
+        }
         Command::Image(args) => image::run(&args),
         Command::Internal(InternalCommand::OpenclDevices) => {
             return crate::inventory::gpu::opencl::child_main();

@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,8 +29,9 @@ use tokio::sync::broadcast;
 
 use super::bundle::{self, DeviceNode};
 use super::gpu_usage::{self, GpuAccounting};
+use super::launcher::ShimLauncher;
 use super::runtime::JobRuntime;
-use super::shim::{self, ExitRecord};
+use super::shim::{self, ExitRecord, ShimArgs};
 use super::spec::{self, GpuIdentity, ImageSource, JobSpec, ValidJob};
 use super::JobError;
 use crate::capacity::{Allocations, CapacityLedger, GpuAssignment};
@@ -229,7 +229,8 @@ pub struct JobSetup {
     pub config: JobsConfig,
     /// The agent's state dir (the database lives there).
     pub state_dir: PathBuf,
-    /// The executable to run as `<exe> internal job-shim ...` (the agent binary).
+    /// The executable to run as `<exe> internal job-shim ...` (the agent binary); see
+    /// [`ShimLauncher`].
     pub shim_exe: PathBuf,
     /// The OCI runtime.
     pub runtime: Arc<dyn JobRuntime>,
@@ -272,7 +273,7 @@ pub struct JobManager {
     config: JobsConfig,
     jobs_dir: PathBuf,
     runtime_root: PathBuf,
-    shim_exe: PathBuf,
+    shims: Arc<ShimLauncher>,
     runtime: Arc<dyn JobRuntime>,
     images: Arc<dyn ImageSource>,
     gpu_accounting: Arc<dyn GpuAccounting>,
@@ -359,7 +360,7 @@ impl JobManager {
             runtime_root: runtime_root(&jobs_dir),
             jobs_dir,
             config: setup.config,
-            shim_exe: setup.shim_exe,
+            shims: ShimLauncher::new(setup.shim_exe),
             runtime: setup.runtime,
             images: setup.images,
             gpu_accounting: setup.gpu_accounting,
@@ -543,7 +544,7 @@ impl JobManager {
     /// SIGKILLs the job's shim if it is alive.
     fn kill_shim(&self, id: &str) {
         if let Some(pid) = shim::read_pid(&self.job_dir(id).join(shim::SHIM_PID_FILE)) {
-            if shim::shim_alive(pid, id) {
+            if shim::shim_alive(pid, id, &self.job_dir(id)) {
                 // SAFETY: kill(2); the pid was checked to be this job's shim just now. The shim
                 // leads its own session and process group (setsid), so -pid also reaches the
                 // runtime process it started.
@@ -557,7 +558,7 @@ impl JobManager {
 
     fn shim_alive(&self, id: &str) -> bool {
         shim::read_pid(&self.job_dir(id).join(shim::SHIM_PID_FILE))
-            .is_some_and(|pid| shim::shim_alive(pid, id))
+            .is_some_and(|pid| shim::shim_alive(pid, id, &self.job_dir(id)))
     }
 
     /// Kills and deletes a container (errors logged: the container may be gone already).
@@ -711,7 +712,9 @@ impl JobManager {
             self.publish(&inner);
         }
         tracing::info!(job = %id, image = %spec.image, "starting job");
-        match self.launch(&valid) {
+        let launched = self.launch(&valid);
+        self.shims.replenish_in_background();
+        match launched {
             Ok(None) => {
                 let view = self.update(&id, "container running", |record| {
                     record.state = JobState::Running;
@@ -782,72 +785,103 @@ impl JobManager {
             .map_err(|e| e.to_string())?;
         bundle::write_bundle(&dir.join(shim::BUNDLE_DIR), &spec).map_err(|e| e.to_string())?;
 
-        let shim_log = std::fs::File::create(dir.join("shim.log"))
+        let shim_log = std::fs::File::create(dir.join(shim::SHIM_LOG))
             .map_err(|e| format!("cannot create shim.log: {e}"))?;
-        let mut cmd = Command::new(&self.shim_exe);
-        cmd.arg("internal")
-            .arg("job-shim")
-            .arg("--job-dir")
-            .arg(&dir)
-            .arg("--id")
-            .arg(id)
-            .arg("--runtime")
-            .arg(&self.config.runtime)
-            .arg("--runtime-root")
-            .arg(&self.runtime_root)
-            .arg("--cgroups-path")
-            .arg(self.cgroups_path(id))
-            .arg("--log-max-bytes")
-            .arg(self.config.log_max_bytes.0.to_string())
-            .env("FOG_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(shim_log);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the job shim {}: {e}", self.shim_exe.display()))?;
+        let shim_args = ShimArgs {
+            job_dir: dir.clone(),
+            id: id.clone(),
+            runtime: self.config.runtime.clone(),
+            runtime_root: self.runtime_root.clone(),
+            cgroups_path: self.cgroups_path(id),
+            log_max_bytes: self.config.log_max_bytes.0,
+        };
+        let mut child = self
+            .shims
+            .launch(&shim_args, shim_log)
+            .map_err(|e| format!("cannot start the job shim: {e}"))?;
         let pid = child.id();
         shim::write_atomic(&dir.join(shim::SHIM_PID_FILE), pid.to_string().as_bytes())
             .map_err(|e| format!("cannot write shim.pid: {e}"))?;
         // Reap the shim when it ends (while this agent lives; after a restart init does).
+        let shim_ended = Arc::new(AtomicBool::new(false));
         let reaper = std::thread::Builder::new()
             .name("job-shim-reaper".into())
             .stack_size(32 * 1024)
-            .spawn(move || {
-                // Ignored: the shim's own status is not the job's (that is in exit.json).
-                let _ = child.wait();
+            .spawn({
+                let shim_ended = Arc::clone(&shim_ended);
+                move || {
+                    // Ignored: the shim's own status is not the job's (that is in exit.json).
+                    let _ = child.wait();
+                    shim_ended.store(true, Ordering::Release);
+                }
             });
         if let Err(err) = reaper {
             tracing::warn!(error = %err, "cannot start a reaper thread; the shim stays a zombie until the agent exits");
         }
 
+        self.wait_started(id, &dir, &shim_ended)
+    }
+
+    /// Waits until the shim's container runs (`Ok(None)`) or has ended (`Ok(Some(exit))`).
+    ///
+    /// The checks are file reads (`exit.json`, `container.pid`, [`JobRuntime::started`]), a few
+    /// microseconds each, so they run every millisecond: the wait adds ~0.5 ms to a start, not
+    /// the ~10 ms of a backoff to 20 ms. Only a runtime call ([`JobRuntime::state`], an exec of
+    /// the runtime) or a start slower than [`FAST_POLL`] backs off. A shim that ends (its reaper
+    /// sets `shim_ended`) without an exit record ends the wait at once.
+    fn wait_started(
+        &self,
+        id: &str,
+        dir: &Path,
+        shim_ended: &AtomicBool,
+    ) -> Result<Option<ExitRecord>, String> {
+        /// How long the file checks run every millisecond.
+        const FAST_POLL: Duration = Duration::from_secs(2);
         let pid_file = dir.join(shim::CONTAINER_PID_FILE);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut pause = Duration::from_millis(1);
+        let started_at = Instant::now();
+        let mut slow_pause = Duration::from_millis(1);
         loop {
-            if let Some(exit) = shim::read_exit(&dir) {
+            if let Some(exit) = shim::read_exit(dir) {
                 return Ok(Some(exit));
             }
+            let mut asked_runtime = false;
             if let Some(pid) = shim::read_pid(&pid_file) {
                 match self.runtime.started(id, pid) {
                     Some(true) => return Ok(None),
                     Some(false) => {}
-                    None => match self.runtime.state(id) {
-                        Ok(Some(state)) if state.status == "running" => return Ok(None),
-                        Ok(_) => {}
-                        Err(err) => tracing::debug!(job = %id, error = %err, "runtime state"),
-                    },
+                    None => {
+                        asked_runtime = true;
+                        match self.runtime.state(id) {
+                            Ok(Some(state)) if state.status == "running" => return Ok(None),
+                            Ok(_) => {}
+                            Err(err) => tracing::debug!(job = %id, error = %err, "runtime state"),
+                        }
+                    }
                 }
             }
-            if Instant::now() > deadline {
+            let waited = started_at.elapsed();
+            if shim_ended.load(Ordering::Acquire) {
+                // It may have written its record just before ending.
+                return shim::read_exit(dir).map(Some).ok_or_else(|| {
+                    format!(
+                        "the job shim ended without recording an exit: {}",
+                        shim::stderr_tail(&dir.join(shim::SHIM_LOG))
+                    )
+                });
+            }
+            if waited > START_TIMEOUT {
                 return Err(format!(
                     "the container was not running after {} s: {}",
                     START_TIMEOUT.as_secs(),
                     shim::stderr_tail(&dir.join(shim::STDERR_LOG))
                 ));
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
+            if asked_runtime || waited > FAST_POLL {
+                std::thread::sleep(slow_pause);
+                slow_pause = (slow_pause * 2).min(Duration::from_millis(20));
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 

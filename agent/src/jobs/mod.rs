@@ -6,6 +6,7 @@
 //! - [`runtime`]: the [`JobRuntime`] seam and the real [`Runc`].
 //! - [`shim`]: `fog-agent internal job-shim`, the per-job supervisor that runs the container in
 //!   the foreground, caps its logs and records its exit status in the job dir.
+//! - [`launcher`]: starts shims from an exec'd standby, so a StartJob waits for no exec.
 //! - [`manager`]: [`JobManager`]: StartJob/StopJob/GetJob/ListJobs, capacity reservations
 //!   through [`crate::capacity::CapacityLedger`], the SQLite records, recovery after a restart,
 //!   and the one telemetry loop for all jobs.
@@ -22,6 +23,7 @@
 
 pub mod bundle;
 pub mod gpu_usage;
+pub mod launcher;
 pub mod logs;
 pub mod manager;
 pub mod runtime;

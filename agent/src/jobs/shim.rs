@@ -1,5 +1,6 @@
 //! The job shim: `fog-agent internal job-shim ...`, one small supervisor process per job (the
-//! role containerd-shim and conmon play). The agent starts it and does not need to stay alive:
+//! role containerd-shim and conmon play), exec'd per job or taken from a standby
+//! ([`super::launcher`]). The agent starts it and does not need to stay alive:
 //!
 //! 1. it leaves the agent's session (`setsid`), so signals to the agent's process group or
 //!    terminal do not reach it, and writes its pid to `shim.pid`;
@@ -36,13 +37,15 @@ pub const STDOUT_LOG: &str = "stdout.log";
 pub const STDERR_LOG: &str = "stderr.log";
 /// The bundle dir (holds `config.json`).
 pub const BUNDLE_DIR: &str = "bundle";
+/// The shim's own log (its stderr).
+pub const SHIM_LOG: &str = "shim.log";
 /// The scratch dir mounted into the container.
 pub const SCRATCH_DIR: &str = "scratch";
 /// The marker line written once when a log reaches its cap.
 pub const TRUNCATED_MARKER: &[u8] = b"\n[fog-agent: log size cap reached; later output dropped]\n";
 
-/// Arguments of `fog-agent internal job-shim`.
-#[derive(Debug, Clone, clap::Args)]
+/// Arguments of `fog-agent internal job-shim` (and the JSON line a standby shim reads).
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct ShimArgs {
     /// The job dir (bundle, logs, pid and exit files).
     #[arg(long)]
@@ -116,14 +119,75 @@ pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// True when the process `pid` is a live job shim for `id` (its command line names both
-/// `job-shim` and the id; a reused pid or a zombie does not match).
-pub fn shim_alive(pid: i32, id: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+/// The arguments of process `pid`'s command line if it is a job shim (exec'd or standby); a
+/// zombie or another program gives `None`.
+fn shim_cmdline(pid: i32) -> Option<Vec<u8>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == b"job-shim" || arg == STANDBY_ARG)
+        .then_some(cmdline)
+}
+
+/// True when process `pid` is a live job shim for job `id` in `job_dir`: an exec'd shim names
+/// the id on its command line; a standby-started one runs in its job dir. A reused pid or a
+/// zombie does not match.
+pub fn shim_alive(pid: i32, id: &str, job_dir: &Path) -> bool {
+    let Some(cmdline) = shim_cmdline(pid) else {
         return false;
     };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.contains(&b"job-shim".as_slice()) && args.contains(&id.as_bytes())
+    if cmdline.split(|b| *b == 0).any(|arg| arg == id.as_bytes()) {
+        return true;
+    }
+    match (
+        std::fs::read_link(format!("/proc/{pid}/cwd")),
+        std::fs::canonicalize(job_dir),
+    ) {
+        (Ok(cwd), Ok(dir)) => cwd == dir,
+        _ => false,
+    }
+}
+
+/// The subcommand of a standby shim (`fog-agent internal job-shim-standby`).
+pub const STANDBY_ARG: &[u8] = b"job-shim-standby";
+
+/// `fog-agent internal job-shim-standby`: a shim exec'd ahead of its job (see
+/// [`super::launcher`]). Reads its [`ShimArgs`] as one JSON line on stdin, moves its stderr to
+/// the job's `shim.log` and its working dir to the job dir, then is the job's shim ([`main`]).
+/// EOF before a line (the agent went away) exits quietly.
+pub fn standby_main() -> ExitCode {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(0) => return ExitCode::SUCCESS,
+        Ok(_) => {}
+        Err(err) => {
+            tracing::error!(error = %err, "standby shim: cannot read its job");
+            return ExitCode::FAILURE;
+        }
+    }
+    let args: ShimArgs = match serde_json::from_str(&line) {
+        Ok(args) => args,
+        Err(err) => {
+            tracing::error!(error = %err, "standby shim: unreadable job arguments");
+            return ExitCode::FAILURE;
+        }
+    };
+    match open_log(&args.job_dir.join(SHIM_LOG)) {
+        // SAFETY: dup2(2) onto stderr of a descriptor we own; `log` is closed afterwards and
+        // fd 2 keeps the file open.
+        Ok(log) => unsafe {
+            libc::dup2(log.as_raw_fd(), libc::STDERR_FILENO);
+        },
+        Err(err) => tracing::warn!(error = %err, "standby shim: cannot open shim.log"),
+    }
+    if let Err(err) = std::env::set_current_dir(&args.job_dir) {
+        // Without it the shim is still a working supervisor; only recognizing it after an
+        // agent restart fails (its job is then recorded as lost, not left untracked).
+        tracing::error!(error = %err, dir = %args.job_dir.display(), "standby shim: cannot enter the job dir");
+    }
+    main(&args)
 }
 
 /// Copies `src` to `dst` until EOF, keeping `dst` at most `cap` bytes (plus one marker line);
@@ -319,9 +383,9 @@ mod tests {
         .unwrap();
         assert_eq!(read_exit(dir.path()), Some(record));
         assert!(
-            !shim_alive(std::process::id() as i32, "job-x"),
+            !shim_alive(std::process::id() as i32, "job-x", dir.path()),
             "not a shim"
         );
-        assert!(!shim_alive(i32::MAX, "job-x"));
+        assert!(!shim_alive(i32::MAX, "job-x", dir.path()));
     }
 }

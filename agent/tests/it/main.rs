@@ -14,4 +14,5 @@ mod image;
 mod inventory;
 mod jobs;
 mod metrics;
+mod shims;
 mod support;
