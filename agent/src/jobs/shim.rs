@@ -3,10 +3,11 @@
 //! ([`super::launcher`]). The agent starts it and does not need to stay alive:
 //!
 //! 1. it leaves the agent's session (`setsid`), so signals to the agent's process group or
-//!    terminal do not reach it, and writes its pid to `shim.pid`;
+//!    terminal do not reach it;
 //! 2. runs the runtime's `run` in the foreground ([`super::JobRuntime::run_command`]) with the
 //!    container's stdout/stderr on pipes, copied into `stdout.log` / `stderr.log`, each capped
-//!    at `--log-max-bytes` (later output is dropped and counted, with one marker line);
+//!    at `--log-max-bytes` (later output is dropped and counted, with one marker line), and
+//!    writes its pid to `shim.pid`;
 //! 3. when the container ends: reads its cgroup one last time (OOM kills, CPU, peak memory),
 //!    deletes the container, then writes `exit.json` atomically (write + rename).
 //!
@@ -237,10 +238,6 @@ pub fn main(args: &ShimArgs) -> ExitCode {
     // already lead a process group.
     unsafe { libc::setsid() };
     let dir = &args.job_dir;
-    let pid = std::process::id().to_string();
-    if let Err(err) = write_atomic(&dir.join(SHIM_PID_FILE), pid.as_bytes()) {
-        tracing::error!(error = %err, "cannot write the shim pid file");
-    }
     let record = supervise(args);
     // The container goes first, so a recorded exit means no container is left.
     let runc = Runc::new(&args.runtime, &args.runtime_root);
@@ -288,6 +285,12 @@ fn supervise(args: &ShimArgs) -> ExitRecord {
         Ok(child) => child,
         Err(err) => return fail(format!("cannot run {}: {err}", args.runtime.display())),
     };
+    // The agent writes it too, right after starting this shim; this copy covers an agent that
+    // died in between, and is written while the runtime starts, not before.
+    let pid = std::process::id().to_string();
+    if let Err(err) = write_atomic(&dir.join(SHIM_PID_FILE), pid.as_bytes()) {
+        tracing::error!(error = %err, "cannot write the shim pid file");
+    }
     let cap = args.log_max_bytes;
     let copiers: Vec<std::thread::JoinHandle<u64>> = [
         child
