@@ -29,7 +29,7 @@ use crate::{BenchError, KernelResult, XorShift};
 mod uring;
 
 /// Version of the disk kernels.
-pub const DISK_KERNEL_VERSION: u32 = 3;
+pub const DISK_KERNEL_VERSION: u32 = 4;
 /// Sequential block size.
 pub const SEQ_BLOCK: usize = 1 << 20;
 /// Random read size.

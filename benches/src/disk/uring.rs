@@ -124,14 +124,22 @@ fn run_slots(
             }
         }
     }
+    // Submitted at once, then each replacement as soon as its predecessor completes (one
+    // `io_uring_enter` per request, as fio does). Submitting the whole batch of replacements
+    // before waiting instead makes a convoy on a VM: the thread sleeps, the vCPU halts, wakes
+    // late to a queue that has drained, and refills all of it at once (fewer requests in
+    // flight on average: ~70k vs ~100k IOPS at depth 32 on the CI machine's virtio disk).
+    submit(ring)?;
     while in_flight > 0 {
-        if let Err(e) = ring.submit_and_wait(1) {
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
+        // The kernel posts completions when this thread enters it, so an empty queue here
+        // means "none yet": wait for one (which also submits nothing new: all are submitted).
+        if ring.completion().is_empty() {
+            if let Err(e) = ring.submit_and_wait(1) {
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(ring_failed(e));
             }
-            // Requests already queued may still be in the kernel; the ring is unusable, so the
-            // only safe way out is to leak the buffers rather than free memory being written.
-            return Err(RunError::Ring(BenchError::io("io_uring submit", e)));
         }
         let completed: Vec<(usize, i32)> = ring
             .completion()
@@ -164,7 +172,10 @@ fn run_slots(
                 exhausted = true;
             }
             match push(ring, fd, slots, i, fixed, next, &mut exhausted) {
-                Ok(true) => in_flight += 1,
+                Ok(true) => {
+                    in_flight += 1;
+                    submit(ring)?;
+                }
                 Ok(false) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -174,6 +185,23 @@ fn run_slots(
         }
     }
     first_error.map_or(Ok(()), |e| Err(RunError::Request(e)))
+}
+
+/// Submits what is queued, without waiting.
+fn submit(ring: &mut IoUring) -> Result<(), RunError> {
+    loop {
+        match ring.submit() {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(ring_failed(e)),
+        }
+    }
+}
+
+/// Requests already queued may still be in the kernel when the ring fails; it is unusable, so
+/// the only safe way out is to leak the buffers rather than free memory being written.
+fn ring_failed(e: std::io::Error) -> RunError {
+    RunError::Ring(BenchError::io("io_uring submit", e))
 }
 
 /// Queues slot `i`'s next request (with its registered buffer when `fixed`); false when there is
