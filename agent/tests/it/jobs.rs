@@ -336,6 +336,25 @@ async fn cpu_bound_job_at_500_millicores_uses_half_a_core() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_reach_the_record_also_from_jobs_that_end_at_once() {
+    // The shim runs `runc run --detach` and waits for the container's init as its subreaper: a
+    // job that ends before runc itself has exited must still give its own status, and a job
+    // that ends normally succeeds. (Killed jobs: the OOM test's 137.)
+    let mut h = Harness::start().await;
+    for (script, code, state) in [
+        ("exit 7", 7, pb::JobState::Failed),
+        ("echo done", 0, pb::JobState::Succeeded),
+        ("sleep 0.3; exit 42", 42, pb::JobState::Failed),
+    ] {
+        let id = unique("exits");
+        start(&mut h.client, spec(&id, script)).await;
+        let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
+        assert_eq!(job.exit_code, Some(code), "{script}: {job:?}");
+        assert_eq!(job.state(), state, "{script}: {job:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_past_its_memory_limit_is_oom_killed_and_reported() {
     let _heavy = HEAVY.lock().await;
     let mut h = Harness::start().await;
