@@ -1,8 +1,8 @@
 //! The OCI runtime seam: [`JobRuntime`] and its real implementation [`Runc`] (any runc-compatible
 //! CLI: `--root`, `run`, `state`, `kill`, `delete`, `list`).
 //!
-//! Containers are started by the job shim ([`super::shim`]) with [`JobRuntime::run_command`],
-//! detached, with the shim as the init's subreaper, so the shim learns the exit status; the agent itself only asks for state,
+//! Containers are started by the job shim ([`super::shim`]) with [`JobRuntime::run_command`] in
+//! the foreground, so the shim learns the exit status; the agent itself only asks for state,
 //! sends signals and deletes. Every call is bounded by [`CALL_TIMEOUT`]; a runtime that hangs is
 //! killed and reported.
 
@@ -29,11 +29,10 @@ pub struct ContainerState {
 
 /// The OCI runtime as the job runner uses it.
 pub trait JobRuntime: Send + Sync + std::fmt::Debug {
-    /// The command that creates and starts container `id` from `bundle` detached: it writes the
-    /// init pid to `pid_file` and exits once the container runs, with the container's stdio
-    /// being its own (pass-through), and the init is reparented to the caller, a child
-    /// subreaper, which waits for it. The container stays (in `stopped` state) after it ends,
-    /// for the caller to read its cgroup and then [`Self::delete`] it.
+    /// The command that creates and starts container `id` from `bundle`, writes the init pid to
+    /// `pid_file`, and stays in the foreground until the container ends, exiting with its exit
+    /// status (128 + signal when killed). The container is kept (in `stopped` state) for the
+    /// caller to read its cgroup and then [`Self::delete`] it.
     fn run_command(&self, id: &str, bundle: &Path, pid_file: &Path) -> Command;
     /// The container's state; `Ok(None)` when the runtime does not know it.
     fn state(&self, id: &str) -> Result<Option<ContainerState>, JobError>;
@@ -110,7 +109,6 @@ impl JobRuntime for Runc {
     fn run_command(&self, id: &str, bundle: &Path, pid_file: &Path) -> Command {
         let mut cmd = self.command();
         cmd.arg("run")
-            .arg("--detach")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")

@@ -4,12 +4,10 @@
 //!
 //! 1. it leaves the agent's session (`setsid`), so signals to the agent's process group or
 //!    terminal do not reach it;
-//! 2. as a child subreaper, runs the runtime's detached `run` ([`super::JobRuntime::run_command`],
-//!    the way containerd's shims do) with the container's stdout/stderr on pipes, copied into
-//!    `stdout.log` / `stderr.log`, each capped at `--log-max-bytes` (later output is dropped
-//!    and counted, with one marker line), and writes its pid to `shim.pid`. When the runtime
-//!    exits, the container's init is reparented to the shim, which waits for it and so learns
-//!    its exit status (a foreground `runc run` took ~2-3 ms longer to start the container);
+//! 2. runs the runtime's `run` in the foreground ([`super::JobRuntime::run_command`]) with the
+//!    container's stdout/stderr on pipes, copied into `stdout.log` / `stderr.log`, each capped
+//!    at `--log-max-bytes` (later output is dropped and counted, with one marker line), and
+//!    writes its pid to `shim.pid`;
 //! 3. when the container ends: reads its cgroup one last time (OOM kills, CPU, peak memory),
 //!    deletes the container, then writes `exit.json` atomically (write + rename).
 //!
@@ -279,12 +277,6 @@ fn supervise(args: &ShimArgs) -> ExitRecord {
     };
     let runc = Runc::new(&args.runtime, &args.runtime_root);
     let pid_file = dir.join(CONTAINER_PID_FILE);
-    // The detached runtime leaves the container's init to be reparented: to this process.
-    // SAFETY: prctl(2) PR_SET_CHILD_SUBREAPER takes integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        let err = std::io::Error::last_os_error();
-        return fail(format!("cannot become a child subreaper: {err}"));
-    }
     let mut cmd = runc.run_command(&args.id, &dir.join(BUNDLE_DIR), &pid_file);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -320,22 +312,23 @@ fn supervise(args: &ShimArgs) -> ExitRecord {
             .ok()
     })
     .collect();
-    let runtime_status = child.wait();
-    let started = pid_file.exists();
-    let status = match (&runtime_status, read_pid(&pid_file)) {
-        (Ok(runtime), Some(init)) if runtime.success() => wait_init(init),
-        (Ok(runtime), _) => Ok(runtime_exit_code(*runtime)),
-        (Err(err), _) => Err(format!("cannot wait for the runtime: {err}")),
-    };
+    let status = child.wait();
     let log_dropped_bytes = copiers.into_iter().map(|c| c.join().unwrap_or(0)).sum();
     let finished_at_millis = now_millis();
+    let started = pid_file.exists();
     let fs = FsRoot::host();
     let stats = cgroup::CgroupLayout::detect(&fs)
         .ok()
         .map(|layout| cgroup::read_stats(&fs, &layout, &args.cgroups_path));
-    let exit_code = status.as_ref().ok().copied().flatten();
+    let exit_code = match &status {
+        Ok(status) => status.code().or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            status.signal().map(|s| 128 + s)
+        }),
+        Err(_) => None,
+    };
     let error = match (&status, started) {
-        (Err(err), _) => Some(err.clone()),
+        (Err(err), _) => Some(format!("cannot wait for the runtime: {err}")),
         (Ok(_), false) => Some(stderr_tail(&dir.join(STDERR_LOG))),
         (Ok(_), true) => None,
     };
@@ -348,41 +341,6 @@ fn supervise(args: &ShimArgs) -> ExitRecord {
         memory_peak_bytes: stats.as_ref().and_then(|s| s.memory_peak_bytes),
         log_dropped_bytes,
         error,
-    }
-}
-
-/// An exit status as an exit code: the code, or 128 + the signal that killed the process.
-fn runtime_exit_code(status: std::process::ExitStatus) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().or_else(|| status.signal().map(|s| 128 + s))
-}
-
-/// Waits for the container's init `pid`, which became this subreaper's child when the
-/// detached runtime exited, reaping any other orphan on the way; its exit code (128 + signal
-/// when killed).
-fn wait_init(pid: i32) -> Result<Option<i32>, String> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid(2) with a valid pointer to an int.
-        let reaped = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if reaped == -1 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!(
-                "cannot wait for the container's init (pid {pid}): {err}"
-            ));
-        }
-        if reaped != pid {
-            continue;
-        }
-        if libc::WIFEXITED(status) {
-            return Ok(Some(libc::WEXITSTATUS(status)));
-        }
-        if libc::WIFSIGNALED(status) {
-            return Ok(Some(128 + libc::WTERMSIG(status)));
-        }
     }
 }
 

@@ -337,9 +337,9 @@ async fn cpu_bound_job_at_500_millicores_uses_half_a_core() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_reach_the_record_also_from_jobs_that_end_at_once() {
-    // The shim runs `runc run --detach` and waits for the container's init as its subreaper: a
-    // job that ends before runc itself has exited must still give its own status, and a job
-    // that ends normally succeeds. (Killed jobs: the OOM test's 137.)
+    // A job that ends before StartJob has seen it running must still give its own status (the
+    // shim's exit record), and a job that ends normally succeeds. (Killed jobs: the OOM test's
+    // 137.)
     let mut h = Harness::start().await;
     for (script, code, state) in [
         ("exit 7", 7, pb::JobState::Failed),

@@ -1,8 +1,8 @@
 //! Job shims started by the [`ShimLauncher`]: from the exec'd standby and by exec, both
 //! supervising a runtime to its end and recognizable as their job's shim. The runtime is a
-//! small script with runc's command line (`run --detach` leaves a background child that exits
-//! 3 after a moment and writes its pid file, `delete` succeeds), so these tests see the
-//! launcher's and the shim's mechanics alone; the jobs tests run the same shims under real runc.
+//! small script with runc's command line (`run` writes its pid file and exits after a moment,
+//! `delete` succeeds), so these tests see the launcher's mechanics alone; the jobs tests run
+//! the same shims under real runc.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,13 +13,10 @@ use fog_agent::jobs::shim::{self, ShimArgs};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_fog-agent");
 
-/// `--root R run --detach --bundle B --pid-file P --keep ID` / `--root R delete --force ID`.
-/// Like runc's detached run: the "container" is a background child that outlives the runtime
-/// process (so the shim, its subreaper, inherits it) and shares its stdout.
+/// `--root R run --bundle B --pid-file P --keep ID` / `--root R delete --force ID`.
 const FAKE_RUNTIME: &str = r#"#!/bin/sh
 case "$3" in
-  run) (echo "container output"; sleep 1; exit 3) &
-       echo $! > "$8.tmp" && mv "$8.tmp" "$8"; exit 0 ;;
+  run) echo $$ > "$7.tmp" && mv "$7.tmp" "$7" && echo "container output"; exec sleep 1 ;;
   delete) exit 0 ;;
   *) echo "unexpected: $*" >&2; exit 2 ;;
 esac
@@ -104,11 +101,7 @@ fn standby_and_execd_shims_both_supervise_their_job() {
     assert!(seen.contains(&"job-shim-standby".to_owned()), "{seen:?}");
     assert!(!seen.contains(&"job-a".to_owned()), "{seen:?}");
     assert!(exit.started, "{exit:?}");
-    assert_eq!(
-        exit.exit_code,
-        Some(3),
-        "the container's status, not the runtime's: {exit:?}"
-    );
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
     assert_eq!(
         std::fs::read_to_string(first.job_dir.join(shim::STDOUT_LOG)).unwrap(),
         "container output\n"
@@ -120,7 +113,7 @@ fn standby_and_execd_shims_both_supervise_their_job() {
     let (seen, exit) = run_to_the_end(&launcher, &second);
     assert!(seen.contains(&"job-shim".to_owned()), "{seen:?}");
     assert!(seen.contains(&"job-b".to_owned()), "{seen:?}");
-    assert_eq!(exit.exit_code, Some(3), "{exit:?}");
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
 
     // A new standby; dropping the launcher closes its pipe and it exits (reaped).
     launcher.replenish();
