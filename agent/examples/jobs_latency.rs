@@ -144,22 +144,17 @@ async fn main() -> anyhow::Result<()> {
     let ref_dir = dir.path().join("ref");
     let result = measure(&args, &mut client, &config, &ref_root, &ref_dir).await;
 
-    // Clean up: agent jobs, reference containers.
-    let ids: Vec<String> = (0..args.jobs).map(|i| format!("bench-{i}")).collect();
+    // Clean up whatever a failed measurement left: agent jobs, reference containers.
+    let ids: Vec<String> = std::iter::once("warm-up".to_owned())
+        .chain((0..args.starts).map(|i| format!("start-{i}")))
+        .chain((0..args.jobs).map(|i| format!("bench-{i}")))
+        .collect();
     let stops = ids.iter().map(|id| {
         let mut c = client.clone();
-        let id = id.clone();
-        async move {
-            let _ = c
-                .stop_job(pb::StopJobRequest {
-                    job_id: id,
-                    grace_millis: 100,
-                })
-                .await;
-        }
+        async move { stop_job(&mut c, id).await }
     });
     futures_util::future::join_all(stops).await;
-    for i in 0..args.jobs {
+    for i in 0..args.starts {
         let _ = runc(&args, &ref_root)
             .args(["delete", "--force", &format!("ref-{i}")])
             .output();

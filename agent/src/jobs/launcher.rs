@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::shim::ShimArgs;
+use super::shim::{ShimArgs, SHIM_SUBCOMMAND, STANDBY_SUBCOMMAND};
 
 /// Starts job shims: from the standby when there is one, by exec otherwise.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl ShimLauncher {
         }
         let spawned = self
             .shim_command()
-            .arg("job-shim-standby")
+            .arg(STANDBY_SUBCOMMAND)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -113,7 +113,7 @@ impl ShimLauncher {
 
     fn exec_shim(&self, args: &ShimArgs, shim_log: File) -> std::io::Result<Child> {
         self.shim_command()
-            .arg("job-shim")
+            .arg(SHIM_SUBCOMMAND)
             .arg("--job-dir")
             .arg(&args.job_dir)
             .arg("--id")

@@ -120,24 +120,19 @@ pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// The arguments of process `pid`'s command line if it is a job shim (exec'd or standby); a
-/// zombie or another program gives `None`.
-fn shim_cmdline(pid: i32) -> Option<Vec<u8>> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg == b"job-shim" || arg == STANDBY_ARG)
-        .then_some(cmdline)
-}
-
 /// True when process `pid` is a live job shim for job `id` in `job_dir`: an exec'd shim names
 /// the id on its command line; a standby-started one runs in its job dir. A reused pid or a
 /// zombie does not match.
 pub fn shim_alive(pid: i32, id: &str, job_dir: &Path) -> bool {
-    let Some(cmdline) = shim_cmdline(pid) else {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    if cmdline.split(|b| *b == 0).any(|arg| arg == id.as_bytes()) {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if !args.contains(&SHIM_SUBCOMMAND.as_bytes()) && !args.contains(&STANDBY_SUBCOMMAND.as_bytes())
+    {
+        return false;
+    }
+    if args.contains(&id.as_bytes()) {
         return true;
     }
     match (
@@ -149,8 +144,10 @@ pub fn shim_alive(pid: i32, id: &str, job_dir: &Path) -> bool {
     }
 }
 
+/// The subcommand of an exec'd shim (`fog-agent internal job-shim ARGS`).
+pub const SHIM_SUBCOMMAND: &str = "job-shim";
 /// The subcommand of a standby shim (`fog-agent internal job-shim-standby`).
-pub const STANDBY_ARG: &[u8] = b"job-shim-standby";
+pub const STANDBY_SUBCOMMAND: &str = "job-shim-standby";
 
 /// `fog-agent internal job-shim-standby`: a shim exec'd ahead of its job (see
 /// [`super::launcher`]). Reads its [`ShimArgs`] as one JSON line on stdin, moves its stderr to
