@@ -98,14 +98,28 @@ pub fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Writes `contents` to `path` atomically (temp file in the same dir, named after this
-/// process so two writers never share one, fsync, rename).
+/// Writes `contents` to `path` atomically and durably (temp file in the same dir, named after
+/// this process so two writers never share one, fsync, rename): for `exit.json`, which must
+/// outlive a power loss.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    replace_file(path, contents, true)
+}
+
+/// Writes a pid file atomically (temp file + rename) but without fsync: a pid means nothing
+/// after a reboot, and an agent restarted after a crash reads it from the page cache. (The
+/// fsync cost a start ~1 ms on the CI machine's disk.)
+pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
+    replace_file(path, pid.to_string().as_bytes(), false)
+}
+
+fn replace_file(path: &Path, contents: &[u8], durable: bool) -> std::io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = File::create(&tmp)?;
     file.write_all(contents)?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
@@ -284,8 +298,7 @@ fn supervise(args: &ShimArgs) -> ExitRecord {
     };
     // The agent writes it too, right after starting this shim; this copy covers an agent that
     // died in between, and is written while the runtime starts, not before.
-    let pid = std::process::id().to_string();
-    if let Err(err) = write_atomic(&dir.join(SHIM_PID_FILE), pid.as_bytes()) {
+    if let Err(err) = write_pid_file(&dir.join(SHIM_PID_FILE), std::process::id()) {
         tracing::error!(error = %err, "cannot write the shim pid file");
     }
     let cap = args.log_max_bytes;

@@ -355,6 +355,29 @@ async fn exit_codes_reach_the_record_also_from_jobs_that_end_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_dir_left_by_an_unrecorded_start_is_replaced() {
+    // The job's record is committed while its dir is written, so an agent killed in between
+    // leaves a dir with no record (and never a shim). Starting that id again must work and
+    // must not keep anything of the old dir.
+    let mut h = Harness::start().await;
+    let id = unique("stale");
+    let dir = h.config.jobs.dir_under(&h.config.state.dir).join(&id);
+    std::fs::create_dir_all(dir.join("bundle")).unwrap();
+    std::fs::write(dir.join("bundle/config.json"), b"{ not a bundle").unwrap();
+    std::fs::write(dir.join("leftover"), b"x").unwrap();
+    let started = start(&mut h.client, spec(&id, "echo fresh")).await;
+    assert_eq!(
+        started.job.and_then(|j| j.spec).map(|s| s.job_id),
+        Some(id.clone())
+    );
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    assert!(!dir.join("leftover").exists(), "the stale dir was kept");
+    let out = std::fs::read_to_string(dir.join("stdout.log")).unwrap();
+    assert_eq!(out.trim(), "fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_past_its_memory_limit_is_oom_killed_and_reported() {
     let _heavy = HEAVY.lock().await;
     let mut h = Harness::start().await;
