@@ -245,6 +245,7 @@ fn open_log(path: &Path) -> std::io::Result<File> {
 
 /// The shim's main: never panics, always tries to leave `exit.json` behind.
 pub fn main(args: &ShimArgs) -> ExitCode {
+    close_inherited_on_exec();
     // SAFETY: setsid(2) has no memory-safety preconditions; it fails harmlessly (EPERM) when we
     // already lead a process group.
     unsafe { libc::setsid() };
@@ -270,6 +271,43 @@ pub fn main(args: &ShimArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Marks every descriptor above stderr close-on-exec, so the runtime (and through it the
+/// container) gets only the descriptors the shim hands it, never what the shim's parent left
+/// open without `O_CLOEXEC` (a shell's, a service manager's). Everything the shim opens itself
+/// is close-on-exec already (Rust's default).
+fn close_inherited_on_exec() {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: one by one. Collected first: the listing holds a descriptor too.
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        tracing::warn!("cannot list /proc/self/fd: inherited descriptors stay open");
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > libc::STDERR_FILENO)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl(2) on a descriptor number; a closed one (the listing's) fails harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 fn supervise(args: &ShimArgs) -> ExitRecord {

@@ -22,6 +22,15 @@ case "$3" in
 esac
 "#;
 
+/// A runtime that lists the descriptors it was given into `<pid file>.fds`.
+const FD_LISTING_RUNTIME: &str = r#"#!/bin/sh
+case "$3" in
+  run) ls /proc/self/fd > "$7.fds"; echo $$ > "$7.tmp" && mv "$7.tmp" "$7"; exec sleep 0.5 ;;
+  delete) exit 0 ;;
+  *) echo "unexpected: $*" >&2; exit 2 ;;
+esac
+"#;
+
 fn job(root: &Path, id: &str) -> ShimArgs {
     let job_dir = root.join(id);
     std::fs::create_dir_all(&job_dir).unwrap();
@@ -155,4 +164,41 @@ fn a_standby_given_garbage_fails_without_a_record() {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+#[test]
+fn the_runtime_gets_no_descriptor_the_shims_parent_leaked() {
+    // A descriptor without close-on-exec in the agent (as a shell or a service manager can
+    // leave) reaches the shim, but the shim must not pass it on to the runtime and the job.
+    let dir = tempfile::tempdir().unwrap();
+    let leaked = std::fs::File::open("/dev/null").unwrap();
+    const LEAKED_FD: i32 = 77;
+    // SAFETY: dup2 onto a number this test owns; it is closed at the end.
+    assert_eq!(
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&leaked), LEAKED_FD) },
+        LEAKED_FD
+    );
+    let launcher = ShimLauncher::new(PathBuf::from(AGENT));
+    let mut args = job(dir.path(), "job-fds");
+    let runtime = dir.path().join("fd-listing-runc");
+    std::fs::write(&runtime, FD_LISTING_RUNTIME).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).unwrap();
+    args.runtime = runtime;
+    let (_, exit) = run_to_the_end(&launcher, &args);
+    // SAFETY: closes the descriptor made above.
+    unsafe { libc::close(LEAKED_FD) };
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
+    let listing = std::fs::read_to_string(
+        args.job_dir
+            .join(format!("{}.fds", shim::CONTAINER_PID_FILE)),
+    )
+    .unwrap();
+    let fds: Vec<&str> = listing.split_whitespace().collect();
+    assert!(fds.contains(&"2"), "the listing itself works: {fds:?}");
+    assert!(
+        !fds.contains(&LEAKED_FD.to_string().as_str()),
+        "fd {LEAKED_FD} reached the runtime: {fds:?}"
+    );
+    // 0-2 and the directory `ls` reads; nothing else.
+    assert!(fds.len() <= 4, "{fds:?}");
 }
