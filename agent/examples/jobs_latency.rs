@@ -50,6 +50,12 @@ struct Args {
     /// cgroup, so a tiny quota throttles the start itself, for both sides.
     #[arg(long, default_value_t = 1000)]
     start_millicores: i64,
+    /// Pause before each timed start, so each side starts on a settled machine: a stopped
+    /// container's teardown (its network namespace, cgroups) goes on in kernel workers after
+    /// runc returns, and the agent execs its next standby shim right after a start. 0 = none
+    /// (back to back, as earlier runs measured).
+    #[arg(long, default_value_t = 200)]
+    settle_millis: u64,
     /// Jobs running at once for the telemetry cost (10 millicores each).
     #[arg(long, default_value_t = 50)]
     jobs: usize,
@@ -259,13 +265,18 @@ async fn measure(
         // Alternate which of the pair goes first, so neither always runs on a machine the
         // other has just disturbed. The reference copies the bundle of the job before it when
         // it goes first (the same config apart from the ids; a stopped job's dir stays).
+        let settle = Duration::from_millis(args.settle_millis);
         let (agent, reference) = if i % 2 == 0 {
+            tokio::time::sleep(settle).await;
             let agent = start_job(client, spec(&id, args.start_millicores)).await?;
+            tokio::time::sleep(settle).await;
             let reference = run_reference(args, ref_root, ref_dir, &jobs_dir, &id, &ref_id)?;
             (agent, reference)
         } else {
             let previous = format!("start-{}", i - 1);
+            tokio::time::sleep(settle).await;
             let reference = run_reference(args, ref_root, ref_dir, &jobs_dir, &previous, &ref_id)?;
+            tokio::time::sleep(settle).await;
             let agent = start_job(client, spec(&id, args.start_millicores)).await?;
             (agent, reference)
         };
@@ -305,9 +316,10 @@ async fn measure(
     let (a50, a95) = (percentile(&agent_ms, 50.0), percentile(&agent_ms, 95.0));
     let (r50, r95) = (percentile(&runc_ms, 50.0), percentile(&runc_ms, 95.0));
     println!(
-        "start latency over {} starts ({} millicores): StartJob p50 {a50:.1} ms p95 {a95:.1} ms | runc run -d p50 {r50:.1} ms p95 {r95:.1} ms | ratio p50 {:.2}x p95 {:.2}x",
+        "start latency over {} starts ({} millicores, {} ms settle): StartJob p50 {a50:.1} ms p95 {a95:.1} ms | runc run -d p50 {r50:.1} ms p95 {r95:.1} ms | ratio p50 {:.2}x p95 {:.2}x",
         agent_ms.len(),
         args.start_millicores,
+        args.settle_millis,
         a50 / r50,
         a95 / r95
     );
