@@ -29,7 +29,7 @@ use crate::{BenchError, KernelResult, XorShift};
 mod uring;
 
 /// Version of the disk kernels.
-pub const DISK_KERNEL_VERSION: u32 = 4;
+pub const DISK_KERNEL_VERSION: u32 = 5;
 /// Sequential block size.
 pub const SEQ_BLOCK: usize = 1 << 20;
 /// Random read size.
@@ -581,12 +581,19 @@ mod tests {
     #[test]
     fn corruption_is_detected() {
         let d = dir();
-        let f = TestFile::create(d.path(), 2).unwrap();
+        // 8 blocks through 2 slots: block 5 is read into a slot's second buffer.
+        let f = TestFile::create(d.path(), 8).unwrap();
         f.write_all(2).unwrap();
+        f.read_all(2).expect("clean file reads back");
         let mut junk = AlignedBuf::new(RAND_BLOCK).unwrap();
         junk.fill(7);
-        f.file.write_all_at(&junk, SEQ_BLOCK as u64 + 4096).unwrap();
-        assert!(matches!(f.read_all(2), Err(BenchError::Verification(_))));
+        f.file
+            .write_all_at(&junk, 5 * SEQ_BLOCK as u64 + 4096)
+            .unwrap();
+        match f.read_all(2) {
+            Err(BenchError::Verification(m)) => assert!(m.contains("block 5"), "{m}"),
+            other => panic!("corruption in block 5 not reported: {other:?}"),
+        }
         let path = f.path().to_owned();
         drop(f);
         assert!(!path.exists());
