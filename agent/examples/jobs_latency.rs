@@ -32,6 +32,7 @@ use fog_agent::daemon::{self, DaemonOptions, JobsOptions};
 use fog_agent::image::ImageStore;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
+use futures_util::FutureExt;
 use tonic::transport::Channel;
 
 /// Job start latency vs runc, and telemetry cost with many jobs.
@@ -148,7 +149,12 @@ async fn main() -> anyhow::Result<()> {
         .context("ImportImage")?;
     let ref_root = dir.path().join("ref-runc");
     let ref_dir = dir.path().join("ref");
-    let result = measure(&args, &mut client, &config, &ref_root, &ref_dir).await;
+    // A panic in the measurement (say, stdout closed under `| head`) must not skip the cleanup
+    // below: the jobs' shims outlive this process by design.
+    let result =
+        std::panic::AssertUnwindSafe(measure(&args, &mut client, &config, &ref_root, &ref_dir))
+            .catch_unwind()
+            .await;
 
     // Clean up whatever a failed measurement left: agent jobs, reference containers.
     let ids: Vec<String> = std::iter::once("warm-up".to_owned())
@@ -174,7 +180,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     running.shutdown().await;
-    result
+    match result {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// One StartJob over the socket until it answers RUNNING; its latency in ms.
