@@ -711,8 +711,8 @@ impl JobManager {
             (row, created_at_millis)
         };
         tracing::info!(job = %id, image = %spec.image, "starting job");
-        // The record's commit (an fsync, ~1 ms) overlaps writing the bundle; the shim, and so
-        // the container, starts only once both are done. Until then the job exists only in
+        // The record's commit overlaps writing the bundle; the shim, and so the container,
+        // starts only once both are done. Until then the job exists only in
         // memory, as `creating`: an agent that dies here leaves at most a job dir, which the
         // next start of that id replaces (`prepare`).
         let (inserted, prepared) = std::thread::scope(|scope| {

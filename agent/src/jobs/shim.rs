@@ -106,8 +106,8 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes a pid file atomically (temp file + rename) but without fsync: a pid means nothing
-/// after a reboot, and an agent restarted after a crash reads it from the page cache. (The
-/// fsync cost a start ~1 ms on the CI machine's disk.)
+/// after a reboot, and an agent restarted after a crash reads it from the page cache, so the
+/// fsync a start paid for it protected nothing.
 pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
     replace_file(path, pid.to_string().as_bytes(), false)
 }

@@ -20,8 +20,8 @@
 //! with `NORMAL`. It is in the WAL at once, so it survives the agent's crash, and it reaches the
 //! disk with the next commit, at the latest the job's `running` or failed record, which StartJob
 //! waits for before it answers. A power loss in between loses only a start that was never
-//! acknowledged and whose container died with the machine. That saves a start one fsync
-//! (~1.2 ms on the CI machine's disk).
+//! acknowledged and whose container died with the machine. That saves a start one fsync (the
+//! insert took a median 1.6 ms with it in a 20-start trace on the CI machine).
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
