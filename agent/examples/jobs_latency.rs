@@ -298,24 +298,23 @@ async fn measure(
     }
     let mut pair_ratio: Vec<f64> = agent_ms.iter().zip(&runc_ms).map(|(a, r)| a / r).collect();
     let mut pair_extra: Vec<f64> = agent_ms.iter().zip(&runc_ms).map(|(a, r)| a - r).collect();
-    // By position in the pair: the one that goes first also meets what the previous pair's
-    // stop left running.
+    // By position in the pair (pair i has the agent first when i is even): the one that goes
+    // first also meets what the previous pair's stop left running.
+    let every_other_median = |xs: &[f64], odd: bool| {
+        let mut picked: Vec<f64> = xs
+            .iter()
+            .copied()
+            .skip(usize::from(odd))
+            .step_by(2)
+            .collect();
+        picked.sort_by(f64::total_cmp);
+        percentile(&picked, 50.0)
+    };
     let by_order = |agent_first: bool| {
-        let mut agent: Vec<f64> = agent_ms
-            .iter()
-            .copied()
-            .skip(usize::from(!agent_first))
-            .step_by(2)
-            .collect();
-        let mut reference: Vec<f64> = runc_ms
-            .iter()
-            .copied()
-            .skip(usize::from(!agent_first))
-            .step_by(2)
-            .collect();
-        agent.sort_by(f64::total_cmp);
-        reference.sort_by(f64::total_cmp);
-        (percentile(&agent, 50.0), percentile(&reference, 50.0))
+        (
+            every_other_median(&agent_ms, !agent_first),
+            every_other_median(&runc_ms, !agent_first),
+        )
     };
     let ((first_a, first_r), (second_a, second_r)) = (by_order(true), by_order(false));
     pair_ratio.sort_by(f64::total_cmp);
