@@ -884,7 +884,8 @@ impl JobManager {
 
     /// Waits until the shim's container runs (`Ok(None)`) or has ended (`Ok(Some(exit))`).
     ///
-    /// The checks are file reads (`exit.json`, `container.pid`, [`JobRuntime::started`]), a few
+    /// The checks are file reads (`exit.json`, the init pid from `container.pid` or, before the
+    /// runtime has written that, [`JobRuntime::init_pid`], then [`JobRuntime::started`]), a few
     /// microseconds each, so they run every millisecond: the wait adds ~0.5 ms to a start, not
     /// the ~10 ms of a backoff to 20 ms. Only a runtime call ([`JobRuntime::state`], an exec of
     /// the runtime) or a start slower than [`FAST_POLL`] backs off. A shim that ends (its reaper
@@ -905,7 +906,9 @@ impl JobManager {
                 return Ok(Some(exit));
             }
             let mut asked_runtime = false;
-            if let Some(pid) = shim::read_pid(&pid_file) {
+            // The runtime's own state names the init before the pid file exists.
+            let pid = shim::read_pid(&pid_file).or_else(|| self.runtime.init_pid(id));
+            if let Some(pid) = pid {
                 match self.runtime.started(id, pid) {
                     Some(true) => return Ok(None),
                     Some(false) => {}

@@ -47,6 +47,12 @@ pub trait JobRuntime: Send + Sync + std::fmt::Debug {
     fn started(&self, _id: &str, _pid: i32) -> Option<bool> {
         None
     }
+    /// Container `id`'s init pid from the runtime's own state files, once it has created the
+    /// container; `None` when they do not say (then the `pid_file` of [`Self::run_command`]
+    /// does, a little later).
+    fn init_pid(&self, _id: &str) -> Option<i32> {
+        None
+    }
 }
 
 /// runc (or a compatible CLI) with its own state root.
@@ -164,6 +170,19 @@ impl JobRuntime for Runc {
         Some(!dir.join("exec.fifo").exists())
     }
 
+    /// `init_process_pid` of `<root>/<id>/state.json`, which runc writes (temp file + rename)
+    /// before it starts the container. Its `--pid-file` comes only after the start, written
+    /// with `O_SYNC`: waiting for that file put a disk flush into every start.
+    fn init_pid(&self, id: &str) -> Option<i32> {
+        #[derive(Deserialize)]
+        struct RuncState {
+            init_process_pid: i32,
+        }
+        let text = std::fs::read(self.root.join(id).join("state.json")).ok()?;
+        let state: RuncState = serde_json::from_slice(&text).ok()?;
+        (state.init_process_pid > 0).then_some(state.init_process_pid)
+    }
+
     fn list(&self) -> Result<Vec<String>, JobError> {
         let (ok, stdout, stderr) = self.call("list", &["list", "--quiet"])?;
         if !ok {
@@ -240,6 +259,25 @@ mod tests {
         std::fs::remove_file(c.join("exec.fifo")).unwrap();
         assert_eq!(runc.started("c1", me), Some(true));
         assert_eq!(runc.started("c1", i32::MAX), None, "init gone: ask runc");
+    }
+
+    #[test]
+    fn init_pid_comes_from_runcs_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let runc = Runc::new("/usr/sbin/runc", dir.path());
+        assert_eq!(runc.init_pid("c1"), None, "no container yet");
+        let c = dir.path().join("c1");
+        std::fs::create_dir(&c).unwrap();
+        std::fs::write(
+            c.join("state.json"),
+            "{\"id\":\"c1\",\"init_process_pid\":4242}",
+        )
+        .unwrap();
+        assert_eq!(runc.init_pid("c1"), Some(4242));
+        std::fs::write(c.join("state.json"), "{\"init_process_pid\":0}").unwrap();
+        assert_eq!(runc.init_pid("c1"), None, "no init");
+        std::fs::write(c.join("state.json"), "{\"init_process_pid\":").unwrap();
+        assert_eq!(runc.init_pid("c1"), None, "torn write");
     }
 
     #[test]
