@@ -66,6 +66,9 @@ pub struct JobsConfig {
     pub cgroup_parent: String,
     /// Interval of the job telemetry loop (one loop samples every job's cgroup).
     pub telemetry_interval_millis: u64,
+    /// How long an ended job is kept (its record, transitions, usage counters, logs and job
+    /// dir) before it is forgotten; 0 = forever.
+    pub retention_millis: u64,
 }
 
 impl Default for JobsConfig {
@@ -78,6 +81,7 @@ impl Default for JobsConfig {
             max_time_limit_millis: 604_800_000,
             cgroup_parent: "fog-agent".to_owned(),
             telemetry_interval_millis: 1000,
+            retention_millis: 604_800_000,
         }
     }
 }
@@ -632,6 +636,14 @@ impl Config {
             "jobs.telemetry_interval_millis",
             format!("{} is outside 100 to 60000", jobs.telemetry_interval_millis),
         );
+        check(
+            jobs.retention_millis == 0 || jobs.retention_millis >= 1000,
+            "jobs.retention_millis",
+            format!(
+                "{} is below 1000 (0 keeps ended jobs forever)",
+                jobs.retention_millis
+            ),
+        );
         let metrics = &self.metrics;
         check(
             (100..=3_600_000).contains(&metrics.sample_interval_millis),
@@ -859,6 +871,7 @@ reserve_gpus = ["gpu0"]
 runtime = "runc"
 cgroup_parent = "../x"
 telemetry_interval_millis = 5
+retention_millis = 10
 [metrics]
 sample_interval_millis = 5
 tls_cert = "/x/m.pem"
@@ -876,6 +889,7 @@ tls_cert = "/x/m.pem"
                 "jobs.runtime",
                 "jobs.cgroup_parent",
                 "jobs.telemetry_interval_millis",
+                "jobs.retention_millis",
                 "metrics.sample_interval_millis",
                 "metrics.tls_key",
                 "capacity.reserve_gpus",

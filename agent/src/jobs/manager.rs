@@ -15,6 +15,9 @@
 //! - **Telemetry** ([`JobManager::tick`], driven by one thread for all jobs): reads each running
 //!   job's cgroup, advances its usage counters (monotonic, persisted in one transaction per
 //!   tick), sends a sample to its watchers, enforces the time and scratch limits.
+//! - **Retention** ([`JobManager::forget_expired`], at the end of every tick): a job that ended
+//!   `[jobs] retention_millis` ago is forgotten: job dir (logs, bundle), record, transitions
+//!   and usage counters. Its id may then be started again.
 //!
 //! Lock order: `inner`, then `store`. Runtime calls and waits happen without `inner` held.
 
@@ -1418,6 +1421,62 @@ impl JobManager {
                 Err(err) => tracing::warn!(job = %id, error = %err, "cannot record the stop"),
             }
         }
+        self.forget_expired(now_ms);
+    }
+
+    /// Forgets every job that ended at least `[jobs] retention_millis` before `now_ms` (0 =
+    /// never): its job dir first, then its record, transitions and usage counters (one
+    /// transaction), then the job itself. Until then GetJob, JobLogs and StartJob's idempotency
+    /// still know it; afterwards its id may be started again. A record that cannot be deleted
+    /// is kept, and tried again at the next tick.
+    pub fn forget_expired(&self, now_ms: u64) {
+        let retention = self.config.retention_millis;
+        if retention == 0 {
+            return;
+        }
+        let expired: Vec<String> = lock(&self.inner)
+            .jobs
+            .values()
+            .filter(|e| {
+                !e.view.record.state.is_active()
+                    && e.view
+                        .record
+                        .finished_at_millis
+                        .is_some_and(|at| now_ms.saturating_sub(at) >= retention)
+            })
+            .map(|e| e.view.spec.job_id.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for id in &expired {
+            let dir = self.job_dir(id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                // The record goes anyway: a dir left behind is replaced if the id comes back.
+                Err(err) => {
+                    tracing::warn!(job = %id, error = %err, "cannot remove {}", dir.display())
+                }
+            }
+        }
+        let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
+        if let Err(err) = lock(&self.store).jobs_delete(&ids) {
+            tracing::warn!(error = %err, jobs = expired.len(), "cannot delete ended jobs past their retention; next tick tries again");
+            return;
+        }
+        let gone: BTreeSet<&str> = ids.into_iter().collect();
+        let mut inner = lock(&self.inner);
+        for id in &gone {
+            inner.jobs.remove(*id);
+        }
+        inner.order.retain(|id| !gone.contains(id.as_str()));
+        drop(inner);
+        tracing::info!(
+            jobs = gone.len(),
+            retention_millis = retention,
+            "forgot ended jobs past their retention"
+        );
     }
 
     /// Starts the telemetry thread: [`Self::tick`] every `[jobs] telemetry_interval_millis`

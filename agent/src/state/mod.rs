@@ -310,6 +310,27 @@ impl StateStore {
         tx.commit().map_err(e("commit job update"))
     }
 
+    /// Deletes jobs with their transitions and usage counters, all in one transaction. Unknown
+    /// ids are skipped.
+    pub fn jobs_delete(&mut self, job_ids: &[&str]) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let e = move |what| {
+            let path = path.clone();
+            move |source| StateError::Sqlite { path, what, source }
+        };
+        let tx = self.conn.transaction().map_err(e("begin job delete"))?;
+        for id in job_ids {
+            for sql in [
+                "DELETE FROM job_events WHERE job_id = ?1",
+                "DELETE FROM usage_counters WHERE job_id = ?1",
+                "DELETE FROM jobs WHERE job_id = ?1",
+            ] {
+                tx.execute(sql, [id]).map_err(e("delete job"))?;
+            }
+        }
+        tx.commit().map_err(e("commit job delete"))
+    }
+
     /// One job.
     pub fn job_get(&self, job_id: &str) -> Result<Option<JobRow>, StateError> {
         self.conn
@@ -559,6 +580,36 @@ mod tests {
         );
         assert_eq!(s.job_list().unwrap().len(), 1);
         assert!(s.job_get("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn deleted_jobs_take_their_transitions_and_counters_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path()).unwrap();
+        for id in ["old", "kept"] {
+            let row = JobRow {
+                job_id: id.into(),
+                state: "creating".into(),
+                spec_json: "{}".into(),
+                record_json: "{}".into(),
+            };
+            s.job_insert(&row, 1).unwrap();
+            s.job_update(id, "succeeded", "{}", 2, "done").unwrap();
+            s.usage_put(&[(id, "cpu_nanos", 10)]).unwrap();
+        }
+        s.jobs_delete(&["old", "never-was"]).unwrap();
+        assert!(s.job_get("old").unwrap().is_none());
+        assert!(s.job_events("old").unwrap().is_empty());
+        assert!(s.usage_get("old").unwrap().is_empty());
+        assert_eq!(s.job_events("kept").unwrap().len(), 2);
+        assert_eq!(s.usage_get("kept").unwrap().len(), 1);
+        let ids: Vec<String> = s
+            .job_list()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.job_id)
+            .collect();
+        assert_eq!(ids, ["kept"]);
     }
 
     #[test]

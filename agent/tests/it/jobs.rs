@@ -103,8 +103,17 @@ impl Harness {
 
     /// A harness whose daemon options `adjust` changes (it gets the temp dir).
     async fn start_with(adjust: impl FnOnce(&Path, DaemonOptions) -> DaemonOptions) -> Self {
+        Self::start_configured(|_| {}, adjust).await
+    }
+
+    /// A harness whose config `configure` changes, and its daemon options `adjust`.
+    async fn start_configured(
+        configure: impl FnOnce(&mut Config),
+        adjust: impl FnOnce(&Path, DaemonOptions) -> DaemonOptions,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = config_in(dir.path());
+        let mut config = config_in(dir.path());
+        configure(&mut config);
         let options = adjust(dir.path(), options(&config));
         let daemon = daemon::start(&config, options).await.unwrap();
         let mut client = connect(&config.api.unix_socket).await;
@@ -375,6 +384,52 @@ async fn a_job_dir_left_by_an_unrecorded_start_is_replaced() {
     assert!(!dir.join("leftover").exists(), "the stale dir was kept");
     let out = std::fs::read_to_string(dir.join("stdout.log")).unwrap();
     assert_eq!(out.trim(), "fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_are_forgotten_after_their_retention() {
+    // An ended job stays readable for `[jobs] retention_millis`; then its record, counters and
+    // job dir go, and its id starts a new job.
+    let mut h = Harness::start_configured(|c| c.jobs.retention_millis = 3000, |_, o| o).await;
+    let id = unique("retained");
+    let dir = h.config.jobs.dir_under(&h.config.state.dir).join(&id);
+    start(&mut h.client, spec(&id, "echo first")).await;
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    assert!(dir.join("stdout.log").exists(), "logs kept while retained");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = pb::GetJobRequest { job_id: id.clone() };
+        match h.client.get_job(request).await {
+            Err(status) if status.code() == Code::NotFound => break,
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "{id} still known 30 s after it ended"
+            ),
+            Err(status) => panic!("GetJob {id}: {status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!dir.exists(), "the job dir outlived the record");
+    let listed = h
+        .client
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .jobs
+            .iter()
+            .all(|j| j.spec.as_ref().map(|s| s.job_id.as_str()) != Some(id.as_str())),
+        "ListJobs still has {id}"
+    );
+    let again = start(&mut h.client, spec(&id, "echo second")).await;
+    assert!(again.created, "a forgotten id starts a new job");
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    let out = std::fs::read_to_string(dir.join("stdout.log")).unwrap();
+    assert_eq!(out.trim(), "second");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
