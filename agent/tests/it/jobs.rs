@@ -365,9 +365,9 @@ async fn exit_codes_reach_the_record_also_from_jobs_that_end_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_dir_left_by_an_unrecorded_start_is_replaced() {
-    // The job's record is committed while its dir is written, so an agent killed in between
-    // leaves a dir with no record (and never a shim). Starting that id again must work and
-    // must not keep anything of the old dir.
+    // A job dir that no record owns (an older agent wrote the dir before the record and was
+    // killed in between; or a forgotten job's dir could not be removed) never had a shim.
+    // Starting that id again must work and must not keep anything of the old dir.
     let mut h = Harness::start().await;
     let id = unique("stale");
     let dir = h.config.jobs.dir_under(&h.config.state.dir).join(&id);
