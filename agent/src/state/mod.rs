@@ -160,6 +160,19 @@ pub struct StateStore {
     path: PathBuf,
 }
 
+/// Maps a SQLite error on the database at `path` during `what` to a [`StateError`] (the path
+/// is copied only when there is an error).
+fn sqlite_err<'p>(
+    path: &'p Path,
+    what: &'static str,
+) -> impl FnOnce(rusqlite::Error) -> StateError + 'p {
+    move |source| StateError::Sqlite {
+        path: path.to_owned(),
+        what,
+        source,
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,34 +187,22 @@ impl StateStore {
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let err = |what: &'static str, p: &Path| {
-            let p = p.to_owned();
-            move |source| StateError::Sqlite {
-                path: p,
-                what,
-                source,
-            }
-        };
-        let conn = Connection::open(&path).map_err(err("open", &path))?;
+        let conn = Connection::open(&path).map_err(sqlite_err(&path, "open"))?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
-            .map_err(err("enable WAL", &path))?;
+            .map_err(sqlite_err(&path, "enable WAL"))?;
         conn.pragma_update(None, "foreign_keys", true)
-            .map_err(err("enable foreign keys", &path))?;
+            .map_err(sqlite_err(&path, "enable foreign keys"))?;
         conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err("set synchronous=FULL", &path))?;
+            .map_err(sqlite_err(&path, "set synchronous=FULL"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err("set busy timeout", &path))?;
+            .map_err(sqlite_err(&path, "set busy timeout"))?;
         let mut store = Self { conn, path };
         store.migrate()?;
         Ok(store)
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError + '_ {
-        move |source| StateError::Sqlite {
-            path: self.path.clone(),
-            what,
-            source,
-        }
+        sqlite_err(&self.path, what)
     }
 
     /// The current schema version.
@@ -253,11 +254,7 @@ impl StateStore {
     }
 
     fn job_insert_tx(&mut self, row: &JobRow, at_millis: i64) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let e = move |what| {
-            let path = path.clone();
-            move |source| StateError::Sqlite { path, what, source }
-        };
+        let e = |what| sqlite_err(&self.path, what);
         let tx = self.conn.transaction().map_err(e("begin job insert"))?;
         tx.execute(
             "INSERT INTO jobs (job_id, state, spec_json, record_json, created_at, updated_at)
@@ -283,11 +280,7 @@ impl StateStore {
         at_millis: i64,
         message: &str,
     ) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let e = move |what| {
-            let path = path.clone();
-            move |source| StateError::Sqlite { path, what, source }
-        };
+        let e = |what| sqlite_err(&self.path, what);
         let tx = self.conn.transaction().map_err(e("begin job update"))?;
         let previous: Option<String> = tx
             .query_row("SELECT state FROM jobs WHERE job_id = ?1", [job_id], |r| {
@@ -310,23 +303,15 @@ impl StateStore {
         tx.commit().map_err(e("commit job update"))
     }
 
-    /// Deletes jobs with their transitions and usage counters, all in one transaction. Unknown
-    /// ids are skipped.
+    /// Deletes jobs, all in one transaction; their transitions and usage counters go with them
+    /// (`ON DELETE CASCADE`, with `foreign_keys` on since [`Self::open`]). Unknown ids are
+    /// skipped.
     pub fn jobs_delete(&mut self, job_ids: &[&str]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let e = move |what| {
-            let path = path.clone();
-            move |source| StateError::Sqlite { path, what, source }
-        };
+        let e = |what| sqlite_err(&self.path, what);
         let tx = self.conn.transaction().map_err(e("begin job delete"))?;
         for id in job_ids {
-            for sql in [
-                "DELETE FROM job_events WHERE job_id = ?1",
-                "DELETE FROM usage_counters WHERE job_id = ?1",
-                "DELETE FROM jobs WHERE job_id = ?1",
-            ] {
-                tx.execute(sql, [id]).map_err(e("delete job"))?;
-            }
+            tx.execute("DELETE FROM jobs WHERE job_id = ?1", [id])
+                .map_err(e("delete job"))?;
         }
         tx.commit().map_err(e("commit job delete"))
     }
@@ -394,11 +379,7 @@ impl StateStore {
     /// Stores usage counters `(job id, counter, value)`, all in one transaction; a counter
     /// never goes down (the larger of the stored and the new value is kept).
     pub fn usage_put(&mut self, values: &[(&str, &str, i64)]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let e = move |what| {
-            let path = path.clone();
-            move |source| StateError::Sqlite { path, what, source }
-        };
+        let e = |what| sqlite_err(&self.path, what);
         let tx = self.conn.transaction().map_err(e("begin usage update"))?;
         {
             let mut stmt = tx
