@@ -15,6 +15,8 @@
 //! - process: no capabilities at all (bounding, effective, permitted, inheritable, ambient
 //!   empty), `noNewPrivileges`, `RLIMIT_NOFILE` 1024/4096; not privileged (the OCI spec has no
 //!   such switch: privilege would be capabilities and device access, both denied).
+//! - seccomp: the allowlist of [`super::seccomp`] (Docker's default for a container without
+//!   capabilities, io_uring refused).
 //! - `linux.cgroupsPath = "/<cgroup_parent>/<job id>"` so telemetry finds the cgroup.
 
 use std::collections::HashSet;
@@ -281,6 +283,7 @@ pub fn runtime_spec(
         .devices(devices)
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+        .seccomp(super::seccomp::job_profile()?)
         .build()
         .map_err(build_err("linux"))?;
     SpecBuilder::default()
@@ -401,6 +404,7 @@ mod tests {
         assert_eq!(binds.len(), 1, "only the scratch dir comes from the host");
         assert_eq!(binds[0]["source"], "/jobs/j1/scratch");
         assert_eq!(binds[0]["destination"], SCRATCH_MOUNT);
+        assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&"ro".into()));
     }

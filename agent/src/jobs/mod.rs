@@ -3,6 +3,7 @@
 //!
 //! - [`spec`]: the job spec and its validation (each bad field named).
 //! - [`bundle`]: the OCI runtime spec (`config.json`) of a job, built with `oci-spec`.
+//! - [`seccomp`]: the system-call allowlist every job runs under.
 //! - [`runtime`]: the [`JobRuntime`] seam and the real [`Runc`].
 //! - [`shim`]: `fog-agent internal job-shim`, the per-job supervisor that runs the container in
 //!   the foreground, caps its logs and records its exit status in the job dir.
@@ -27,6 +28,7 @@ pub mod launcher;
 pub mod logs;
 pub mod manager;
 pub mod runtime;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 
