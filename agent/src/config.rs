@@ -69,6 +69,22 @@ pub struct JobsConfig {
     /// How long an ended job is kept (its record, transitions, usage counters, logs and job
     /// dir) before it is forgotten; 0 = forever.
     pub retention_millis: u64,
+    /// How a job's scratch dir is held to its `resources.scratch_bytes`.
+    pub scratch_limit: ScratchLimit,
+}
+
+/// How a job's scratch dir is held to its size (`[jobs] scratch_limit`); see
+/// [`crate::jobs::scratch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScratchLimit {
+    /// Its own ext4 filesystem of that size, in a sparse image file, loop-mounted: a write past
+    /// it fails with `ENOSPC`.
+    #[default]
+    Filesystem,
+    /// A plain dir on the jobs dir's file system: the telemetry loop stops a job whose scratch
+    /// dir has grown past its size (measured every 5th tick). For hosts without loop devices.
+    Polled,
 }
 
 impl Default for JobsConfig {
@@ -82,6 +98,7 @@ impl Default for JobsConfig {
             cgroup_parent: "fog-agent".to_owned(),
             telemetry_interval_millis: 1000,
             retention_millis: 604_800_000,
+            scratch_limit: ScratchLimit::Filesystem,
         }
     }
 }

@@ -34,6 +34,7 @@ use super::bundle::{self, DeviceNode};
 use super::gpu_usage::{self, GpuAccounting};
 use super::launcher::ShimLauncher;
 use super::runtime::JobRuntime;
+use super::scratch;
 use super::shim::{self, ExitRecord, ShimArgs};
 use super::spec::{self, GpuIdentity, ImageSource, JobSpec, ValidJob};
 use super::JobError;
@@ -792,11 +793,12 @@ impl JobManager {
     /// older agent that wrote the dir before the record, or by a forgotten job whose dir could
     /// not be removed), its scratch dir and bundle; returns the shim's arguments.
     fn prepare(&self, job: &ValidJob) -> Result<ShimArgs, String> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         let id = &job.spec.job_id;
         let dir = self.job_dir(id);
         if std::fs::symlink_metadata(&dir).is_ok() {
             tracing::warn!(job = %id, "replacing a job dir that no record owned");
+            scratch::remove(&dir)?;
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| format!("cannot remove the stale {}: {e}", dir.display()))?;
         }
@@ -804,14 +806,8 @@ impl JobManager {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let scratch = dir.join(shim::SCRATCH_DIR);
-        std::fs::create_dir(&scratch)
-            .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
-        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot set mode of {}: {e}", scratch.display()))?;
-        let (uid, gid) = job.user;
-        std::os::unix::fs::chown(&scratch, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot chown {}: {e}", scratch.display()))?;
+        let scratch_bytes = u64::try_from(job.spec.resources.scratch_bytes).unwrap_or(0);
+        let scratch = scratch::make(&dir, scratch_bytes, job.user, self.config.scratch_limit)?;
         let gpu_nodes: Vec<DeviceNode> =
             bundle::gpu_device_nodes(&self.fs, &job.gpus).map_err(|e| e.to_string())?;
         for gpu in &job.gpus {
@@ -1072,11 +1068,8 @@ impl JobManager {
             record.log_dropped_bytes = dropped;
         })?;
         tracing::info!(job = %id, state = state.name(), termination = ?termination, exit_code = ?exit_code, "job ended");
-        let scratch = self.job_dir(id).join(shim::SCRATCH_DIR);
-        if scratch.exists() {
-            if let Err(err) = std::fs::remove_dir_all(&scratch) {
-                tracing::warn!(job = %id, error = %err, "cannot remove the scratch dir");
-            }
+        if let Err(err) = scratch::remove(&self.job_dir(id)) {
+            tracing::warn!(job = %id, error = %err, "cannot remove the scratch space");
         }
         Ok(view)
     }
@@ -1432,6 +1425,10 @@ impl JobManager {
         }
         for id in &expired {
             let dir = self.job_dir(id);
+            // Gone when the job ended, unless its unmount failed then.
+            if let Err(err) = scratch::remove(&dir) {
+                tracing::warn!(job = %id, error = %err, "cannot remove the scratch space");
+            }
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

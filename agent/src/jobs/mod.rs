@@ -3,6 +3,7 @@
 //!
 //! - [`spec`]: the job spec and its validation (each bad field named).
 //! - [`bundle`]: the OCI runtime spec (`config.json`) of a job, built with `oci-spec`.
+//! - [`scratch`]: the job's scratch dir and how it is held to its size (its own filesystem).
 //! - [`seccomp`]: the system-call allowlist every job runs under.
 //! - [`runtime`]: the [`JobRuntime`] seam and the real [`Runc`].
 //! - [`shim`]: `fog-agent internal job-shim`, the per-job supervisor that runs the container in
@@ -28,6 +29,7 @@ pub mod launcher;
 pub mod logs;
 pub mod manager;
 pub mod runtime;
+pub mod scratch;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

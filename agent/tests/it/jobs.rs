@@ -452,6 +452,61 @@ async fn ended_jobs_are_forgotten_after_their_retention() {
     assert_eq!(out.trim(), "second");
 }
 
+/// A job that writes 16 MiB into an 8 MiB scratch, then sleeps; its exit code says how far the
+/// writes got (3: all of them; 4: the refusal was not ENOSPC; 5: less than 8 MiB fit).
+const FILL_SCRATCH: &str = r#"
+    out=$(dd if=/dev/zero of=/scratch/fill bs=1M count=16 2>&1) && exit 3
+    case "$out" in *"No space left on device"*) ;; *) echo "$out" >&2; exit 4;; esac
+    [ "$(wc -c < /scratch/fill)" -ge 8388608 ] || exit 5
+    sleep 60
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_is_a_filesystem_of_its_size_and_the_job_stops_past_it() {
+    // `[jobs] scratch_limit = "filesystem"` (the default): the write past the size fails with
+    // ENOSPC at once, and the job, now holding more than `scratch_bytes` (the filesystem has a
+    // little room over it), is stopped with SCRATCH_LIMIT at the next size check. When it
+    // ended, the filesystem is unmounted and its image gone.
+    let mut h = Harness::start().await;
+    let id = unique("scratch");
+    let dir = h.config.jobs.dir_under(&h.config.state.dir).join(&id);
+    let mut s = spec(&id, FILL_SCRATCH);
+    s.resources.as_mut().unwrap().scratch_bytes = 8 * MIB;
+    start(&mut h.client, s).await;
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounted.contains(&format!("{}/scratch ", dir.display())),
+        "scratch not mounted"
+    );
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
+    assert_eq!(job.state(), pb::JobState::Stopped, "{job:?}");
+    assert_eq!(job.termination(), pb::TerminationReason::ScratchLimit);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounted.contains(&format!("{}/scratch ", dir.display())));
+    assert!(!dir.join("scratch").exists() && !dir.join("scratch.img").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_scratch_lets_the_writes_through_and_stops_the_job() {
+    // `scratch_limit = "polled"` (hosts without loop devices): nothing refuses the writes, so
+    // the job gets past dd (exit 3 if it were left alone) and the size check stops it.
+    let mut h = Harness::start_configured(
+        |c| c.jobs.scratch_limit = fog_agent::config::ScratchLimit::Polled,
+        |_, o| o,
+    )
+    .await;
+    let id = unique("polled");
+    let mut s = spec(
+        &id,
+        "dd if=/dev/zero of=/scratch/fill bs=1M count=16; sleep 60",
+    );
+    s.resources.as_mut().unwrap().scratch_bytes = 8 * MIB;
+    start(&mut h.client, s).await;
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
+    assert_eq!(job.state(), pb::JobState::Stopped, "{job:?}");
+    assert_eq!(job.termination(), pb::TerminationReason::ScratchLimit);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_past_its_memory_limit_is_oom_killed_and_reported() {
     let _heavy = HEAVY.lock().await;
