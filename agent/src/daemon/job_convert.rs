@@ -6,7 +6,7 @@ use fog_proto::v1 as pb;
 use tonic::Status;
 
 use crate::jobs::logs::{Line, Stream};
-use crate::jobs::manager::{Sample, Usage};
+use crate::jobs::manager::{JobGpuSample, Sample, Usage};
 use crate::jobs::{JobError, JobSpec, JobState, JobView, Resources, Termination};
 
 impl From<JobError> for Status {
@@ -144,6 +144,20 @@ pub fn sample(sample: &Sample) -> pb::JobSample {
         io_write_bytes: s.io_write_bytes,
         scratch_used_bytes: sample.scratch_used_bytes,
         notes: s.notes.clone(),
+        gpus: sample.gpus.iter().map(gpu_sample).collect(),
+    }
+}
+
+fn gpu_sample(gpu: &JobGpuSample) -> pb::JobGpuSample {
+    let (used, note) = match &gpu.used {
+        Ok(used) => (*used, String::new()),
+        Err(note) => (Default::default(), note.clone()),
+    };
+    pb::JobGpuSample {
+        pci_bus_id: gpu.pci_bus_id.clone(),
+        memory_used_bytes: used.memory_used_bytes,
+        sm_utilization_percent: used.sm_utilization_percent,
+        note,
     }
 }
 

@@ -11,6 +11,11 @@
 //! before the job started is never counted (a reused pid of an older process). A GPU process
 //! that starts and ends between two ticks is not seen; CUDA work is long-lived in practice, and
 //! the tick is 1 s by default.
+//!
+//! The same seam gives each telemetry sample what the job uses of its GPUs at that moment
+//! ([`GpuProcessUse`]): the memory its processes' contexts hold (NVML's running compute
+//! processes) and their SM utilization since the previous tick (NVML's per-process utilization
+//! samples), for the pids in the job's cgroup at that tick.
 
 use std::collections::BTreeSet;
 
@@ -27,6 +32,42 @@ pub trait GpuAccounting: Send + Sync + std::fmt::Debug {
         pci_bus_id: &str,
         pids: &BTreeSet<u32>,
     ) -> Result<Vec<ProcessSpan>, String>;
+
+    /// What `pids` use of `pci_bus_id` now: the memory their compute contexts hold, and their
+    /// SM utilization in the samples the driver took since `since_unix_micros`.
+    fn process_use(
+        &self,
+        pci_bus_id: &str,
+        pids: &BTreeSet<u32>,
+        since_unix_micros: u64,
+    ) -> Result<GpuProcessUse, String>;
+}
+
+/// What a job's processes use of one GPU, at one telemetry tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuProcessUse {
+    /// Bytes of GPU memory their compute contexts hold; `None` when the driver does not say
+    /// for one of them (it cannot under some virtualization and MIG setups).
+    pub memory_used_bytes: Option<u64>,
+    /// Percent of the GPU's streaming multiprocessors they kept busy since the previous tick
+    /// ([`sm_utilization`]); `None` when the device keeps no per-process samples.
+    pub sm_utilization_percent: Option<u32>,
+}
+
+/// The SM utilization of `pids` from per-process samples `(pid, sm percent)`: each process's
+/// mean over its samples, summed over the processes (they share the GPU's time), at most 100.
+/// No samples is 0: the driver takes none of a process that ran no kernel.
+pub fn sm_utilization(samples: impl IntoIterator<Item = (u32, u32)>, pids: &BTreeSet<u32>) -> u32 {
+    let mut per_pid: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    for (pid, sm) in samples {
+        if pids.contains(&pid) {
+            let (sum, n) = per_pid.entry(pid).or_default();
+            *sum += u64::from(sm.min(100));
+            *n += 1;
+        }
+    }
+    let total: u64 = per_pid.values().map(|(sum, n)| sum / n).sum();
+    u32::try_from(total.min(100)).unwrap_or(100)
 }
 
 /// One process's time on a GPU, as NVML's accounting records it.
@@ -91,6 +132,15 @@ impl GpuAccounting for NoGpuAccounting {
     ) -> Result<Vec<ProcessSpan>, String> {
         Err(NO_ACCOUNTING.to_owned())
     }
+
+    fn process_use(
+        &self,
+        _pci_bus_id: &str,
+        _pids: &BTreeSet<u32>,
+        _since_unix_micros: u64,
+    ) -> Result<GpuProcessUse, String> {
+        Err(NO_ACCOUNTING.to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +187,21 @@ mod tests {
         assert_eq!(held_millis(&[], 0, 5), 0);
         // The host clock is behind a running process's start: 0, not a wrap-around.
         assert_eq!(held_millis(&[span(1, 100, None)], 0, 10), 0);
+    }
+
+    #[test]
+    fn utilization_is_each_processs_mean_summed_and_capped() {
+        let pids: BTreeSet<u32> = [1, 2, 3].into();
+        // pid 1: 40 and 60 -> 50; pid 2: 30; pid 9 is not the job's.
+        let samples = [(1, 40), (1, 60), (2, 30), (9, 100)];
+        assert_eq!(sm_utilization(samples, &pids), 80);
+        assert_eq!(sm_utilization([(1, 90), (2, 90)], &pids), 100);
+        assert_eq!(sm_utilization([], &pids), 0);
+        assert_eq!(
+            sm_utilization([(1, 250)], &pids),
+            100,
+            "a bad sample is capped"
+        );
     }
 
     #[test]

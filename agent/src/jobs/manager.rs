@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::bundle::{self, DeviceNode};
-use super::gpu_usage::{self, GpuAccounting};
+use super::gpu_usage::{self, GpuAccounting, GpuProcessUse};
 use super::launcher::ShimLauncher;
 use super::runtime::JobRuntime;
 use super::scratch;
@@ -202,6 +202,25 @@ pub struct Sample {
     pub stats: CgroupStats,
     /// Bytes in the scratch dir, when measured this tick.
     pub scratch_used_bytes: Option<u64>,
+    /// What the job uses of each of its GPUs at this tick.
+    pub gpus: Vec<JobGpuSample>,
+}
+
+/// One of a job's GPUs in a telemetry sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobGpuSample {
+    /// PCI bus id.
+    pub pci_bus_id: String,
+    /// What the job's processes use of it, or why that cannot be read.
+    pub used: Result<GpuProcessUse, String>,
+}
+
+/// A job's figures of one GPU at one telemetry tick.
+struct GpuFigures {
+    /// GPU-milliseconds so far, for the usage counters.
+    held_millis: Result<u64, String>,
+    /// What it uses now, for the sample.
+    now: JobGpuSample,
 }
 
 /// A job as callers see it.
@@ -1227,38 +1246,47 @@ impl JobManager {
 
     // ---- telemetry ----
 
-    /// GPU-milliseconds of a running job on each of its GPUs so far (see [`gpu_usage`]), or
-    /// why they cannot be read. Empty for a job without GPUs.
-    fn gpu_used(&self, id: &str, record: &JobRecord) -> Vec<(String, Result<u64, String>)> {
+    /// A running job's GPU figures at this tick (see [`gpu_usage`]), per GPU: its
+    /// GPU-milliseconds so far, and what it uses now, or why each cannot be read. Empty for a
+    /// job without GPUs.
+    fn gpu_used(&self, id: &str, record: &JobRecord) -> Vec<GpuFigures> {
         if record.gpus.is_empty() {
             return Vec::new();
+        }
+        let mut current = BTreeSet::new();
+        if let Some(layout) = &self.layout {
+            match cgroup::read_procs(&self.fs, layout, &record.cgroups_path) {
+                Ok(now) => current.extend(now),
+                Err(err) => {
+                    tracing::debug!(job = %id, error = %err, "cannot list the job's pids")
+                }
+            }
         }
         let pids = {
             let mut seen = lock(&self.gpu_pids);
             let pids = seen.entry(id.to_owned()).or_default();
-            if let Some(layout) = &self.layout {
-                match cgroup::read_procs(&self.fs, layout, &record.cgroups_path) {
-                    Ok(now) => pids.extend(now),
-                    Err(err) => {
-                        tracing::debug!(job = %id, error = %err, "cannot list the job's pids")
-                    }
-                }
-            }
+            pids.extend(current.iter().copied());
             pids.clone()
         };
         // Created, not started: the container's first processes start before `running` is
         // recorded.
         let since_micros = record.created_at_millis.saturating_mul(1000);
         let now_micros = shim::now_millis().saturating_mul(1000);
+        // Utilization over the last interval.
+        let interval_micros = self.config.telemetry_interval_millis.saturating_mul(1000);
+        let use_since = now_micros.saturating_sub(interval_micros);
         record
             .gpus
             .iter()
-            .map(|gpu| {
-                let used = self
+            .map(|gpu| GpuFigures {
+                held_millis: self
                     .gpu_accounting
                     .process_spans(gpu, &pids)
-                    .map(|spans| gpu_usage::held_millis(&spans, since_micros, now_micros));
-                (gpu.clone(), used)
+                    .map(|spans| gpu_usage::held_millis(&spans, since_micros, now_micros)),
+                now: JobGpuSample {
+                    pci_bus_id: gpu.clone(),
+                    used: self.gpu_accounting.process_use(gpu, &current, use_since),
+                },
             })
             .collect()
     }
@@ -1307,6 +1335,7 @@ impl JobManager {
                 taken_at_millis: now_ms,
                 stats,
                 scratch_used_bytes,
+                gpus: gpu_used.iter().map(|f| f.now.clone()).collect(),
             };
             samples.push((id, record, scratch_limit, sample, gpu_used));
         }
@@ -1342,8 +1371,9 @@ impl JobManager {
                 }
                 if !gpu_used.is_empty() {
                     let mut notes = Vec::new();
-                    for (gpu, used) in gpu_used {
-                        match used {
+                    for figures in gpu_used {
+                        let gpu = figures.now.pci_bus_id;
+                        match figures.held_millis {
                             Ok(ms) => {
                                 let slot = usage.gpu_millis.entry(gpu).or_insert(0);
                                 *slot = (*slot).max(ms);
@@ -1517,6 +1547,17 @@ impl crate::metrics::JobMetricsSource for JobManager {
                         .gpu_millis
                         .iter()
                         .map(|(bus, ms)| (bus.clone(), *ms as f64 / 1000.0))
+                        .collect(),
+                    gpu_now: e
+                        .view
+                        .last_sample
+                        .iter()
+                        .flat_map(|s| &s.gpus)
+                        .filter_map(|g| {
+                            let used = g.used.as_ref().ok()?;
+                            let sm = used.sm_utilization_percent.map(|p| f64::from(p) / 100.0);
+                            Some((g.pci_bus_id.clone(), used.memory_used_bytes, sm))
+                        })
                         .collect(),
                 }
             })

@@ -36,7 +36,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 
-pub use gpu_usage::{GpuAccounting, NoGpuAccounting, ProcessSpan};
+pub use gpu_usage::{GpuAccounting, GpuProcessUse, NoGpuAccounting, ProcessSpan};
 pub use manager::{JobEvent, JobManager, JobRecord, JobSetup, JobState, JobView, Termination};
 pub use runtime::{JobRuntime, Runc};
 pub use spec::{GpuIdentity, ImageSource, JobSpec, ResolvedImage, Resources};

@@ -481,6 +481,8 @@ fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
     let mut read = Series::default();
     let mut written = Series::default();
     let mut gpu_seconds = Series::default();
+    let mut gpu_memory = Series::default();
+    let mut gpu_sm = Series::default();
     let num = |v: Option<u64>| v.map(|v| v as f64);
     for job in &s.jobs {
         let id = || l1("job_id", job.job_id.clone());
@@ -502,6 +504,11 @@ fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
                 vec![("job_id", job.job_id.clone()), ("pci_bus_id", bus.clone())],
                 *seconds,
             );
+        }
+        for (bus, memory, sm) in &job.gpu_now {
+            let labels = || vec![("job_id", job.job_id.clone()), ("pci_bus_id", bus.clone())];
+            gpu_memory.push_opt(labels(), num(*memory));
+            gpu_sm.push_opt(labels(), *sm);
         }
     }
     w.gauge("fog_job_info", "1 per job, with its state.", info)?;
@@ -534,6 +541,16 @@ fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
         "fog_job_gpu_seconds",
         "Time the job's processes held a context on the GPU (NVML process accounting).",
         gpu_seconds,
+    )?;
+    w.gauge(
+        "fog_job_gpu_memory_used_bytes",
+        "GPU memory the job's processes hold (NVML running compute processes).",
+        gpu_memory,
+    )?;
+    w.gauge(
+        "fog_job_gpu_sm_utilization_ratio",
+        "Share of the GPU's SMs the job's processes kept busy since the previous sample.",
+        gpu_sm,
     )
 }
 
@@ -862,6 +879,7 @@ mod tests {
                 state: "running".into(),
                 cpu_seconds: Some(12.5),
                 gpu_seconds: vec![("0000:01:00.0".into(), 30.25)],
+                gpu_now: vec![("0000:01:00.0".into(), Some(1 << 30), Some(0.4))],
                 ..JobMetrics::default()
             }],
             process: None,
@@ -891,6 +909,8 @@ mod tests {
             "fog_gpu_job_info{pci_bus_id=\"0000:01:00.0\",job_id=\"job-7\"} 1.0",
             "fog_job_cpu_seconds_total{job_id=\"job-7\"} 12.5",
             "fog_job_gpu_seconds_total{job_id=\"job-7\",pci_bus_id=\"0000:01:00.0\"} 30.25",
+            "fog_job_gpu_memory_used_bytes{job_id=\"job-7\",pci_bus_id=\"0000:01:00.0\"} 1073741824.0",
+            "fog_job_gpu_sm_utilization_ratio{job_id=\"job-7\",pci_bus_id=\"0000:01:00.0\"} 0.4",
             "fog_capacity_gpus{state=\"allocated\"} 1.0",
             "fog_capacity_cpu_cores{state=\"total\"} 2.0",
             "fog_benchmark_result{id=\"cpu.fma.f32\",device=\"cpu\",metric=\"gflops\",unit=\"GFLOP/s\"} 123.5",

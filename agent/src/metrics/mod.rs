@@ -76,6 +76,9 @@ pub struct JobMetrics {
     /// GPU-seconds per allocated GPU (PCI bus id) from NVML process accounting; a GPU whose
     /// accounting cannot be read is left out.
     pub gpu_seconds: Vec<(String, f64)>,
+    /// Per allocated GPU (PCI bus id) in the newest sample: GPU memory the job's processes
+    /// hold, and their SM utilization (0 to 1); a figure the driver did not give is absent.
+    pub gpu_now: Vec<(String, Option<u64>, Option<f64>)>,
 }
 
 /// Where per-job figures come from: the job runner implements it (wired by the daemon).

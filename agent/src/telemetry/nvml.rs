@@ -29,7 +29,8 @@ use super::gpu::{GpuSample, GpuStatus, GpuTelemetrySource};
 use crate::bench::health::{GpuHealth, GpuHealthSource};
 use crate::inventory::gpu::nvml::{NvmlLibrary, NvmlSourceError};
 use crate::inventory::gpu::pci::normalize_bus_id;
-use crate::jobs::{GpuAccounting, ProcessSpan};
+use crate::jobs::gpu_usage;
+use crate::jobs::{GpuAccounting, GpuProcessUse, ProcessSpan};
 
 /// How long a failed initialization is remembered before NVML is tried again.
 pub const INIT_RETRY: Duration = Duration::from_secs(60);
@@ -285,6 +286,41 @@ impl GpuAccounting for NvmlTelemetry {
                 }
             }
             Ok(spans)
+        })
+    }
+
+    fn process_use(
+        &self,
+        pci_bus_id: &str,
+        pids: &BTreeSet<u32>,
+        since_unix_micros: u64,
+    ) -> Result<GpuProcessUse, String> {
+        use nvml_wrapper::enums::device::UsedGpuMemory;
+        self.with_device(pci_bus_id, |device| {
+            let processes = device
+                .running_compute_processes()
+                .map_err(|e| format!("nvml: running compute processes: {e}"))?;
+            let mut memory_used_bytes = Some(0u64);
+            for process in processes.iter().filter(|p| pids.contains(&p.pid)) {
+                memory_used_bytes = match (memory_used_bytes, &process.used_gpu_memory) {
+                    (Some(sum), UsedGpuMemory::Used(bytes)) => Some(sum.saturating_add(*bytes)),
+                    _ => None,
+                };
+            }
+            let sm_utilization_percent = match device.process_utilization_stats(since_unix_micros) {
+                Ok(samples) => Some(gpu_usage::sm_utilization(
+                    samples.iter().map(|s| (s.pid, s.sm_util)),
+                    pids,
+                )),
+                // No process ran a kernel since then.
+                Err(NvmlError::NotFound) => Some(0),
+                Err(NvmlError::NotSupported) => None,
+                Err(e) => return Err(format!("nvml: process utilization: {e}")),
+            };
+            Ok(GpuProcessUse {
+                memory_used_bytes,
+                sm_utilization_percent,
+            })
         })
     }
 }

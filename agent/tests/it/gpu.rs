@@ -346,6 +346,20 @@ fn nvml_accounting_gives_a_jobs_gpu_seconds() {
         7_000
     );
 
+    // What the job's processes use now: only 502 runs (512 MiB, SM 40%); with the static
+    // process 4242 (1 GiB, SM 25%) counted as the job's too, both add up.
+    let now = nvml.process_use("0000:65:00.0", &pids, 0).unwrap();
+    assert_eq!(now.memory_used_bytes, Some(512 << 20));
+    assert_eq!(now.sm_utilization_percent, Some(40));
+    let both: BTreeSet<u32> = [502, 4242].into();
+    let now = nvml.process_use("0000:65:00.0", &both, 0).unwrap();
+    assert_eq!(now.memory_used_bytes, Some((512 << 20) + (1 << 30)));
+    assert_eq!(now.sm_utilization_percent, Some(65));
+    // Nothing of the job's runs on the other card (and nothing at all: NOT_FOUND is 0%).
+    let idle = nvml.process_use("0000:17:00.0", &pids, 0).unwrap();
+    assert_eq!(idle.memory_used_bytes, Some(0));
+    assert_eq!(idle.sm_utilization_percent, Some(0));
+
     let unknown = nvml.prepare("0000:b3:00.0").unwrap_err();
     assert!(
         unknown.contains("no NVIDIA device at 0000:b3:00.0"),

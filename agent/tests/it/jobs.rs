@@ -1069,12 +1069,37 @@ async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
         format!("acct=0:{pid}:{now_us}:0:1,acct=0:1:{now_us}:0:1"),
     )
     .unwrap();
-    let job = wait_for(&mut h.client, &id, Duration::from_secs(20), |j| {
+    wait_for(&mut h.client, &id, Duration::from_secs(20), |j| {
         j.usage
             .as_ref()
             .is_some_and(|u| u.gpus.iter().any(|g| g.gpu_seconds >= 1.0))
     })
     .await;
+    // Each sample says what the job's processes use of the card now: its one running process
+    // (512 MiB, SM 40% in the simulation), not the other tenant's.
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(20), |j| {
+        j.last_sample
+            .as_ref()
+            .is_some_and(|s| s.gpus.iter().any(|g| g.memory_used_bytes.unwrap_or(0) > 0))
+    })
+    .await;
+    let gpus = &job.last_sample.as_ref().unwrap().gpus;
+    assert_eq!(gpus.len(), 1, "{gpus:?}");
+    assert_eq!(gpus[0].pci_bus_id, BUS);
+    assert_eq!(gpus[0].memory_used_bytes, Some(512 << 20), "{gpus:?}");
+    assert_eq!(gpus[0].sm_utilization_percent, Some(40), "{gpus:?}");
+    assert_eq!(gpus[0].note, "");
+    let metrics = {
+        use fog_agent::metrics::JobMetricsSource;
+        let jobs = h.daemon.as_ref().unwrap().shared().jobs.clone().unwrap();
+        jobs.job_metrics()
+    };
+    let mine = metrics.iter().find(|m| m.job_id == id).unwrap();
+    assert_eq!(
+        mine.gpu_now,
+        [(BUS.to_owned(), Some(512 << 20), Some(0.4))],
+        "/metrics has the same figures"
+    );
     let usage = job.usage.unwrap();
     assert_eq!(usage.gpu_note, "", "{usage:?}");
     assert_eq!(usage.gpus.len(), 1);

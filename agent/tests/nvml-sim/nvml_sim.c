@@ -20,6 +20,10 @@
  * The accounting records can also come from `fog-nvml-sim.acct` next to the library, re-read at
  * every nvmlDeviceGetAccountingPids (for records of a process a test starts later).
  *
+ * Running compute processes: pid 4242 on GPU 1 (1 GiB), plus the process of every running
+ * accounting record (512 MiB each). nvmlDeviceGetProcessUtilization gives one sample per
+ * running process: SM 25% for pid 4242, 40% for the others.
+ *
  * To add an entry point: write it with DEVICE_QUERY(...) first, then fill the outputs from
  * the `struct sim_gpu` table (add a field there if needed).
  */
@@ -28,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int nvmlReturn_t;
 enum {
@@ -420,20 +425,6 @@ nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t dev,
     return NVML_SUCCESS;
 }
 
-nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
-                                                     nvmlProcessInfo_t *infos) {
-    DEVICE_QUERY(dev, count);
-    unsigned int have = dev == &GPUS[1] ? (unsigned int)(sizeof GPU1_PROCESSES / sizeof GPU1_PROCESSES[0]) : 0;
-    if (*count < have || (have > 0 && !infos)) {
-        *count = have;
-        return NVML_ERROR_INSUFFICIENT_SIZE;
-    }
-    for (unsigned int i = 0; i < have; i++)
-        infos[i] = GPU1_PROCESSES[i];
-    *count = have;
-    return NVML_SUCCESS;
-}
-
 /* ---- per-process accounting ---- */
 
 nvmlReturn_t nvmlDeviceGetAccountingMode(nvmlDevice_t dev, unsigned int *mode) {
@@ -492,4 +483,83 @@ nvmlReturn_t nvmlDeviceGetAccountingStats(nvmlDevice_t dev, unsigned int pid,
         }
     }
     return NVML_ERROR_NOT_FOUND;
+}
+
+/* ---- running processes: GPU 1's static one, plus every running accounting record ---- */
+
+/* GPU memory of a process that comes from an accounting record, and the SM utilization the
+ * per-process samples give each running process. */
+#define ACCT_PROCESS_MEMORY 536870912ULL
+#define STATIC_PROCESS_SM 25u
+#define ACCT_PROCESS_SM 40u
+
+/* The running processes of a device into `out` (up to `cap`); their number. */
+static unsigned int running_processes(const struct sim_gpu *dev, nvmlProcessInfo_t *out,
+                                      unsigned int cap) {
+    unsigned int index = (unsigned int)(dev - GPUS), n = 0;
+    if (dev == &GPUS[1])
+        for (unsigned int i = 0; i < sizeof GPU1_PROCESSES / sizeof GPU1_PROCESSES[0]; i++, n++)
+            if (out && n < cap)
+                out[n] = GPU1_PROCESSES[i];
+    reload_acct();
+    for (unsigned int i = 0; i < sim.acct_count; i++) {
+        const struct sim_acct *a = &sim.acct[i];
+        if (a->gpu != index || !a->running)
+            continue;
+        if (out && n < cap) {
+            nvmlProcessInfo_t p = {a->pid, ACCT_PROCESS_MEMORY, 0xFFFFFFFFu, 0xFFFFFFFFu};
+            out[n] = p;
+        }
+        n++;
+    }
+    return n;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
+                                                     nvmlProcessInfo_t *infos) {
+    DEVICE_QUERY(dev, count);
+    unsigned int have = running_processes(dev, NULL, 0);
+    if (*count < have || (have > 0 && !infos)) {
+        *count = have;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    *count = running_processes(dev, infos, *count);
+    return NVML_SUCCESS;
+}
+
+/* nvmlProcessUtilizationSample_t */
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp;
+    unsigned int smUtil, memUtil, encUtil, decUtil;
+} nvmlProcessUtilizationSample_t;
+
+/* One sample per running process, taken "now"; NVML_ERROR_NOT_FOUND when there is none, as
+ * the driver answers when no process ran since `lastSeen`. */
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev,
+                                             nvmlProcessUtilizationSample_t *samples,
+                                             unsigned int *count,
+                                             unsigned long long lastSeen) {
+    DEVICE_QUERY(dev, count);
+    (void)lastSeen;
+    nvmlProcessInfo_t procs[MAX_ACCT + 4];
+    unsigned int have = running_processes(dev, procs, MAX_ACCT + 4);
+    if (have == 0)
+        return NVML_ERROR_NOT_FOUND;
+    if (!samples || *count < have) {
+        *count = have;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned long long now_us = (unsigned long long)ts.tv_sec * 1000000ULL +
+                                (unsigned long long)ts.tv_nsec / 1000ULL;
+    unsigned int statics = dev == &GPUS[1] ? sizeof GPU1_PROCESSES / sizeof GPU1_PROCESSES[0] : 0;
+    for (unsigned int i = 0; i < have; i++) {
+        unsigned int sm = i < statics ? STATIC_PROCESS_SM : ACCT_PROCESS_SM;
+        nvmlProcessUtilizationSample_t s = {procs[i].pid, now_us, sm, 5, 0, 0};
+        samples[i] = s;
+    }
+    *count = have;
+    return NVML_SUCCESS;
 }
