@@ -73,6 +73,28 @@ pub enum Query {
     /// Jobs: start, stop, get, list, logs.
     #[command(subcommand)]
     Job(JobQuery),
+    /// The agent's image store: import a layout on the agent's host, remove an image.
+    #[command(subcommand)]
+    Image(ImageQuery),
+}
+
+/// `fog-agent client image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageQuery {
+    /// Import an OCI image layout directory on the agent's host (ImportImage).
+    Import {
+        /// Absolute path of the layout directory on the agent's host.
+        dir: String,
+        /// The reference to record (default: the layout's `org.opencontainers.image.ref.name`).
+        #[arg(long, value_name = "NAME")]
+        tag: Option<String>,
+    },
+    /// Remove an image: a reference, or every reference to a `sha256:` digest; the image goes
+    /// with its last reference (RemoveImage; refused while an active job runs it).
+    Rm {
+        /// A reference or a manifest digest.
+        name: String,
+    },
 }
 
 /// `fog-agent client job ...`.
@@ -300,8 +322,63 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         }
         Query::Health => unreachable_health()?,
         Query::Job(job) => return job_query(&mut client, job, args.json).await,
+        Query::Image(image) => image_query(&mut client, image, args.json).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn image_query(
+    client: &mut AgentClient<Channel>,
+    query: &ImageQuery,
+    json: bool,
+) -> anyhow::Result<()> {
+    let line = |image: &pb::Image| {
+        format!(
+            "{} {} {}",
+            image.reference,
+            image.manifest_digest,
+            bytes(image.size_bytes)
+        )
+    };
+    match query {
+        ImageQuery::Import { dir, tag } => {
+            let reply = client
+                .import_image(pb::ImportImageRequest {
+                    layout_dir: dir.clone(),
+                    reference: tag.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("ImportImage: {}", s.message()))?
+                .into_inner();
+            if json {
+                return out(&to_json(&reply, "fog.agent.v1.ImportImageResponse")?);
+            }
+            out(&format!(
+                "imported {}",
+                line(&reply.image.unwrap_or_default())
+            ))
+        }
+        ImageQuery::Rm { name } => {
+            let reply = client
+                .remove_image(pb::RemoveImageRequest { name: name.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("RemoveImage: {}", s.message()))?
+                .into_inner();
+            if json {
+                return out(&to_json(&reply, "fog.agent.v1.RemoveImageResponse")?);
+            }
+            let image = reply.image.unwrap_or_default();
+            if reply.rootfs_removed {
+                out(&format!("removed {}", line(&image)))
+            } else {
+                out(&format!(
+                    "untagged {} ({} still has other references)",
+                    reply.removed_references.join(", "),
+                    image.manifest_digest
+                ))
+            }
+        }
+    }
 }
 
 async fn job_query(

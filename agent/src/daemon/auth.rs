@@ -89,11 +89,13 @@ pub enum Rpc {
     JobLogs,
     /// ImportImage.
     ImportImage,
+    /// RemoveImage.
+    RemoveImage,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 17] = [
         Rpc::GetInventory,
         Rpc::GetBenchmarks,
         Rpc::RunBenchmarks,
@@ -110,6 +112,7 @@ impl Rpc {
         Rpc::WatchJob,
         Rpc::JobLogs,
         Rpc::ImportImage,
+        Rpc::RemoveImage,
     ];
 }
 
@@ -223,6 +226,7 @@ mod tests {
             (WatchJob, true, false, true),
             (JobLogs, true, false, true),
             (ImportImage, false, false, true),
+            (RemoveImage, false, false, true),
         ];
         assert_eq!(expected.len(), Rpc::ALL.len());
         for (rpc, market, auditor, admin) in expected {

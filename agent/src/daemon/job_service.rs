@@ -283,13 +283,62 @@ pub async fn import_image(
         })?;
     tracing::info!(reference = %record.reference, digest = %record.manifest_digest, "image imported");
     Ok(pb::ImportImageResponse {
-        image: Some(pb::Image {
-            reference: record.reference,
-            manifest_digest: record.manifest_digest,
-            size_bytes: record.size_bytes,
-            imported_at: Some(prost_types::Timestamp::from(
-                std::time::UNIX_EPOCH + Duration::from_secs(record.imported_at_unix),
-            )),
+        image: Some(image(record)),
+    })
+}
+
+fn image(record: crate::image::ImageRecord) -> pb::Image {
+    pb::Image {
+        reference: record.reference,
+        manifest_digest: record.manifest_digest,
+        size_bytes: record.size_bytes,
+        imported_at: Some(prost_types::Timestamp::from(
+            std::time::UNIX_EPOCH + Duration::from_secs(record.imported_at_unix),
+        )),
+    }
+}
+
+/// RemoveImage: through the job runner, which refuses while an active job runs the image
+/// (blocking pool: deleting a rootfs takes a while).
+pub async fn remove_image(
+    shared: &Shared,
+    request: pb::RemoveImageRequest,
+) -> Result<pb::RemoveImageResponse, Status> {
+    use crate::image::ImageError;
+    let store = shared
+        .images
+        .clone()
+        .ok_or_else(|| Status::unimplemented("images are not enabled in this agent"))?;
+    if request.name.is_empty() {
+        return Err(Status::invalid_argument(
+            "name: empty (give a reference or a sha256: digest)",
+        ));
+    }
+    let jobs = shared.jobs.clone();
+    let name = request.name.clone();
+    let removed = tokio::task::spawn_blocking(move || match jobs {
+        Some(jobs) => jobs.remove_image(&name),
+        // No job runner: nothing can run an image.
+        None => store.remove(&name, |_| Ok(())).inspect(|removed| {
+            if let Some(removed) = removed {
+                removed.delete_trash();
+            }
         }),
+    })
+    .await
+    .map_err(|err| {
+        tracing::error!(error = %err, "image removal panicked");
+        Status::internal("image removal failed unexpectedly")
+    })?
+    .map_err(|err| match err {
+        ImageError::InUse { .. } => Status::failed_precondition(format!("name: {err}")),
+        ImageError::BadReference { .. } => Status::invalid_argument(format!("name: {err}")),
+        _ => Status::internal(err.to_string()),
+    })?
+    .ok_or_else(|| Status::not_found(format!("name: no image {:?}", request.name)))?;
+    Ok(pb::RemoveImageResponse {
+        rootfs_removed: removed.trash.is_some(),
+        removed_references: removed.references,
+        image: Some(image(removed.record)),
     })
 }

@@ -356,4 +356,14 @@ impl pb::agent_server::Agent for AgentService {
             .await
             .map(Response::new)
     }
+
+    async fn remove_image(
+        &self,
+        request: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        self.authorize(&request, Rpc::RemoveImage)?;
+        job_service::remove_image(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

@@ -33,9 +33,15 @@
 //! self-describing, and the store needs no schema migration that would collide with the job
 //! tables added in parallel. Images are few and read rarely, so a file per image is enough.
 //!
+//! # Removal
+//!
+//! [`ImageStore::remove`] takes a name (or every name, given a digest) off `refs.json`, and the
+//! image dir with the last name, unless its caller's check refuses (the daemon refuses while an
+//! active job runs the image). The dir is renamed to `.tmp-rm-*` under the store lock and
+//! deleted after it.
+//!
 //! Not done (yet): pulling from registries, nested (multi-platform) indexes, zstd, xattrs
-//! (file capabilities are not restored), removing images and garbage-collecting rootfs dirs no
-//! reference points to any more.
+//! (file capabilities are not restored).
 
 pub mod testing;
 mod unpack;
@@ -186,6 +192,14 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    /// The image cannot be removed now.
+    #[error("image {image}: {reason}")]
+    InUse {
+        /// The name it was asked by.
+        image: String,
+        /// Why (the jobs that run it).
+        reason: String,
+    },
     /// A file of the store itself is damaged.
     #[error("image store {path}: {reason}")]
     CorruptStore {
@@ -241,6 +255,30 @@ pub struct ImageRuntimeConfig {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+}
+
+/// What [`ImageStore::remove`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemovedImage {
+    /// The image as it was (`reference`: the name it was asked by).
+    pub record: ImageRecord,
+    /// The references that pointed at it and are gone.
+    pub references: Vec<String>,
+    /// Where its rootfs went when no reference points at it any more: a `.tmp-*` dir for the
+    /// caller to delete (slow for a big image, so outside its own locks); a crash before that
+    /// leaves it for the next import's clean-up.
+    pub trash: Option<PathBuf>,
+}
+
+impl RemovedImage {
+    /// Deletes [`Self::trash`], if any (logged when it cannot: the next import retries).
+    pub fn delete_trash(&self) {
+        if let Some(trash) = &self.trash {
+            if let Err(err) = fs::remove_dir_all(trash) {
+                tracing::warn!(path = %trash.display(), error = %err, "cannot delete a removed image's rootfs; the next import retries");
+            }
+        }
+    }
 }
 
 /// The name -> manifest digest map, `refs.json`.
@@ -363,6 +401,61 @@ impl ImageStore {
         let mut record = self.read_image(hex)?;
         record.reference = name.to_owned();
         Ok(Some(record))
+    }
+
+    /// Removes an image by reference or by digest. A reference: that name goes, and the image
+    /// with the last name that points at it. A digest: every name that points at it, and the
+    /// image. Before the image itself goes, `check` is asked (the store locked, so no import
+    /// re-points a name meanwhile); its error refuses the removal with nothing changed
+    /// ([`ImageError::InUse`]). The image dir is renamed away at once (see
+    /// [`RemovedImage::trash`]). Unknown image: `Ok(None)`.
+    pub fn remove(
+        &self,
+        name: &str,
+        check: impl FnOnce(&ImageRecord) -> Result<(), String>,
+    ) -> Result<Option<RemovedImage>, ImageError> {
+        let _lock = StoreLock::acquire(&self.dir)?;
+        let Some(record) = self.get(name)? else {
+            return Ok(None);
+        };
+        let mut refs = self.read_refs()?;
+        let digest = record.manifest_digest.clone();
+        let references: Vec<String> = if name.starts_with("sha256:") {
+            refs.iter()
+                .filter(|(_, d)| **d == digest)
+                .map(|(r, _)| r.clone())
+                .collect()
+        } else {
+            vec![name.to_owned()]
+        };
+        for reference in &references {
+            refs.remove(reference);
+        }
+        let last = !refs.values().any(|d| *d == digest);
+        let mut trash = None;
+        if last {
+            check(&record).map_err(|reason| ImageError::InUse {
+                image: name.to_owned(),
+                reason,
+            })?;
+            let hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
+            let dir = self.dir.join(hex);
+            let to = self
+                .dir
+                .join(format!(".tmp-rm-{hex}-{}", std::process::id()));
+            fs::rename(&dir, &to).map_err(|e| ImageError::io(&dir, e))?;
+            trash = Some(to);
+        }
+        self.write_refs(&refs)?;
+        tracing::info!(image = %name, digest = %digest, rootfs_removed = last, "removed image");
+        Ok(Some(RemovedImage {
+            record: ImageRecord {
+                reference: name.to_owned(),
+                ..record
+            },
+            references,
+            trash,
+        }))
     }
 
     /// Every reference (sorted by name), then images no reference points to any more (their

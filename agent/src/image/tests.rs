@@ -201,6 +201,58 @@ fn a_retagged_reference_leaves_the_old_image_listed_by_digest() {
 }
 
 #[test]
+fn removing_references_and_digests() {
+    let fx = Fixture::new();
+    let store = fx.store();
+    let first = fx.import().unwrap();
+    store.import(&fx.layout, Some("mine:1")).unwrap();
+    let never = |_: &super::ImageRecord| -> Result<(), String> { panic!("not the last name") };
+
+    // One of two names: only the name goes.
+    let removed = store.remove("busybox:latest", never).unwrap().unwrap();
+    assert_eq!(removed.references, ["busybox:latest"]);
+    assert!(removed.trash.is_none());
+    assert!(store.get("busybox:latest").unwrap().is_none());
+    assert!(first.rootfs.is_dir());
+
+    // The last name: a refusing check leaves everything as it was.
+    let err = store
+        .remove("mine:1", |record| {
+            assert_eq!(record.manifest_digest, first.manifest_digest);
+            Err("active jobs run it: j1".to_owned())
+        })
+        .unwrap_err();
+    assert!(matches!(err, ImageError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("j1"), "{err}");
+    assert!(store.get("mine:1").unwrap().is_some() && first.rootfs.is_dir());
+
+    // Allowed: the name and the image go; the rootfs is in the trash for the caller.
+    let removed = store.remove("mine:1", |_| Ok(())).unwrap().unwrap();
+    assert_eq!(removed.record.reference, "mine:1");
+    let trash = removed.trash.unwrap();
+    assert!(trash.join("rootfs/bin/busybox").exists());
+    assert!(!first.rootfs.exists());
+    assert!(store.list().unwrap().is_empty());
+    assert!(
+        store.remove("mine:1", |_| Ok(())).unwrap().is_none(),
+        "unknown now"
+    );
+
+    // By digest: every name pointing at it at once; and a crashed removal's trash is cleared
+    // by the next import.
+    fx.import().unwrap();
+    store.import(&fx.layout, Some("mine:2")).unwrap();
+    let removed = store
+        .remove(&first.manifest_digest, |_| Ok(()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.references, ["busybox:latest", "mine:2"]);
+    assert!(store.list().unwrap().is_empty());
+    fx.import().unwrap();
+    assert!(!trash.exists() && !removed.trash.unwrap().exists());
+}
+
+#[test]
 fn a_layer_digest_mismatch_is_rejected_naming_the_blob() {
     let fx = Fixture::new();
     let (path, digest) = fx.layer_blob(0);

@@ -42,6 +42,7 @@ use crate::capacity::{Allocations, CapacityLedger, GpuAssignment};
 use crate::cgroup::{self, CgroupLayout, CgroupStats};
 use crate::config::JobsConfig;
 use crate::fsroot::FsRoot;
+use crate::image::{ImageError, RemovedImage};
 use crate::state::{JobRow, StateStore};
 
 /// Longest wait for a new container to run.
@@ -141,6 +142,9 @@ pub struct JobRecord {
     pub time_limit_millis: u64,
     /// Output dropped past the log cap.
     pub log_dropped_bytes: u64,
+    /// The manifest digest of the image it runs (empty in records of agents before 0.1's
+    /// image removal: then its bundle's rootfs says).
+    pub image_digest: String,
 }
 
 /// Usage counters (monotonic).
@@ -699,9 +703,18 @@ impl JobManager {
                 drop(inner);
                 return Ok((self.wait_not_creating(&id)?, false));
             }
+            // Under this lock, so an image removal (which renames the rootfs under it too)
+            // either sees this job or happened before it.
+            if !valid.image.rootfs.is_dir() {
+                return Err(JobError::InvalidArgument {
+                    field: "image".to_owned(),
+                    message: format!("{:?} was removed", spec.image),
+                });
+            }
             self.admit(&valid)?;
             let record = JobRecord {
                 state: JobState::Creating,
+                image_digest: valid.image.manifest_digest.clone(),
                 created_at_millis: shim::now_millis(),
                 gpus: valid.gpus.clone(),
                 cgroups_path: self.cgroups_path(&id),
@@ -784,6 +797,56 @@ impl JobManager {
                 self.finish(&id, None, Termination::StartFailed, &message)?;
                 Err(JobError::StartFailed { id, message })
             }
+        }
+    }
+
+    /// Removes an image (RemoveImage), refused while an active job runs it: the check and the
+    /// rename of its rootfs happen under the manager's lock, which StartJob holds while it
+    /// checks the rootfs and records the job. The rootfs is deleted after both locks.
+    pub fn remove_image(&self, name: &str) -> Result<Option<RemovedImage>, ImageError> {
+        let mut held = None;
+        let removed = self.images.remove(name, &mut |digest| {
+            let inner = lock(&self.inner);
+            let users: Vec<&str> = inner
+                .order
+                .iter()
+                .filter_map(|id| inner.jobs.get(id))
+                .filter(|e| e.view.record.state.is_active() && self.runs_image(e, digest))
+                .map(|e| e.view.spec.job_id.as_str())
+                .collect();
+            if !users.is_empty() {
+                return Err(format!("active jobs run it: {}", users.join(", ")));
+            }
+            held = Some(inner);
+            Ok(())
+        });
+        drop(held);
+        let removed = removed?;
+        if let Some(removed) = &removed {
+            removed.delete_trash();
+        }
+        Ok(removed)
+    }
+
+    /// Whether a job runs the image with manifest `digest`: its record says, or for a record
+    /// without the digest, its bundle's `root.path` is under that image's dir.
+    fn runs_image(&self, entry: &Entry, digest: &str) -> bool {
+        let record = &entry.view.record;
+        if !record.image_digest.is_empty() {
+            return record.image_digest == digest;
+        }
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let config = self
+            .job_dir(&entry.view.spec.job_id)
+            .join(shim::BUNDLE_DIR)
+            .join("config.json");
+        match std::fs::read(&config).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+            Ok(Ok(spec)) => spec["root"]["path"].as_str().is_some_and(|root| {
+                Path::new(root).parent().and_then(Path::file_name)
+                    == Some(std::ffi::OsStr::new(hex))
+            }),
+            // No bundle to tell: count it as a user rather than pull its rootfs away.
+            _ => true,
         }
     }
 

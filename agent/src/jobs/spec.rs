@@ -93,6 +93,20 @@ pub struct ResolvedImage {
 pub trait ImageSource: Send + Sync {
     /// The image named `name` (reference or digest); `Ok(None)` when unknown.
     fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String>;
+
+    /// Removes the image named `name` (see [`crate::image::ImageStore::remove`]), asking
+    /// `check` with its manifest digest before the image itself goes; `Ok(None)` when unknown.
+    fn remove(
+        &self,
+        name: &str,
+        check: &mut dyn FnMut(&str) -> Result<(), String>,
+    ) -> Result<Option<crate::image::RemovedImage>, crate::image::ImageError> {
+        let _ = (name, check);
+        Err(crate::image::ImageError::InUse {
+            image: name.to_owned(),
+            reason: "this image source cannot remove images".to_owned(),
+        })
+    }
 }
 
 /// The image store is where the daemon's jobs get their images.
@@ -109,6 +123,14 @@ impl ImageSource for crate::image::ImageStore {
             working_dir: r.config.working_dir,
             user: r.config.user,
         }))
+    }
+
+    fn remove(
+        &self,
+        name: &str,
+        check: &mut dyn FnMut(&str) -> Result<(), String>,
+    ) -> Result<Option<crate::image::RemovedImage>, crate::image::ImageError> {
+        crate::image::ImageStore::remove(self, name, |record| check(&record.manifest_digest))
     }
 }
 

@@ -212,6 +212,13 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
                 })
                 .await,
         ),
+        Rpc::RemoveImage => code(
+            client
+                .remove_image(pb::RemoveImageRequest {
+                    name: "not-imported:1".into(),
+                })
+                .await,
+        ),
         Rpc::ActivateCredential => code(
             client
                 .activate_credential(pb::ActivateCredentialRequest {
@@ -236,7 +243,9 @@ fn expected_when_allowed(rpc: Rpc) -> Code {
         // Past authorization, each job RPC answers its own check: the image is not imported,
         // the job is unknown, the layout dir is not absolute.
         Rpc::StartJob | Rpc::ImportImage => Code::InvalidArgument,
-        Rpc::StopJob | Rpc::GetJob | Rpc::WatchJob | Rpc::JobLogs => Code::NotFound,
+        Rpc::StopJob | Rpc::GetJob | Rpc::WatchJob | Rpc::JobLogs | Rpc::RemoveImage => {
+            Code::NotFound
+        }
         _ => Code::Ok,
     }
 }

@@ -508,6 +508,69 @@ async fn polled_scratch_lets_the_writes_through_and_stops_the_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_removed_only_once_no_active_job_runs_it() {
+    let mut h = Harness::start().await;
+    let remove = |name: &str| pb::RemoveImageRequest {
+        name: name.to_owned(),
+    };
+    let id = unique("image-user");
+    start(&mut h.client, spec(&id, "sleep 60")).await;
+    let err = h.client.remove_image(remove(IMAGE)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&id), "names the job: {err:?}");
+    // The CLI says the same and fails.
+    let socket = h.config.api.unix_socket.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fog-agent"))
+            .arg("client")
+            .arg("--addr")
+            .arg(format!("unix:{}", socket.display()))
+            .args(["image", "rm", IMAGE])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!cli.status.success());
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        stderr.contains("RemoveImage") && stderr.contains(&id),
+        "{stderr}"
+    );
+    // Refused means untouched: the next job of that image starts.
+    let second = unique("image-user");
+    start(&mut h.client, spec(&second, "true")).await;
+    wait_for(&mut h.client, &second, Duration::from_secs(30), ended).await;
+
+    stop(&mut h.client, &id).await;
+    let removed = h
+        .client
+        .remove_image(remove(IMAGE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(removed.rootfs_removed);
+    assert_eq!(removed.removed_references, [IMAGE]);
+    let digest = removed.image.unwrap().manifest_digest;
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    assert!(!h.config.state.dir.join("images").join(hex).exists());
+    // Gone for StartJob, and a second removal is NOT_FOUND.
+    let err = h
+        .client
+        .start_job(pb::StartJobRequest {
+            spec: Some(spec(&unique("image-gone"), "true")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("image"), "{err:?}");
+    let err = h.client.remove_image(remove(IMAGE)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = h.client.remove_image(remove("")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_past_its_memory_limit_is_oom_killed_and_reported() {
     let _heavy = HEAVY.lock().await;
     let mut h = Harness::start().await;
