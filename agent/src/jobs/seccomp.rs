@@ -24,7 +24,8 @@
 //!   too; here each one would add 7-10 ms to every container start (runc compiles the list once
 //!   per ABI: `runc run -d` p50 44.5 ms without a filter, 49.7 native only, 59.6 with i386,
 //!   24 alternating runs), CUDA has had no 32-bit runtime for years, and the compat entry points
-//!   are kernel code a job does not need.
+//!   are kernel code a job does not need. The native filter itself costs 3-10 ms per start
+//!   (agent/DAEMON.md).
 //! - `clone3` answers `ENOSYS`, not `EPERM`: its flags sit in memory a filter cannot read, and
 //!   `ENOSYS` makes glibc and musl fall back to `clone`, whose flags the filter does check.
 //! - runc answers `ENOSYS` for calls newer than any the profile names, so libraries that probe
