@@ -142,8 +142,8 @@ pub struct JobRecord {
     pub time_limit_millis: u64,
     /// Output dropped past the log cap.
     pub log_dropped_bytes: u64,
-    /// The manifest digest of the image it runs (empty in records of agents before 0.1's
-    /// image removal: then its bundle's rootfs says).
+    /// The manifest digest of the image it runs (empty in records written before images
+    /// could be removed: then the job's bundle says).
     pub image_digest: String,
 }
 
