@@ -5,9 +5,13 @@
 //!   the job's own ext4 filesystem, kept in a sparse image file `<job dir>/scratch.img` and
 //!   loop-mounted `nosuid,nodev,noatime`. The limit holds at the moment of the write (`ENOSPC`,
 //!   as on a full disk), not at the next poll, so a job cannot fill the host's disk between two
-//!   telemetry ticks, and the image takes on the host only what the job wrote. The filesystem
-//!   has no journal (its data does not outlive the job), its root belongs to the job's user, and
-//!   it is unmounted and deleted when the job ends. It holds at least `scratch_bytes`: the
+//!   telemetry ticks. The image's space is allocated when the job starts (`fallocate`: extents,
+//!   no data written), so the disk the job was sold is there: a start it does not fit fails at
+//!   once, rather than the job meeting I/O errors when the host's disk fills up under a sparse
+//!   image. The filesystem has no journal and its inode tables are not zeroed
+//!   (`noinit_itable`: the allocated blocks read as zeros anyway), its data does not outlive the
+//!   job, its root belongs to the job's user, and it is unmounted and deleted when the job
+//!   ends. It holds at least `scratch_bytes`: the
 //!   image is sized for ext4's metadata, which leaves at most 1/32 + 2 MiB more (see
 //!   [`image_bytes`]), and the size check below still stops a job holding more than
 //!   `scratch_bytes`. Made with `mkfs.ext4` (e2fsprogs) and util-linux `mount` (both on every
@@ -40,8 +44,9 @@ const MIB: u64 = 1 << 20;
 
 /// Size of the image file for `scratch_bytes` of usable space: ext4 (4 KiB blocks, 16 KiB per
 /// inode, no journal, no reserved blocks) keeps ~1.6% for inode tables plus ~1 MiB of fixed
-/// metadata; 1/32 + 2 MiB covers that with room to spare, measured as at least `scratch_bytes`
-/// free from 1 MiB to 100 GiB (test `filesystem_holds_its_size_and_refuses_more`).
+/// metadata; 1/32 + 2 MiB covers that with room to spare: at least `scratch_bytes` free,
+/// measured from 1 MiB to 100 GiB (the tests check 1 MiB to 1 GiB: every size they make is
+/// allocated on the CI machine's disk).
 pub fn image_bytes(scratch_bytes: u64) -> u64 {
     let bytes = scratch_bytes
         .saturating_add(scratch_bytes / 32)
@@ -86,8 +91,8 @@ fn mount_filesystem(
         .mode(0o600)
         .open(&image)
         .map_err(|e| format!("cannot create {}: {e}", image.display()))?;
-    file.set_len(image_bytes(scratch_bytes))
-        .map_err(|e| format!("cannot size {}: {e}", image.display()))?;
+    allocate(&file, image_bytes(scratch_bytes))
+        .map_err(|e| format!("cannot allocate {}: {e}", image.display()))?;
     drop(file);
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096", "-m", "0"])
@@ -99,7 +104,7 @@ fn mount_filesystem(
         .arg(&image))
     .map_err(|e| format!("cannot make the scratch filesystem: {e}"))?;
     run(Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
+        .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime,noinit_itable"])
         .arg(&image)
         .arg(dir))
     .map_err(|e| {
@@ -111,6 +116,32 @@ fn mount_filesystem(
     // mkfs's lost+found is for fsck, which never runs on a job's scratch.
     let _ = std::fs::remove_dir(dir.join("lost+found"));
     Ok(())
+}
+
+/// Gives `file` `len` bytes of real disk space (`fallocate`: extents, no data written), so the
+/// scratch a job was sold exists when it starts; a host file system that cannot allocate
+/// (`EOPNOTSUPP`) gets a sparse file instead, with a warning.
+fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => {
+            tracing::warn!(error = %err, "the jobs dir's file system cannot preallocate; the scratch image is sparse");
+            file.set_len(len as u64)
+        }
+        Some(libc::ENOSPC) => Err(std::io::Error::new(
+            err.kind(),
+            format!("{err}: the host's disk has less free space than the scratch asks for"),
+        )),
+        _ => Err(err),
+    }
 }
 
 /// Runs a tool to its end; its stderr (trimmed) on failure.
@@ -261,9 +292,9 @@ mod tests {
     }
 
     #[test]
-    fn large_filesystems_hold_their_size_and_take_no_disk_until_written() {
+    fn filesystems_of_all_sizes_hold_their_size_on_allocated_space() {
         let dir = tempfile::tempdir().unwrap();
-        for (i, size) in [MIB, 1 << 30, 100 << 30].into_iter().enumerate() {
+        for (i, size) in [MIB, 64 * MIB, 1 << 30].into_iter().enumerate() {
             let job_dir = dir.path().join(format!("job{i}"));
             std::fs::create_dir(&job_dir).unwrap();
             let scratch = make(&job_dir, size, own_ids(), ScratchLimit::Filesystem).unwrap();
@@ -272,12 +303,18 @@ mod tests {
             remove(&job_dir).unwrap();
             assert!(free >= size, "{free} free for {size}");
             assert!(free <= size + size / 32 + 2 * MIB, "{free} free for {size}");
-            assert!(
-                image.blocks() * 512 < 16 * MIB,
-                "image holds {} B",
-                image.blocks() * 512
-            );
+            assert!(image.blocks() * 512 >= image_bytes(size), "the space is allocated");
         }
+    }
+
+    #[test]
+    fn a_scratch_larger_than_the_free_disk_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let too_big = available(dir.path()) * 2;
+        let err = make(dir.path(), too_big, own_ids(), ScratchLimit::Filesystem).unwrap_err();
+        assert!(err.contains("less free space than the scratch asks for"), "{err}");
+        remove(dir.path()).unwrap();
+        assert!(!dir.path().join(SCRATCH_IMAGE).exists());
     }
 
     fn own_ids() -> (u32, u32) {
