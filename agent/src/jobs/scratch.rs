@@ -127,8 +127,23 @@ fn mount_filesystem(
 /// Gives `file` `len` bytes of real disk space (`fallocate`: extents, no data written), so the
 /// scratch a job was sold exists when it starts; a host file system that cannot allocate
 /// (`EOPNOTSUPP`) gets a sparse file instead, with a warning.
+///
+/// A size past the file system's free space is refused before anything is allocated: ext4
+/// keeps the blocks a failing `fallocate` got before it ran out, so trying would fill the
+/// host's disk (and the agent's state store with it) until the file is gone. Should a
+/// concurrent writer win the race anyway, the file is emptied at once.
 fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    let no_room = |detail: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("{detail}: the host's disk has less free space than the scratch asks for"),
+        )
+    };
+    let free = free_bytes(file)?;
+    if len > free {
+        return Err(no_room(format!("{len} bytes asked, {free} free")));
+    }
     let Ok(len) = libc::off_t::try_from(len) else {
         return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
     };
@@ -142,12 +157,23 @@ fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
             tracing::warn!(error = %err, "the jobs dir's file system cannot preallocate; the scratch image is sparse");
             file.set_len(len as u64)
         }
-        Some(libc::ENOSPC) => Err(std::io::Error::new(
-            err.kind(),
-            format!("{err}: the host's disk has less free space than the scratch asks for"),
-        )),
+        Some(libc::ENOSPC) => {
+            let _ = file.set_len(0);
+            Err(no_room(err.to_string()))
+        }
         _ => Err(err),
     }
+}
+
+/// Free bytes of the file system holding `file`, for an unprivileged writer.
+fn free_bytes(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed statvfs is a valid out-parameter; the descriptor is ours.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Runs a tool to its end; its stderr (trimmed) on failure.
@@ -325,6 +351,9 @@ mod tests {
             err.contains("less free space than the scratch asks for"),
             "{err}"
         );
+        // Refused before allocating: nothing of the disk was taken, even for a moment.
+        let image = std::fs::metadata(dir.path().join(SCRATCH_IMAGE)).unwrap();
+        assert_eq!(image.blocks(), 0);
         remove(dir.path()).unwrap();
         assert!(!dir.path().join(SCRATCH_IMAGE).exists());
     }
