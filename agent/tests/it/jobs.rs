@@ -465,7 +465,7 @@ const FILL_SCRATCH: &str = r#"
 async fn scratch_is_a_filesystem_of_its_size_and_the_job_stops_past_it() {
     // `[jobs] scratch_limit = "filesystem"` (the default): the write past the size fails with
     // ENOSPC at once, and the job, now holding more than `scratch_bytes` (the filesystem has a
-    // little room over it), is stopped with SCRATCH_LIMIT at the next size check. When it
+    // little room over it), is stopped with SCRATCH_LIMIT at the next size check. Once it
     // ended, the filesystem is unmounted and its image gone.
     let mut h = Harness::start().await;
     let id = unique("scratch");
@@ -481,9 +481,17 @@ async fn scratch_is_a_filesystem_of_its_size_and_the_job_stops_past_it() {
     let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
     assert_eq!(job.state(), pb::JobState::Stopped, "{job:?}");
     assert_eq!(job.termination(), pb::TerminationReason::ScratchLimit);
+    // The scratch goes right after the end is recorded (unmount, then the dir and image).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.join("scratch").exists() || dir.join("scratch.img").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "scratch still there 10 s after the end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounted.contains(&format!("{}/scratch ", dir.display())));
-    assert!(!dir.join("scratch").exists() && !dir.join("scratch.img").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
