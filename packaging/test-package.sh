@@ -38,8 +38,11 @@ done
 
 if [ -z "$deb" ]; then
   command -v cargo-deb >/dev/null || fail "cargo-deb missing (packaging/setup-debian.sh --test)"
-  echo "==> cargo deb -p fog-agent (release build)"
-  out="$(cargo deb -p fog-agent --locked 2>&1)" || { echo "$out" >&2; fail "cargo deb"; }
+  # The packaging is what is checked here, so by default the faster `package-check` profile
+  # (release without LTO, see Cargo.toml); FOG_DEB_PROFILE=release checks the shipping build.
+  profile="${FOG_DEB_PROFILE:-package-check}"
+  echo "==> cargo deb -p fog-agent --profile $profile"
+  out="$(cargo deb -p fog-agent --locked --profile "$profile" 2>&1)" || { echo "$out" >&2; fail "cargo deb"; }
   deb="$(echo "$out" | tail -n 1)"
 fi
 [ -f "$deb" ] || fail "no .deb at $deb"
