@@ -250,16 +250,21 @@ pub fn job_logs(
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
+/// The image store, or UNIMPLEMENTED in an agent without one.
+fn image_store(shared: &Shared) -> Result<std::sync::Arc<crate::image::ImageStore>, Status> {
+    shared
+        .images
+        .clone()
+        .ok_or_else(|| Status::unimplemented("images are not enabled in this agent"))
+}
+
 /// ImportImage: a layout dir on this host into the image store (blocking pool).
 pub async fn import_image(
     shared: &Shared,
     request: pb::ImportImageRequest,
 ) -> Result<pb::ImportImageResponse, Status> {
     use crate::image::ImageError;
-    let store = shared
-        .images
-        .clone()
-        .ok_or_else(|| Status::unimplemented("images are not enabled in this agent"))?;
+    let store = image_store(shared)?;
     if !request.layout_dir.starts_with('/') {
         return Err(Status::invalid_argument(format!(
             "layout_dir: {:?} must be an absolute path",
@@ -305,10 +310,7 @@ pub async fn remove_image(
     request: pb::RemoveImageRequest,
 ) -> Result<pb::RemoveImageResponse, Status> {
     use crate::image::ImageError;
-    let store = shared
-        .images
-        .clone()
-        .ok_or_else(|| Status::unimplemented("images are not enabled in this agent"))?;
+    let store = image_store(shared)?;
     if request.name.is_empty() {
         return Err(Status::invalid_argument(
             "name: empty (give a reference or a sha256: digest)",
