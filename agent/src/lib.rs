@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fsroot;
+pub mod gpu;
 pub mod image;
 pub mod inventory;
 pub mod jobs;

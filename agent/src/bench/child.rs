@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use fog_bench::{cpu, disk, mem, net, opencl, BenchError, KernelResult, Protocol};
 
-use super::health::{self, NoNvml};
+use crate::gpu::health::{self, NoNvml};
 use super::suite::{self, Mode, Spec};
 use super::{BenchRecord, CpuFacts, Status};
-use crate::telemetry::nvml::NvmlTelemetry;
+use crate::gpu::NvmlTelemetry;
 
 /// What the parent passes to the child.
 #[derive(Debug, Clone)]

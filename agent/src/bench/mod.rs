@@ -1,13 +1,12 @@
 //! The benchmark suite of the agent: which benchmarks exist ([`suite`]), how each runs in a
 //! crash-isolated child process with a timeout ([`runner`], [`child`]), the cache of results in
 //! the state store keyed by hardware fingerprint + id + device + kernel version + driver versions
-//! ([`run_suite`]), and the GPU health hook recorded around OpenCL runs ([`health`]).
+//! ([`run_suite`]), and the GPU health recorded around OpenCL runs ([`crate::gpu::health`]).
 //!
 //! The kernels themselves live in the `fog-bench` crate; this module only decides what to run,
 //! with which plain parameters, and keeps the results.
 
 pub mod child;
-pub mod health;
 pub mod runner;
 pub mod suite;
 

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::daemon::bench_backend::SuiteBackend;
 use crate::daemon::tpm_backend::TpmBackend;
 use crate::daemon::{self, tls::DevCerts, DaemonOptions};
-use crate::telemetry::nvml::NvmlTelemetry;
+use crate::gpu::NvmlTelemetry;
 
 /// The TCTI `serve --dev` uses when there is no TPM device (`packaging/dev-swtpm.sh`).
 pub const DEV_SWTPM_TCTI: &str = "swtpm:host=127.0.0.1,port=2321";

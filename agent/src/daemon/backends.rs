@@ -231,9 +231,9 @@ pub struct Backends {
     /// Attestation.
     pub attestation: Arc<dyn AttestationBackend>,
     /// GPU telemetry for the sampler.
-    pub gpu_telemetry: Arc<dyn crate::telemetry::GpuTelemetrySource>,
+    pub gpu_telemetry: Arc<dyn crate::gpu::GpuTelemetrySource>,
     /// Per-process GPU accounting for jobs' GPU-seconds.
-    pub gpu_accounting: Arc<dyn crate::jobs::GpuAccounting>,
+    pub gpu_accounting: Arc<dyn crate::gpu::GpuAccounting>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -249,8 +249,8 @@ impl Default for Backends {
         Self {
             benchmarks: Arc::new(NotBuilt),
             attestation: Arc::new(NotBuilt),
-            gpu_telemetry: Arc::new(crate::telemetry::UnavailableGpuTelemetry::default()),
-            gpu_accounting: Arc::new(crate::jobs::NoGpuAccounting),
+            gpu_telemetry: Arc::new(crate::gpu::UnavailableGpuTelemetry::default()),
+            gpu_accounting: Arc::new(crate::gpu::NoGpuAccounting),
         }
     }
 }

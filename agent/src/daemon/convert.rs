@@ -10,7 +10,8 @@ use tonic::Status;
 use super::backends as be;
 use crate::capacity::{Capacity, CapacitySnapshot, GpuAssignment, ResourceAmount};
 use crate::inventory::{self as inv, Inventory, ProbeStatus, Probed};
-use crate::telemetry::{self as tm, gpu::GpuStatus, HostSample};
+use crate::gpu::{GpuSample, GpuStatus};
+use crate::telemetry::{self as tm, HostSample};
 
 /// Longest telemetry interval a subscriber may ask for.
 pub const MAX_TELEMETRY_INTERVAL: Duration = Duration::from_secs(3600);
@@ -391,7 +392,7 @@ pub fn host_sample(s: &HostSample) -> pb::HostSample {
     }
 }
 
-fn gpu_sample(g: &tm::GpuSample) -> pb::GpuSample {
+fn gpu_sample(g: &GpuSample) -> pb::GpuSample {
     pb::GpuSample {
         pci_bus_id: g.pci_bus_id.clone(),
         status: match g.status {
@@ -718,7 +719,7 @@ mod tests {
     #[test]
     fn unavailable_gpu_converts_without_metrics() {
         let sample = HostSample {
-            gpus: vec![tm::GpuSample::unavailable(
+            gpus: vec![GpuSample::unavailable(
                 "0000:01:00.0",
                 "nvml unavailable",
             )],

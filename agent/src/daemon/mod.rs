@@ -107,8 +107,6 @@ pub struct DaemonOptions {
     pub inventory_source: InventorySource,
     /// Root the telemetry sampler reads `/proc` below.
     pub fs: FsRoot,
-    /// Per-job figures for `/metrics` (the job runner's; no jobs by default).
-    pub job_metrics: Arc<dyn crate::metrics::JobMetricsSource>,
     /// The job runner's parts; None = jobs disabled.
     pub jobs: Option<JobsOptions>,
 }
@@ -137,7 +135,6 @@ impl Default for DaemonOptions {
             backends: Backends::default(),
             inventory_source: Arc::new(|| crate::inventory::collect_from(FsRoot::host())),
             fs: FsRoot::host(),
-            job_metrics: Arc::new(crate::metrics::NoJobs),
             jobs: None,
         }
     }
@@ -275,10 +272,10 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
 
     // First, so a metrics address in use fails the start before any gRPC listener runs.
     let metrics = if config.metrics.enabled {
-        let job_metrics: Arc<dyn crate::metrics::JobMetricsSource> = match &shared.jobs {
-            Some(jobs) => jobs.clone(),
-            None => options.job_metrics.clone(),
-        };
+        let job_metrics = shared
+            .jobs
+            .clone()
+            .map(|jobs| jobs as Arc<dyn crate::jobs::JobMetricsSource>);
         let sources = crate::metrics::Sources::new(shared.clone(), attestation_stats, job_metrics);
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {

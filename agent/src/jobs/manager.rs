@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::bundle::{self, DeviceNode};
-use super::gpu_usage::{self, GpuAccounting, GpuProcessUse};
+use crate::gpu::accounting::{self as gpu_usage, GpuAccounting, GpuProcessUse};
 use super::launcher::ShimLauncher;
 use super::runtime::JobRuntime;
 use super::scratch;
@@ -1581,8 +1581,8 @@ impl JobManager {
 }
 
 /// `/metrics` per-job series: every active job's newest sample (no cgroup read per scrape).
-impl crate::metrics::JobMetricsSource for JobManager {
-    fn job_metrics(&self) -> Vec<crate::metrics::JobMetrics> {
+impl super::JobMetricsSource for JobManager {
+    fn job_metrics(&self) -> Vec<super::JobMetrics> {
         let inner = lock(&self.inner);
         inner
             .order
@@ -1592,7 +1592,7 @@ impl crate::metrics::JobMetricsSource for JobManager {
             .map(|e| {
                 let stats = e.view.last_sample.as_ref().map(|s| &s.stats);
                 let get = |f: fn(&CgroupStats) -> Option<u64>| stats.and_then(f);
-                crate::metrics::JobMetrics {
+                super::JobMetrics {
                     job_id: e.view.spec.job_id.clone(),
                     state: e.view.record.state.name().to_owned(),
                     cpu_seconds: get(|s| s.cpu_usage_nanos).map(|n| n as f64 / 1e9),

@@ -13,8 +13,9 @@
 //!   through [`crate::capacity::CapacityLedger`], the SQLite records, recovery after a restart,
 //!   and the one telemetry loop for all jobs.
 //! - [`logs`]: tail and follow of the log files.
+//! - [`job_metrics`]: the per-job figures `/metrics` reads ([`JobMetricsSource`]).
 //! - [`gpu_usage`]: GPU-seconds from per-process accounting (the [`GpuAccounting`] seam; NVML
-//!   implements it in [`crate::telemetry::nvml::NvmlTelemetry`]).
+//!   implements it in [`crate::gpu::NvmlTelemetry`]).
 //!
 //! Job dir layout (`<[jobs] dir>/<job id>/`): `bundle/config.json`, `scratch/` (mounted at
 //! `/scratch`), `stdout.log`, `stderr.log`, `shim.pid`, `container.pid`, `exit.json`,
@@ -24,7 +25,7 @@
 //! (veth, bandwidth shaping) is a later step.
 
 pub mod bundle;
-pub mod gpu_usage;
+pub mod job_metrics;
 pub mod launcher;
 pub mod logs;
 pub mod manager;
@@ -36,7 +37,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 
-pub use gpu_usage::{GpuAccounting, GpuProcessUse, NoGpuAccounting, ProcessSpan};
+pub use job_metrics::{JobMetrics, JobMetricsSource};
 pub use manager::{JobEvent, JobManager, JobRecord, JobSetup, JobState, JobView, Termination};
 pub use runtime::{JobRuntime, Runc};
 pub use spec::{GpuIdentity, ImageSource, JobSpec, ResolvedImage, Resources};

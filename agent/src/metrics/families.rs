@@ -15,7 +15,7 @@ use prometheus_client::metrics::MetricType;
 use super::Snapshot;
 use crate::capacity::{GpuAssignment, ResourceAmount};
 use crate::daemon::backends::BenchmarkState;
-use crate::telemetry::gpu::GpuStatus;
+use crate::gpu::GpuStatus;
 use crate::telemetry::{CpuTimes, HostSample, Pressure};
 
 /// Labels of one series.
@@ -770,10 +770,10 @@ mod tests {
     use crate::capacity::{Allocations, CapacityLedger, GpuTotal, Totals};
     use crate::config::CapacityConfig;
     use crate::daemon::backends::{BackendError, BenchmarkReport, BenchmarkResult};
-    use crate::metrics::{render, Format, JobMetrics, Operation, OperationCounts};
-    use crate::telemetry::{
-        CollectorStat, CpuSample, GpuSample, HubStats, LoadAverage, MemorySample,
-    };
+    use crate::jobs::JobMetrics;
+    use crate::metrics::{render, Format, Operation, OperationCounts};
+    use crate::gpu::GpuSample;
+    use crate::telemetry::{CollectorStat, CpuSample, HubStats, LoadAverage, MemorySample};
 
     fn snapshot() -> Snapshot {
         let times = CpuTimes {

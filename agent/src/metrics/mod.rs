@@ -33,6 +33,7 @@ use crate::daemon::backends::{
     BenchmarkReport, Enrollment, PcrSelection,
 };
 use crate::daemon::Shared;
+use crate::jobs::{JobMetrics, JobMetricsSource};
 use crate::telemetry::{HostSample, HubStats, TelemetryHub};
 
 pub use server::{MetricsError, MetricsServer};
@@ -46,57 +47,6 @@ pub const INVENTORY_WAIT: Duration = Duration::from_secs(2);
 
 /// The benchmark backend's answer, shared between scrapes.
 pub type CachedBenchmarks = Arc<Result<BenchmarkReport, BackendError>>;
-
-/// One job's newest figures, as the job runner sampled them from its cgroup. `None` = not
-/// known (the series is left out, never reported as 0).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct JobMetrics {
-    /// The job id.
-    pub job_id: String,
-    /// Its state (`running`, `exited`, ...).
-    pub state: String,
-    /// CPU time used.
-    pub cpu_seconds: Option<f64>,
-    /// Time throttled by its CPU quota.
-    pub cpu_throttled_seconds: Option<f64>,
-    /// Memory in use.
-    pub memory_bytes: Option<u64>,
-    /// Peak memory.
-    pub memory_peak_bytes: Option<u64>,
-    /// Memory limit.
-    pub memory_limit_bytes: Option<u64>,
-    /// OOM kills.
-    pub oom_kills: Option<u64>,
-    /// Processes now.
-    pub pids: Option<u64>,
-    /// Bytes read from block devices.
-    pub io_read_bytes: Option<u64>,
-    /// Bytes written to block devices.
-    pub io_written_bytes: Option<u64>,
-    /// GPU-seconds per allocated GPU (PCI bus id) from NVML process accounting; a GPU whose
-    /// accounting cannot be read is left out.
-    pub gpu_seconds: Vec<(String, f64)>,
-    /// Per allocated GPU (PCI bus id) in the newest sample: GPU memory the job's processes
-    /// hold, and their SM utilization (0 to 1); a figure the driver did not give is absent.
-    pub gpu_now: Vec<(String, Option<u64>, Option<f64>)>,
-}
-
-/// Where per-job figures come from: the job runner implements it (wired by the daemon).
-pub trait JobMetricsSource: Send + Sync + 'static {
-    /// The newest figures of every job the runner tracks. Must return at once: the runner's
-    /// latest sample, never a cgroup read per call (a scrape must not trigger collection).
-    fn job_metrics(&self) -> Vec<JobMetrics>;
-}
-
-/// The source used until jobs are wired: no jobs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoJobs;
-
-impl JobMetricsSource for NoJobs {
-    fn job_metrics(&self) -> Vec<JobMetrics> {
-        Vec::new()
-    }
-}
 
 /// What one attestation operation has done since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -225,8 +175,8 @@ pub struct Sources {
     shared: Arc<Shared>,
     /// Attestation outcomes.
     attestation: Arc<AttestationStats>,
-    /// Jobs.
-    jobs: Arc<dyn JobMetricsSource>,
+    /// Jobs (None: the job runner is off).
+    jobs: Option<Arc<dyn JobMetricsSource>>,
     /// Benchmark results read at most every [`BENCHMARK_REFRESH`].
     benchmark_cache: Arc<Mutex<Option<(Instant, CachedBenchmarks)>>>,
     /// When the process started (seconds since the epoch), read once.
@@ -244,7 +194,7 @@ impl Sources {
     pub fn new(
         shared: Arc<Shared>,
         attestation: Arc<AttestationStats>,
-        jobs: Arc<dyn JobMetricsSource>,
+        jobs: Option<Arc<dyn JobMetricsSource>>,
     ) -> Self {
         Self {
             shared,
@@ -271,7 +221,7 @@ impl Sources {
             capacity: self.shared.capacity.current(),
             benchmarks,
             attestation: self.attestation.get(),
-            jobs: self.jobs.job_metrics(),
+            jobs: self.jobs.as_ref().map(|j| j.job_metrics()).unwrap_or_default(),
             process: process::read_self(),
             process_start: self.process_start,
         }

@@ -4,21 +4,18 @@
 //! - [`HostSample`] and its parts are the domain types (the gRPC layer converts them once).
 //! - [`SystemCollector`] reads one sample: `/proc` files below an [`FsRoot`] (parsers in
 //!   [`procfs`]), filesystem usage through sysinfo (live host only), GPUs through a
-//!   [`GpuTelemetrySource`].
-//! - [`nvml::NvmlTelemetry`] is the real GPU source (NVML, initialized once).
+//!   [`GpuTelemetrySource`] ([`crate::gpu::NvmlTelemetry`] in the daemon).
 //! - [`hub::TelemetryHub`] runs the one sampler loop and the per-subscriber bounded queues.
 
-pub mod gpu;
 pub mod hub;
-pub mod nvml;
 pub mod procfs;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::fsroot::FsRoot;
+use crate::gpu::{self, GpuSample, GpuTelemetrySource};
 
-pub use gpu::{GpuSample, GpuTelemetrySource, UnavailableGpuTelemetry};
 pub use hub::{Delivery, HubError, HubStats, Subscription, TelemetryHub};
 
 /// One sample of the whole host.
@@ -514,7 +511,7 @@ mod tests {
         let mut collector = SystemCollector::new(
             FsRoot::new(dir.path()),
             gpus,
-            Arc::new(UnavailableGpuTelemetry::default()),
+            Arc::new(gpu::UnavailableGpuTelemetry::default()),
         );
         let first = collector.collect();
         let cpu = first.cpu.unwrap();
@@ -557,7 +554,7 @@ mod tests {
         let mut collector = SystemCollector::new(
             FsRoot::new(dir.path()),
             GpuList::default(),
-            Arc::new(UnavailableGpuTelemetry::default()),
+            Arc::new(gpu::UnavailableGpuTelemetry::default()),
         );
         let sample = collector.collect();
         assert!(sample.cpu.is_none() && sample.memory.is_none());
@@ -570,7 +567,7 @@ mod tests {
         let mut collector = SystemCollector::new(
             FsRoot::host(),
             GpuList::default(),
-            Arc::new(UnavailableGpuTelemetry::default()),
+            Arc::new(gpu::UnavailableGpuTelemetry::default()),
         );
         collector.collect();
         let sample = collector.collect();

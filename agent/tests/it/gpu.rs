@@ -234,8 +234,8 @@ fn nvml_sim_telemetry_entry_points() {
 /// PCI address, and reports a lost GPU or an unknown address as unavailable, never idle.
 #[test]
 fn nvml_telemetry_source_reads_the_simulated_gpus() {
-    use fog_agent::telemetry::gpu::{sample_all, GpuStatus, GpuTelemetrySource};
-    use fog_agent::telemetry::nvml::NvmlTelemetry;
+    use fog_agent::gpu::{sample_all, GpuStatus, GpuTelemetrySource};
+    use fog_agent::gpu::NvmlTelemetry;
 
     let (_dir, lib) = sim_with_mode("");
     let source = NvmlTelemetry::new(lib);
@@ -271,7 +271,7 @@ fn nvml_telemetry_source_reads_the_simulated_gpus() {
 
     // The benchmark health records come from the same source.
     let health =
-        fog_agent::bench::health::GpuHealthSource::sample(&source, "0000:65:00.0").unwrap();
+        fog_agent::gpu::health::GpuHealthSource::sample(&source, "0000:65:00.0").unwrap();
     assert_eq!(health.sm_clock_mhz, Some(1410));
     assert_eq!(health.temperature_c, Some(51));
     assert_eq!(health.power_w, Some(72.0));
@@ -296,8 +296,8 @@ fn nvml_telemetry_source_reads_the_simulated_gpus() {
 fn nvml_accounting_gives_a_jobs_gpu_seconds() {
     use std::collections::BTreeSet;
 
-    use fog_agent::jobs::{gpu_usage, GpuAccounting};
-    use fog_agent::telemetry::nvml::NvmlTelemetry;
+    use fog_agent::gpu::{accounting as gpu_usage, GpuAccounting};
+    use fog_agent::gpu::NvmlTelemetry;
 
     let now_us = u64::try_from(
         std::time::SystemTime::now()
@@ -371,8 +371,8 @@ fn nvml_accounting_gives_a_jobs_gpu_seconds() {
 /// reasons, never zero GPU-seconds.
 #[test]
 fn nvml_accounting_unavailable_says_why() {
-    use fog_agent::jobs::GpuAccounting;
-    use fog_agent::telemetry::nvml::NvmlTelemetry;
+    use fog_agent::gpu::GpuAccounting;
+    use fog_agent::gpu::NvmlTelemetry;
 
     let (_dir, lib) = sim_with_mode("acct_off,acct_locked");
     let nvml = NvmlTelemetry::new(lib);

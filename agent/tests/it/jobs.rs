@@ -330,7 +330,7 @@ async fn cpu_bound_job_at_500_millicores_uses_half_a_core() {
     assert!(job.last_sample.unwrap().cpu_nr_throttled.unwrap() > 0);
     // The /metrics per-job series come from the same samples.
     let metrics = {
-        use fog_agent::metrics::JobMetricsSource;
+        use fog_agent::jobs::JobMetricsSource;
         let jobs = h.daemon.as_ref().unwrap().shared().jobs.clone().unwrap();
         jobs.job_metrics()
     };
@@ -1076,7 +1076,7 @@ async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
             inventory
         });
         options.backends.gpu_accounting =
-            Arc::new(fog_agent::telemetry::nvml::NvmlTelemetry::new(sim_lib));
+            Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim_lib));
         options
     })
     .await;
@@ -1161,7 +1161,7 @@ async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
     assert_eq!(gpus[0].sm_utilization_percent, Some(40), "{gpus:?}");
     assert_eq!(gpus[0].note, "");
     let metrics = {
-        use fog_agent::metrics::JobMetricsSource;
+        use fog_agent::jobs::JobMetricsSource;
         let jobs = h.daemon.as_ref().unwrap().shared().jobs.clone().unwrap();
         jobs.job_metrics()
     };

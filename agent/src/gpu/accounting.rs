@@ -1,7 +1,7 @@
 //! GPU-seconds of a job: how long its processes held a context on each of its GPUs.
 //!
 //! The figure comes from NVML's per-process accounting ([`GpuAccounting`], implemented by
-//! [`crate::telemetry::nvml::NvmlTelemetry`]): for every process NVML has a record of (running or
+//! [`crate::gpu::NvmlTelemetry`]): for every process NVML has a record of (running or
 //! ended), its start time and, once it ended, how long its context was active. A job's
 //! GPU-seconds on a device are the length of the *union* of its processes' spans, so two
 //! processes sharing one card for the same minute count one minute, not two.

@@ -2,8 +2,8 @@
 //!
 //! [`GpuTelemetrySource`] answers for one GPU at a time; a GPU whose query failed is reported
 //! as [`GpuStatus::Unavailable`] with the reason and no metrics, so it never looks idle. The
-//! default source, [`UnavailableGpuTelemetry`], answers that for every GPU: this build has no
-//! telemetry source wired (the NVML one lives with the GPU probes).
+//! source for hosts without NVML, [`UnavailableGpuTelemetry`], answers that for every GPU; the real
+//! one is [`super::NvmlTelemetry`].
 
 /// Whether a GPU's metrics are valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 //! GPU health around OpenCL runs: clocks, temperature, power and throttle reasons before and
 //! after, and the rule that a run during which throttling started is invalid.
 //!
-//! The data comes from NVML through [`GpuHealthSource`], keyed by PCI bus id. The NVML reader of
-//! the inventory (`inventory::gpu::nvml`) implements it once wired; until then, and on hosts
-//! without an NVIDIA device, [`NoNvml`] records `nvml: unavailable` with the reason.
+//! The data comes from NVML through [`GpuHealthSource`], keyed by PCI bus id
+//! ([`super::NvmlTelemetry`] implements it); for a device NVML cannot answer for, [`NoNvml`]
+//! records `nvml: unavailable` with the reason.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,7 @@ pub trait GpuHealthSource {
     fn sample(&self, pci_bus_id: &str) -> Result<GpuHealth, String>;
 }
 
-/// No NVML on this host (no NVIDIA driver or not wired): every sample is unavailable.
+/// No NVML for this device (no NVIDIA driver, or no PCI address): every sample is unavailable.
 #[derive(Debug, Clone)]
 pub struct NoNvml(pub String);
 

@@ -25,12 +25,11 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
-use super::gpu::{GpuSample, GpuStatus, GpuTelemetrySource};
-use crate::bench::health::{GpuHealth, GpuHealthSource};
+use super::accounting::{self as gpu_usage, GpuAccounting, GpuProcessUse, ProcessSpan};
+use super::health::{GpuHealth, GpuHealthSource};
+use super::telemetry::{GpuSample, GpuStatus, GpuTelemetrySource};
 use crate::inventory::gpu::nvml::{NvmlLibrary, NvmlSourceError};
 use crate::inventory::gpu::pci::normalize_bus_id;
-use crate::jobs::gpu_usage;
-use crate::jobs::{GpuAccounting, GpuProcessUse, ProcessSpan};
 
 /// How long a failed initialization is remembered before NVML is tried again.
 pub const INIT_RETRY: Duration = Duration::from_secs(60);
