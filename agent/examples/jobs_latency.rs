@@ -22,14 +22,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use fog_agent::config::Config;
-use fog_agent::daemon::{self, DaemonOptions, JobsOptions};
-use fog_agent::image::ImageStore;
+use fog_agent::daemon::{self, DaemonOptions};
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
 use futures_util::FutureExt;
@@ -128,14 +126,7 @@ async fn main() -> anyhow::Result<()> {
     config.jobs.cgroup_parent = "fog-agent-bench".into();
     config.jobs.telemetry_interval_millis = args.interval_millis;
     config.metrics.enabled = false;
-    let options = DaemonOptions {
-        jobs: Some(JobsOptions {
-            shim_exe: args.agent.clone(),
-            images: Arc::new(ImageStore::open(&config.state.dir)?),
-            runtime: None,
-        }),
-        ..DaemonOptions::default()
-    };
+    let options = DaemonOptions::for_host(&config, args.agent.clone())?;
     let running = daemon::start(&config, options).await?;
     let mut client = connect(&config.api.unix_socket).await?;
     let layout = dir.path().join("layout");

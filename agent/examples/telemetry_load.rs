@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fog_agent::daemon::auth::Role;
-use fog_agent::daemon::tls::DevCerts;
+use fog_agent::api::auth::Role;
+use fog_agent::api::tls::DevCerts;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};

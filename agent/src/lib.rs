@@ -21,6 +21,8 @@
 //! - [`cgroup`]: cgroup v1/v2/hybrid detection and per-cgroup stats (CPU, memory, pids, I/O).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
+pub mod api;
+pub mod attest;
 pub mod bench;
 pub mod capacity;
 pub mod cgroup;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use fog_bench::{cpu, disk, mem, net, opencl, BenchError, KernelResult, Protocol};
 
-use crate::gpu::health::{self, NoNvml};
 use super::suite::{self, Mode, Spec};
 use super::{BenchRecord, CpuFacts, Status};
+use crate::gpu::health::{self, NoNvml};
 use crate::gpu::NvmlTelemetry;
 
 /// What the parent passes to the child.

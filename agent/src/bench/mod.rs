@@ -1,11 +1,14 @@
 //! The benchmark suite of the agent: which benchmarks exist ([`suite`]), how each runs in a
 //! crash-isolated child process with a timeout ([`runner`], [`child`]), the cache of results in
 //! the state store keyed by hardware fingerprint + id + device + kernel version + driver versions
-//! ([`run_suite`]), and the GPU health recorded around OpenCL runs ([`crate::gpu::health`]).
+//! ([`run_suite`]), the GPU health recorded around OpenCL runs ([`crate::gpu::health`]), and
+//! the daemon's face of it all ([`backend`]: cached results, one run at a time, a background run
+//! when the hardware fingerprint changes).
 //!
 //! The kernels themselves live in the `fog-bench` crate; this module only decides what to run,
 //! with which plain parameters, and keeps the results.
 
+pub mod backend;
 pub mod child;
 pub mod runner;
 pub mod suite;
@@ -17,6 +20,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{BenchKey, StateError, StateStore};
+pub use backend::{
+    BenchmarkBackend, BenchmarkError, BenchmarkPhase, BenchmarkProgress, BenchmarkReport,
+    BenchmarkResult, BenchmarkState, SuiteBackend,
+};
 pub use suite::{Mode, Need, Spec};
 
 /// Name and version of the `--json` document.

@@ -13,13 +13,12 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use fog_tpm::ak::{AkAlg, AkBlob, AkStateError, EkAlg};
 use fog_tpm::device::Tpm;
-use fog_tpm::report::{parse_nonce_hex, parse_pcr_spec, Payload, PAYLOAD_FORMAT};
+use fog_tpm::report::{parse_nonce_hex, parse_pcr_spec};
 use fog_tpm::tcti::{Tcti, DEFAULT_TCTI};
 
 use crate::fsroot::FsRoot;
@@ -179,10 +178,12 @@ fn report(args: &AttestArgs) -> anyhow::Result<ExitCode> {
     let ak = AkBlob::load(&args.tpm.state_dir)?;
     let tpm = open_tpm(&args.tpm)?;
     let inventory = crate::inventory::collect_from(FsRoot::host());
-    let benchmarks =
-        crate::bench::cached_results(&args.tpm.state_dir, &crate::bench::fingerprint(&inventory))
-            .context("cannot read the cached benchmark results")?;
-    let payload = build_payload(&ak.host_id, &nonce, &inventory, Some(benchmarks))?;
+    let payload = crate::attest::payload::build_with_cached_benchmarks(
+        &args.tpm.state_dir,
+        &ak.host_id,
+        &nonce,
+        &inventory,
+    )?;
     let report = tpm.attest(&ak, &nonce, payload, &selection)?;
     if let Some(dir) = &args.export_tpm2_tools {
         let q = fog_tpm::export::export_tpm2_tools(&report, dir)?;
@@ -193,28 +194,6 @@ fn report(args: &AttestArgs) -> anyhow::Result<ExitCode> {
     }
     write_json(args.out.as_deref(), &report)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Serializes the payload P once: host id, nonce, agent version, the current inventory and the
-/// cached benchmark results (`None` -> `"benchmarks": null`).
-pub fn build_payload(
-    host_id: &str,
-    nonce: &[u8],
-    inventory: &crate::inventory::Inventory,
-    benchmarks: Option<serde_json::Value>,
-) -> anyhow::Result<Vec<u8>> {
-    let payload = Payload {
-        format: PAYLOAD_FORMAT.into(),
-        host_id: host_id.to_string(),
-        nonce: nonce.to_vec(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        collected_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        inventory: serde_json::to_value(inventory).context("cannot serialize the inventory")?,
-        benchmarks,
-    };
-    Ok(payload.to_bytes()?)
 }
 
 /// The host id: `/etc/machine-id`.

@@ -1,12 +1,12 @@
 //! `fog-agent dev-certs --out DIR`: a development CA, server certificate and one client
-//! certificate per role, for the quick start and tests (see [`crate::daemon::tls::DevCerts`]).
+//! certificate per role, for the quick start and tests (see [`crate::api::tls::DevCerts`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::daemon::tls::DevCerts;
+use crate::api::tls::DevCerts;
 
 /// Arguments of `fog-agent dev-certs`.
 #[derive(Debug, Args)]

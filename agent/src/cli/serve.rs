@@ -7,16 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
+use crate::api::tls::DevCerts;
 use crate::config::Config;
-use crate::daemon::bench_backend::SuiteBackend;
-use crate::daemon::tpm_backend::TpmBackend;
-use crate::daemon::{self, tls::DevCerts, DaemonOptions};
-use crate::gpu::NvmlTelemetry;
+use crate::daemon::{self, DaemonOptions};
 
 /// The TCTI `serve --dev` uses when there is no TPM device (`packaging/dev-swtpm.sh`).
 pub const DEV_SWTPM_TCTI: &str = "swtpm:host=127.0.0.1,port=2321";
@@ -91,7 +88,8 @@ async fn serve(
     dev: bool,
     notifier: crate::sdnotify::Notifier,
 ) -> anyhow::Result<ExitCode> {
-    let running = daemon::start(&config, options(&config)?).await?;
+    let exe = std::env::current_exe().context("cannot find the agent executable")?;
+    let running = daemon::start(&config, DaemonOptions::for_host(&config, exe)?).await?;
     // Every listener (gRPC, admin socket, metrics) is bound: systemd's Type=notify start ends.
     notifier.notify_or_log("READY=1\nSTATUS=serving");
     if dev {
@@ -108,49 +106,6 @@ async fn serve(
     // Streams that outlive the grace period are cut (and logged); still a clean exit.
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The daemon's options with the real backends: the benchmark suite (children of this
-/// executable, background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, GPU
-/// telemetry through NVML, and the job runner (shims are this executable).
-fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
-    let defaults = DaemonOptions::default();
-    let tcti: fog_tpm::tcti::Tcti = config
-        .tpm
-        .tcti
-        .parse()
-        .with_context(|| format!("tpm.tcti {:?}", config.tpm.tcti))?;
-    let exe = std::env::current_exe().context("cannot find the agent executable")?;
-    let jobs = daemon::JobsOptions {
-        shim_exe: exe.clone(),
-        images: Arc::new(
-            crate::image::ImageStore::open(&config.state.dir)
-                .context("cannot open the image store")?,
-        ),
-        runtime: None,
-    };
-    // One NVML session for the host telemetry and the jobs' GPU accounting.
-    let nvml = Arc::new(NvmlTelemetry::system());
-    let backends = daemon::Backends {
-        benchmarks: Arc::new(SuiteBackend::new(
-            config.state.dir.clone(),
-            exe,
-            defaults.inventory_source.clone(),
-            config.bench.run_on_start,
-        )),
-        attestation: Arc::new(TpmBackend::new(
-            tcti,
-            config.state.dir.clone(),
-            defaults.inventory_source.clone(),
-        )),
-        gpu_telemetry: nvml.clone(),
-        gpu_accounting: nvml,
-    };
-    Ok(DaemonOptions {
-        backends,
-        jobs: Some(jobs),
-        ..defaults
-    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -1,51 +1,36 @@
-//! The agent daemon: the gRPC API (`fog.agent.v1.Agent`, standard health checking, server
-//! reflection) on mutual-TLS TCP listeners and the local admin unix socket.
+//! The composition root: builds the agent's parts from the config, wires them together, serves
+//! the gRPC API (`fog.agent.v1.Agent`, standard health checking, server reflection) on
+//! mutual-TLS TCP listeners and the local admin unix socket plus `/metrics`, and shuts it all
+//! down.
 //!
-//! - [`auth`]: roles, the per-RPC role table, the role from a client certificate.
-//! - [`tls`]: development certificates and the server's TLS configuration.
-//! - [`service`]: the service implementation; [`convert`]: proto <-> domain at the boundary.
-//! - [`backends`]: the seams benchmarks, attestation and GPU telemetry plug into;
-//!   [`bench_backend`] (the benchmark suite) and [`tpm_backend`] (fog-tpm) are the real ones
-//!   `fog-agent serve` wires in.
-//! - [`inventory_cache`]: the inventory collected off the runtime and cached.
-//! - [`job_service`], [`job_convert`]: the job RPCs over [`crate::jobs::JobManager`].
-//!
-//! [`start`] binds every listener and serves at once (the inventory is collected in the
-//! background; the first GetInventory waits for it). [`RunningDaemon::shutdown`] stops
-//! accepting, ends the streams and waits at most `[api] shutdown_grace_millis`.
-
-pub mod auth;
-pub mod backends;
-pub mod bench_backend;
-pub mod convert;
-pub mod inventory_cache;
-pub mod job_convert;
-pub mod job_service;
-pub mod service;
-pub mod tls;
-pub mod tpm_backend;
+//! [`DaemonOptions::for_host`] makes the real parts (the benchmark suite, the TPM at
+//! `[tpm] tcti`, NVML, the job runner over runc); tests replace any of them. [`start`] binds
+//! every listener and serves at once (the inventory is collected in the background; the first
+//! GetInventory waits for it). [`RunningDaemon::shutdown`] stops accepting, ends the streams and
+//! waits at most `[api] shutdown_grace_millis`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use fog_proto::v1::agent_server::AgentServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::api::{tls, Door, Shared};
+use crate::attest::{AttestationStats, Attestor, RecordingAttestor, TpmAttestor};
+use crate::bench::{BenchmarkBackend, SuiteBackend};
 use crate::capacity::{CapacityLedger, Totals};
 use crate::config::Config;
 use crate::fsroot::FsRoot;
+use crate::gpu::{GpuAccounting, GpuTelemetrySource, NvmlTelemetry};
+use crate::image::ImageStore;
+use crate::inventory::cache::{InventoryCache, InventorySource};
 use crate::inventory::Inventory;
 use crate::telemetry::{GpuList, SystemCollector, TelemetryHub};
-
-pub use backends::Backends;
-pub use inventory_cache::InventorySource;
-pub use service::{AgentService, Door, Shared};
 
 /// HTTP/2 keepalive pings, so dead peers free their streams.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -76,14 +61,17 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// The reflection service could not be built from the descriptor sets.
-    #[error("cannot build the reflection service: {0}")]
-    Reflection(String),
+    #[error("cannot build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     /// The job runner could not start (state store, jobs dir, recovery).
     #[error("cannot start the job runner")]
     Jobs(#[source] crate::jobs::JobError),
+    /// The image store could not be opened.
+    #[error("cannot open the image store")]
+    Images(#[source] crate::image::ImageError),
 }
 
 /// What the job runner is built from besides `[jobs]` (None in [`DaemonOptions::jobs`]: jobs
@@ -98,11 +86,17 @@ pub struct JobsOptions {
     pub runtime: Option<Arc<dyn crate::jobs::JobRuntime>>,
 }
 
-/// What the daemon is built from besides its config.
+/// What the daemon is built from besides its config: every part a test may replace.
 #[derive(Clone)]
 pub struct DaemonOptions {
-    /// Benchmarks, attestation, GPU telemetry.
-    pub backends: Backends,
+    /// Benchmarks: the cache and the runner.
+    pub benchmarks: Arc<dyn BenchmarkBackend>,
+    /// TPM attestation and enrollment.
+    pub attestation: Arc<dyn Attestor>,
+    /// GPU telemetry for the host sampler.
+    pub gpu_telemetry: Arc<dyn GpuTelemetrySource>,
+    /// Per-process GPU accounting for jobs' GPU-seconds.
+    pub gpu_accounting: Arc<dyn GpuAccounting>,
     /// Where the inventory comes from.
     pub inventory_source: InventorySource,
     /// Root the telemetry sampler reads `/proc` below.
@@ -124,19 +118,44 @@ impl std::fmt::Debug for DaemonOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DaemonOptions")
             .field("fs", &self.fs)
+            .field("jobs", &self.jobs)
             .finish_non_exhaustive()
     }
 }
 
-impl Default for DaemonOptions {
-    /// The live host, with the default (unwired) backends.
-    fn default() -> Self {
-        Self {
-            backends: Backends::default(),
-            inventory_source: Arc::new(|| crate::inventory::collect_from(FsRoot::host())),
+impl DaemonOptions {
+    /// The live host's parts, as `fog-agent serve` runs them: the benchmark suite (children of
+    /// `exe`, a background run per `[bench] run_on_start`), the TPM at `[tpm] tcti`, one NVML
+    /// session for host telemetry and jobs' GPU accounting, and the job runner (shims are `exe`)
+    /// over the image store in the state dir.
+    pub fn for_host(config: &Config, exe: PathBuf) -> Result<Self, DaemonError> {
+        let tcti: fog_tpm::tcti::Tcti = config
+            .tpm
+            .tcti
+            .parse()
+            .map_err(|e| DaemonError::Config(vec![format!("tpm.tcti: {e}")]))?;
+        let inventory_source: InventorySource =
+            Arc::new(|| crate::inventory::collect_from(FsRoot::host()));
+        let images = ImageStore::open(&config.state.dir).map_err(DaemonError::Images)?;
+        let nvml = Arc::new(NvmlTelemetry::system());
+        Ok(Self {
+            benchmarks: Arc::new(SuiteBackend::new(
+                config.state.dir.clone(),
+                exe.clone(),
+                inventory_source.clone(),
+                config.bench.run_on_start,
+            )),
+            attestation: Arc::new(TpmAttestor::new(tcti, config.state.dir.clone())),
+            gpu_telemetry: nvml.clone(),
+            gpu_accounting: nvml,
+            inventory_source,
             fs: FsRoot::host(),
-            jobs: None,
-        }
+            jobs: Some(JobsOptions {
+                shim_exe: exe,
+                images: Arc::new(images),
+                runtime: None,
+            }),
+        })
     }
 }
 
@@ -171,7 +190,7 @@ impl RunningDaemon {
             .map(crate::metrics::MetricsServer::local_addr)
     }
 
-    /// The shared state (tests, and the lead's wiring of jobs into the capacity ledger).
+    /// What the API answers from (capacity ledger, job runner, ...).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -180,9 +199,7 @@ impl RunningDaemon {
     /// grace period; returns whether everything ended within it.
     pub async fn shutdown(self) -> bool {
         tracing::info!(grace_ms = self.grace.as_millis() as u64, "shutting down");
-        self.health
-            .set_not_serving::<AgentServer<AgentService>>()
-            .await;
+        crate::api::routes::set_not_serving(&self.health).await;
         if let Some(metrics) = self.metrics {
             metrics.stop();
         }
@@ -231,9 +248,9 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut options = options;
-    let attestation_stats = Arc::new(crate::metrics::AttestationStats::default());
-    options.backends.attestation = Arc::new(crate::metrics::RecordingAttestation::new(
-        options.backends.attestation.clone(),
+    let attestation_stats = Arc::new(AttestationStats::default());
+    options.attestation = Arc::new(RecordingAttestor::new(
+        options.attestation.clone(),
         attestation_stats.clone(),
     ));
     let shared = Arc::new(build_shared(config, &options, shutdown_rx)?);
@@ -241,42 +258,31 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
     // The API is up before the inventory is: the first GetInventory waits for this collection.
     let warmup = shared.clone();
     tokio::spawn(async move {
-        if let Err(status) = warmup.inventory.get(false).await {
-            tracing::error!(error = %status.message(), "initial inventory collection failed");
+        if let Err(err) = warmup.inventory.get(false).await {
+            tracing::error!(error = %crate::api::error::chain(&err), "initial inventory collection failed");
         }
     });
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AgentServer<AgentService>>().await;
+    let (health, health_service) = crate::api::routes::health().await;
+    let max_message = usize::try_from(config.api.max_message_bytes.0).unwrap_or(usize::MAX);
     let routes = |door: Door| -> Result<Routes, DaemonError> {
-        let max = usize::try_from(config.api.max_message_bytes.0).unwrap_or(usize::MAX);
-        let agent = AgentServer::new(AgentService::new(shared.clone(), door))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(fog_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let v1 = reflection()
-            .build_v1()
-            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        let v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        Ok(Routes::new(agent)
-            .add_service(health_service.clone())
-            .add_service(v1)
-            .add_service(v1alpha))
+        crate::api::routes::routes(shared.clone(), door, max_message, health_service.clone())
+            .map_err(DaemonError::Reflection)
     };
 
     // First, so a metrics address in use fails the start before any gRPC listener runs.
     let metrics = if config.metrics.enabled {
-        let job_metrics = shared
-            .jobs
-            .clone()
-            .map(|jobs| jobs as Arc<dyn crate::jobs::JobMetricsSource>);
-        let sources = crate::metrics::Sources::new(shared.clone(), attestation_stats, job_metrics);
+        let sources = crate::metrics::Sources::new(crate::metrics::Handles {
+            telemetry: shared.telemetry.clone(),
+            capacity: shared.capacity.clone(),
+            inventory: shared.inventory.clone(),
+            benchmarks: shared.benchmarks.clone(),
+            attestation: attestation_stats,
+            jobs: shared
+                .jobs
+                .clone()
+                .map(|jobs| jobs as Arc<dyn crate::jobs::JobMetricsSource>),
+        });
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {
         None
@@ -315,7 +321,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         };
         let router = builder.add_routes(routes(door)?);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let signal = shutting_down(shutdown_tx.subscribe());
+        let signal = crate::api::shutting_down(shutdown_tx.subscribe());
         servers.push(tokio::spawn(async move {
             router.serve_with_incoming_shutdown(incoming, signal).await
         }));
@@ -328,7 +334,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         let listener = bind_unix_socket(path)?;
         let router = server_builder(config).add_routes(routes(Door::LocalAdmin)?);
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        let signal = shutting_down(shutdown_tx.subscribe());
+        let signal = crate::api::shutting_down(shutdown_tx.subscribe());
         servers.push(tokio::spawn(async move {
             router.serve_with_incoming_shutdown(incoming, signal).await
         }));
@@ -345,11 +351,6 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         grace: config.api.shutdown_grace(),
         metrics,
     })
-}
-
-async fn shutting_down(mut rx: watch::Receiver<bool>) {
-    // An error means the sender is gone: shut down too.
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// The per-listener server settings: stream limit per connection, unary timeout, keepalive.
@@ -376,7 +377,7 @@ fn build_shared(
     let collector = SystemCollector::new(
         options.fs.clone(),
         gpus.clone(),
-        options.backends.gpu_telemetry.clone(),
+        options.gpu_telemetry.clone(),
     );
     tokio::spawn(telemetry.clone().run(collector));
 
@@ -403,7 +404,7 @@ fn build_shared(
                 shim_exe: jobs.shim_exe.clone(),
                 runtime,
                 images: jobs.images.clone(),
-                gpu_accounting: options.backends.gpu_accounting.clone(),
+                gpu_accounting: options.gpu_accounting.clone(),
                 fs: options.fs.clone(),
             };
             let manager = crate::jobs::JobManager::open(setup, capacity.clone())
@@ -421,7 +422,7 @@ fn build_shared(
         let capacity = capacity.clone();
         let jobs = jobs.clone();
         let state_dir = config.state.dir.clone();
-        let benchmarks = options.backends.benchmarks.clone();
+        let benchmarks = options.benchmarks.clone();
         let last_fingerprint = Mutex::new(None::<String>);
         move |inventory: &Inventory| {
             capacity.set_totals(Totals::from_inventory(inventory, &state_dir));
@@ -461,13 +462,14 @@ fn build_shared(
         }
     };
     Ok(Shared {
-        inventory: inventory_cache::InventoryCache::new(
+        inventory: Arc::new(InventoryCache::new(
             options.inventory_source.clone(),
             Arc::new(on_collected),
-        ),
+        )),
         capacity,
         telemetry,
-        backends: options.backends.clone(),
+        benchmarks: options.benchmarks.clone(),
+        attestation: options.attestation.clone(),
         shutdown,
         images: options.jobs.as_ref().map(|j| j.images.clone()),
         jobs,

@@ -20,4 +20,6 @@ pub mod telemetry;
 pub use accounting::{GpuAccounting, GpuProcessUse, NoGpuAccounting, ProcessSpan};
 pub use health::{GpuHealth, GpuHealthSource, NoNvml};
 pub use nvml::NvmlTelemetry;
-pub use telemetry::{sample_all, GpuSample, GpuStatus, GpuTelemetrySource, UnavailableGpuTelemetry};
+pub use telemetry::{
+    sample_all, GpuSample, GpuStatus, GpuTelemetrySource, UnavailableGpuTelemetry,
+};

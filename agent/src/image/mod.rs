@@ -73,7 +73,7 @@ const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
@@ -182,7 +182,7 @@ pub enum ImageError {
         reason: String,
     },
     /// A layer could not be read (bad gzip or tar) or an entry could not be written.
-    #[error("layer {layer}: {context}: {source}")]
+    #[error("layer {layer}: {context}")]
     Layer {
         /// The layer's digest.
         layer: String,

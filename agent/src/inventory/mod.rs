@@ -6,8 +6,10 @@
 //! compiler, NVML loads the driver library) overlap the sysfs readers.
 //!
 //! The JSON form of [`Inventory`] is a documented contract (`agent/INVENTORY.md`): snake_case
-//! field names with units in the name (`memory_total_bytes`, `max_clock_mhz`).
+//! field names with units in the name (`memory_total_bytes`, `max_clock_mhz`). The daemon keeps
+//! one collected inventory in [`cache`].
 
+pub mod cache;
 pub mod cpu;
 pub mod fingerprint;
 pub mod gpu;

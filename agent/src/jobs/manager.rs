@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::bundle::{self, DeviceNode};
-use crate::gpu::accounting::{self as gpu_usage, GpuAccounting, GpuProcessUse};
 use super::launcher::ShimLauncher;
 use super::runtime::JobRuntime;
 use super::scratch;
@@ -42,6 +41,7 @@ use crate::capacity::{Allocations, CapacityLedger, GpuAssignment};
 use crate::cgroup::{self, CgroupLayout, CgroupStats};
 use crate::config::JobsConfig;
 use crate::fsroot::FsRoot;
+use crate::gpu::accounting::{self as gpu_usage, GpuAccounting, GpuProcessUse};
 use crate::image::{ImageError, RemovedImage};
 use crate::state::{JobRow, StateStore};
 

@@ -13,8 +13,8 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::Snapshot;
+use crate::bench::BenchmarkState;
 use crate::capacity::{GpuAssignment, ResourceAmount};
-use crate::daemon::backends::BenchmarkState;
 use crate::gpu::GpuStatus;
 use crate::telemetry::{CpuTimes, HostSample, Pressure};
 
@@ -668,7 +668,6 @@ fn attestation_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
         for (result, n) in [
             ("ok", counts.ok),
             ("invalid_argument", counts.invalid),
-            ("unimplemented", counts.unimplemented),
             ("error", counts.failed),
         ] {
             requests.push(
@@ -767,12 +766,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::attest::{Operation, OperationCounts};
+    use crate::bench::{BenchmarkError, BenchmarkReport, BenchmarkResult};
     use crate::capacity::{Allocations, CapacityLedger, GpuTotal, Totals};
     use crate::config::CapacityConfig;
-    use crate::daemon::backends::{BackendError, BenchmarkReport, BenchmarkResult};
-    use crate::jobs::JobMetrics;
-    use crate::metrics::{render, Format, Operation, OperationCounts};
     use crate::gpu::GpuSample;
+    use crate::jobs::JobMetrics;
+    use crate::metrics::{render, Format};
     use crate::telemetry::{CollectorStat, CpuSample, HubStats, LoadAverage, MemorySample};
 
     fn snapshot() -> Snapshot {
@@ -942,7 +942,7 @@ mod tests {
     fn missing_parts_are_left_out_not_zero() {
         let mut s = snapshot();
         s.host = None;
-        s.benchmarks = Some(Arc::new(Err(BackendError::Unimplemented("no".into()))));
+        s.benchmarks = Some(Arc::new(Err(BenchmarkError::Failed("no".into()))));
         s.jobs.clear();
         let text = render(s, Format::PrometheusText).unwrap();
         assert!(!text.contains("node_"));

@@ -25,14 +25,12 @@ pub mod server;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crate::capacity::CapacitySnapshot;
-use crate::daemon::backends::{
-    ActivationProof, ActivationRequest, AttestationBackend, AttestationReport, BackendError,
-    BenchmarkReport, Enrollment, PcrSelection,
-};
-use crate::daemon::Shared;
+use crate::attest::{AttestationStats, Operation, OperationCounts};
+use crate::bench::{BenchmarkBackend, BenchmarkError, BenchmarkReport};
+use crate::capacity::{CapacityLedger, CapacitySnapshot};
+use crate::inventory::cache::InventoryCache;
 use crate::jobs::{JobMetrics, JobMetricsSource};
 use crate::telemetry::{HostSample, HubStats, TelemetryHub};
 
@@ -46,137 +44,37 @@ pub const BENCHMARK_REFRESH: Duration = Duration::from_secs(30);
 pub const INVENTORY_WAIT: Duration = Duration::from_secs(2);
 
 /// The benchmark backend's answer, shared between scrapes.
-pub type CachedBenchmarks = Arc<Result<BenchmarkReport, BackendError>>;
+pub type CachedBenchmarks = Arc<Result<BenchmarkReport, BenchmarkError>>;
 
-/// What one attestation operation has done since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OperationCounts {
-    /// Answered.
-    pub ok: u64,
-    /// Refused as a bad request (the caller's fault, not the TPM's).
-    pub invalid: u64,
-    /// Not built into this agent.
-    pub unimplemented: u64,
-    /// Failed or the TPM was unavailable.
-    pub failed: u64,
-    /// When the last success ended.
-    pub last_success: Option<SystemTime>,
-    /// When the last failure ended.
-    pub last_failure: Option<SystemTime>,
+/// The handles a scrape reads from, as the daemon hands them over.
+#[derive(Clone)]
+pub struct Handles {
+    /// The one telemetry sampler's hub.
+    pub telemetry: TelemetryHub,
+    /// The capacity ledger.
+    pub capacity: Arc<CapacityLedger>,
+    /// The inventory cache (benchmark results wait for its first collection).
+    pub inventory: Arc<InventoryCache>,
+    /// The benchmark cache.
+    pub benchmarks: Arc<dyn BenchmarkBackend>,
+    /// Attestation outcomes.
+    pub attestation: Arc<AttestationStats>,
+    /// Jobs (None: the job runner is off).
+    pub jobs: Option<Arc<dyn JobMetricsSource>>,
 }
 
-/// Attestation operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Operation {
-    /// `GetAttestation`: a quote.
-    Quote,
-    /// `GetEnrollment`.
-    Enrollment,
-    /// `ActivateCredential`.
-    Activation,
-}
-
-impl Operation {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Quote => "quote",
-            Self::Enrollment => "enrollment",
-            Self::Activation => "activation",
-        }
-    }
-}
-
-/// Outcomes of the attestation backend's calls, shared with the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct AttestationStats(Mutex<BTreeMap<Operation, OperationCounts>>);
-
-impl AttestationStats {
-    /// Records one outcome.
-    pub fn record<T>(&self, operation: Operation, result: &Result<T, BackendError>) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let counts = map.entry(operation).or_default();
-        let now = Some(SystemTime::now());
-        match result {
-            Ok(_) => {
-                counts.ok += 1;
-                counts.last_success = now;
-            }
-            Err(BackendError::InvalidArgument { .. }) => counts.invalid += 1,
-            Err(BackendError::Unimplemented(_)) => counts.unimplemented += 1,
-            Err(BackendError::Unavailable(_) | BackendError::Failed(_)) => {
-                counts.failed += 1;
-                counts.last_failure = now;
-            }
-        }
-    }
-
-    /// Every operation's counts.
-    pub fn get(&self) -> BTreeMap<Operation, OperationCounts> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// An [`AttestationBackend`] that records each outcome in [`AttestationStats`].
-pub struct RecordingAttestation {
-    inner: Arc<dyn AttestationBackend>,
-    stats: Arc<AttestationStats>,
-}
-
-impl std::fmt::Debug for RecordingAttestation {
+impl std::fmt::Debug for Handles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordingAttestation")
-            .field("stats", &self.stats)
+        f.debug_struct("Handles")
+            .field("jobs", &self.jobs.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-impl RecordingAttestation {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn AttestationBackend>, stats: Arc<AttestationStats>) -> Self {
-        Self { inner, stats }
-    }
-}
-
-impl AttestationBackend for RecordingAttestation {
-    fn attest(
-        &self,
-        nonce: &[u8],
-        selection: &PcrSelection,
-    ) -> Result<AttestationReport, BackendError> {
-        let result = self.inner.attest(nonce, selection);
-        self.stats.record(Operation::Quote, &result);
-        result
-    }
-
-    fn enrollment(&self) -> Result<Enrollment, BackendError> {
-        let result = self.inner.enrollment();
-        self.stats.record(Operation::Enrollment, &result);
-        result
-    }
-
-    fn activate_credential(
-        &self,
-        request: &ActivationRequest,
-    ) -> Result<ActivationProof, BackendError> {
-        let result = self.inner.activate_credential(request);
-        self.stats.record(Operation::Activation, &result);
-        result
     }
 }
 
 /// Everything a scrape reads from. Cheap to clone.
 #[derive(Clone)]
 pub struct Sources {
-    /// The daemon's shared state: telemetry hub, capacity ledger, benchmark backend, inventory.
-    shared: Arc<Shared>,
-    /// Attestation outcomes.
-    attestation: Arc<AttestationStats>,
-    /// Jobs (None: the job runner is off).
-    jobs: Option<Arc<dyn JobMetricsSource>>,
+    handles: Handles,
     /// Benchmark results read at most every [`BENCHMARK_REFRESH`].
     benchmark_cache: Arc<Mutex<Option<(Instant, CachedBenchmarks)>>>,
     /// When the process started (seconds since the epoch), read once.
@@ -191,15 +89,9 @@ impl std::fmt::Debug for Sources {
 
 impl Sources {
     /// The sources of one daemon.
-    pub fn new(
-        shared: Arc<Shared>,
-        attestation: Arc<AttestationStats>,
-        jobs: Option<Arc<dyn JobMetricsSource>>,
-    ) -> Self {
+    pub fn new(handles: Handles) -> Self {
         Self {
-            shared,
-            attestation,
-            jobs,
+            handles,
             benchmark_cache: Arc::new(Mutex::new(None)),
             process_start: process::start_time_seconds(),
         }
@@ -207,7 +99,7 @@ impl Sources {
 
     /// The telemetry hub.
     pub fn telemetry(&self) -> &TelemetryHub {
-        &self.shared.telemetry
+        &self.handles.telemetry
     }
 
     /// Gathers one scrape's data. Never collects host telemetry or the inventory; reads the
@@ -216,12 +108,17 @@ impl Sources {
     pub async fn snapshot(&self) -> Snapshot {
         let benchmarks = self.benchmarks_cached().await;
         Snapshot {
-            host: self.shared.telemetry.latest(),
-            hub: self.shared.telemetry.stats(),
-            capacity: self.shared.capacity.current(),
+            host: self.handles.telemetry.latest(),
+            hub: self.handles.telemetry.stats(),
+            capacity: self.handles.capacity.current(),
             benchmarks,
-            attestation: self.attestation.get(),
-            jobs: self.jobs.as_ref().map(|j| j.job_metrics()).unwrap_or_default(),
+            attestation: self.handles.attestation.get(),
+            jobs: self
+                .handles
+                .jobs
+                .as_ref()
+                .map(|jobs| jobs.job_metrics())
+                .unwrap_or_default(),
             process: process::read_self(),
             process_start: self.process_start,
         }
@@ -243,14 +140,14 @@ impl Sources {
                 }
             }
         }
-        match tokio::time::timeout(INVENTORY_WAIT, self.shared.inventory.get(false)).await {
+        match tokio::time::timeout(INVENTORY_WAIT, self.handles.inventory.get(false)).await {
             Ok(Ok(_)) => {}
             _ => return None,
         }
-        let backend = self.shared.backends.benchmarks.clone();
+        let backend = self.handles.benchmarks.clone();
         let report = tokio::task::spawn_blocking(move || backend.cached())
             .await
-            .unwrap_or_else(|err| Err(BackendError::Failed(format!("benchmark cache: {err}"))));
+            .unwrap_or_else(|err| Err(BenchmarkError::Failed(format!("benchmark cache: {err}"))));
         let report = Arc::new(report);
         *self
             .benchmark_cache
@@ -326,27 +223,6 @@ pub fn render(snapshot: Snapshot, format: Format) -> Result<String, std::fmt::Er
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attestation_outcomes_are_counted_by_kind() {
-        let stats = AttestationStats::default();
-        stats.record::<()>(Operation::Quote, &Ok(()));
-        stats.record::<()>(
-            Operation::Quote,
-            &Err(BackendError::Unavailable("no TPM".into())),
-        );
-        stats.record::<()>(
-            Operation::Quote,
-            &Err(BackendError::InvalidArgument {
-                field: "nonce",
-                message: "short".into(),
-            }),
-        );
-        let counts = stats.get()[&Operation::Quote];
-        assert_eq!((counts.ok, counts.failed, counts.invalid), (1, 1, 1));
-        assert!(counts.last_success.is_some() && counts.last_failure.is_some());
-        assert!(!stats.get().contains_key(&Operation::Enrollment));
-    }
 
     #[test]
     fn accept_header_negotiation() {

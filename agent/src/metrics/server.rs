@@ -309,15 +309,15 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, MetricsEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::tls::DevCerts;
 
     #[test]
     fn tls_files_are_checked_and_named() {
         let dir = tempfile::tempdir().unwrap();
-        let certs = DevCerts::generate().unwrap();
-        certs.write_to(dir.path()).unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let cert = dir.path().join("server.pem");
         let key = dir.path().join("server.key");
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
         assert!(tls_config(&cert, &key).is_ok());
         let err = tls_config(&dir.path().join("nope.pem"), &key).unwrap_err();
         assert!(err.to_string().contains("metrics.tls_cert"), "{err}");

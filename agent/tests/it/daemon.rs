@@ -9,14 +9,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fog_agent::api::auth::{Role, Rpc};
+use fog_agent::api::tls::DevCerts;
 use fog_agent::capacity::Allocations;
 use fog_agent::config::Config;
-use fog_agent::daemon::auth::{Role, Rpc};
-use fog_agent::daemon::tls::DevCerts;
-use fog_agent::daemon::{self, Backends, DaemonOptions, RunningDaemon};
+use fog_agent::daemon::{self, DaemonOptions, RunningDaemon};
 use fog_agent::fsroot::FsRoot;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
@@ -36,15 +35,9 @@ struct Harness {
 }
 
 impl Harness {
+    /// A daemon with the parts `fog-agent serve` runs: the benchmark suite (no background run),
+    /// the TPM at an unreachable TCTI, NVML (none here), jobs over runc.
     async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
-        Self::start_with(tweak, |_| Backends::default()).await
-    }
-
-    /// A daemon whose backends `backends` builds from the config.
-    async fn start_with(
-        tweak: impl FnOnce(&mut Config),
-        backends: impl FnOnce(&Config) -> Backends,
-    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = DevCerts::generate().unwrap();
         certs.write_to(&dir.path().join("certs")).unwrap();
@@ -57,18 +50,13 @@ impl Harness {
         config.state.dir = dir.path().join("state");
         config.api.shutdown_grace_millis = 2000;
         config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+        config.tpm.tcti = NO_TPM_TCTI.into();
+        config.bench.run_on_start = false;
         tweak(&mut config);
-        let options = DaemonOptions {
-            backends: backends(&config),
-            inventory_source: Arc::new(|| fog_agent::inventory::collect_from(FsRoot::host())),
-            // Jobs enabled (no image known): the role matrix reaches the job RPCs' own checks.
-            jobs: Some(daemon::JobsOptions {
-                shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")),
-                images: Arc::new(fog_agent::image::ImageStore::open(&config.state.dir).unwrap()),
-                runtime: None,
-            }),
-            ..DaemonOptions::default()
-        };
+        // Jobs enabled (no image known): the role matrix reaches the job RPCs' own checks.
+        let options =
+            DaemonOptions::for_host(&config, PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")))
+                .unwrap();
         let daemon = daemon::start(&config, options).await.unwrap();
         let addr = daemon.tcp_addrs()[0];
         Self {
@@ -137,7 +125,9 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
         Rpc::GetBenchmarks => code(client.get_benchmarks(pb::GetBenchmarksRequest {}).await),
         Rpc::RunBenchmarks => {
             match client
-                .run_benchmarks(pb::RunBenchmarksRequest::default())
+                .run_benchmarks(pb::RunBenchmarksRequest {
+                    benchmark_ids: vec!["no.such.benchmark".into()],
+                })
                 .await
             {
                 Ok(response) => code(response.into_inner().message().await),
@@ -231,15 +221,12 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
     }
 }
 
-/// What an allowed call answers with the unwired default backends (`Backends::default()`);
-/// the wired ones are tested in `wired_backends_*`.
+/// What an allowed call answers on the harness's daemon: no TPM, no benchmark results yet.
 fn expected_when_allowed(rpc: Rpc) -> Code {
     match rpc {
-        Rpc::GetBenchmarks
-        | Rpc::RunBenchmarks
-        | Rpc::GetAttestation
-        | Rpc::GetEnrollment
-        | Rpc::ActivateCredential => Code::Unimplemented,
+        Rpc::GetAttestation | Rpc::GetEnrollment | Rpc::ActivateCredential => Code::Unavailable,
+        // The request names an unknown benchmark (a valid one would run the suite).
+        Rpc::RunBenchmarks => Code::InvalidArgument,
         // Past authorization, each job RPC answers its own check: the image is not imported,
         // the job is unknown, the layout dir is not absolute.
         Rpc::StartJob | Rpc::ImportImage => Code::InvalidArgument,
@@ -256,7 +243,7 @@ async fn role_matrix_over_mtls() {
     for role in Role::ALL {
         let mut client = harness.client(role).await;
         for rpc in Rpc::ALL {
-            let want = if fog_agent::daemon::auth::allowed(role, rpc) {
+            let want = if fog_agent::api::auth::allowed(role, rpc) {
                 expected_when_allowed(rpc)
             } else {
                 Code::PermissionDenied
@@ -269,32 +256,9 @@ async fn role_matrix_over_mtls() {
 /// An unreachable TCTI: nothing listens on port 1.
 const NO_TPM_TCTI: &str = "swtpm:host=127.0.0.1,port=1";
 
-/// The backends `fog-agent serve` wires: the benchmark suite (no background run) and the TPM at
-/// an unreachable TCTI.
-fn wired_backends(config: &Config) -> Backends {
-    use fog_agent::daemon::bench_backend::SuiteBackend;
-    use fog_agent::daemon::tpm_backend::TpmBackend;
-    let inventory: fog_agent::daemon::InventorySource =
-        Arc::new(|| fog_agent::inventory::collect_from(FsRoot::host()));
-    Backends {
-        benchmarks: Arc::new(SuiteBackend::new(
-            config.state.dir.clone(),
-            env!("CARGO_BIN_EXE_fog-agent").into(),
-            inventory.clone(),
-            false,
-        )),
-        attestation: Arc::new(TpmBackend::new(
-            NO_TPM_TCTI.parse().unwrap(),
-            config.state.dir.clone(),
-            inventory,
-        )),
-        ..Backends::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wired_backends_report_pending_benchmarks_and_an_unreachable_tpm() {
-    let harness = Harness::start_with(|_| {}, wired_backends).await;
+    let harness = Harness::start(|_| {}).await;
     let mut client = harness.client(Role::Admin).await;
     let report = client
         .get_benchmarks(pb::GetBenchmarksRequest {})
@@ -326,7 +290,7 @@ async fn wired_backends_report_pending_benchmarks_and_an_unreachable_tpm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wired_benchmarks_serve_cached_results_as_done() {
-    let harness = Harness::start_with(|_| {}, wired_backends).await;
+    let harness = Harness::start(|_| {}).await;
     // Store one measured record under the daemon's fingerprint, as a finished run does.
     let inventory = fog_agent::inventory::collect_from(FsRoot::host());
     let fingerprint = fog_agent::bench::fingerprint(&inventory);

@@ -234,8 +234,8 @@ fn nvml_sim_telemetry_entry_points() {
 /// PCI address, and reports a lost GPU or an unknown address as unavailable, never idle.
 #[test]
 fn nvml_telemetry_source_reads_the_simulated_gpus() {
-    use fog_agent::gpu::{sample_all, GpuStatus, GpuTelemetrySource};
     use fog_agent::gpu::NvmlTelemetry;
+    use fog_agent::gpu::{sample_all, GpuStatus, GpuTelemetrySource};
 
     let (_dir, lib) = sim_with_mode("");
     let source = NvmlTelemetry::new(lib);
@@ -270,8 +270,7 @@ fn nvml_telemetry_source_reads_the_simulated_gpus() {
     assert_eq!(all[1].utilization_percent, None);
 
     // The benchmark health records come from the same source.
-    let health =
-        fog_agent::gpu::health::GpuHealthSource::sample(&source, "0000:65:00.0").unwrap();
+    let health = fog_agent::gpu::health::GpuHealthSource::sample(&source, "0000:65:00.0").unwrap();
     assert_eq!(health.sm_clock_mhz, Some(1410));
     assert_eq!(health.temperature_c, Some(51));
     assert_eq!(health.power_w, Some(72.0));
@@ -296,8 +295,8 @@ fn nvml_telemetry_source_reads_the_simulated_gpus() {
 fn nvml_accounting_gives_a_jobs_gpu_seconds() {
     use std::collections::BTreeSet;
 
-    use fog_agent::gpu::{accounting as gpu_usage, GpuAccounting};
     use fog_agent::gpu::NvmlTelemetry;
+    use fog_agent::gpu::{accounting as gpu_usage, GpuAccounting};
 
     let now_us = u64::try_from(
         std::time::SystemTime::now()

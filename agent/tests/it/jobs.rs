@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fog_agent::config::Config;
-use fog_agent::daemon::{self, DaemonOptions, JobsOptions, RunningDaemon};
-use fog_agent::image::ImageStore;
+use fog_agent::daemon::{self, DaemonOptions, RunningDaemon};
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
@@ -62,14 +61,7 @@ fn config_in(dir: &Path) -> Config {
 }
 
 fn options(config: &Config) -> DaemonOptions {
-    DaemonOptions {
-        jobs: Some(JobsOptions {
-            shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")),
-            images: Arc::new(ImageStore::open(&config.state.dir).unwrap()),
-            runtime: None,
-        }),
-        ..DaemonOptions::default()
-    }
+    DaemonOptions::for_host(config, PathBuf::from(env!("CARGO_BIN_EXE_fog-agent"))).unwrap()
 }
 
 /// Writes the busybox layout and imports it through ImportImage.
@@ -1075,8 +1067,7 @@ async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
             inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
             inventory
         });
-        options.backends.gpu_accounting =
-            Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim_lib));
+        options.gpu_accounting = Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim_lib));
         options
     })
     .await;

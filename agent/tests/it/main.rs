@@ -5,6 +5,7 @@
 
 // A panic in a test is a failed test: unwrapping is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+mod architecture;
 mod attest;
 mod bench;
 mod certs;

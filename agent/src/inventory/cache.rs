@@ -1,5 +1,5 @@
 //! The daemon's inventory cache: collected on tokio's blocking pool (probes read sysfs and may
-//! start child processes), converted to its proto and JSON forms once per collection, and
+//! start child processes), serialized to its `fog-inventory-v1` JSON once per collection, and
 //! refreshed on demand. Concurrent callers share one collection, and a refresh asked for within
 //! [`MIN_REFRESH_AGE`] of the last collection is answered from the cache (a caller cannot keep
 //! the probes busy).
@@ -7,12 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fog_proto::v1 as pb;
 use tokio::sync::Mutex;
-use tonic::Status;
 
-use super::convert;
-use crate::inventory::Inventory;
+use super::Inventory;
 
 /// A refresh is served from the cache when the cached inventory is younger than this.
 pub const MIN_REFRESH_AGE: Duration = Duration::from_secs(10);
@@ -23,13 +20,22 @@ pub type InventorySource = Arc<dyn Fn() -> Inventory + Send + Sync>;
 /// Called after each collection (capacity totals, telemetry GPU list, benchmark hook).
 pub type OnCollected = Arc<dyn Fn(&Inventory) + Send + Sync>;
 
-/// One collected inventory in every form the API serves.
+/// Why no inventory could be collected.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The collection task panicked.
+    #[error("inventory collection failed unexpectedly")]
+    Panicked,
+    /// The inventory could not be serialized.
+    #[error("cannot serialize the inventory")]
+    Serialize(#[source] serde_json::Error),
+}
+
+/// One collected inventory and its JSON.
 #[derive(Debug)]
 pub struct CachedInventory {
     /// The domain value.
     pub inventory: Inventory,
-    /// Its structured proto form.
-    pub proto: pb::Inventory,
     /// Its `fog-inventory-v1` JSON.
     pub json: Vec<u8>,
     /// When the collection finished.
@@ -61,7 +67,7 @@ impl InventoryCache {
 
     /// The cached inventory, collecting it first when there is none, or when `refresh` is set
     /// and the cached one is older than [`MIN_REFRESH_AGE`].
-    pub async fn get(&self, refresh: bool) -> Result<Arc<CachedInventory>, Status> {
+    pub async fn get(&self, refresh: bool) -> Result<Arc<CachedInventory>, InventoryError> {
         let mut current = self.current.lock().await;
         if let Some(cached) = current.as_ref() {
             if !refresh || cached.collected.elapsed() < MIN_REFRESH_AGE {
@@ -77,13 +83,12 @@ impl InventoryCache {
         .await
         .map_err(|err| {
             tracing::error!(error = %err, "inventory collection panicked");
-            Status::internal("inventory collection failed unexpectedly")
+            InventoryError::Panicked
         })?;
         let (inventory, json) = collected;
-        let json = json.map_err(|err| Status::internal(format!("inventory to JSON: {err}")))?;
+        let json = json.map_err(InventoryError::Serialize)?;
         (self.on_collected)(&inventory);
         let cached = Arc::new(CachedInventory {
-            proto: convert::inventory(&inventory),
             inventory,
             json,
             collected: Instant::now(),
@@ -131,7 +136,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&refreshed.json).unwrap();
         assert_eq!(
             json["fingerprint"]["value"],
-            refreshed.proto.fingerprint.as_ref().unwrap().value
+            refreshed.inventory.fingerprint.value
         );
     }
 }

@@ -5,12 +5,13 @@
 use std::time::{Duration, SystemTime};
 
 use fog_proto::v1 as pb;
-use tonic::Status;
 
-use super::backends as be;
+use super::ApiError;
+use crate::attest::{ActivationRequest, AttestationReport, Enrollment, PcrBank, PcrSelection};
+use crate::bench::{BenchmarkPhase, BenchmarkProgress, BenchmarkReport, BenchmarkState};
 use crate::capacity::{Capacity, CapacitySnapshot, GpuAssignment, ResourceAmount};
-use crate::inventory::{self as inv, Inventory, ProbeStatus, Probed};
 use crate::gpu::{GpuSample, GpuStatus};
+use crate::inventory::{self as inv, Inventory, ProbeStatus, Probed};
 use crate::telemetry::{self as tm, HostSample};
 
 /// Longest telemetry interval a subscriber may ask for.
@@ -417,13 +418,13 @@ fn gpu_sample(g: &GpuSample) -> pb::GpuSample {
 // ---- benchmarks and attestation ----
 
 /// A benchmark report.
-pub fn benchmark_report(r: &be::BenchmarkReport) -> pb::BenchmarkReport {
+pub fn benchmark_report(r: &BenchmarkReport) -> pb::BenchmarkReport {
     pb::BenchmarkReport {
         state: match r.state {
-            be::BenchmarkState::Pending => pb::BenchmarkState::Pending,
-            be::BenchmarkState::Running => pb::BenchmarkState::Running,
-            be::BenchmarkState::Done => pb::BenchmarkState::Done,
-            be::BenchmarkState::Failed => pb::BenchmarkState::Failed,
+            BenchmarkState::Pending => pb::BenchmarkState::Pending,
+            BenchmarkState::Running => pb::BenchmarkState::Running,
+            BenchmarkState::Done => pb::BenchmarkState::Done,
+            BenchmarkState::Failed => pb::BenchmarkState::Failed,
         } as i32,
         error: text(&r.error),
         fingerprint: r.fingerprint.clone(),
@@ -447,14 +448,14 @@ pub fn benchmark_report(r: &be::BenchmarkReport) -> pb::BenchmarkReport {
 }
 
 /// A benchmark progress event.
-pub fn benchmark_progress(p: &be::BenchmarkProgress) -> pb::BenchmarkProgress {
+pub fn benchmark_progress(p: &BenchmarkProgress) -> pb::BenchmarkProgress {
     pb::BenchmarkProgress {
         benchmark_id: p.benchmark_id.clone(),
         phase: match p.phase {
-            be::BenchmarkPhase::Started => pb::BenchmarkPhase::Started,
-            be::BenchmarkPhase::Finished => pb::BenchmarkPhase::Finished,
-            be::BenchmarkPhase::Failed => pb::BenchmarkPhase::Failed,
-            be::BenchmarkPhase::Skipped => pb::BenchmarkPhase::Skipped,
+            BenchmarkPhase::Started => pb::BenchmarkPhase::Started,
+            BenchmarkPhase::Finished => pb::BenchmarkPhase::Finished,
+            BenchmarkPhase::Failed => pb::BenchmarkPhase::Failed,
+            BenchmarkPhase::Skipped => pb::BenchmarkPhase::Skipped,
         } as i32,
         fraction_done: p.fraction_done,
         message: p.message.clone(),
@@ -462,7 +463,7 @@ pub fn benchmark_progress(p: &be::BenchmarkProgress) -> pb::BenchmarkProgress {
 }
 
 /// An attestation report.
-pub fn attestation_report(r: &be::AttestationReport) -> pb::AttestationReport {
+pub fn attestation_report(r: &AttestationReport) -> pb::AttestationReport {
     pb::AttestationReport {
         format: "fog-attest-v1".to_owned(),
         report_json: r.report_json.clone(),
@@ -472,7 +473,7 @@ pub fn attestation_report(r: &be::AttestationReport) -> pb::AttestationReport {
 }
 
 /// Enrollment material.
-pub fn enrollment(e: &be::Enrollment) -> pb::Enrollment {
+pub fn enrollment(e: &Enrollment) -> pb::Enrollment {
     pb::Enrollment {
         host_id: e.host_id.clone(),
         ek_public: e.ek_public.clone(),
@@ -485,15 +486,15 @@ pub fn enrollment(e: &be::Enrollment) -> pb::Enrollment {
 
 // ---- requests ----
 
-fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {message}"))
+fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(field, message)
 }
 
 /// The telemetry interval: 0 = the minimum; otherwise within [minimum, 1 h].
 pub fn telemetry_interval(
     request: &pb::WatchHostTelemetryRequest,
     minimum: Duration,
-) -> Result<Duration, Status> {
+) -> Result<Duration, ApiError> {
     let asked = Duration::from_millis(request.interval_millis);
     if request.interval_millis == 0 {
         return Ok(minimum);
@@ -521,7 +522,7 @@ pub fn telemetry_interval(
 }
 
 /// A nonce: 16 to 64 bytes.
-pub fn nonce(field: &'static str, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+pub fn nonce(field: &'static str, bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
     if !NONCE_LEN.contains(&bytes.len()) {
         return Err(invalid(
             field,
@@ -532,13 +533,13 @@ pub fn nonce(field: &'static str, bytes: &[u8]) -> Result<Vec<u8>, Status> {
 }
 
 /// A PCR selection; absent or empty means the default sha256:0-7.
-pub fn pcr_selection(selection: Option<&pb::PcrSelection>) -> Result<be::PcrSelection, Status> {
+pub fn pcr_selection(selection: Option<&pb::PcrSelection>) -> Result<PcrSelection, ApiError> {
     let Some(selection) = selection else {
-        return Ok(be::PcrSelection::default());
+        return Ok(PcrSelection::default());
     };
     let bank = match pb::PcrBank::try_from(selection.bank) {
-        Ok(pb::PcrBank::Unspecified | pb::PcrBank::Sha256) => be::PcrBank::Sha256,
-        Ok(pb::PcrBank::Sha384) => be::PcrBank::Sha384,
+        Ok(pb::PcrBank::Unspecified | pb::PcrBank::Sha256) => PcrBank::Sha256,
+        Ok(pb::PcrBank::Sha384) => PcrBank::Sha384,
         Err(_) => {
             return Err(invalid(
                 "pcr_selection.bank",
@@ -547,9 +548,9 @@ pub fn pcr_selection(selection: Option<&pb::PcrSelection>) -> Result<be::PcrSele
         }
     };
     if selection.pcrs.is_empty() {
-        return Ok(be::PcrSelection {
+        return Ok(PcrSelection {
             bank,
-            ..be::PcrSelection::default()
+            ..PcrSelection::default()
         });
     }
     let mut pcrs = Vec::with_capacity(selection.pcrs.len());
@@ -567,13 +568,11 @@ pub fn pcr_selection(selection: Option<&pb::PcrSelection>) -> Result<be::PcrSele
         pcrs.push(index);
     }
     pcrs.sort_unstable();
-    Ok(be::PcrSelection { bank, pcrs })
+    Ok(PcrSelection { bank, pcrs })
 }
 
 /// An ActivateCredential request: both TPM blobs non-empty and at most 1 KiB, a valid nonce.
-pub fn activation(
-    request: &pb::ActivateCredentialRequest,
-) -> Result<be::ActivationRequest, Status> {
+pub fn activation(request: &pb::ActivateCredentialRequest) -> Result<ActivationRequest, ApiError> {
     for (field, blob) in [
         ("credential_blob", &request.credential_blob),
         ("encrypted_secret", &request.encrypted_secret),
@@ -585,7 +584,7 @@ pub fn activation(
             ));
         }
     }
-    Ok(be::ActivationRequest {
+    Ok(ActivationRequest {
         credential_blob: request.credential_blob.clone(),
         encrypted_secret: request.encrypted_secret.clone(),
         enroll_nonce: nonce("enroll_nonce", &request.enroll_nonce)?,
@@ -593,7 +592,7 @@ pub fn activation(
 }
 
 /// Benchmark ids: at most 256, each 1 to 128 printable ASCII characters.
-pub fn benchmark_ids(ids: &[String]) -> Result<Vec<String>, Status> {
+pub fn benchmark_ids(ids: &[String]) -> Result<Vec<String>, ApiError> {
     if ids.len() > 256 {
         return Err(invalid("benchmark_ids", "more than 256 ids"));
     }
@@ -612,11 +611,12 @@ pub fn benchmark_ids(ids: &[String]) -> Result<Vec<String>, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
-    fn field_of(status: Status) -> String {
-        assert_eq!(status.code(), Code::InvalidArgument);
-        status.message().split(':').next().unwrap().to_owned()
+    fn field_of(err: ApiError) -> String {
+        match err {
+            ApiError::InvalidArgument { field, .. } => field,
+            other => panic!("not INVALID_ARGUMENT: {other:?}"),
+        }
     }
 
     #[test]
@@ -645,10 +645,10 @@ mod tests {
         assert!(nonce("nonce", &[0; 16]).is_ok());
         assert_eq!(field_of(nonce("nonce", &[0; 15]).unwrap_err()), "nonce");
         assert_eq!(field_of(nonce("nonce", &[0; 65]).unwrap_err()), "nonce");
-        assert_eq!(pcr_selection(None).unwrap(), be::PcrSelection::default());
+        assert_eq!(pcr_selection(None).unwrap(), PcrSelection::default());
         let sel = |bank, pcrs: Vec<u32>| pb::PcrSelection { bank, pcrs };
         let ok = pcr_selection(Some(&sel(2, vec![7, 0, 23]))).unwrap();
-        assert_eq!((ok.bank, ok.pcrs), (be::PcrBank::Sha384, vec![0, 7, 23]));
+        assert_eq!((ok.bank, ok.pcrs), (PcrBank::Sha384, vec![0, 7, 23]));
         assert_eq!(
             field_of(pcr_selection(Some(&sel(9, vec![]))).unwrap_err()),
             "pcr_selection.bank"
@@ -719,10 +719,7 @@ mod tests {
     #[test]
     fn unavailable_gpu_converts_without_metrics() {
         let sample = HostSample {
-            gpus: vec![GpuSample::unavailable(
-                "0000:01:00.0",
-                "nvml unavailable",
-            )],
+            gpus: vec![GpuSample::unavailable("0000:01:00.0", "nvml unavailable")],
             ..HostSample::default()
         };
         let msg = host_sample(&sample);

@@ -1,4 +1,5 @@
-//! The daemon's [`BenchmarkBackend`] over the benchmark suite ([`crate::bench`]): cached results
+//! Benchmarks as the daemon serves them: the [`BenchmarkBackend`] seam with its domain types, and
+//! [`SuiteBackend`], the real one over the benchmark suite ([`crate::bench`]): cached results
 //! come from the state store keyed by the hardware fingerprint, runs go through
 //! [`crate::bench::run_suite`] (crash-isolated children), and [`on_fingerprint`] starts a
 //! background run on a thread when nothing is cached for a new fingerprint. At most one run
@@ -9,12 +10,128 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::backends::{
-    BackendError, BenchmarkBackend, BenchmarkPhase, BenchmarkProgress, BenchmarkReport,
-    BenchmarkResult, BenchmarkState,
-};
-use super::InventorySource;
+use std::time::SystemTime;
+
 use crate::bench::{self, BenchRecord, Mode, Status, SuiteConfig};
+use crate::inventory::cache::InventorySource;
+
+/// Why a benchmark request could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BenchmarkError {
+    /// A run is already in progress.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A request field was rejected.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field, as named in the proto (`benchmark_ids`).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The run or the cache failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The benchmark runner's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchmarkState {
+    /// Nothing measured yet, nothing running.
+    Pending,
+    /// Running now.
+    Running,
+    /// Results cached for the current fingerprint.
+    Done,
+    /// The last run failed.
+    Failed,
+}
+
+/// One benchmark figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchmarkResult {
+    /// Stable id, e.g. `cpu.fma.f32`.
+    pub benchmark_id: String,
+    /// Device measured (`cpu`, a GPU's PCI bus id, ...).
+    pub device: String,
+    /// Figure name, e.g. `gflops`.
+    pub metric: String,
+    /// Median value.
+    pub value: f64,
+    /// Unit of `value`.
+    pub unit: String,
+    /// Repetitions.
+    pub samples: u32,
+    /// Coefficient of variation.
+    pub relative_spread: f64,
+    /// Wall time in milliseconds.
+    pub duration_millis: u64,
+    /// Full result as JSON.
+    pub detail_json: Vec<u8>,
+}
+
+/// The cached results and the runner's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchmarkReport {
+    /// Runner state.
+    pub state: BenchmarkState,
+    /// Why the last run failed.
+    pub error: Option<String>,
+    /// Fingerprint the results belong to.
+    pub fingerprint: String,
+    /// When measured.
+    pub measured_at: Option<SystemTime>,
+    /// The figures.
+    pub results: Vec<BenchmarkResult>,
+}
+
+/// What happened to one benchmark during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchmarkPhase {
+    /// Started.
+    Started,
+    /// Finished.
+    Finished,
+    /// Failed.
+    Failed,
+    /// Skipped.
+    Skipped,
+}
+
+/// A progress event of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchmarkProgress {
+    /// The benchmark.
+    pub benchmark_id: String,
+    /// What happened.
+    pub phase: BenchmarkPhase,
+    /// Fraction of the whole run done, 0 to 1.
+    pub fraction_done: f64,
+    /// Detail or error message.
+    pub message: String,
+}
+
+/// Benchmarks as the daemon serves them: the cache and the runner (blocking: callers run it
+/// on the blocking pool).
+pub trait BenchmarkBackend: Send + Sync + 'static {
+    /// The cached results and the runner's state.
+    fn cached(&self) -> Result<BenchmarkReport, BenchmarkError>;
+
+    /// Runs the benchmarks `ids` (all when empty), reporting progress; returns the results.
+    /// `progress` returns false when nobody listens any more (the run may then stop early).
+    fn run(
+        &self,
+        ids: &[String],
+        progress: &mut dyn FnMut(BenchmarkProgress) -> bool,
+    ) -> Result<BenchmarkReport, BenchmarkError>;
+
+    /// The daemon's start-up hook: called once the first inventory is collected and again
+    /// whenever the hardware fingerprint changes, so the backend can run missing benchmarks in
+    /// the background. Must return at once.
+    fn on_fingerprint(&self, fingerprint: &str) {
+        let _ = fingerprint;
+    }
+}
 
 /// What the runner is doing, shared with the background thread.
 #[derive(Debug, Default)]
@@ -70,10 +187,10 @@ impl SuiteBackend {
     }
 
     /// Marks a run as started; `Unavailable` when one is already running.
-    fn begin(state: &Mutex<RunnerState>) -> Result<(), BackendError> {
+    fn begin(state: &Mutex<RunnerState>) -> Result<(), BenchmarkError> {
         let mut s = Self::lock(state);
         if s.running {
-            return Err(BackendError::Unavailable(
+            return Err(BenchmarkError::Unavailable(
                 "a benchmark run is already in progress; try again when it has finished".into(),
             ));
         }
@@ -102,9 +219,9 @@ impl SuiteBackend {
     }
 
     /// The report for `fingerprint` from the state store, with the runner's state.
-    fn report_for(&self, fingerprint: &str) -> Result<BenchmarkReport, BackendError> {
+    fn report_for(&self, fingerprint: &str) -> Result<BenchmarkReport, BenchmarkError> {
         let cached = bench::cached_results(&self.state_dir, fingerprint)
-            .map_err(|e| BackendError::Failed(format!("benchmark cache: {e}")))?;
+            .map_err(|e| BenchmarkError::Failed(format!("benchmark cache: {e}")))?;
         let results = records_of(&cached)
             .iter()
             .filter_map(result_of)
@@ -221,7 +338,7 @@ fn fraction(done: usize, total: usize) -> f64 {
 }
 
 impl BenchmarkBackend for SuiteBackend {
-    fn cached(&self) -> Result<BenchmarkReport, BackendError> {
+    fn cached(&self) -> Result<BenchmarkReport, BenchmarkError> {
         let known = Self::lock(&self.state).fingerprint.clone();
         let fingerprint = match known {
             Some(fp) => fp,
@@ -234,7 +351,7 @@ impl BenchmarkBackend for SuiteBackend {
         &self,
         ids: &[String],
         progress: &mut dyn FnMut(BenchmarkProgress) -> bool,
-    ) -> Result<BenchmarkReport, BackendError> {
+    ) -> Result<BenchmarkReport, BenchmarkError> {
         let only = (!ids.is_empty()).then(|| ids.to_vec());
         Self::begin(&self.state)?;
         let config = self.suite_config(only, true);
@@ -248,7 +365,7 @@ impl BenchmarkBackend for SuiteBackend {
             Ok(_) => Self::finish(&self.state, None),
             Err(bench::BenchSuiteError::UnknownId(id)) => {
                 Self::finish(&self.state, None);
-                return Err(BackendError::InvalidArgument {
+                return Err(BenchmarkError::InvalidArgument {
                     field: "benchmark_ids",
                     message: format!("unknown benchmark id {id:?}"),
                 });
@@ -256,7 +373,7 @@ impl BenchmarkBackend for SuiteBackend {
             Err(e) => {
                 let message = format!("benchmark run failed: {e}");
                 Self::finish(&self.state, Some(message.clone()));
-                return Err(BackendError::Failed(message));
+                return Err(BenchmarkError::Failed(message));
             }
         }
         self.report_for(&config.fingerprint)
@@ -341,7 +458,7 @@ mod tests {
         assert!(SuiteBackend::begin(&state).is_ok());
         assert!(matches!(
             SuiteBackend::begin(&state),
-            Err(BackendError::Unavailable(_))
+            Err(BenchmarkError::Unavailable(_))
         ));
         SuiteBackend::finish(&state, None);
         assert!(SuiteBackend::begin(&state).is_ok());

@@ -1,8 +1,7 @@
-//! The daemon's [`AttestationBackend`] over fog-tpm: the TPM named by `[tpm] tcti` is opened per
-//! request (the daemon starts without a TPM and answers `Unavailable` naming the TCTI until one
-//! is reachable), the AK is the blob in the state dir (created on first use, as
-//! `fog-agent attest enroll-request` does), and the attestation payload holds the current
-//! inventory and the cached benchmark results.
+//! The daemon's [`Attestor`] over fog-tpm: the TPM named by `[tpm] tcti` is opened per request
+//! (the daemon starts without a TPM and answers `Unavailable` naming the TCTI until one is
+//! reachable), the AK is the blob in the state dir (created on first use, as
+//! `fog-agent attest enroll-request` does), and the payload is [`super::payload`]'s.
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -12,46 +11,41 @@ use fog_tpm::device::{Tpm, TpmError};
 use fog_tpm::report::parse_pcr_spec;
 use fog_tpm::tcti::Tcti;
 
-use super::backends::{
-    ActivationProof, ActivationRequest, AttestationBackend, AttestationReport, BackendError,
-    Enrollment, PcrBank, PcrSelection,
+use super::{
+    ActivationProof, ActivationRequest, AttestError, AttestationReport, Attestor, Enrollment,
+    PcrBank, PcrSelection,
 };
-use super::InventorySource;
+use crate::inventory::Inventory;
 
 /// Attestation through the TPM at one TCTI.
-pub struct TpmBackend {
+pub struct TpmAttestor {
     tcti: Tcti,
     state_dir: PathBuf,
-    inventory: InventorySource,
 }
 
-impl std::fmt::Debug for TpmBackend {
+impl std::fmt::Debug for TpmAttestor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TpmBackend")
+        f.debug_struct("TpmAttestor")
             .field("tcti", &self.tcti)
             .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
 }
 
-impl TpmBackend {
-    /// A backend using the TPM at `tcti`, the AK blob and benchmark cache under `state_dir`, and
-    /// the inventory from `inventory` for the payload.
-    pub fn new(tcti: Tcti, state_dir: PathBuf, inventory: InventorySource) -> Self {
-        Self {
-            tcti,
-            state_dir,
-            inventory,
-        }
+impl TpmAttestor {
+    /// An attestor using the TPM at `tcti`, and the AK blob and benchmark cache under
+    /// `state_dir`.
+    pub fn new(tcti: Tcti, state_dir: PathBuf) -> Self {
+        Self { tcti, state_dir }
     }
 
     /// Opens the TPM; not reachable is `Unavailable` with fog-tpm's line naming the TCTI.
-    fn open(&self) -> Result<Tpm, BackendError> {
+    fn open(&self) -> Result<Tpm, AttestError> {
         Tpm::open(&self.tcti).map_err(|e| tpm_error(&self.tcti, e))
     }
 
     /// The AK blob, created (and saved) on first use with the machine id as host id.
-    fn ak(&self, tpm: &Tpm) -> Result<AkBlob, BackendError> {
+    fn ak(&self, tpm: &Tpm) -> Result<AkBlob, AttestError> {
         match AkBlob::load(&self.state_dir) {
             Ok(ak) => Ok(ak),
             Err(AkStateError::Missing(_)) => {
@@ -60,31 +54,43 @@ impl TpmBackend {
                     .create_ak(AkAlg::Rsa, EkAlg::Rsa, &host_id)
                     .map_err(|e| tpm_error(&self.tcti, e))?;
                 ak.save(&self.state_dir)
-                    .map_err(|e| BackendError::Failed(format!("cannot save the AK: {e}")))?;
+                    .map_err(|e| AttestError::Failed(format!("cannot save the AK: {e}")))?;
                 Ok(ak)
             }
-            Err(e) => Err(BackendError::Failed(e.to_string())),
+            Err(e) => Err(AttestError::Failed(e.to_string())),
         }
     }
 }
 
+/// `err` and its causes on one line (`a: b: c`).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
 /// `Unavailable` when the TPM cannot be reached, `Failed` otherwise; the message names the TCTI.
-fn tpm_error(tcti: &Tcti, e: TpmError) -> BackendError {
+fn tpm_error(tcti: &Tcti, e: TpmError) -> AttestError {
     match e {
-        TpmError::Open { .. } => BackendError::Unavailable(e.to_string()),
-        other => BackendError::Failed(format!("TPM at {tcti}: {other}")),
+        TpmError::Open { .. } => AttestError::Unavailable(e.to_string()),
+        other => AttestError::Failed(format!("TPM at {tcti}: {other}")),
     }
 }
 
-fn machine_id() -> Result<String, BackendError> {
+fn machine_id() -> Result<String, AttestError> {
     let id = std::fs::read_to_string("/etc/machine-id").map_err(|e| {
-        BackendError::Failed(format!(
+        AttestError::Failed(format!(
             "cannot read /etc/machine-id for the AK's host id: {e}"
         ))
     })?;
     let id = id.trim();
     if id.is_empty() {
-        return Err(BackendError::Failed("/etc/machine-id is empty".into()));
+        return Err(AttestError::Failed("/etc/machine-id is empty".into()));
     }
     Ok(id.to_owned())
 }
@@ -92,7 +98,7 @@ fn machine_id() -> Result<String, BackendError> {
 /// The fog-tpm selection of a validated API selection (`sha256:0,1,...`).
 fn tpm_selection(
     selection: &PcrSelection,
-) -> Result<fog_tpm::structures::PcrSelection, BackendError> {
+) -> Result<fog_tpm::structures::PcrSelection, AttestError> {
     let bank = match selection.bank {
         PcrBank::Sha256 => "sha256",
         PcrBank::Sha384 => "sha384",
@@ -103,34 +109,35 @@ fn tpm_selection(
         .map(u8::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    parse_pcr_spec(&format!("{bank}:{list}")).map_err(|e| BackendError::InvalidArgument {
+    parse_pcr_spec(&format!("{bank}:{list}")).map_err(|e| AttestError::InvalidArgument {
         field: "pcr_selection.pcrs",
         message: e.to_string(),
     })
 }
 
-impl AttestationBackend for TpmBackend {
+impl Attestor for TpmAttestor {
     fn attest(
         &self,
         nonce: &[u8],
         selection: &PcrSelection,
-    ) -> Result<AttestationReport, BackendError> {
+        inventory: &Inventory,
+    ) -> Result<AttestationReport, AttestError> {
         let selection = tpm_selection(selection)?;
         let tpm = self.open()?;
         let ak = self.ak(&tpm)?;
-        let inventory = (self.inventory)();
-        let benchmarks =
-            crate::bench::cached_results(&self.state_dir, &crate::bench::fingerprint(&inventory))
-                .map_err(|e| BackendError::Failed(format!("benchmark cache: {e}")))?;
-        let payload =
-            crate::cli::attest::build_payload(&ak.host_id, nonce, &inventory, Some(benchmarks))
-                .map_err(|e| BackendError::Failed(format!("{e:#}")))?;
+        let payload = super::payload::build_with_cached_benchmarks(
+            &self.state_dir,
+            &ak.host_id,
+            nonce,
+            inventory,
+        )
+        .map_err(|e| AttestError::Failed(error_chain(&e)))?;
         let report = tpm
             .attest(&ak, nonce, payload, &selection)
             .map_err(|e| tpm_error(&self.tcti, e))?;
         let report_json = report
             .to_json()
-            .map_err(|e| BackendError::Failed(format!("cannot serialize the report: {e}")))?;
+            .map_err(|e| AttestError::Failed(format!("cannot serialize the report: {e}")))?;
         Ok(AttestationReport {
             report_json,
             host_id: report.host_id,
@@ -138,7 +145,7 @@ impl AttestationBackend for TpmBackend {
         })
     }
 
-    fn enrollment(&self) -> Result<Enrollment, BackendError> {
+    fn enrollment(&self) -> Result<Enrollment, AttestError> {
         let tpm = self.open()?;
         let ak = self.ak(&tpm)?;
         let req = tpm
@@ -147,7 +154,7 @@ impl AttestationBackend for TpmBackend {
         let ak_name = fog_tpm::structures::Public::parse_tpm2b(&req.ak_pub)
             .ok()
             .and_then(|p| p.name())
-            .ok_or_else(|| BackendError::Failed("cannot compute the AK name".into()))?;
+            .ok_or_else(|| AttestError::Failed("cannot compute the AK name".into()))?;
         Ok(Enrollment {
             host_id: req.host_id,
             ek_public: req.ek_pub,
@@ -161,13 +168,13 @@ impl AttestationBackend for TpmBackend {
     fn activate_credential(
         &self,
         request: &ActivationRequest,
-    ) -> Result<ActivationProof, BackendError> {
+    ) -> Result<ActivationProof, AttestError> {
         let tpm = self.open()?;
-        let ak = AkBlob::load(&self.state_dir).map_err(|e| BackendError::Failed(e.to_string()))?;
+        let ak = AkBlob::load(&self.state_dir).map_err(|e| AttestError::Failed(e.to_string()))?;
         let secret = tpm
             .activate_credential(&ak, &request.credential_blob, &request.encrypted_secret)
             .map_err(|e| {
-                BackendError::Failed(format!(
+                AttestError::Failed(format!(
                     "credential activation failed (the challenge was not made for this TPM's EK and AK): {e}"
                 ))
             })?;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fog_proto::v1 as pb;
-use tokio::sync::{broadcast, mpsc, watch};
-use tonic::Status;
+use tokio::sync::{broadcast, mpsc};
 
+use super::error::{blocking, image_error, ApiError};
 use super::job_convert as convert;
-use super::service::{ResponseStream, Shared};
+use super::service::ResponseStream;
+use super::{shutting_down, Shared};
 use crate::jobs::logs::{self, LogFollower, Stream};
 use crate::jobs::{JobError, JobEvent, JobManager};
 
@@ -20,35 +21,23 @@ const LOG_POLL: Duration = Duration::from_millis(200);
 /// Messages buffered per stream.
 const STREAM_QUEUE: usize = 256;
 
-fn manager(shared: &Shared) -> Result<Arc<JobManager>, Status> {
+fn manager(shared: &Shared) -> Result<Arc<JobManager>, ApiError> {
     shared
         .jobs
         .clone()
-        .ok_or_else(|| Status::unimplemented("jobs are not enabled in this agent"))
-}
-
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, JobError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "job call panicked");
-            Status::internal("job runner failed unexpectedly")
-        })?
-        .map_err(Status::from)
+        .ok_or_else(|| ApiError::Unimplemented("jobs are not enabled in this agent".into()))
 }
 
 /// StartJob.
 pub async fn start_job(
     shared: &Shared,
     request: pb::StartJobRequest,
-) -> Result<pb::StartJobResponse, Status> {
+) -> Result<pb::StartJobResponse, ApiError> {
     let jobs = manager(shared)?;
     let spec = convert::job_spec(request.spec.as_ref())?;
     // Capacity is known once the inventory is: wait for the first collection.
-    shared.inventory.get(false).await?;
-    let (view, created) = blocking(move || jobs.start(&spec)).await?;
+    shared.inventory.get(false).await.map_err(ApiError::from)?;
+    let (view, created) = blocking("job start", move || jobs.start(&spec)).await?;
     Ok(pb::StartJobResponse {
         job: Some(convert::job(&view)),
         created,
@@ -59,17 +48,20 @@ pub async fn start_job(
 pub async fn stop_job(
     shared: &Shared,
     request: pb::StopJobRequest,
-) -> Result<pb::StopJobResponse, Status> {
+) -> Result<pb::StopJobResponse, ApiError> {
     let jobs = manager(shared)?;
     let grace = convert::stop_grace(request.grace_millis)?;
-    let view = blocking(move || jobs.stop(&request.job_id, grace)).await?;
+    let view = blocking("job stop", move || jobs.stop(&request.job_id, grace)).await?;
     Ok(pb::StopJobResponse {
         job: Some(convert::job(&view)),
     })
 }
 
 /// GetJob.
-pub fn get_job(shared: &Shared, request: &pb::GetJobRequest) -> Result<pb::GetJobResponse, Status> {
+pub fn get_job(
+    shared: &Shared,
+    request: &pb::GetJobRequest,
+) -> Result<pb::GetJobResponse, ApiError> {
     let view = manager(shared)?.get(&request.job_id)?;
     Ok(pb::GetJobResponse {
         job: Some(convert::job(&view)),
@@ -80,7 +72,7 @@ pub fn get_job(shared: &Shared, request: &pb::GetJobRequest) -> Result<pb::GetJo
 pub fn list_jobs(
     shared: &Shared,
     request: &pb::ListJobsRequest,
-) -> Result<pb::ListJobsResponse, Status> {
+) -> Result<pb::ListJobsResponse, ApiError> {
     let jobs = manager(shared)?.list(request.active_only);
     Ok(pb::ListJobsResponse {
         jobs: jobs.iter().map(convert::job).collect(),
@@ -112,16 +104,11 @@ fn poll_all(followers: &mut [LogFollower], flush: bool) -> Vec<logs::Line> {
     out
 }
 
-async fn shutting_down(mut rx: watch::Receiver<bool>) {
-    // An error means the sender is gone: the daemon is stopping too.
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 /// WatchJob.
 pub fn watch_job(
     shared: &Shared,
     request: pb::WatchJobRequest,
-) -> Result<ResponseStream<pb::WatchJobResponse>, Status> {
+) -> Result<ResponseStream<pb::WatchJobResponse>, ApiError> {
     use pb::watch_job_response::Event;
     let jobs = manager(shared)?;
     let (view, mut events) = jobs.subscribe(&request.job_id)?;
@@ -194,11 +181,11 @@ pub fn watch_job(
 pub fn job_logs(
     shared: &Shared,
     request: pb::JobLogsRequest,
-) -> Result<ResponseStream<pb::JobLogsResponse>, Status> {
+) -> Result<ResponseStream<pb::JobLogsResponse>, ApiError> {
     let jobs = manager(shared)?;
     let n = convert::tail_lines(request.tail_lines)?;
     let (out, err) = jobs.log_paths(&request.job_id)?;
-    let io = |e: std::io::Error| Status::internal(format!("cannot read the job's logs: {e}"));
+    let io = |e: std::io::Error| ApiError::Internal(format!("cannot read the job's logs: {e}"));
     let (mut lines, out_end) = logs::tail(&out, Stream::Stdout, n).map_err(io)?;
     let (err_lines, err_end) = logs::tail(&err, Stream::Stderr, n).map_err(io)?;
     lines.extend(err_lines);
@@ -251,41 +238,37 @@ pub fn job_logs(
 }
 
 /// The image store, or UNIMPLEMENTED in an agent without one.
-fn image_store(shared: &Shared) -> Result<std::sync::Arc<crate::image::ImageStore>, Status> {
+fn image_store(shared: &Shared) -> Result<std::sync::Arc<crate::image::ImageStore>, ApiError> {
     shared
         .images
         .clone()
-        .ok_or_else(|| Status::unimplemented("images are not enabled in this agent"))
+        .ok_or_else(|| ApiError::Unimplemented("images are not enabled in this agent".into()))
 }
 
 /// ImportImage: a layout dir on this host into the image store (blocking pool).
 pub async fn import_image(
     shared: &Shared,
     request: pb::ImportImageRequest,
-) -> Result<pb::ImportImageResponse, Status> {
+) -> Result<pb::ImportImageResponse, ApiError> {
     use crate::image::ImageError;
     let store = image_store(shared)?;
     if !request.layout_dir.starts_with('/') {
-        return Err(Status::invalid_argument(format!(
-            "layout_dir: {:?} must be an absolute path",
-            request.layout_dir
-        )));
+        return Err(ApiError::invalid(
+            "layout_dir",
+            format!("{:?} must be an absolute path", request.layout_dir),
+        ));
     }
     let reference = (!request.reference.is_empty()).then(|| request.reference.clone());
     let dir = std::path::PathBuf::from(&request.layout_dir);
-    let record = tokio::task::spawn_blocking(move || store.import(&dir, reference.as_deref()))
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "image import panicked");
-            Status::internal("image import failed unexpectedly")
-        })?
-        .map_err(|err| match err {
-            ImageError::BadReference { .. } => {
-                Status::invalid_argument(format!("reference: {err}"))
-            }
-            ImageError::CorruptStore { .. } => Status::internal(err.to_string()),
-            _ => Status::invalid_argument(format!("layout_dir: {err}")),
-        })?;
+    let record = blocking("image import", move || {
+        store
+            .import(&dir, reference.as_deref())
+            .map_err(|err| match err {
+                ImageError::BadReference { .. } => image_error("reference", err),
+                _ => image_error("layout_dir", err),
+            })
+    })
+    .await?;
     tracing::info!(reference = %record.reference, digest = %record.manifest_digest, "image imported");
     Ok(pb::ImportImageResponse {
         image: Some(image(record)),
@@ -308,36 +291,34 @@ fn image(record: crate::image::ImageRecord) -> pb::Image {
 pub async fn remove_image(
     shared: &Shared,
     request: pb::RemoveImageRequest,
-) -> Result<pb::RemoveImageResponse, Status> {
+) -> Result<pb::RemoveImageResponse, ApiError> {
     use crate::image::ImageError;
     let store = image_store(shared)?;
     if request.name.is_empty() {
-        return Err(Status::invalid_argument(
-            "name: empty (give a reference or a sha256: digest)",
+        return Err(ApiError::invalid(
+            "name",
+            "empty (give a reference or a sha256: digest)",
         ));
     }
     let jobs = shared.jobs.clone();
     let name = request.name.clone();
-    let removed = tokio::task::spawn_blocking(move || match jobs {
-        Some(jobs) => jobs.remove_image(&name),
-        // No job runner: nothing can run an image.
-        None => store.remove(&name, |_| Ok(())).inspect(|removed| {
-            if let Some(removed) = removed {
-                removed.delete_trash();
-            }
-        }),
+    let removed = blocking("image removal", move || {
+        match jobs {
+            Some(jobs) => jobs.remove_image(&name),
+            // No job runner: nothing can run an image.
+            None => store.remove(&name, |_| Ok(())).inspect(|removed| {
+                if let Some(removed) = removed {
+                    removed.delete_trash();
+                }
+            }),
+        }
+        .map_err(|err| match err {
+            ImageError::InUse { .. } | ImageError::BadReference { .. } => image_error("name", err),
+            other => ApiError::Internal(super::error::chain(&other)),
+        })
     })
-    .await
-    .map_err(|err| {
-        tracing::error!(error = %err, "image removal panicked");
-        Status::internal("image removal failed unexpectedly")
-    })?
-    .map_err(|err| match err {
-        ImageError::InUse { .. } => Status::failed_precondition(format!("name: {err}")),
-        ImageError::BadReference { .. } => Status::invalid_argument(format!("name: {err}")),
-        _ => Status::internal(err.to_string()),
-    })?
-    .ok_or_else(|| Status::not_found(format!("name: no image {:?}", request.name)))?;
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("name: no image {:?}", request.name)))?;
     Ok(pb::RemoveImageResponse {
         rootfs_removed: removed.trash.is_some(),
         removed_references: removed.references,

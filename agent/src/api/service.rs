@@ -1,5 +1,6 @@
 //! The `fog.agent.v1.Agent` service: authorization, request validation, and answering from the
-//! daemon's shared state (inventory cache, capacity ledger, telemetry hub, backends).
+//! daemon's shared state (inventory cache, capacity ledger, telemetry hub, attestor, benchmarks,
+//! jobs).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,58 +11,11 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Role, Rpc};
-use super::backends::{BackendError, Backends};
-use super::convert;
-use super::inventory_cache::InventoryCache;
-use super::job_service;
-use crate::capacity::CapacityLedger;
-use crate::jobs::JobManager;
-use crate::telemetry::TelemetryHub;
+use super::error::{blocking, ApiError};
+use super::{convert, job_service, shutting_down, Door, Shared};
 
 /// A boxed server stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-impl From<BackendError> for Status {
-    fn from(err: BackendError) -> Self {
-        match err {
-            BackendError::Unimplemented(msg) => Status::unimplemented(msg),
-            BackendError::Unavailable(msg) => Status::unavailable(msg),
-            BackendError::InvalidArgument { field, message } => {
-                Status::invalid_argument(format!("{field}: {message}"))
-            }
-            BackendError::Failed(msg) => Status::internal(msg),
-        }
-    }
-}
-
-/// How callers on a listener are identified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Door {
-    /// Mutual TLS: the role comes from the client certificate.
-    Mtls,
-    /// The local admin door (unix socket; plaintext loopback in development): every caller is
-    /// admin.
-    LocalAdmin,
-}
-
-/// State shared by every listener's service instance.
-#[derive(Debug)]
-pub struct Shared {
-    /// The inventory, collected off the runtime and cached.
-    pub inventory: InventoryCache,
-    /// Capacity.
-    pub capacity: Arc<CapacityLedger>,
-    /// Telemetry fan-out.
-    pub telemetry: TelemetryHub,
-    /// Benchmarks, attestation, GPU telemetry.
-    pub backends: Backends,
-    /// Becomes true when the daemon shuts down: open streams end.
-    pub shutdown: watch::Receiver<bool>,
-    /// The job runner (None: jobs not enabled; the job RPCs answer UNIMPLEMENTED).
-    pub jobs: Option<Arc<JobManager>>,
-    /// The image store (with jobs).
-    pub images: Option<Arc<crate::image::ImageStore>>,
-}
 
 /// The service as served on one listener.
 #[derive(Debug, Clone)]
@@ -101,30 +55,9 @@ impl AgentService {
         }
     }
 
-    /// Runs a blocking backend call on the blocking pool.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&Backends) -> Result<T, BackendError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let backends = self.shared.backends.clone();
-        tokio::task::spawn_blocking(move || call(&backends))
-            .await
-            .map_err(|err| {
-                tracing::error!(error = %err, "backend call panicked");
-                Status::internal("backend failed unexpectedly")
-            })?
-            .map_err(Status::from)
-    }
-
     fn shutdown(&self) -> watch::Receiver<bool> {
         self.shared.shutdown.clone()
     }
-}
-
-/// Resolves when the daemon starts shutting down (or its signal is gone).
-async fn shutting_down(mut rx: watch::Receiver<bool>) {
-    // An error means the sender is gone: the daemon is stopping too.
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 #[tonic::async_trait]
@@ -134,9 +67,14 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetInventoryRequest>,
     ) -> Result<Response<pb::GetInventoryResponse>, Status> {
         self.authorize(&request, Rpc::GetInventory)?;
-        let cached = self.shared.inventory.get(request.get_ref().refresh).await?;
+        let cached = self
+            .shared
+            .inventory
+            .get(request.get_ref().refresh)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetInventoryResponse {
-            inventory: Some(cached.proto.clone()),
+            inventory: Some(convert::inventory(&cached.inventory)),
             inventory_json: cached.json.clone(),
         }))
     }
@@ -146,7 +84,8 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetBenchmarksRequest>,
     ) -> Result<Response<pb::GetBenchmarksResponse>, Status> {
         self.authorize(&request, Rpc::GetBenchmarks)?;
-        let report = self.blocking(|b| b.benchmarks.cached()).await?;
+        let benchmarks = self.shared.benchmarks.clone();
+        let report = blocking("benchmark cache", move || benchmarks.cached()).await?;
         Ok(Response::new(pb::GetBenchmarksResponse {
             report: Some(convert::benchmark_report(&report)),
         }))
@@ -161,9 +100,9 @@ impl pb::agent_server::Agent for AgentService {
         self.authorize(&request, Rpc::RunBenchmarks)?;
         let ids = convert::benchmark_ids(&request.get_ref().benchmark_ids)?;
         let (tx, rx) = mpsc::channel(64);
-        let backends = self.shared.backends.clone();
+        let benchmarks = self.shared.benchmarks.clone();
         tokio::task::spawn_blocking(move || {
-            let mut progress = |event: super::backends::BenchmarkProgress| {
+            let mut progress = |event: crate::bench::BenchmarkProgress| {
                 let msg = pb::RunBenchmarksResponse {
                     event: Some(pb::run_benchmarks_response::Event::Progress(
                         convert::benchmark_progress(&event),
@@ -171,13 +110,13 @@ impl pb::agent_server::Agent for AgentService {
                 };
                 tx.blocking_send(Ok(msg)).is_ok()
             };
-            let last = match backends.benchmarks.run(&ids, &mut progress) {
+            let last = match benchmarks.run(&ids, &mut progress) {
                 Ok(report) => Ok(pb::RunBenchmarksResponse {
                     event: Some(pb::run_benchmarks_response::Event::Report(
                         convert::benchmark_report(&report),
                     )),
                 }),
-                Err(err) => Err(Status::from(err)),
+                Err(err) => Err(Status::from(ApiError::from(err))),
             };
             // The caller may be gone; nothing to do then.
             let _ = tx.blocking_send(last);
@@ -232,12 +171,7 @@ impl pb::agent_server::Agent for AgentService {
         self.authorize(&request, Rpc::WatchHostTelemetry)?;
         let hub = &self.shared.telemetry;
         let interval = convert::telemetry_interval(request.get_ref(), hub.min_interval())?;
-        let subscription = hub.subscribe(interval).map_err(|err| match err {
-            crate::telemetry::HubError::TooManySubscribers(_) => {
-                Status::resource_exhausted(err.to_string())
-            }
-            crate::telemetry::HubError::Closed => Status::unavailable(err.to_string()),
-        })?;
+        let subscription = hub.subscribe(interval).map_err(ApiError::from)?;
         let stream = futures_util::stream::unfold(subscription, |subscription| async move {
             let delivery = subscription.recv().await?;
             let msg = pb::WatchHostTelemetryResponse {
@@ -257,9 +191,19 @@ impl pb::agent_server::Agent for AgentService {
         let body = request.into_inner();
         let nonce = convert::nonce("nonce", &body.nonce)?;
         let selection = convert::pcr_selection(body.pcr_selection.as_ref())?;
-        let report = self
-            .blocking(move |b| b.attestation.attest(&nonce, &selection))
-            .await?;
+        // The payload attests the inventory as it is now (collected again unless the cached one
+        // is younger than the inventory cache's refresh floor).
+        let inventory = self
+            .shared
+            .inventory
+            .get(true)
+            .await
+            .map_err(ApiError::from)?;
+        let attestor = self.shared.attestation.clone();
+        let report = blocking("attestation", move || {
+            attestor.attest(&nonce, &selection, &inventory.inventory)
+        })
+        .await?;
         Ok(Response::new(pb::GetAttestationResponse {
             report: Some(convert::attestation_report(&report)),
         }))
@@ -270,7 +214,8 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetEnrollmentRequest>,
     ) -> Result<Response<pb::GetEnrollmentResponse>, Status> {
         self.authorize(&request, Rpc::GetEnrollment)?;
-        let enrollment = self.blocking(|b| b.attestation.enrollment()).await?;
+        let attestor = self.shared.attestation.clone();
+        let enrollment = blocking("enrollment", move || attestor.enrollment()).await?;
         Ok(Response::new(pb::GetEnrollmentResponse {
             enrollment: Some(convert::enrollment(&enrollment)),
         }))
@@ -282,9 +227,11 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::ActivateCredentialResponse>, Status> {
         self.authorize(&request, Rpc::ActivateCredential)?;
         let activation = convert::activation(request.get_ref())?;
-        let proof = self
-            .blocking(move |b| b.attestation.activate_credential(&activation))
-            .await?;
+        let attestor = self.shared.attestation.clone();
+        let proof = blocking("credential activation", move || {
+            attestor.activate_credential(&activation)
+        })
+        .await?;
         Ok(Response::new(pb::ActivateCredentialResponse {
             proof: proof.proof,
             host_id: proof.host_id,
@@ -299,6 +246,7 @@ impl pb::agent_server::Agent for AgentService {
         job_service::start_job(&self.shared, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn stop_job(
@@ -309,6 +257,7 @@ impl pb::agent_server::Agent for AgentService {
         job_service::stop_job(&self.shared, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn get_job(
@@ -316,7 +265,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         self.authorize(&request, Rpc::GetJob)?;
-        job_service::get_job(&self.shared, request.get_ref()).map(Response::new)
+        job_service::get_job(&self.shared, request.get_ref())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn list_jobs(
@@ -324,7 +275,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.authorize(&request, Rpc::ListJobs)?;
-        job_service::list_jobs(&self.shared, request.get_ref()).map(Response::new)
+        job_service::list_jobs(&self.shared, request.get_ref())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     type WatchJobStream = ResponseStream<pb::WatchJobResponse>;
@@ -334,7 +287,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         self.authorize(&request, Rpc::WatchJob)?;
-        job_service::watch_job(&self.shared, request.into_inner()).map(Response::new)
+        job_service::watch_job(&self.shared, request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     type JobLogsStream = ResponseStream<pb::JobLogsResponse>;
@@ -344,7 +299,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::JobLogsRequest>,
     ) -> Result<Response<Self::JobLogsStream>, Status> {
         self.authorize(&request, Rpc::JobLogs)?;
-        job_service::job_logs(&self.shared, request.into_inner()).map(Response::new)
+        job_service::job_logs(&self.shared, request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn import_image(
@@ -355,6 +312,7 @@ impl pb::agent_server::Agent for AgentService {
         job_service::import_image(&self.shared, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn remove_image(
@@ -365,5 +323,6 @@ impl pb::agent_server::Agent for AgentService {
         job_service::remove_image(&self.shared, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 }

@@ -1,44 +1,22 @@
-//! Jobs: proto <-> domain at the service boundary, and [`JobError`] -> gRPC status.
+//! Jobs: proto <-> domain at the service boundary.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use fog_proto::v1 as pb;
-use tonic::Status;
+
+use super::ApiError;
 
 use crate::jobs::logs::{Line, Stream};
 use crate::jobs::manager::{JobGpuSample, Sample, Usage};
-use crate::jobs::{JobError, JobSpec, JobState, JobView, Resources, Termination};
-
-impl From<JobError> for Status {
-    fn from(err: JobError) -> Self {
-        let text = err.to_string();
-        match err {
-            JobError::InvalidArgument { .. } => Status::invalid_argument(text),
-            JobError::ResourceExhausted { .. } => Status::resource_exhausted(text),
-            JobError::NotFound(_) => Status::not_found(text),
-            JobError::AlreadyExists(_) => Status::already_exists(text),
-            JobError::Gpu(_) => Status::failed_precondition(text),
-            JobError::StartFailed { .. }
-            | JobError::Runtime { .. }
-            | JobError::Images(_)
-            | JobError::Bundle(_)
-            | JobError::Io { .. }
-            | JobError::State(_)
-            | JobError::Record(_) => {
-                tracing::warn!(error = %text, "job request failed");
-                Status::internal(text)
-            }
-        }
-    }
-}
+use crate::jobs::{JobSpec, JobState, JobView, Resources, Termination};
 
 fn timestamp(unix_millis: u64) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(unix_millis))
 }
 
 /// The spec of a StartJob request; a missing spec is INVALID_ARGUMENT.
-pub fn job_spec(spec: Option<&pb::JobSpec>) -> Result<JobSpec, Status> {
-    let spec = spec.ok_or_else(|| Status::invalid_argument("spec: required"))?;
+pub fn job_spec(spec: Option<&pb::JobSpec>) -> Result<JobSpec, ApiError> {
+    let spec = spec.ok_or_else(|| ApiError::invalid("spec", "required"))?;
     let r = spec.resources.clone().unwrap_or_default();
     Ok(JobSpec {
         job_id: spec.job_id.clone(),
@@ -194,22 +172,24 @@ pub fn log_line(line: Line) -> pb::LogLine {
 }
 
 /// StopJob's grace: 0 = the default, at most 60 s.
-pub fn stop_grace(millis: u64) -> Result<Duration, Status> {
+pub fn stop_grace(millis: u64) -> Result<Duration, ApiError> {
     match millis {
         0 => Ok(crate::jobs::manager::DEFAULT_STOP_GRACE),
         1..=60_000 => Ok(Duration::from_millis(millis)),
-        _ => Err(Status::invalid_argument(format!(
-            "grace_millis: {millis} is more than 60000"
-        ))),
+        _ => Err(ApiError::invalid(
+            "grace_millis",
+            format!("{millis} is more than 60000"),
+        )),
     }
 }
 
 /// JobLogs' tail: at most 100000 lines.
-pub fn tail_lines(n: u32) -> Result<usize, Status> {
+pub fn tail_lines(n: u32) -> Result<usize, ApiError> {
     if n > 100_000 {
-        return Err(Status::invalid_argument(format!(
-            "tail_lines: {n} is more than 100000"
-        )));
+        return Err(ApiError::invalid(
+            "tail_lines",
+            format!("{n} is more than 100000"),
+        ));
     }
     Ok(n as usize)
 }
@@ -219,23 +199,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_map_to_codes_naming_the_field() {
-        let status = Status::from(JobError::InvalidArgument {
-            field: "resources.memory_bytes".into(),
-            message: "must be positive".into(),
-        });
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().starts_with("resources.memory_bytes: "));
-        let status = Status::from(JobError::ResourceExhausted {
-            resource: "resources.cpu_millicores".into(),
-            message: "requested 9, 1 free".into(),
-        });
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().starts_with("resources.cpu_millicores"));
-        assert_eq!(
-            Status::from(JobError::NotFound("x".into())).code(),
-            tonic::Code::NotFound
-        );
+    fn bad_requests_are_refused() {
         assert!(job_spec(None).is_err());
         assert!(stop_grace(60_001).is_err());
         assert_eq!(stop_grace(0).unwrap(), Duration::from_secs(5));

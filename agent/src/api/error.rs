@@ -1,0 +1,266 @@
+//! The API's one error type and its one conversion to a gRPC status.
+//!
+//! Every handler fails with an [`ApiError`]; domain errors (attestation, benchmarks, inventory,
+//! telemetry, jobs, images) become one through `From`, request validation builds
+//! [`ApiError::InvalidArgument`] naming the proto field, and `From<ApiError> for Status` is the
+//! only place a `tonic::Status` is made from an error. Internal failures are logged here, once.
+
+use tonic::Status;
+
+use crate::attest::AttestError;
+use crate::bench::BenchmarkError;
+use crate::image::ImageError;
+use crate::inventory::cache::InventoryError;
+use crate::jobs::JobError;
+use crate::telemetry::HubError;
+
+/// Why a request failed, by gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is wrong.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field, as named in the proto (`spec.resources.cpu_millis`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is valid but the state of the host refuses it now.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Capacity, a quota or a subscriber limit is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A dependency (the TPM, a running benchmark, a closing hub) cannot answer now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This agent was started without the feature (jobs, images).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// The agent failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// An invalid `field`.
+    pub fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let text = err.to_string();
+        match err {
+            ApiError::InvalidArgument { .. } => Status::invalid_argument(text),
+            ApiError::NotFound(_) => Status::not_found(text),
+            ApiError::AlreadyExists(_) => Status::already_exists(text),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(text),
+            ApiError::ResourceExhausted(_) => Status::resource_exhausted(text),
+            ApiError::Unavailable(_) => Status::unavailable(text),
+            ApiError::Unimplemented(_) => Status::unimplemented(text),
+            ApiError::Internal(_) => {
+                tracing::warn!(error = %text, "request failed");
+                Status::internal(text)
+            }
+        }
+    }
+}
+
+/// `err` and its causes on one line (`a: b: c`), for errors whose causes sit in `source()`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+/// Runs `call` on the blocking pool; a panic there is an internal error naming `what`.
+pub async fn blocking<T, E>(
+    what: &'static str,
+    call: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, what, "blocking call panicked");
+            ApiError::Internal(format!("{what} failed unexpectedly"))
+        })?
+        .map_err(Into::into)
+}
+
+impl From<AttestError> for ApiError {
+    fn from(err: AttestError) -> Self {
+        match err {
+            AttestError::Unavailable(msg) => Self::Unavailable(msg),
+            AttestError::InvalidArgument { field, message } => Self::invalid(field, message),
+            AttestError::Failed(msg) => Self::Internal(msg),
+        }
+    }
+}
+
+impl From<BenchmarkError> for ApiError {
+    fn from(err: BenchmarkError) -> Self {
+        match err {
+            BenchmarkError::Unavailable(msg) => Self::Unavailable(msg),
+            BenchmarkError::InvalidArgument { field, message } => Self::invalid(field, message),
+            BenchmarkError::Failed(msg) => Self::Internal(msg),
+        }
+    }
+}
+
+impl From<InventoryError> for ApiError {
+    fn from(err: InventoryError) -> Self {
+        Self::Internal(chain(&err))
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(err: HubError) -> Self {
+        match err {
+            HubError::TooManySubscribers(_) => Self::ResourceExhausted(err.to_string()),
+            HubError::Closed => Self::Unavailable(err.to_string()),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(err: JobError) -> Self {
+        let text = chain(&err);
+        match err {
+            JobError::InvalidArgument { field, message } => Self::invalid(field, message),
+            JobError::ResourceExhausted { .. } => Self::ResourceExhausted(text),
+            JobError::NotFound(_) => Self::NotFound(text),
+            JobError::AlreadyExists(_) => Self::AlreadyExists(text),
+            JobError::Gpu(_) => Self::FailedPrecondition(text),
+            _ => Self::Internal(text),
+        }
+    }
+}
+
+/// An image-store error of a request whose `field` named the image or the layout: the caller's
+/// mistake is INVALID_ARGUMENT on that field, an image in use FAILED_PRECONDITION, a full disk
+/// RESOURCE_EXHAUSTED, a broken store INTERNAL.
+pub fn image_error(field: &str, err: ImageError) -> ApiError {
+    let text = chain(&err);
+    match &err {
+        ImageError::InUse { .. } => ApiError::FailedPrecondition(format!("{field}: {text}")),
+        ImageError::CorruptStore { .. } => ApiError::Internal(text),
+        ImageError::Io { source, .. } if is_out_of_space(source) => {
+            ApiError::ResourceExhausted(format!("image store: {text}"))
+        }
+        _ => ApiError::invalid(field, text),
+    }
+}
+
+fn is_out_of_space(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_maps_to_its_code() {
+        let cases = [
+            (
+                ApiError::invalid("nonce", "short"),
+                tonic::Code::InvalidArgument,
+            ),
+            (ApiError::NotFound("x".into()), tonic::Code::NotFound),
+            (
+                ApiError::AlreadyExists("x".into()),
+                tonic::Code::AlreadyExists,
+            ),
+            (
+                ApiError::FailedPrecondition("x".into()),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                ApiError::ResourceExhausted("x".into()),
+                tonic::Code::ResourceExhausted,
+            ),
+            (ApiError::Unavailable("x".into()), tonic::Code::Unavailable),
+            (
+                ApiError::Unimplemented("x".into()),
+                tonic::Code::Unimplemented,
+            ),
+            (ApiError::Internal("x".into()), tonic::Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+        let status = Status::from(ApiError::invalid("nonce", "16 to 64 bytes"));
+        assert_eq!(status.message(), "nonce: 16 to 64 bytes");
+    }
+
+    #[test]
+    fn job_errors_map_to_codes_naming_the_field() {
+        let status = Status::from(ApiError::from(JobError::InvalidArgument {
+            field: "resources.memory_bytes".into(),
+            message: "must be positive".into(),
+        }));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "resources.memory_bytes: must be positive");
+        let status = Status::from(ApiError::from(JobError::ResourceExhausted {
+            resource: "resources.cpu_millicores".into(),
+            message: "requested 9, 1 free".into(),
+        }));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with("resources.cpu_millicores"));
+        let status = Status::from(ApiError::from(JobError::NotFound("x".into())));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_not_the_callers_fault() {
+        let full = ImageError::Io {
+            path: "/var/lib/fog-agent/images/blobs".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(matches!(
+            image_error("layout_dir", full),
+            ApiError::ResourceExhausted(_)
+        ));
+        let missing = ImageError::Io {
+            path: "/nowhere/index.json".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(matches!(
+            image_error("layout_dir", missing),
+            ApiError::InvalidArgument { .. }
+        ));
+    }
+
+    #[test]
+    fn causes_are_printed_once() {
+        let err = ImageError::Io {
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let text = chain(&err);
+        assert_eq!(text.matches("not found").count(), 1, "{text}");
+    }
+}

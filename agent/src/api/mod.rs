@@ -1,0 +1,83 @@
+//! The gRPC face of the agent: `fog.agent.v1.Agent` and everything it needs to speak proto.
+//!
+//! - [`service`]: the service, one instance per listener ([`Door`]); [`job_service`]: its job
+//!   and image RPCs.
+//! - [`convert`], [`job_convert`]: proto <-> domain, once, at this boundary (validation names
+//!   the proto field of every bad value).
+//! - [`error`]: [`ApiError`], the one error type of the handlers, and its one conversion to a
+//!   gRPC status.
+//! - [`auth`]: roles, the per-RPC role table, the role from a client certificate.
+//! - [`tls`]: development certificates and the server's TLS configuration.
+//! - [`routes`]: what a listener serves (the agent service, health checking, reflection).
+//!
+//! Lower layers never see proto types; the daemon builds a [`Shared`] and serves
+//! [`AgentService`]s over it.
+
+pub mod auth;
+pub mod convert;
+pub mod error;
+pub mod job_convert;
+pub mod job_service;
+pub mod routes;
+pub mod service;
+pub mod tls;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::attest::Attestor;
+use crate::bench::BenchmarkBackend;
+use crate::capacity::CapacityLedger;
+use crate::image::ImageStore;
+use crate::inventory::cache::InventoryCache;
+use crate::jobs::JobManager;
+use crate::telemetry::TelemetryHub;
+
+pub use error::ApiError;
+pub use service::AgentService;
+
+/// How callers on a listener are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// Mutual TLS: the role comes from the client certificate.
+    Mtls,
+    /// The local admin door (unix socket; plaintext loopback in development): every caller is
+    /// admin.
+    LocalAdmin,
+}
+
+/// What every listener's service instance answers from.
+pub struct Shared {
+    /// The inventory, collected off the runtime and cached.
+    pub inventory: Arc<InventoryCache>,
+    /// Capacity.
+    pub capacity: Arc<CapacityLedger>,
+    /// Telemetry fan-out.
+    pub telemetry: TelemetryHub,
+    /// Benchmarks: the cache and the runner.
+    pub benchmarks: Arc<dyn BenchmarkBackend>,
+    /// TPM attestation and enrollment.
+    pub attestation: Arc<dyn Attestor>,
+    /// Becomes true when the daemon shuts down: open streams end.
+    pub shutdown: watch::Receiver<bool>,
+    /// The job runner (None: jobs not enabled; the job RPCs answer UNIMPLEMENTED).
+    pub jobs: Option<Arc<JobManager>>,
+    /// The image store (with jobs).
+    pub images: Option<Arc<ImageStore>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("jobs", &self.jobs.is_some())
+            .field("images", &self.images.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves when the daemon starts shutting down (or its signal is gone).
+pub(crate) async fn shutting_down(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: the daemon is stopping too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
