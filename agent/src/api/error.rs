@@ -110,9 +110,9 @@ where
 impl From<AttestError> for ApiError {
     fn from(err: AttestError) -> Self {
         match err {
-            AttestError::Unavailable(msg) => Self::Unavailable(msg),
+            AttestError::TpmUnreachable(msg) => Self::Unavailable(msg),
             AttestError::InvalidArgument { field, message } => Self::invalid(field, message),
-            AttestError::Failed(msg) => Self::Internal(msg),
+            AttestError::Payload(_) | AttestError::Failed(_) => Self::Internal(chain(&err)),
         }
     }
 }
@@ -120,8 +120,10 @@ impl From<AttestError> for ApiError {
 impl From<BenchmarkError> for ApiError {
     fn from(err: BenchmarkError) -> Self {
         match err {
-            BenchmarkError::Unavailable(msg) => Self::Unavailable(msg),
-            BenchmarkError::InvalidArgument { field, message } => Self::invalid(field, message),
+            BenchmarkError::RunInProgress => Self::Unavailable(err.to_string()),
+            BenchmarkError::UnknownId(id) => {
+                Self::invalid("benchmark_ids", format!("unknown benchmark id {id:?}"))
+            }
             BenchmarkError::Failed(msg) => Self::Internal(msg),
         }
     }

@@ -17,11 +17,11 @@ pub use stats::{AttestationStats, Operation, OperationCounts, RecordingAttestor}
 pub use tpm::TpmAttestor;
 
 /// Why an attestation request could not be answered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AttestError {
     /// The TPM cannot be reached now (the message names the TCTI).
     #[error("{0}")]
-    Unavailable(String),
+    TpmUnreachable(String),
     /// A request field was rejected.
     #[error("{field}: {message}")]
     InvalidArgument {
@@ -30,7 +30,10 @@ pub enum AttestError {
         /// What is wrong.
         message: String,
     },
-    /// The operation failed.
+    /// The payload could not be built.
+    #[error("cannot build the attestation payload")]
+    Payload(#[from] payload::PayloadError),
+    /// The TPM or the AK failed (the message names the TCTI or the state file).
     #[error("{0}")]
     Failed(String),
 }

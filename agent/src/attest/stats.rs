@@ -66,7 +66,9 @@ impl AttestationStats {
                 counts.last_success = now;
             }
             Err(AttestError::InvalidArgument { .. }) => counts.invalid += 1,
-            Err(AttestError::Unavailable(_) | AttestError::Failed(_)) => {
+            Err(
+                AttestError::TpmUnreachable(_) | AttestError::Payload(_) | AttestError::Failed(_),
+            ) => {
                 counts.failed += 1;
                 counts.last_failure = now;
             }
@@ -141,7 +143,7 @@ mod tests {
         stats.record::<()>(Operation::Quote, &Ok(()));
         stats.record::<()>(
             Operation::Quote,
-            &Err(AttestError::Unavailable("no TPM".into())),
+            &Err(AttestError::TpmUnreachable("no TPM".into())),
         );
         stats.record::<()>(
             Operation::Quote,

@@ -39,7 +39,7 @@ impl TpmAttestor {
         Self { tcti, state_dir }
     }
 
-    /// Opens the TPM; not reachable is `Unavailable` with fog-tpm's line naming the TCTI.
+    /// Opens the TPM; not reachable is `TpmUnreachable` with fog-tpm's line naming the TCTI.
     fn open(&self) -> Result<Tpm, AttestError> {
         Tpm::open(&self.tcti).map_err(|e| tpm_error(&self.tcti, e))
     }
@@ -62,22 +62,10 @@ impl TpmAttestor {
     }
 }
 
-/// `err` and its causes on one line (`a: b: c`).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
-}
-
-/// `Unavailable` when the TPM cannot be reached, `Failed` otherwise; the message names the TCTI.
+/// `TpmUnreachable` when the TPM cannot be reached, `Failed` otherwise; the message names the TCTI.
 fn tpm_error(tcti: &Tcti, e: TpmError) -> AttestError {
     match e {
-        TpmError::Open { .. } => AttestError::Unavailable(e.to_string()),
+        TpmError::Open { .. } => AttestError::TpmUnreachable(e.to_string()),
         other => AttestError::Failed(format!("TPM at {tcti}: {other}")),
     }
 }
@@ -130,8 +118,7 @@ impl Attestor for TpmAttestor {
             &ak.host_id,
             nonce,
             inventory,
-        )
-        .map_err(|e| AttestError::Failed(error_chain(&e)))?;
+        )?;
         let report = tpm
             .attest(&ak, nonce, payload, &selection)
             .map_err(|e| tpm_error(&self.tcti, e))?;

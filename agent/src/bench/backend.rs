@@ -18,18 +18,13 @@ use crate::inventory::cache::InventorySource;
 /// Why a benchmark request could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BenchmarkError {
-    /// A run is already in progress.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A request field was rejected.
-    #[error("{field}: {message}")]
-    InvalidArgument {
-        /// The field, as named in the proto (`benchmark_ids`).
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// The run or the cache failed.
+    /// One run at a time: another is in progress.
+    #[error("a benchmark run is already in progress; try again when it has finished")]
+    RunInProgress,
+    /// A requested benchmark id does not exist.
+    #[error("benchmark_ids: unknown benchmark id {0:?}")]
+    UnknownId(String),
+    /// The run or the cache failed (the message says which and why).
     #[error("{0}")]
     Failed(String),
 }
@@ -186,13 +181,11 @@ impl SuiteBackend {
         state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks a run as started; `Unavailable` when one is already running.
+    /// Marks a run as started; [`BenchmarkError::RunInProgress`] when one is already running.
     fn begin(state: &Mutex<RunnerState>) -> Result<(), BenchmarkError> {
         let mut s = Self::lock(state);
         if s.running {
-            return Err(BenchmarkError::Unavailable(
-                "a benchmark run is already in progress; try again when it has finished".into(),
-            ));
+            return Err(BenchmarkError::RunInProgress);
         }
         s.running = true;
         Ok(())
@@ -365,10 +358,7 @@ impl BenchmarkBackend for SuiteBackend {
             Ok(_) => Self::finish(&self.state, None),
             Err(bench::BenchSuiteError::UnknownId(id)) => {
                 Self::finish(&self.state, None);
-                return Err(BenchmarkError::InvalidArgument {
-                    field: "benchmark_ids",
-                    message: format!("unknown benchmark id {id:?}"),
-                });
+                return Err(BenchmarkError::UnknownId(id));
             }
             Err(e) => {
                 let message = format!("benchmark run failed: {e}");
@@ -458,7 +448,7 @@ mod tests {
         assert!(SuiteBackend::begin(&state).is_ok());
         assert!(matches!(
             SuiteBackend::begin(&state),
-            Err(BenchmarkError::Unavailable(_))
+            Err(BenchmarkError::RunInProgress)
         ));
         SuiteBackend::finish(&state, None);
         assert!(SuiteBackend::begin(&state).is_ok());
