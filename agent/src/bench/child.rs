@@ -358,8 +358,8 @@ fn run_opencl(
     let secs = if quick { 0.1 } else { 0.5 };
     match spec.id {
         "opencl.fp32" => {
-            // Theoretical peak: for a CPU device the CPU formula over its compute units; GPUs
-            // need per-architecture tables (not built yet): recorded as unknown.
+            // Theoretical peak: for a CPU device the CPU formula over its compute units; a GPU's
+            // would need per-architecture tables the agent does not have: recorded as unknown.
             let peak = if b.info().is_cpu {
                 let isa = cpu::FmaIsa::detect();
                 clock(&args.cpu).0.map(|mhz| {

@@ -77,7 +77,7 @@ pub trait GpuTelemetrySource: Send + Sync {
     fn sample(&self, pci_bus_id: &str) -> Result<GpuSample, String>;
 }
 
-/// The source used until a real one is wired: every GPU is unavailable, with the reason.
+/// The source for a host without NVML: every GPU is unavailable, with the reason.
 #[derive(Debug, Clone)]
 pub struct UnavailableGpuTelemetry {
     reason: String,
