@@ -8,6 +8,7 @@
 mod attest;
 mod bench;
 mod certs;
+mod config_docs;
 mod daemon;
 mod gpu;
 mod image;
