@@ -8,7 +8,7 @@ with the same values.
 
     benches/compare-inventory.py [--runs 15] [--agent target/release/fog-agent] [--markdown]
 
-Targets (issue 2): at least 2x faster than lshw and 10x faster than inxi on this VM.
+Targets: at least 2x faster than lshw and 10x faster than inxi on this VM.
 """
 
 import argparse

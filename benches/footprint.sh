@@ -5,7 +5,7 @@
 # at 1 s (a `fog-agent client ... telemetry --watch` subscriber) and its sampler runs at 1 s
 # ([metrics] sample_interval_millis = 1000), so both collect host metrics once per second.
 # Reports each one's RSS (peak and mean over the samples) and CPU seconds (user + system,
-# children included) over the measured window, and the ratios. Results: README.md, "Footprint".
+# children included) over the measured window, and the ratios. Latest results: benches/RESULTS.md.
 #
 #   benches/footprint.sh [--seconds 300] [--agent target/release/fog-agent]
 #                        [--exporter /usr/bin/prometheus-node-exporter]

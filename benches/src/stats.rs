@@ -1,6 +1,6 @@
 //! The measurement protocol and its statistics.
 //!
-//! Protocol (docs: `shared/notes/benchmarks.md`): one untimed warm-up, then `samples` timed
+//! Protocol (methodology: `benches/README.md`): one untimed warm-up, then `samples` timed
 //! samples; while the coefficient of variation (sample stddev / mean) is above `cv_limit`, more
 //! samples are taken, up to `max_factor` x `samples`; the result is `noisy` if the CV is still
 //! above the limit. The reported figure is the median; min, max, mean and CV come with it.
