@@ -2,7 +2,7 @@
 //! for the host telemetry sampler ([`GpuTelemetrySource`]) and for the health records around
 //! OpenCL benchmark runs ([`GpuHealthSource`]).
 //!
-//! NVML is light enough to stay in-process for the daemon's lifetime (architecture.md), so the
+//! NVML is light enough to stay in-process for the daemon's lifetime, so the
 //! library is initialized once, on first use, and kept. A host without an NVIDIA driver answers
 //! "no NVIDIA driver (...)" for every GPU; initialization is retried after
 //! [`INIT_RETRY`], because the driver may be loaded after the agent started. Devices are found by
