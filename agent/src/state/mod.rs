@@ -1,7 +1,7 @@
 //! The agent's state store: one embedded SQLite database (`state.db`) in the state directory,
 //! WAL journal, versioned migrations.
 //!
-//! Schema (version 2; `PRAGMA user_version` holds the version, each migration runs in one
+//! Schema (version 3; `PRAGMA user_version` holds the version, each migration runs in one
 //! transaction and is never edited once released — new versions append to [`MIGRATIONS`]):
 //!
 //! | table | what | key |
@@ -10,7 +10,9 @@
 //! | `jobs` | job records: id, state, spec JSON, the rest of the record as JSON (v2: `record_json`), timestamps | `job_id` |
 //! | `job_events` | (v2) every state transition of a job, with its time (Unix ms) and message | `seq` |
 //! | `usage_counters` | metered usage per job and counter (CPU-seconds, GPU-seconds, bytes) | (`job_id`, `counter`) |
-//! | `verifier_nonces` | attestation nonces already answered, for replay protection | `nonce` |
+//!
+//! Version 1 also created `verifier_nonces`, which nothing used (the nonces of attestation are
+//! the auditor's, checked by the verifier); version 3 drops it.
 //!
 //! Timestamps are Unix seconds (UTC). JSON documents are stored as text so an operator can read
 //! them with `sqlite3`.
@@ -74,6 +76,9 @@ pub const MIGRATIONS: &[&str] = &[
         message     TEXT    NOT NULL
     );
     CREATE INDEX job_events_job ON job_events(job_id, seq);",
+    // v3: the unused nonce table goes.
+    "DROP INDEX verifier_nonces_expiry;
+    DROP TABLE verifier_nonces;",
 ];
 
 /// One row of `jobs`.
@@ -505,7 +510,13 @@ mod tests {
         drop(s);
         let s = StateStore::open(dir.path()).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        for table in ["jobs", "usage_counters", "verifier_nonces", "bench_results"] {
+        for (table, want) in [
+            ("jobs", 1),
+            ("job_events", 1),
+            ("usage_counters", 1),
+            ("bench_results", 1),
+            ("verifier_nonces", 0),
+        ] {
             let n: i64 = s
                 .conn
                 .query_row(
@@ -514,7 +525,7 @@ mod tests {
                     |r| r.get(0),
                 )
                 .unwrap();
-            assert_eq!(n, 1, "{table}");
+            assert_eq!(n, want, "{table}");
         }
     }
 
