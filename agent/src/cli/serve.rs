@@ -115,11 +115,11 @@ async fn serve(
 /// telemetry through NVML, and the job runner (shims are this executable).
 fn options(config: &Config) -> anyhow::Result<DaemonOptions> {
     let defaults = DaemonOptions::default();
-    let tcti: fog_tpm::tcti::Tcti = config
-        .tpm
-        .tcti
-        .parse()
-        .with_context(|| format!("tpm.tcti {:?}", config.tpm.tcti))?;
+    // A TCTI that passed the config's shape check but does not parse is a config error (78).
+    let tcti: fog_tpm::tcti::Tcti =
+        config.tpm.tcti.parse().map_err(|err| {
+            super::CliError::Config(format!("tpm.tcti {:?}: {err}", config.tpm.tcti))
+        })?;
     let exe = std::env::current_exe().context("cannot find the agent executable")?;
     let jobs = daemon::JobsOptions {
         shim_exe: exe.clone(),

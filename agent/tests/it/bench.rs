@@ -76,7 +76,8 @@ fn fault_benchmarks_do_not_exist_without_the_switch() {
         .env_remove(fog_agent::bench::suite::TEST_FAULTS_ENV)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // An unknown `--only` id is a usage error.
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown benchmark id"));
 }
 

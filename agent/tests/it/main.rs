@@ -9,6 +9,7 @@ mod attest;
 mod bench;
 mod certs;
 mod daemon;
+mod exit_codes;
 mod gpu;
 mod image;
 mod inventory;
