@@ -18,6 +18,8 @@ fn bench(state: &std::path::Path, args: &[&str]) -> (i32, Value) {
         .arg("--state-dir")
         .arg(state)
         .args(args)
+        // The fault benchmarks exist in this binary through the `test-util` feature (the self
+        // dev-dependency in agent/Cargo.toml); the switch then makes them selectable.
         .env(
             fog_agent::bench::suite::TEST_FAULTS_ENV,
             fog_agent::bench::suite::TEST_FAULTS_VALUE,
