@@ -649,10 +649,17 @@ mod tests {
         assert!((theoretical_peak_gflops(2, 2600.0, 16, 1) - 166.4).abs() < 1e-9);
     }
 
+    /// On x86-64 the clock is always measured and must be plausible; elsewhere there is no
+    /// measurement (`None` by design), which the test checks and reports as a skip.
     #[test]
     fn clock_is_plausible() {
-        if let Some(mhz) = measure_clock_mhz(Duration::from_millis(50)) {
+        let measured = measure_clock_mhz(Duration::from_millis(50));
+        if cfg!(target_arch = "x86_64") {
+            let mhz = measured.expect("x86-64 always measures a clock");
             assert!(mhz > 300.0 && mhz < 7000.0, "{mhz}");
+        } else {
+            assert_eq!(measured, None, "no clock measurement off x86-64");
+            eprintln!("skipped: clock_is_plausible: the clock is measured on x86-64 only");
         }
     }
 }

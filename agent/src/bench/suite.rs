@@ -226,19 +226,38 @@ pub const SUITE: &[Spec] = &[
 /// Environment switch that adds the fault-injection benchmarks `test.crash` (SIGSEGV) and
 /// `test.hang` (sleeps past its 2 s timeout). Only the exact value [`TEST_FAULTS_VALUE`]
 /// enables them, so they cannot be selected by accident; they are never part of a default run.
+/// They exist only in test builds (unit tests, or the `test-util` feature the integration tests
+/// enable): the shipped binary has neither them nor this switch.
+#[cfg(any(test, feature = "test-util"))]
 pub const TEST_FAULTS_ENV: &str = "FOG_BENCH_TEST_FAULTS";
 /// The value [`TEST_FAULTS_ENV`] must have.
+#[cfg(any(test, feature = "test-util"))]
 pub const TEST_FAULTS_VALUE: &str = "crash-and-hang-on-purpose";
 
 /// The fault-injection specs (see [`TEST_FAULTS_ENV`]).
+#[cfg(any(test, feature = "test-util"))]
 pub const TEST_FAULTS: &[Spec] = &[
     spec("test.crash", 1, Need::Nothing, 10, 10),
     spec("test.hang", 1, Need::Nothing, 2, 2),
 ];
 
-/// Whether the fault-injection benchmarks are enabled in this process.
+/// The fault-injection specs: none outside test builds.
+#[cfg(not(any(test, feature = "test-util")))]
+pub const TEST_FAULTS: &[Spec] = &[];
+
+/// Whether the fault-injection benchmarks are enabled in this process (test builds with the
+/// environment switch set).
+#[cfg(any(test, feature = "test-util"))]
 pub fn test_faults_enabled() -> bool {
     std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == TEST_FAULTS_VALUE)
+}
+
+/// Whether the fault-injection benchmarks are enabled in this process: never outside test
+/// builds (the child's `test.*` kernels are then dead code the optimizer removes).
+#[cfg(not(any(test, feature = "test-util")))]
+#[inline(always)]
+pub fn test_faults_enabled() -> bool {
+    false
 }
 
 /// Looks up a spec by id (fault specs only when enabled).

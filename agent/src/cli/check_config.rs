@@ -1,5 +1,5 @@
 //! `fog-agent check-config FILE`: validates a config file and names each bad key; exit 0 when
-//! valid, 1 otherwise.
+//! valid, 78 (`EX_CONFIG`) when it does not parse or fails validation, 1 when it cannot be read.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,8 +26,9 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             for problem in problems {
                 eprintln!("{origin}: {problem}");
             }
-            Ok(ExitCode::from(super::EXIT_FAILURE))
+            Ok(ExitCode::from(super::EXIT_CONFIG))
         }
+        // Syntax errors (exit 78) and read errors (exit 1): see `super::exit_code`.
         Err(err) => Err(err.into()),
     }
 }

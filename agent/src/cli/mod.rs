@@ -2,7 +2,18 @@
 //!
 //! Every subcommand prints a human view by default and a machine view with `--json`. Errors are
 //! printed as one line on stderr (`fog-agent: <what went wrong>`) and mapped to exit codes:
-//! `0` success, `1` the operation failed, `2` bad usage (clap's own convention).
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | `0` | success |
+//! | `1` | the operation failed (including a config file that cannot be read) |
+//! | `2` | bad usage: clap's argument errors, and argument values only the command can check (an unknown `bench --only` id, a malformed `--nonce` or `--pcrs`) |
+//! | `78` | configuration error (`EX_CONFIG` of sysexits.h): a config file that does not parse or fails validation, in `serve`, `check-config` and every command that loads one |
+//!
+//! The code comes from the error's type, never its text: [`exit_code`] walks the error chain for
+//! a [`CliError`], a [`ConfigError`] (parse or validation) or the daemon's config check
+//! ([`DaemonError::Config`]). systemd's unit stops instead of restarting on `78`
+//! (`RestartPreventExitStatus=78`): a bad config does not fix itself.
 
 pub mod attest;
 pub mod bench;
@@ -21,10 +32,62 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::bench::BenchSuiteError;
+use crate::config::ConfigError;
+use crate::daemon::DaemonError;
+
 /// Exit code for a failed operation.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for bad usage (clap uses the same).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a configuration error (`EX_CONFIG` in sysexits.h).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// An error whose exit code is not [`EXIT_FAILURE`], for the failures the CLI itself detects
+/// (errors of other modules are mapped by their own types in [`exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad usage clap cannot see: exit [`EXIT_USAGE`].
+    #[error("{0}")]
+    Usage(String),
+    /// A configuration error found outside [`crate::config`]'s own checks (the message names
+    /// the key): exit [`EXIT_CONFIG`].
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The exit code for `err`: the first error in its chain that has a code of its own decides,
+/// [`EXIT_FAILURE`] otherwise. A config file that cannot be read is a failure (`1`), not a
+/// configuration error: the file may appear or become readable.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use fog_tpm::report::ReportError;
+    for cause in err.chain() {
+        if let Some(cli) = cause.downcast_ref::<CliError>() {
+            return match cli {
+                CliError::Usage(_) => EXIT_USAGE,
+                CliError::Config(_) => EXIT_CONFIG,
+            };
+        }
+        match cause.downcast_ref::<ConfigError>() {
+            Some(ConfigError::Syntax { .. } | ConfigError::Invalid { .. }) => return EXIT_CONFIG,
+            Some(ConfigError::Read { .. }) => return EXIT_FAILURE,
+            None => {}
+        }
+        if let Some(DaemonError::Config(_)) = cause.downcast_ref::<DaemonError>() {
+            return EXIT_CONFIG;
+        }
+        // Argument values the commands check themselves (`bench --only`, `--nonce`, `--pcrs`).
+        if let Some(BenchSuiteError::UnknownId(_)) = cause.downcast_ref::<BenchSuiteError>() {
+            return EXIT_USAGE;
+        }
+        if let Some(ReportError::Nonce(_) | ReportError::PcrSpec { .. }) =
+            cause.downcast_ref::<ReportError>()
+        {
+            return EXIT_USAGE;
+        }
+    }
+    EXIT_FAILURE
+}
 
 /// fog-agent: the host agent of a decentralized compute market.
 #[derive(Debug, Parser)]
@@ -114,7 +177,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("fog-agent: {}", format_error(&err));
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(exit_code(&err))
         }
     }
 }
@@ -146,4 +209,47 @@ fn init_logging(filter: Option<&str>, default_level: &str) {
     } else {
         builder.json().try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn exit_codes_come_from_the_error_types_in_the_chain() {
+        let syntax = Config::parse("[api\n", "t.toml").unwrap_err();
+        assert!(matches!(syntax, ConfigError::Syntax { .. }));
+        assert_eq!(exit_code(&syntax.into()), EXIT_CONFIG);
+        let invalid = Config::parse("[telemetry]\nqueue_depth = 0\n", "t.toml").unwrap_err();
+        assert!(matches!(invalid, ConfigError::Invalid { .. }));
+        // Under a context, too.
+        let wrapped = Err::<(), _>(invalid).context("loading").unwrap_err();
+        assert_eq!(exit_code(&wrapped), EXIT_CONFIG);
+        let read = Config::load(std::path::Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert_eq!(exit_code(&read.into()), EXIT_FAILURE);
+        let daemon = DaemonError::Config(vec!["state.dir: must be absolute".into()]);
+        assert_eq!(exit_code(&daemon.into()), EXIT_CONFIG);
+        assert_eq!(
+            exit_code(&CliError::Config("tpm.tcti: bad".into()).into()),
+            EXIT_CONFIG
+        );
+        assert_eq!(exit_code(&CliError::Usage("bad".into()).into()), EXIT_USAGE);
+        let unknown = BenchSuiteError::UnknownId("cpu.nope".into());
+        assert_eq!(exit_code(&unknown.into()), EXIT_USAGE);
+        let nonce = fog_tpm::report::parse_nonce_hex("zz").unwrap_err();
+        assert_eq!(exit_code(&nonce.into()), EXIT_USAGE);
+        // Anything else, and an error only mentioning a config, is a failure.
+        assert_eq!(
+            exit_code(&anyhow::anyhow!("invalid config: api.listen")),
+            EXIT_FAILURE
+        );
+        let other = DaemonError::Bind {
+            what: "127.0.0.1:7443".into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(exit_code(&other.into()), EXIT_FAILURE);
+    }
 }

@@ -43,6 +43,9 @@
 //! Not done (yet): pulling from registries, nested (multi-platform) indexes, zstd, xattrs
 //! (file capabilities are not restored).
 
+// Test image builders: for this crate's tests and, through the `test-util` feature, the
+// integration tests; not in the shipped binary.
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod unpack;
 

@@ -1,5 +1,5 @@
-//! Test support (not used by the agent itself): writes small OCI image layouts for the image,
-//! job and integration tests.
+//! Test support (not used by the agent itself, and compiled only for tests: `cfg(test)` or the
+//! `test-util` feature): writes small OCI image layouts for the image, job and integration tests.
 //!
 //! [`busybox_layout`] makes a one-layer image from the host's `/bin/busybox` (Debian
 //! `busybox-static`); [`push_layer`] appends a layer to a tagged manifest, rewriting the config,

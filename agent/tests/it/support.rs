@@ -1,5 +1,5 @@
-//! Helpers the test modules share: a gRPC client over the agent's unix admin socket, and a
-//! bounded SIGTERM of a spawned `fog-agent`.
+//! Helpers the test modules share: a gRPC client over the agent's unix admin socket, a
+//! bounded SIGTERM of a spawned `fog-agent`, and the skip rule.
 
 use std::path::Path;
 use std::process::{Child, ExitStatus};
@@ -33,4 +33,24 @@ pub(crate) fn terminate(child: &mut Child) -> ExitStatus {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The skip rule: a test whose precondition is missing on this machine returns early after
+/// saying why on stderr (`skipped: <test>: <reason>`, shown by `--nocapture` and in a failed
+/// run's output), except in CI ([`in_ci`]), where the setup installs everything the tests need,
+/// so a missing precondition is a broken setup and fails the test instead of hiding it.
+///
+/// Call as `if ... { return skip(test, reason); }`.
+#[track_caller]
+pub(crate) fn skip(test: &str, reason: &str) {
+    if in_ci() {
+        panic!("{test}: {reason} (CI is set, so this is a failure, not a skip)");
+    }
+    eprintln!("skipped: {test}: {reason}");
+}
+
+/// Whether this is a CI run: `CI` set to anything but empty, `0` or `false` (CI systems set
+/// `CI=true`; `.ci/run` sets it too).
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
