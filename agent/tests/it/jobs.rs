@@ -1075,8 +1075,7 @@ async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
             inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
             inventory
         });
-        options.backends.gpu_accounting =
-            Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim_lib));
+        options.backends.gpu_accounting = Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim_lib));
         options
     })
     .await;
