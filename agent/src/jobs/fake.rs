@@ -222,7 +222,7 @@ impl Supervisor for FakeSupervisor {
         let fake = &self.0;
         let fails = {
             let mut state = lock(&fake.state);
-            let fails = state.fail_start.iter().any(|id| *id == args.id);
+            let fails = state.fail_start.contains(&args.id);
             state.fail_start.retain(|id| *id != args.id);
             state.containers.insert(
                 args.id.clone(),
