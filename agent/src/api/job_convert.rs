@@ -14,48 +14,48 @@ fn timestamp(unix_millis: u64) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(unix_millis))
 }
 
+/// A spec of one kind from a spec of the other: the domain [`JobSpec`] and the proto's have
+/// the same fields, named here once for both directions (only `resources` is optional in the
+/// proto: `wrap` is `Some` towards it).
+macro_rules! convert_spec {
+    ($spec:expr, $resources:expr, $To:ident, $ToResources:ident, $wrap:expr) => {{
+        let (spec, r) = ($spec, $resources);
+        $To {
+            job_id: spec.job_id.clone(),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.clone(),
+            resources: $wrap($ToResources {
+                cpu_millicores: r.cpu_millicores,
+                memory_bytes: r.memory_bytes,
+                pids: r.pids,
+                gpus: r.gpus.clone(),
+                scratch_bytes: r.scratch_bytes,
+            }),
+            time_limit_millis: spec.time_limit_millis,
+            labels: spec.labels.clone().into_iter().collect(),
+        }
+    }};
+}
+
 /// The spec of a StartJob request; a missing spec is INVALID_ARGUMENT.
 pub fn job_spec(spec: Option<&pb::JobSpec>) -> Result<JobSpec, ApiError> {
     let spec = spec.ok_or_else(|| ApiError::invalid("spec", "required"))?;
     let r = spec.resources.clone().unwrap_or_default();
-    Ok(JobSpec {
-        job_id: spec.job_id.clone(),
-        image: spec.image.clone(),
-        command: spec.command.clone(),
-        args: spec.args.clone(),
-        env: spec.env.clone(),
-        working_dir: spec.working_dir.clone(),
-        resources: Resources {
-            cpu_millicores: r.cpu_millicores,
-            memory_bytes: r.memory_bytes,
-            pids: r.pids,
-            gpus: r.gpus,
-            scratch_bytes: r.scratch_bytes,
-        },
-        time_limit_millis: spec.time_limit_millis,
-        labels: spec.labels.clone().into_iter().collect(),
-    })
+    Ok(convert_spec!(
+        spec,
+        &r,
+        JobSpec,
+        Resources,
+        std::convert::identity
+    ))
 }
 
 fn proto_spec(spec: &JobSpec) -> pb::JobSpec {
-    let r = &spec.resources;
-    pb::JobSpec {
-        job_id: spec.job_id.clone(),
-        image: spec.image.clone(),
-        command: spec.command.clone(),
-        args: spec.args.clone(),
-        env: spec.env.clone(),
-        working_dir: spec.working_dir.clone(),
-        resources: Some(pb::JobResources {
-            cpu_millicores: r.cpu_millicores,
-            memory_bytes: r.memory_bytes,
-            pids: r.pids,
-            gpus: r.gpus.clone(),
-            scratch_bytes: r.scratch_bytes,
-        }),
-        time_limit_millis: spec.time_limit_millis,
-        labels: spec.labels.clone().into_iter().collect(),
-    }
+    use pb::{JobResources, JobSpec as ProtoSpec};
+    convert_spec!(spec, &spec.resources, ProtoSpec, JobResources, Some)
 }
 
 fn state(state: JobState) -> pb::JobState {

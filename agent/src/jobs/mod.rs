@@ -6,12 +6,19 @@
 //! - [`scratch`]: the job's scratch dir and how it is held to its size (its own filesystem).
 //! - [`seccomp`]: the system-call allowlist every job runs under.
 //! - [`runtime`]: the [`JobRuntime`] seam and the real [`Runc`].
+//! - [`supervisor`]: the [`Supervisor`] seam (starting shims, telling whether they live) and
+//!   the real [`ShimSupervisor`].
 //! - [`shim`]: `fog-agent internal job-shim`, the per-job supervisor that runs the container in
 //!   the foreground, caps its logs and records its exit status in the job dir.
 //! - [`launcher`]: starts shims from an exec'd standby, so a StartJob waits for no exec.
-//! - [`manager`]: [`JobManager`]: StartJob/StopJob/GetJob/ListJobs, capacity reservations
-//!   through [`crate::capacity::CapacityLedger`], the SQLite records, recovery after a restart,
-//!   and the one telemetry loop for all jobs.
+//! - [`manager`]: the [`JobManager`] facade: construction, readers (from memory), capacity
+//!   admission and publication through [`crate::capacity::CapacityLedger`], image removal.
+//! - [`model`]: job state, record, usage, samples, views and events (plain data).
+//! - [`records`]: the jobs in memory (what readers see) and in SQLite (what writers commit,
+//!   off the readers' lock).
+//! - [`lifecycle`]: start, stop, end. [`recovery`]: after a restart. [`sampler`]: the
+//!   telemetry tick and limits. [`retention`]: forgetting ended jobs.
+//! - [`wait`]: event-driven waits (inotify, pidfd).
 //! - [`logs`]: tail and follow of the log files.
 //! - [`job_metrics`]: the per-job figures `/metrics` reads ([`JobMetricsSource`]).
 //! - [`gpu_usage`]: GPU-seconds from per-process accounting (the [`GpuAccounting`] seam; NVML
@@ -25,15 +32,27 @@
 //! (veth, bandwidth shaping) is a later step.
 
 pub mod bundle;
+#[cfg(test)]
+mod fake;
 pub mod job_metrics;
 pub mod launcher;
+mod lifecycle;
 pub mod logs;
 pub mod manager;
+pub mod model;
+mod records;
+mod recovery;
+mod retention;
 pub mod runtime;
+mod sampler;
 pub mod scratch;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod supervisor;
+#[cfg(test)]
+mod tests;
+pub mod wait;
 
 use std::path::PathBuf;
 
@@ -41,6 +60,7 @@ pub use job_metrics::{JobMetrics, JobMetricsSource};
 pub use manager::{JobEvent, JobManager, JobRecord, JobSetup, JobState, JobView, Termination};
 pub use runtime::{JobRuntime, Runc};
 pub use spec::{GpuIdentity, ImageSource, JobSpec, ResolvedImage, Resources};
+pub use supervisor::{ShimSupervisor, Supervisor};
 
 /// Errors of the job runner. Each maps to one gRPC code (see the daemon's service).
 #[derive(Debug, thiserror::Error)]

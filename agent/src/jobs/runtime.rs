@@ -53,6 +53,12 @@ pub trait JobRuntime: Send + Sync + std::fmt::Debug {
     fn init_pid(&self, _id: &str) -> Option<i32> {
         None
     }
+    /// The dir where the runtime keeps container `id`'s state files, whose changes say when
+    /// [`Self::started`] may have changed (watched with inotify during a start, see
+    /// [`super::wait`]); `None` = no such files: the start is polled.
+    fn state_dir(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// runc (or a compatible CLI) with its own state root.
@@ -86,9 +92,9 @@ impl Runc {
     fn call(&self, what: &str, args: &[&str]) -> Result<(bool, String, String), JobError> {
         let mut cmd = self.command();
         cmd.args(args);
-        let out = run_bounded(cmd, CALL_TIMEOUT).map_err(|message| JobError::Runtime {
+        let out = run_bounded(cmd, CALL_TIMEOUT).map_err(|err| JobError::Runtime {
             what: format!("{} {what}", self.binary.display()),
-            message,
+            message: err.to_string(),
         })?;
         Ok((
             out.status.success(),
@@ -183,6 +189,12 @@ impl JobRuntime for Runc {
         (state.init_process_pid > 0).then_some(state.init_process_pid)
     }
 
+    /// `<root>/<id>`: runc makes it with `exec.fifo`, writes `state.json` into it, and removes
+    /// `exec.fifo` once the container runs.
+    fn state_dir(&self, id: &str) -> Option<PathBuf> {
+        Some(self.root.join(id))
+    }
+
     fn list(&self) -> Result<Vec<String>, JobError> {
         let (ok, stdout, stderr) = self.call("list", &["list", "--quiet"])?;
         if !ok {
@@ -197,12 +209,29 @@ impl JobRuntime for Runc {
     }
 }
 
+/// Why a bounded runtime call failed (its cause in the message, once).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The program could not be started.
+    #[error("cannot start: {0}")]
+    Start(std::io::Error),
+    /// No thread to wait for it.
+    #[error("cannot start a waiter thread: {0}")]
+    Waiter(std::io::Error),
+    /// Waiting for it failed.
+    #[error("cannot wait: {0}")]
+    Wait(std::io::Error),
+    /// It did not end in time and was killed.
+    #[error("no answer within {} s; killed", .0.as_secs())]
+    TimedOut(Duration),
+}
+
 /// Runs `cmd` with captured output, killing it after `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<std::process::Output, String> {
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<std::process::Output, CallError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(|err| format!("cannot start: {err}"))?;
+    let child = cmd.spawn().map_err(CallError::Start)?;
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -212,17 +241,17 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<std::process::
             // The receiver may have given up (timeout); nothing to do then.
             let _ = tx.send(child.wait_with_output());
         })
-        .map_err(|err| format!("cannot start a waiter thread: {err}"))?;
+        .map_err(CallError::Waiter)?;
     match rx.recv_timeout(timeout) {
         Ok(Ok(output)) => Ok(output),
-        Ok(Err(err)) => Err(format!("cannot wait: {err}")),
+        Ok(Err(err)) => Err(CallError::Wait(err)),
         Err(_) => {
             if let Ok(pid) = i32::try_from(pid) {
                 // SAFETY: kill(2) on a pid we spawned and have not reaped yet (the waiter thread
                 // still owns it), so it cannot have been reused.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            Err(format!("no answer within {} s; killed", timeout.as_secs()))
+            Err(CallError::TimedOut(timeout))
         }
     }
 }
@@ -236,13 +265,13 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("5");
         let err = run_bounded(cmd, Duration::from_millis(100)).unwrap_err();
-        assert!(err.contains("killed"), "{err}");
+        assert!(matches!(err, CallError::TimedOut(_)), "{err}");
         let mut cmd = Command::new("echo");
         cmd.arg("hi");
         let out = run_bounded(cmd, Duration::from_secs(5)).unwrap();
         assert_eq!(out.stdout, b"hi\n");
         let err = run_bounded(Command::new("/nonexistent/runc"), CALL_TIMEOUT).unwrap_err();
-        assert!(err.contains("cannot start"), "{err}");
+        assert!(matches!(err, CallError::Start(_)), "{err}");
     }
 
     #[test]

@@ -39,6 +39,71 @@ use std::process::Command;
 use super::shim::SCRATCH_DIR;
 use crate::config::ScratchLimit;
 
+/// Why a scratch dir could not be made or removed (each message carries its cause once; no
+/// `source()` repeats it).
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchError {
+    /// A file or dir operation.
+    #[error("cannot {action} {}: {error}", path.display())]
+    Io {
+        /// What was done, e.g. `create`.
+        action: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// mkfs.ext4 failed.
+    #[error("cannot make the scratch filesystem: {0}")]
+    Mkfs(ToolError),
+    /// mount failed.
+    #[error(
+        "cannot mount the scratch filesystem: {0} (on a host without loop devices, set \
+         [jobs] scratch_limit = \"polled\")"
+    )]
+    Mount(ToolError),
+    /// The path cannot be passed to the kernel.
+    #[error("{} has a NUL byte", .0.display())]
+    NulInPath(PathBuf),
+    /// Still busy after a lazy unmount.
+    #[error("cannot unmount {}: busy", .0.display())]
+    Busy(PathBuf),
+}
+
+/// A tool (mkfs.ext4, mount) that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// It could not be run.
+    #[error("cannot run {program}: {error}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// It ran and failed.
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        /// The program.
+        program: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its stderr, trimmed.
+        stderr: String,
+    },
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ScratchError + 'a {
+    move |error| ScratchError::Io {
+        action,
+        path: path.to_owned(),
+        error,
+    }
+}
+
 /// The scratch filesystem's image file in a job dir.
 pub const SCRATCH_IMAGE: &str = "scratch.img";
 const MIB: u64 = 1 << 20;
@@ -62,20 +127,19 @@ pub fn make(
     scratch_bytes: u64,
     owner: (u32, u32),
     limit: ScratchLimit,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, ScratchError> {
     let dir = job_dir.join(SCRATCH_DIR);
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(io("create", &dir))?;
     if limit == ScratchLimit::Filesystem && scratch_bytes > 0 {
         mount_filesystem(job_dir, &dir, scratch_bytes, owner)?;
     }
     // On the mounted filesystem this is its root (mkfs made it 0755).
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))?;
-    std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))
-        .map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
+        .map_err(io("set the mode of", &dir))?;
+    std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).map_err(io("chown", &dir))?;
     Ok(dir)
 }
 
@@ -84,16 +148,15 @@ fn mount_filesystem(
     dir: &Path,
     scratch_bytes: u64,
     (uid, gid): (u32, u32),
-) -> Result<(), String> {
+) -> Result<(), ScratchError> {
     let image = job_dir.join(SCRATCH_IMAGE);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&image)
-        .map_err(|e| format!("cannot create {}: {e}", image.display()))?;
-    allocate(&file, image_bytes(scratch_bytes))
-        .map_err(|e| format!("cannot allocate {}: {e}", image.display()))?;
+        .map_err(io("create", &image))?;
+    allocate(&file, image_bytes(scratch_bytes)).map_err(io("allocate", &image))?;
     drop(file);
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096", "-m", "0"])
@@ -103,7 +166,7 @@ fn mount_filesystem(
             "lazy_itable_init=1,nodiscard,root_owner={uid}:{gid}"
         ))
         .arg(&image))
-    .map_err(|e| format!("cannot make the scratch filesystem: {e}"))?;
+    .map_err(ScratchError::Mkfs)?;
     run(Command::new("mount")
         .args([
             "-t",
@@ -113,12 +176,7 @@ fn mount_filesystem(
         ])
         .arg(&image)
         .arg(dir))
-    .map_err(|e| {
-        format!(
-            "cannot mount the scratch filesystem: {e} (on a host without loop devices, set \
-             [jobs] scratch_limit = \"polled\")"
-        )
-    })?;
+    .map_err(ScratchError::Mount)?;
     // mkfs's lost+found is for fsck, which never runs on a job's scratch.
     let _ = std::fs::remove_dir(dir.join("lost+found"));
     Ok(())
@@ -177,20 +235,20 @@ fn free_bytes(file: &std::fs::File) -> std::io::Result<u64> {
 }
 
 /// Runs a tool to its end; its stderr (trimmed) on failure.
-fn run(command: &mut Command) -> Result<(), String> {
+fn run(command: &mut Command) -> Result<(), ToolError> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let out = command
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let out = match command.stdin(std::process::Stdio::null()).output() {
+        Ok(out) => out,
+        Err(error) => return Err(ToolError::Spawn { program, error }),
+    };
     if out.status.success() {
         return Ok(());
     }
-    Err(format!(
-        "{program} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    Err(ToolError::Failed {
+        program,
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
 }
 
 /// Whether `dir` is a mount point below `parent` (its own device).
@@ -203,7 +261,7 @@ fn is_mounted(dir: &Path, parent: &Path) -> bool {
 
 /// Removes a job's scratch: unmounts its filesystem (lazily if something still holds it; the
 /// loop device goes with the last user), then the dir and the image. Nothing there is fine.
-pub fn remove(job_dir: &Path) -> Result<(), String> {
+pub fn remove(job_dir: &Path) -> Result<(), ScratchError> {
     let dir = job_dir.join(SCRATCH_DIR);
     if is_mounted(&dir, job_dir) {
         unmount(&dir)?;
@@ -211,20 +269,20 @@ pub fn remove(job_dir: &Path) -> Result<(), String> {
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot remove {}: {e}", dir.display())),
+        Err(e) => return Err(io("remove", &dir)(e)),
     }
     let image = job_dir.join(SCRATCH_IMAGE);
     match std::fs::remove_file(&image) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove {}: {e}", image.display())),
+        Err(e) => Err(io("remove", &image)(e)),
     }
 }
 
-fn unmount(dir: &Path) -> Result<(), String> {
+fn unmount(dir: &Path) -> Result<(), ScratchError> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| format!("{} has a NUL byte", dir.display()))?;
+        .map_err(|_| ScratchError::NulInPath(dir.to_owned()))?;
     for flags in [0, libc::MNT_DETACH] {
         // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
         if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
@@ -232,10 +290,10 @@ fn unmount(dir: &Path) -> Result<(), String> {
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EBUSY) {
-            return Err(format!("cannot unmount {}: {err}", dir.display()));
+            return Err(io("unmount", dir)(err));
         }
     }
-    Err(format!("cannot unmount {}: busy", dir.display()))
+    Err(ScratchError::Busy(dir.to_owned()))
 }
 
 #[cfg(test)]
@@ -348,7 +406,8 @@ mod tests {
         let too_big = available(dir.path()) * 2;
         let err = make(dir.path(), too_big, own_ids(), ScratchLimit::Filesystem).unwrap_err();
         assert!(
-            err.contains("less free space than the scratch asks for"),
+            err.to_string()
+                .contains("less free space than the scratch asks for"),
             "{err}"
         );
         // Refused before allocating: nothing of the disk was taken, even for a moment.

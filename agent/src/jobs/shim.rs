@@ -249,12 +249,18 @@ pub fn main(args: &ShimArgs) -> ExitCode {
     // SAFETY: setsid(2) has no memory-safety preconditions; it fails harmlessly (EPERM) when we
     // already lead a process group.
     unsafe { libc::setsid() };
-    let dir = &args.job_dir;
-    let record = supervise(args);
-    // The container goes first, so a recorded exit means no container is left.
     let runc = Runc::new(&args.runtime, &args.runtime_root);
+    run(args, &runc)
+}
+
+/// Supervises job `args.id` with `runtime` (see the module doc): runs its container, then
+/// deletes it and writes `exit.json`.
+pub fn run(args: &ShimArgs, runtime: &dyn JobRuntime) -> ExitCode {
+    let dir = &args.job_dir;
+    let record = supervise(args, runtime);
+    // The container goes first, so a recorded exit means no container is left.
     for attempt in 1..=3 {
-        match runc.delete(&args.id, true) {
+        match runtime.delete(&args.id, true) {
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(error = %err, attempt, "cannot delete the container");
@@ -310,7 +316,7 @@ fn close_inherited_on_exec() {
     }
 }
 
-fn supervise(args: &ShimArgs) -> ExitRecord {
+fn supervise(args: &ShimArgs, runtime: &dyn JobRuntime) -> ExitRecord {
     let dir = &args.job_dir;
     let fail = |error: String| ExitRecord {
         finished_at_millis: now_millis(),
@@ -324,9 +330,8 @@ fn supervise(args: &ShimArgs) -> ExitRecord {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => return fail(format!("cannot open the log files: {e}")),
     };
-    let runc = Runc::new(&args.runtime, &args.runtime_root);
     let pid_file = dir.join(CONTAINER_PID_FILE);
-    let mut cmd = runc.run_command(&args.id, &dir.join(BUNDLE_DIR), &pid_file);
+    let mut cmd = runtime.run_command(&args.id, &dir.join(BUNDLE_DIR), &pid_file);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -328,41 +328,38 @@ pub fn validate(
     }
 
     let r = &spec.resources;
-    if r.cpu_millicores < MIN_CPU_MILLICORES {
-        return Err(invalid(
+    // (field, value, lowest allowed, the rule), checked in this order.
+    let bounds = [
+        (
             "resources.cpu_millicores",
-            format!(
-                "must be at least {MIN_CPU_MILLICORES}, got {}",
-                r.cpu_millicores
-            ),
-        ));
-    }
-    if r.memory_bytes <= 0 {
-        return Err(invalid(
+            r.cpu_millicores,
+            MIN_CPU_MILLICORES,
+            format!("must be at least {MIN_CPU_MILLICORES}"),
+        ),
+        (
             "resources.memory_bytes",
-            format!("must be positive, got {}", r.memory_bytes),
-        ));
-    }
-    if r.memory_bytes < MIN_MEMORY_BYTES {
-        return Err(invalid(
+            r.memory_bytes,
+            1,
+            "must be positive".to_owned(),
+        ),
+        (
             "resources.memory_bytes",
-            format!(
-                "must be at least {MIN_MEMORY_BYTES} (4 MiB), got {}",
-                r.memory_bytes
-            ),
-        ));
-    }
-    if r.pids <= 0 {
-        return Err(invalid(
-            "resources.pids",
-            format!("must be positive, got {}", r.pids),
-        ));
-    }
-    if r.scratch_bytes < 0 {
-        return Err(invalid(
+            r.memory_bytes,
+            MIN_MEMORY_BYTES,
+            format!("must be at least {MIN_MEMORY_BYTES} (4 MiB)"),
+        ),
+        ("resources.pids", r.pids, 1, "must be positive".to_owned()),
+        (
             "resources.scratch_bytes",
-            format!("must not be negative, got {}", r.scratch_bytes),
-        ));
+            r.scratch_bytes,
+            0,
+            "must not be negative".to_owned(),
+        ),
+    ];
+    for (field, value, lowest, rule) in bounds {
+        if value < lowest {
+            return Err(invalid(field, format!("{rule}, got {value}")));
+        }
     }
     let mut gpu_ids: Vec<String> = Vec::new();
     for (i, name) in r.gpus.iter().enumerate() {

@@ -1,0 +1,61 @@
+//! Retention (`impl JobManager`, at the end of every telemetry tick): a job that ended
+//! `[jobs] retention_millis` ago is forgotten: its job dir (logs, bundle) first, then its
+//! record, transitions and usage counters (one transaction), then the job in memory. Until
+//! then GetJob, JobLogs and StartJob's idempotency still know it; afterwards its id may be
+//! started again.
+
+use super::manager::JobManager;
+use super::scratch;
+
+impl JobManager {
+    /// Forgets every job that ended at least `[jobs] retention_millis` before `now_ms` (0 =
+    /// never); see the module doc. A record that cannot be deleted is kept, and tried again at
+    /// the next tick.
+    pub fn forget_expired(&self, now_ms: u64) {
+        let retention = self.config.retention_millis;
+        if retention == 0 {
+            return;
+        }
+        let expired: Vec<String> = self.records.read(|t| {
+            t.jobs
+                .values()
+                .filter(|e| {
+                    !e.view.record.state.is_active()
+                        && e.view
+                            .record
+                            .finished_at_millis
+                            .is_some_and(|at| now_ms.saturating_sub(at) >= retention)
+                })
+                .map(|e| e.view.spec.job_id.clone())
+                .collect()
+        });
+        if expired.is_empty() {
+            return;
+        }
+        for id in &expired {
+            let dir = self.job_dir(id);
+            // Gone when the job ended, unless its unmount failed then.
+            if let Err(err) = scratch::remove(&dir) {
+                tracing::warn!(job = %id, error = %err, "cannot remove the scratch space");
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                // The record goes anyway: a dir left behind is replaced if the id comes back.
+                Err(err) => {
+                    tracing::warn!(job = %id, error = %err, "cannot remove {}", dir.display())
+                }
+            }
+        }
+        let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
+        if let Err(err) = self.records.delete(&ids) {
+            tracing::warn!(error = %err, jobs = expired.len(), "cannot delete ended jobs past their retention; next tick tries again");
+            return;
+        }
+        tracing::info!(
+            jobs = ids.len(),
+            retention_millis = retention,
+            "forgot ended jobs past their retention"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The telemetry tick (`impl JobManager`; one thread for all jobs, started by
+//! [`JobManager::spawn_sampler`]): each running job's cgroup is read, its usage counters
+//! advance (monotonic, persisted in one transaction per tick, after the in-memory update),
+//! its GPU time is counted from per-process accounting ([`crate::gpu::accounting`]), a sample
+//! goes to its watchers, and its time and scratch limits are enforced. The tick also notices
+//! ends the reaper did not see (shims of an earlier run) and forgets jobs past their
+//! retention ([`super::retention`]).
+//!
+//! A job over a limit gets `stopping` and SIGTERM in the tick; its SIGKILL, after
+//! [`super::manager::DEFAULT_STOP_GRACE`], comes from a later tick ([`SamplerState::kill_at`]): no thread per
+//! stop, and the tick never waits for a job to end.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use super::manager::JobManager;
+use super::model::{JobGpuSample, JobRecord, JobState, Sample, Termination};
+use super::records::lock;
+use super::shim;
+use crate::cgroup::{self, CgroupStats};
+use crate::gpu::accounting as gpu_usage;
+
+/// The scratch dir's size is measured every this many telemetry ticks.
+const SCRATCH_EVERY_TICKS: u64 = 5;
+
+/// What the tick keeps from one round to the next.
+#[derive(Debug, Default)]
+pub struct SamplerState {
+    ticks: u64,
+    /// Every pid seen in each running GPU job's cgroup (see [`gpu_usage`]).
+    gpu_pids: HashMap<String, BTreeSet<u32>>,
+    /// Jobs sent SIGTERM without a caller waiting: when they get SIGKILL.
+    pub(super) kill_at: HashMap<String, Instant>,
+}
+
+/// A job's figures of one GPU at one telemetry tick.
+struct GpuFigures {
+    /// GPU-milliseconds so far, for the usage counters.
+    held_millis: Result<u64, String>,
+    /// What it uses now, for the sample.
+    now: JobGpuSample,
+}
+
+/// Bytes in a dir tree (files' apparent sizes; symlinks not followed).
+pub fn dir_size(path: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    total
+}
+
+impl JobManager {
+    /// A running job's GPU figures at this tick (see [`gpu_usage`]), per GPU: its
+    /// GPU-milliseconds so far, and what it uses now, or why each cannot be read. Empty for a
+    /// job without GPUs.
+    fn gpu_used(&self, id: &str, record: &JobRecord) -> Vec<GpuFigures> {
+        if record.gpus.is_empty() {
+            return Vec::new();
+        }
+        let mut current = BTreeSet::new();
+        if let Some(layout) = &self.layout {
+            match cgroup::read_procs(&self.fs, layout, &record.cgroups_path) {
+                Ok(now) => current.extend(now),
+                Err(err) => {
+                    tracing::debug!(job = %id, error = %err, "cannot list the job's pids")
+                }
+            }
+        }
+        let pids = {
+            let mut sampler = lock(&self.sampler);
+            let pids = sampler.gpu_pids.entry(id.to_owned()).or_default();
+            pids.extend(current.iter().copied());
+            pids.clone()
+        };
+        // Created, not started: the container's first processes start before `running` is
+        // recorded.
+        let since_micros = record.created_at_millis.saturating_mul(1000);
+        let now_micros = shim::now_millis().saturating_mul(1000);
+        // Utilization over the last interval.
+        let interval_micros = self.config.telemetry_interval_millis.saturating_mul(1000);
+        let use_since = now_micros.saturating_sub(interval_micros);
+        record
+            .gpus
+            .iter()
+            .map(|gpu| GpuFigures {
+                held_millis: self
+                    .gpu_accounting
+                    .process_spans(gpu, &pids)
+                    .map(|spans| gpu_usage::held_millis(&spans, since_micros, now_micros)),
+                now: JobGpuSample {
+                    pci_bus_id: gpu.clone(),
+                    used: self.gpu_accounting.process_use(gpu, &current, use_since),
+                },
+            })
+            .collect()
+    }
+
+    /// One telemetry round over every running job (see the module doc).
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let now_ms = shim::now_millis();
+        let jobs: Vec<(String, JobRecord, i64)> = self.records.read(|t| {
+            t.jobs
+                .values()
+                .filter(|e| matches!(e.view.record.state, JobState::Running | JobState::Stopping))
+                .map(|e| {
+                    (
+                        e.view.spec.job_id.clone(),
+                        e.view.record.clone(),
+                        e.view.spec.resources.scratch_bytes,
+                    )
+                })
+                .collect()
+        });
+        let (measure_scratch, due_kills) = {
+            let mut sampler = lock(&self.sampler);
+            sampler.ticks += 1;
+            let running = |id: &String| jobs.iter().any(|(job, _, _)| job == id);
+            sampler.gpu_pids.retain(|id, _| running(id));
+            sampler.kill_at.retain(|id, _| running(id));
+            let due: Vec<String> = sampler
+                .kill_at
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &due {
+                sampler.kill_at.remove(id);
+            }
+            (sampler.ticks.is_multiple_of(SCRATCH_EVERY_TICKS), due)
+        };
+        for id in due_kills {
+            tracing::info!(job = %id, "job still runs after its stop grace: SIGKILL");
+            if let Err(err) = self.runtime.kill(&id, "KILL") {
+                tracing::warn!(job = %id, error = %err, "SIGKILL failed");
+            }
+        }
+        let mut ended = Vec::new();
+        let mut samples = Vec::new();
+        for (id, record, scratch_limit) in jobs {
+            let dir = self.job_dir(&id);
+            if dir.join(shim::EXIT_FILE).exists() || !self.supervisor.alive(&id, &dir) {
+                ended.push(id);
+                continue;
+            }
+            let stats = match &self.layout {
+                Some(layout) => cgroup::read_stats(&self.fs, layout, &record.cgroups_path),
+                None => CgroupStats {
+                    notes: vec!["no cgroup hierarchy found".to_owned()],
+                    ..CgroupStats::default()
+                },
+            };
+            let scratch_used_bytes =
+                measure_scratch.then(|| dir_size(&dir.join(shim::SCRATCH_DIR)));
+            let gpu_used = self.gpu_used(&id, &record);
+            let sample = Sample {
+                taken_at_millis: now_ms,
+                stats,
+                scratch_used_bytes,
+                gpus: gpu_used.iter().map(|f| f.now.clone()).collect(),
+            };
+            samples.push((id, record, scratch_limit, sample, gpu_used));
+        }
+        for id in ended {
+            if let Err(err) = self.check_ended(&id) {
+                tracing::warn!(job = %id, error = %err, "cannot record the job's end");
+            }
+        }
+        let mut to_store = Vec::new();
+        let mut to_stop = Vec::new();
+        self.records.touch(|t| {
+            for (id, record, scratch_limit, sample, gpu_used) in samples {
+                let Some(entry) = t.jobs.get_mut(&id) else {
+                    continue;
+                };
+                let usage = &mut entry.view.usage;
+                if let Some(started) = record.started_at_millis {
+                    usage.duration_millis =
+                        usage.duration_millis.max(now_ms.saturating_sub(started));
+                }
+                if let Some(cpu) = sample.stats.cpu_usage_nanos {
+                    usage.cpu_nanos = usage.cpu_nanos.max(cpu);
+                }
+                if let (Some(mem), Some(prev)) =
+                    (sample.stats.memory_usage_bytes, entry.last_sample_at)
+                {
+                    let dt_ms = now.duration_since(prev).as_millis();
+                    let add = u128::from(mem) * dt_ms / (1 << 20);
+                    usage.memory_mib_millis = usage
+                        .memory_mib_millis
+                        .saturating_add(u64::try_from(add).unwrap_or(u64::MAX));
+                }
+                if !gpu_used.is_empty() {
+                    let mut notes = Vec::new();
+                    for figures in gpu_used {
+                        let gpu = figures.now.pci_bus_id;
+                        match figures.held_millis {
+                            Ok(ms) => {
+                                let slot = usage.gpu_millis.entry(gpu).or_insert(0);
+                                *slot = (*slot).max(ms);
+                            }
+                            Err(note) => notes.push(format!("{gpu}: {note}")),
+                        }
+                    }
+                    usage.gpu_note = notes.join("; ");
+                }
+                usage.updated_at_millis = now_ms;
+                entry.last_sample_at = Some(now);
+                let sample = Arc::new(sample);
+                entry.view.last_sample = Some(sample.clone());
+                // No receivers is fine.
+                let _ = entry
+                    .events
+                    .send(super::JobEvent::Telemetry(sample.clone(), usage.clone()));
+                to_store.push((id.clone(), usage.clone()));
+                if record.state == JobState::Running {
+                    if let Some(cause) = over_limit(&record, &sample, scratch_limit, now_ms) {
+                        to_stop.push((id.clone(), cause));
+                    }
+                }
+            }
+        });
+        if !to_store.is_empty() {
+            self.records.store_usage(&to_store);
+        }
+        for (id, cause) in to_stop {
+            tracing::info!(job = %id, cause = ?cause, "stopping job at its limit");
+            match self.mark_stopping(&id, cause) {
+                Ok(true) => self.terminate_later(&id),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(job = %id, error = %err, "cannot record the stop"),
+            }
+        }
+        self.forget_expired(now_ms);
+    }
+
+    /// Starts the telemetry thread: [`Self::tick`] every `[jobs] telemetry_interval_millis`
+    /// until [`Self::shutdown`] (which wakes it at once: it sleeps on a channel).
+    pub fn spawn_sampler(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        *lock(&self.sampler_stop) = Some(stop_tx);
+        let manager = Arc::downgrade(self);
+        let interval = self.config.telemetry_interval();
+        std::thread::Builder::new()
+            .name("job-telemetry".into())
+            .spawn(move || {
+                let mut next = Instant::now() + interval;
+                loop {
+                    let wait = next.saturating_duration_since(Instant::now());
+                    match stop_rx.recv_timeout(wait) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        // Shut down (the sender dropped), or a stray message: stop either way.
+                        _ => return,
+                    }
+                    let now = Instant::now();
+                    next += interval;
+                    if next < now {
+                        next = now + interval;
+                    }
+                    let Some(manager) = manager.upgrade() else {
+                        return;
+                    };
+                    manager.tick();
+                }
+            })
+    }
+}
+
+/// Which limit a running job is over at this sample, if any: time first, then scratch.
+fn over_limit(
+    record: &JobRecord,
+    sample: &Sample,
+    scratch_limit: i64,
+    now_ms: u64,
+) -> Option<Termination> {
+    let over_time = record
+        .started_at_millis
+        .is_some_and(|s| now_ms.saturating_sub(s) > record.time_limit_millis);
+    let over_scratch = sample
+        .scratch_used_bytes
+        .is_some_and(|used| used > u64::try_from(scratch_limit).unwrap_or(0));
+    if over_time {
+        Some(Termination::TimeLimit)
+    } else if over_scratch {
+        Some(Termination::ScratchLimit)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("a/x"), vec![0u8; 1000]).unwrap();
+        std::fs::write(dir.path().join("y"), vec![0u8; 24]).unwrap();
+        assert_eq!(dir_size(dir.path()), 1024);
+    }
+}

@@ -1,0 +1,333 @@
+//! The job state machine without root or runc: a [`JobManager`] on the fake runtime
+//! ([`super::fake`]) in a temp dir (polled scratch, no cgroup hierarchy). Start, exit, stop with
+//! grace, time limit, restart recovery, retention, start failure and capacity.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::fake::{FakeRuntime, FakeSupervisor};
+use super::manager::{JobManager, JobSetup};
+use super::model::{JobEvent, JobState, JobView, Termination};
+use super::spec::{ImageSource, JobSpec, ResolvedImage, Resources};
+use super::JobError;
+use crate::capacity::{CapacityLedger, Totals};
+use crate::config::{CapacityConfig, JobsConfig, ScratchLimit};
+use crate::fsroot::FsRoot;
+use crate::gpu::accounting::NoGpuAccounting;
+
+/// Every image resolves to one rootfs dir, run as the test's own user.
+struct Images(PathBuf);
+
+impl ImageSource for Images {
+    fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
+        // SAFETY: getuid(2)/getgid(2) cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Ok(Some(ResolvedImage {
+            reference: name.to_owned(),
+            manifest_digest: format!("sha256:{}", "ab".repeat(32)),
+            rootfs: self.0.clone(),
+            entrypoint: Vec::new(),
+            cmd: vec!["sh".to_owned()],
+            env: Vec::new(),
+            working_dir: None,
+            user: Some(format!("{uid}:{gid}")),
+        }))
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    fake: Arc<FakeRuntime>,
+    capacity: Arc<CapacityLedger>,
+    config: JobsConfig,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rootfs")).unwrap();
+        let config = JobsConfig {
+            scratch_limit: ScratchLimit::Polled,
+            retention_millis: 60_000,
+            ..JobsConfig::default()
+        };
+        let capacity = Arc::new(CapacityLedger::new(
+            CapacityConfig::default(),
+            Totals {
+                cpu_millicores: Some(4_000),
+                memory_bytes: Some(64 << 30),
+                disk_bytes: Some(1 << 40),
+                ..Totals::default()
+            },
+        ));
+        Self {
+            dir,
+            fake: FakeRuntime::new(),
+            capacity,
+            config,
+        }
+    }
+
+    /// A manager on this rig's state dir (a second one is the agent after a restart).
+    fn open(&self) -> Arc<JobManager> {
+        let setup = JobSetup {
+            config: self.config.clone(),
+            state_dir: self.dir.path().join("state"),
+            shim_exe: PathBuf::from("/nonexistent"),
+            runtime: self.fake.clone(),
+            images: Arc::new(Images(self.dir.path().join("rootfs"))),
+            gpu_accounting: Arc::new(NoGpuAccounting),
+            fs: FsRoot::new(self.dir.path().join("host")),
+        };
+        let supervisor = Arc::new(FakeSupervisor(self.fake.clone()));
+        JobManager::open_with(setup, self.capacity.clone(), supervisor).unwrap()
+    }
+}
+
+fn spec(id: &str) -> JobSpec {
+    JobSpec {
+        job_id: id.to_owned(),
+        image: "busybox:latest".to_owned(),
+        command: vec!["sleep".to_owned(), "60".to_owned()],
+        resources: Resources {
+            cpu_millicores: 500,
+            memory_bytes: 64 << 20,
+            pids: 64,
+            scratch_bytes: 1 << 20,
+            ..Resources::default()
+        },
+        ..JobSpec::default()
+    }
+}
+
+/// Waits (bounded) until job `id` satisfies `done`.
+fn wait_until(jobs: &JobManager, id: &str, done: impl Fn(&JobView) -> bool) -> JobView {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = jobs.get(id).unwrap();
+        if done(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "{id} stuck in {:?}", view.record);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ended(view: &JobView) -> bool {
+    !view.record.state.is_active()
+}
+
+#[test]
+fn a_job_starts_runs_and_its_exit_is_recorded_with_its_events() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    let (view, created) = jobs.start(&spec("a")).unwrap();
+    assert!(created);
+    assert_eq!(view.record.state, JobState::Running);
+    assert!(view.record.started_at_millis.is_some());
+    let reserved = rig.capacity.current().capacity.cpu_millicores.allocated;
+    assert_eq!(reserved, 500, "the running job holds its CPU");
+
+    // Idempotent: the same spec answers the same job; another spec is refused.
+    let (again, created) = jobs.start(&spec("a")).unwrap();
+    assert!(!created);
+    assert_eq!(again.record.state, JobState::Running);
+    let mut other = spec("a");
+    other.command = vec!["true".to_owned()];
+    assert!(matches!(
+        jobs.start(&other),
+        Err(JobError::AlreadyExists(_))
+    ));
+
+    let (_, mut events) = jobs.subscribe("a").unwrap();
+    rig.fake.exit("a", 3);
+    // The shim's end is recorded at once (its reaper), not at a tick.
+    let view = wait_until(&jobs, "a", ended);
+    assert_eq!(view.record.state, JobState::Failed);
+    assert_eq!(view.record.termination, Some(Termination::Exited));
+    assert_eq!(view.record.exit_code, Some(3));
+    assert_eq!(view.usage.cpu_nanos, 1_000);
+    match events.try_recv().unwrap() {
+        JobEvent::Changed(view) => assert_eq!(view.record.state, JobState::Failed),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.capacity.current().capacity.cpu_millicores.allocated, 0);
+    assert_eq!(jobs.list(true).len(), 0);
+    assert_eq!(jobs.list(false).len(), 1);
+}
+
+#[test]
+fn stop_sends_term_then_kill_after_the_grace() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    jobs.start(&spec("polite")).unwrap();
+    let view = jobs.stop("polite", Duration::from_secs(5)).unwrap();
+    assert_eq!(view.record.state, JobState::Stopped);
+    assert_eq!(view.record.termination, Some(Termination::StopRequested));
+    assert_eq!(view.record.exit_code, Some(143));
+    assert_eq!(rig.fake.signals("polite"), Vec::<String>::new(), "deleted");
+
+    jobs.start(&spec("stubborn")).unwrap();
+    rig.fake.ignore_term("stubborn");
+    let at = Instant::now();
+    let view = jobs.stop("stubborn", Duration::from_millis(200)).unwrap();
+    assert!(at.elapsed() >= Duration::from_millis(200));
+    assert_eq!(view.record.state, JobState::Stopped);
+    assert_eq!(view.record.exit_code, Some(137));
+    // Stopping an ended job is a no-op.
+    let again = jobs.stop("stubborn", Duration::from_millis(1)).unwrap();
+    assert_eq!(again.record.exit_code, Some(137));
+    assert!(matches!(
+        jobs.stop("nope", Duration::ZERO),
+        Err(JobError::NotFound(_))
+    ));
+}
+
+#[test]
+fn the_tick_stops_a_job_at_its_time_limit_and_kills_it_after_the_grace() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    let mut limited = spec("slow");
+    limited.time_limit_millis = 100;
+    jobs.start(&limited).unwrap();
+    rig.fake.ignore_term("slow");
+    std::thread::sleep(Duration::from_millis(150));
+    jobs.tick();
+    let view = jobs.get("slow").unwrap();
+    assert_eq!(view.record.state, JobState::Stopping);
+    assert_eq!(view.record.stop_cause, Some(Termination::TimeLimit));
+    assert_eq!(rig.fake.signals("slow"), ["TERM"]);
+    assert!(view.last_sample.is_some(), "a sample was taken");
+    // Before the grace: no SIGKILL yet.
+    jobs.tick();
+    assert_eq!(rig.fake.signals("slow"), ["TERM"]);
+    // Past it (the deadline moved forward instead of sleeping 5 s).
+    for at in super::records::lock(&jobs.sampler).kill_at.values_mut() {
+        *at = Instant::now();
+    }
+    jobs.tick();
+    let view = wait_until(&jobs, "slow", ended);
+    assert_eq!(view.record.state, JobState::Stopped);
+    assert_eq!(view.record.termination, Some(Termination::TimeLimit));
+    assert_eq!(view.record.exit_code, Some(137));
+}
+
+#[test]
+fn a_restarted_manager_finds_running_ended_lost_and_orphaned_containers() {
+    let rig = Rig::new();
+    let first = rig.open();
+    for id in ["keeps", "ends", "lost"] {
+        first.start(&spec(id)).unwrap();
+    }
+    first.shutdown();
+    // The agent is gone (its reapers too: what follows is seen by the restart only).
+    drop(first);
+    rig.fake.exit("ends", 0);
+    rig.fake.crash("lost");
+    rig.fake.add_orphan("stray");
+    wait_until_gone(&rig.fake, "ends");
+    wait_until_gone(&rig.fake, "lost");
+
+    let second = rig.open();
+    assert_eq!(second.get("keeps").unwrap().record.state, JobState::Running);
+    let ends = second.get("ends").unwrap();
+    assert_eq!(ends.record.state, JobState::Succeeded);
+    assert_eq!(ends.record.exit_code, Some(0));
+    let lost = second.get("lost").unwrap();
+    assert_eq!(lost.record.state, JobState::Failed);
+    assert_eq!(lost.record.termination, Some(Termination::Lost));
+    assert!(!rig.fake.running("stray"), "the orphan was removed");
+    assert_eq!(
+        rig.capacity.current().capacity.cpu_millicores.allocated,
+        500,
+        "only the running job holds capacity"
+    );
+    // The running one is still stoppable by the new manager.
+    let view = second.stop("keeps", Duration::from_secs(5)).unwrap();
+    assert_eq!(view.record.state, JobState::Stopped);
+}
+
+fn wait_until_gone(fake: &FakeRuntime, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.running(id) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The fake shim writes exit.json before it lets go of the container.
+    std::thread::sleep(Duration::from_millis(20));
+}
+
+#[test]
+fn ended_jobs_are_forgotten_after_their_retention_and_the_id_may_come_back() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    jobs.start(&spec("brief")).unwrap();
+    rig.fake.exit("brief", 0);
+    let view = wait_until(&jobs, "brief", ended);
+    let finished = view.record.finished_at_millis.unwrap();
+    assert!(jobs.job_dir("brief").exists());
+    jobs.forget_expired(finished + 59_000);
+    assert!(jobs.get("brief").is_ok(), "kept within the retention");
+    jobs.forget_expired(finished + 60_000);
+    assert!(matches!(jobs.get("brief"), Err(JobError::NotFound(_))));
+    assert!(!jobs.job_dir("brief").exists());
+    // Gone from the store too: a restart does not bring it back.
+    drop(jobs);
+    let jobs = rig.open();
+    assert!(jobs.get("brief").is_err());
+    let (view, created) = jobs.start(&spec("brief")).unwrap();
+    assert!(created && view.record.state == JobState::Running);
+}
+
+#[test]
+fn a_start_the_runtime_refuses_is_recorded_as_failed() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    rig.fake.fail_start("bad");
+    match jobs.start(&spec("bad")) {
+        Err(JobError::StartFailed { id, message }) => {
+            assert_eq!(id, "bad");
+            assert!(message.contains("refused"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let view = jobs.get("bad").unwrap();
+    assert_eq!(view.record.state, JobState::Failed);
+    assert_eq!(view.record.termination, Some(Termination::StartFailed));
+    assert_eq!(rig.capacity.current().capacity.cpu_millicores.allocated, 0);
+}
+
+#[test]
+fn requests_past_the_free_capacity_are_refused_naming_the_resource() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    let mut big = spec("big");
+    big.resources.cpu_millicores = 1_000_000;
+    match jobs.start(&big) {
+        Err(JobError::ResourceExhausted { resource, .. }) => {
+            assert_eq!(resource, "resources.cpu_millicores")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(jobs.get("big").is_err(), "nothing recorded");
+}
+
+#[test]
+fn readers_do_not_wait_for_a_writer() {
+    // A writer holding the store (as during a commit's fsync) does not block get/list.
+    let rig = Rig::new();
+    let jobs = rig.open();
+    jobs.start(&spec("r")).unwrap();
+    let writer = jobs.records.hold_writer_for_test();
+    let at = Instant::now();
+    assert!(jobs.get("r").is_ok());
+    assert_eq!(jobs.list(false).len(), 1);
+    assert!(jobs.subscribe("r").is_ok());
+    use super::JobMetricsSource;
+    assert_eq!(jobs.job_metrics().len(), 1);
+    assert!(at.elapsed() < Duration::from_secs(1));
+    drop(writer);
+}

@@ -1,0 +1,217 @@
+//! Event-driven waits: a [`Waiter`] sleeps in one `poll(2)` on an inotify descriptor (files the
+//! shim and the runtime write or remove: `exit.json`, `container.pid`, runc's `exec.fifo` and
+//! `state.json`) and a pidfd (`pidfd_open(2)`: the shim's exit, also of a shim this agent did
+//! not start, found after a restart). The caller re-checks its condition after every wakeup;
+//! the events only say when to look, so a missed or spurious one costs a check, not a wrong
+//! answer.
+//!
+//! The timeout given to [`Waiter::wait`] bounds each sleep; callers keep it short only where no
+//! event exists (a runtime whose state is known only by asking it, see
+//! [`super::JobRuntime::state_dir`]). Without inotify (its limit reached) a waiter sleeps
+//! [`NO_EVENTS_PAUSE`] at most, the old polling as a fallback.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The longest sleep of a waiter that has no inotify descriptor.
+pub const NO_EVENTS_PAUSE: Duration = Duration::from_millis(10);
+
+/// The events that wake a waiter on a watched dir: a file made (`open(O_CREAT)`), written and
+/// closed, renamed into it, or removed.
+const DIR_EVENTS: u32 =
+    libc::IN_CREATE | libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_ONLYDIR;
+
+/// Waits on file events and one process's exit (see the module doc).
+#[derive(Debug)]
+pub struct Waiter {
+    inotify: Option<OwnedFd>,
+    pidfd: Option<OwnedFd>,
+    watched: Vec<PathBuf>,
+    exited: bool,
+}
+
+impl Default for Waiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Waiter {
+    /// A waiter watching nothing yet.
+    pub fn new() -> Self {
+        // SAFETY: inotify_init1(2) has no memory preconditions; a descriptor >= 0 is ours.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        let inotify = if fd >= 0 {
+            // SAFETY: `fd` is a fresh descriptor no one else owns.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        } else {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "no inotify: waits poll");
+            None
+        };
+        Self {
+            inotify,
+            pidfd: None,
+            watched: Vec::new(),
+            exited: false,
+        }
+    }
+
+    /// Watches `dir` (files made, renamed in, written, removed); false when it cannot (it does
+    /// not exist yet, or there is no inotify). Watching a dir twice is a no-op.
+    pub fn watch_dir(&mut self, dir: &Path) -> bool {
+        if self.watched.iter().any(|d| d == dir) {
+            return true;
+        }
+        let Some(inotify) = &self.inotify else {
+            return false;
+        };
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a valid descriptor and a NUL-terminated path that outlives the call.
+        let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), DIR_EVENTS) };
+        if wd < 0 {
+            return false;
+        }
+        self.watched.push(dir.to_owned());
+        true
+    }
+
+    /// Watches process `pid`'s exit; false when it cannot (it is gone already, or the kernel
+    /// has no pidfd: before 5.3). The caller checks that `pid` is still the process it means
+    /// after this returns true (a pidfd pins the process, so that check cannot race).
+    pub fn watch_pid(&mut self, pid: i32) -> bool {
+        // SAFETY: pidfd_open(2) with flags 0 has no memory preconditions.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let Ok(fd) = i32::try_from(fd) else {
+            return false;
+        };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: a fresh descriptor no one else owns.
+        self.pidfd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        self.exited = false;
+        true
+    }
+
+    /// Takes over a pidfd opened elsewhere (the launcher opens it before the shim can be
+    /// reaped).
+    pub fn watch_pidfd(&mut self, pidfd: OwnedFd) {
+        self.pidfd = Some(pidfd);
+        self.exited = false;
+    }
+
+    /// Whether a process is watched.
+    pub fn has_pid(&self) -> bool {
+        self.pidfd.is_some()
+    }
+
+    /// Whether the watched process has exited (known from a wakeup, or checked now).
+    pub fn exited(&mut self) -> bool {
+        if !self.exited {
+            self.poll(Duration::ZERO);
+        }
+        self.exited
+    }
+
+    /// Sleeps until a watched event or `timeout` (never longer than [`NO_EVENTS_PAUSE`] without
+    /// inotify). Drains the file events; returns true when woken by one.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let timeout = if self.inotify.is_some() {
+            timeout
+        } else {
+            timeout.min(NO_EVENTS_PAUSE)
+        };
+        self.poll(timeout)
+    }
+
+    fn poll(&mut self, timeout: Duration) -> bool {
+        let mut fds = Vec::with_capacity(2);
+        for fd in [&self.inotify, &self.pidfd].into_iter().flatten() {
+            fds.push(libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if fds.is_empty() {
+            std::thread::sleep(timeout);
+            return false;
+        }
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // A sub-millisecond timeout rounds up: never spin.
+        let millis = if millis == 0 && !timeout.is_zero() {
+            1
+        } else {
+            millis
+        };
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+        if n <= 0 {
+            return false;
+        }
+        let mut woke = false;
+        let mut i = 0;
+        if let Some(inotify) = &self.inotify {
+            if fds[i].revents & libc::POLLIN != 0 {
+                drain(inotify);
+                woke = true;
+            }
+            i += 1;
+        }
+        if self.pidfd.is_some() && fds[i].revents != 0 {
+            self.exited = true;
+            woke = true;
+        }
+        woke
+    }
+}
+
+/// Reads every queued inotify event (their contents do not matter: see the module doc).
+fn drain(inotify: &OwnedFd) {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: read(2) into a buffer we own, of its length.
+        let n = unsafe { libc::read(inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn file_events_and_process_exits_wake_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut waiter = Waiter::new();
+        assert!(waiter.watch_dir(dir.path()));
+        assert!(!waiter.wait(Duration::from_millis(20)), "nothing happened");
+        let path = dir.path().join("exit.json");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::write(path, b"{}").unwrap();
+        });
+        let at = Instant::now();
+        assert!(waiter.wait(Duration::from_secs(10)));
+        assert!(at.elapsed() < Duration::from_secs(5));
+        writer.join().unwrap();
+
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.05")
+            .spawn()
+            .unwrap();
+        let mut waiter = Waiter::new();
+        assert!(waiter.watch_pid(child.id() as i32));
+        assert!(!waiter.exited());
+        assert!(waiter.wait(Duration::from_secs(10)));
+        assert!(waiter.exited());
+        child.wait().unwrap();
+    }
+}
