@@ -253,7 +253,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         options.attestation.clone(),
         attestation_stats.clone(),
     ));
-    let shared = Arc::new(build_shared(config, &options, shutdown_rx)?);
+    let shared = Arc::new(build_shared(config, &options, shutdown_rx).await?);
 
     // The API is up before the inventory is: the first GetInventory waits for this collection.
     let warmup = shared.clone();
@@ -363,7 +363,7 @@ fn server_builder(config: &Config) -> Server {
 }
 
 /// The state every listener shares; the sampler is spawned here.
-fn build_shared(
+async fn build_shared(
     config: &Config,
     options: &DaemonOptions,
     shutdown: watch::Receiver<bool>,
@@ -407,8 +407,19 @@ fn build_shared(
                 gpu_accounting: options.gpu_accounting.clone(),
                 fs: options.fs.clone(),
             };
-            let manager = crate::jobs::JobManager::open(setup, capacity.clone())
-                .map_err(DaemonError::Jobs)?;
+            // Recovery asks the runtime about every container it left running and may wait for
+            // one still starting: off the runtime's workers.
+            let capacity = capacity.clone();
+            let manager =
+                tokio::task::spawn_blocking(move || crate::jobs::JobManager::open(setup, capacity))
+                    .await
+                    .map_err(|err| {
+                        DaemonError::Jobs(crate::jobs::JobError::Io {
+                            path: PathBuf::from("job runner recovery"),
+                            source: std::io::Error::other(err.to_string()),
+                        })
+                    })?
+                    .map_err(DaemonError::Jobs)?;
             manager.spawn_sampler().map_err(|source| {
                 DaemonError::Jobs(crate::jobs::JobError::Io {
                     path: PathBuf::from("job-telemetry thread"),
