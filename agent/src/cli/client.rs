@@ -299,7 +299,8 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Query::Attest { nonce } => {
-            let nonce = hex::decode(nonce.trim()).context("--nonce: not hex")?;
+            let nonce = hex::decode(nonce.trim())
+                .map_err(|err| super::CliError::Usage(format!("--nonce: not hex: {err}")))?;
             let reply = client
                 .get_attestation(pb::GetAttestationRequest {
                     nonce,

@@ -33,7 +33,13 @@ pub struct InventoryArgs {
 /// Runs `fog-agent inventory`.
 pub fn run(args: &InventoryArgs) -> anyhow::Result<ExitCode> {
     let fs = match &args.root {
-        Some(dir) if !dir.is_dir() => anyhow::bail!("--root {}: not a directory", dir.display()),
+        Some(dir) if !dir.is_dir() => {
+            return Err(super::CliError::Usage(format!(
+                "--root {}: not a directory",
+                dir.display()
+            ))
+            .into())
+        }
         Some(dir) => FsRoot::new(dir),
         None => FsRoot::host(),
     };

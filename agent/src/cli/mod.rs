@@ -50,10 +50,6 @@ pub enum CliError {
     /// Bad usage clap cannot see: exit [`EXIT_USAGE`].
     #[error("{0}")]
     Usage(String),
-    /// A configuration error found outside [`crate::config`]'s own checks (the message names
-    /// the key): exit [`EXIT_CONFIG`].
-    #[error("{0}")]
-    Config(String),
 }
 
 /// The exit code for `err`: the first error in its chain that has a code of its own decides,
@@ -62,11 +58,8 @@ pub enum CliError {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     use fog_tpm::report::ReportError;
     for cause in err.chain() {
-        if let Some(cli) = cause.downcast_ref::<CliError>() {
-            return match cli {
-                CliError::Usage(_) => EXIT_USAGE,
-                CliError::Config(_) => EXIT_CONFIG,
-            };
+        if let Some(CliError::Usage(_)) = cause.downcast_ref::<CliError>() {
+            return EXIT_USAGE;
         }
         match cause.downcast_ref::<ConfigError>() {
             Some(ConfigError::Syntax { .. } | ConfigError::Invalid { .. }) => return EXIT_CONFIG,
@@ -232,10 +225,6 @@ mod tests {
         assert_eq!(exit_code(&read.into()), EXIT_FAILURE);
         let daemon = DaemonError::Config(vec!["state.dir: must be absolute".into()]);
         assert_eq!(exit_code(&daemon.into()), EXIT_CONFIG);
-        assert_eq!(
-            exit_code(&CliError::Config("tpm.tcti: bad".into()).into()),
-            EXIT_CONFIG
-        );
         assert_eq!(exit_code(&CliError::Usage("bad".into()).into()), EXIT_USAGE);
         let unknown = BenchSuiteError::UnknownId("cpu.nope".into());
         assert_eq!(exit_code(&unknown.into()), EXIT_USAGE);

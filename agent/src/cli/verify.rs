@@ -168,7 +168,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let path = args
         .report
         .as_deref()
-        .context("a report file is required")?;
+        .ok_or_else(|| super::CliError::Usage("a report file is required".into()))?;
     let report = Report::from_json(&read(path)?)?;
     let nonce = parse_nonce_hex(args.nonce.as_deref().unwrap_or_default())?;
     let opts = options(&args.trust, nonce, &args.pcrs, args.max_age)?;

@@ -207,13 +207,10 @@ mod tests {
         let a = inventory();
         let mut b = inventory();
         b.collected_at = "later".into();
-        if let Some(memory) = b.memory.data.as_mut() {
-            memory.available_bytes = 3 * GIB;
-            memory.total_bytes += 5 << 20; // another kernel reserves a little less
-        }
-        if let Some(network) = b.network.data.as_mut() {
-            network.interfaces[0].operstate = Some("down".into());
-        }
+        let memory = b.memory.data.as_mut().unwrap();
+        memory.available_bytes = 3 * GIB;
+        memory.total_bytes += 5 << 20; // another kernel reserves a little less
+        b.network.data.as_mut().unwrap().interfaces[0].operstate = Some("down".into());
         assert_eq!(Fingerprint::of(&a), Fingerprint::of(&b));
         assert_eq!(Fingerprint::of(&a).value.len(), 64);
     }
@@ -222,17 +219,12 @@ mod tests {
     fn hardware_changes_change_it() {
         let base = Fingerprint::of(&inventory()).value;
         let mut more_cpus = inventory();
-        if let Some(cpu) = more_cpus.cpu.data.as_mut() {
-            cpu.logical_cpus = 4;
-        }
+        more_cpus.cpu.data.as_mut().unwrap().logical_cpus = 4;
         let mut new_nic = inventory();
-        if let Some(network) = new_nic.network.data.as_mut() {
-            network.interfaces[0].mac_address = Some("06:00:ac:10:00:03".into());
-        }
+        new_nic.network.data.as_mut().unwrap().interfaces[0].mac_address =
+            Some("06:00:ac:10:00:03".into());
         let mut more_ram = inventory();
-        if let Some(memory) = more_ram.memory.data.as_mut() {
-            memory.total_bytes = 48 * GIB;
-        }
+        more_ram.memory.data.as_mut().unwrap().total_bytes = 48 * GIB;
         for changed in [more_cpus, new_nic, more_ram] {
             assert_ne!(Fingerprint::of(&changed).value, base);
         }

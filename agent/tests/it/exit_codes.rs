@@ -104,7 +104,7 @@ fn serve_exits_78_on_a_bad_config_and_names_the_key() {
             "[state]\ndir = {:?}\n[tpm]\ntcti = \"swtpm:port=0\"\n",
             dir.path().join("state")
         ),
-        vec!["tpm.tcti \"swtpm:port=0\""],
+        vec!["tpm.tcti: TCTI \"swtpm:port=0\" is malformed"],
     ));
     for (what, text, needles) in cases {
         std::fs::write(&file, text).unwrap();

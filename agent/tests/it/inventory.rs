@@ -301,7 +301,11 @@ fn bad_root_is_a_clear_error() {
         .args(["inventory", "--root", "/nonexistent/fixture"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a bad --root is a usage error"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/fixture"), "{stderr}");
     assert!(stderr.contains("not a directory"), "{stderr}");
