@@ -1,0 +1,190 @@
+//! Semantic checks of a parsed config ([`Config::problems`]): every bad value, each with its key.
+
+use super::{Config, Problem};
+
+impl Config {
+    /// Every semantic problem of this config (empty when valid).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut check = |ok: bool, key: &'static str, message: String| {
+            if !ok {
+                out.push(Problem { key, message });
+            }
+        };
+        let api = &self.api;
+        check(
+            !api.listen.is_empty() || api.unix_socket().is_some(),
+            "api.listen",
+            "no listener: set api.listen or api.unix_socket".into(),
+        );
+        let plaintext = api.insecure_loopback;
+        for addr in &api.listen {
+            check(
+                !plaintext || addr.ip().is_loopback(),
+                "api.insecure_loopback",
+                format!("plaintext is allowed on loopback addresses only, not {addr}"),
+            );
+        }
+        if !api.listen.is_empty() && !plaintext {
+            for (key, path) in [
+                ("api.tls_cert", &api.tls_cert),
+                ("api.tls_key", &api.tls_key),
+                ("api.client_ca", &api.client_ca),
+            ] {
+                check(
+                    !path.as_os_str().is_empty(),
+                    key,
+                    "required for mutual TLS on api.listen".into(),
+                );
+            }
+        }
+        if let Some(socket) = api.unix_socket() {
+            check(
+                socket.is_absolute(),
+                "api.unix_socket",
+                format!("must be an absolute path, not {}", socket.display()),
+            );
+        }
+        check(
+            (1024..=256 * 1024 * 1024).contains(&api.max_message_bytes.0),
+            "api.max_message_bytes",
+            format!(
+                "{} bytes is outside 1 KiB to 256 MiB",
+                api.max_message_bytes.0
+            ),
+        );
+        check(
+            (1..=100_000).contains(&api.max_concurrent_streams),
+            "api.max_concurrent_streams",
+            format!("{} is outside 1 to 100000", api.max_concurrent_streams),
+        );
+        check(
+            (100..=3_600_000).contains(&api.request_timeout_millis),
+            "api.request_timeout_millis",
+            format!("{} is outside 100 to 3600000", api.request_timeout_millis),
+        );
+        check(
+            api.shutdown_grace_millis <= 600_000,
+            "api.shutdown_grace_millis",
+            format!("{} is more than 600000", api.shutdown_grace_millis),
+        );
+        check(
+            self.state.dir.is_absolute(),
+            "state.dir",
+            format!("must be an absolute path, not {:?}", self.state.dir),
+        );
+        check(
+            valid_tcti(&self.tpm.tcti),
+            "tpm.tcti",
+            format!(
+                "{:?} is not a TCTI (device:PATH, swtpm:host=H,port=P, mssim:..., tabrmd)",
+                self.tpm.tcti
+            ),
+        );
+        let telemetry = &self.telemetry;
+        check(
+            (10..=60_000).contains(&telemetry.min_interval_millis),
+            "telemetry.min_interval_millis",
+            format!("{} is outside 10 to 60000", telemetry.min_interval_millis),
+        );
+        check(
+            (1..=1024).contains(&telemetry.queue_depth),
+            "telemetry.queue_depth",
+            format!("{} is outside 1 to 1024", telemetry.queue_depth),
+        );
+        check(
+            (1..=100_000).contains(&telemetry.max_subscribers),
+            "telemetry.max_subscribers",
+            format!("{} is outside 1 to 100000", telemetry.max_subscribers),
+        );
+        let jobs = &self.jobs;
+        check(
+            jobs.runtime.is_absolute(),
+            "jobs.runtime",
+            format!("must be an absolute path, not {:?}", jobs.runtime),
+        );
+        check(
+            jobs.dir.as_os_str().is_empty() || jobs.dir.is_absolute(),
+            "jobs.dir",
+            format!("must be empty or an absolute path, not {:?}", jobs.dir),
+        );
+        check(
+            (4096..=1 << 40).contains(&jobs.log_max_bytes.0),
+            "jobs.log_max_bytes",
+            format!("{} bytes is outside 4 KiB to 1 TiB", jobs.log_max_bytes.0),
+        );
+        check(
+            (1000..=jobs.max_time_limit_millis).contains(&jobs.default_time_limit_millis),
+            "jobs.default_time_limit_millis",
+            format!(
+                "{} is outside 1000 to jobs.max_time_limit_millis ({})",
+                jobs.default_time_limit_millis, jobs.max_time_limit_millis
+            ),
+        );
+        check(
+            !jobs.cgroup_parent.is_empty()
+                && jobs
+                    .cgroup_parent
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != ".."),
+            "jobs.cgroup_parent",
+            format!(
+                "{:?} is not a relative cgroup path like \"fog-agent\"",
+                jobs.cgroup_parent
+            ),
+        );
+        check(
+            (100..=60_000).contains(&jobs.telemetry_interval_millis),
+            "jobs.telemetry_interval_millis",
+            format!("{} is outside 100 to 60000", jobs.telemetry_interval_millis),
+        );
+        check(
+            jobs.retention_millis == 0 || jobs.retention_millis >= 1000,
+            "jobs.retention_millis",
+            format!(
+                "{} is below 1000 (0 keeps ended jobs forever)",
+                jobs.retention_millis
+            ),
+        );
+        let metrics = &self.metrics;
+        check(
+            (100..=3_600_000).contains(&metrics.sample_interval_millis),
+            "metrics.sample_interval_millis",
+            format!(
+                "{} is outside 100 to 3600000",
+                metrics.sample_interval_millis
+            ),
+        );
+        check(
+            metrics.tls_cert.as_os_str().is_empty() == metrics.tls_key.as_os_str().is_empty(),
+            "metrics.tls_key",
+            "set both metrics.tls_cert and metrics.tls_key for HTTPS, or neither".into(),
+        );
+        for gpu in &self.capacity.reserve_gpus {
+            check(
+                valid_pci_bus_id(gpu),
+                "capacity.reserve_gpus",
+                format!("{gpu:?} is not a PCI bus id like 0000:01:00.0"),
+            );
+        }
+        out
+    }
+}
+
+/// True for the TCTI forms tss-esapi accepts.
+pub(super) fn valid_tcti(tcti: &str) -> bool {
+    let (name, conf) = tcti.split_once(':').unwrap_or((tcti, ""));
+    match name {
+        "device" => conf.starts_with('/'),
+        "swtpm" | "mssim" => true,
+        "tabrmd" => true,
+        _ => false,
+    }
+}
+
+/// True for `dddd:bb:dd.f` in lowercase or uppercase hex.
+pub(super) fn valid_pci_bus_id(id: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
+    let parts: Vec<&str> = id.split([':', '.']).collect();
+    matches!(parts.as_slice(), [d, b, s, f] if hex(d, 4) && hex(b, 2) && hex(s, 2) && hex(f, 1))
+}

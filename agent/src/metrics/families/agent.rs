@@ -1,0 +1,105 @@
+//! The agent's own families: TPM attestation outcomes (`fog_attestation_*`), build info, the
+//! telemetry hub's subscribers and drops, and the agent process (`process_*`).
+
+use std::fmt;
+
+use super::{epoch_seconds, l1, Series, Snapshot, Writer};
+
+pub(super) fn attestation_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
+    let mut requests = Series::default();
+    let mut success = Series::default();
+    let mut failure = Series::default();
+    for (op, counts) in &s.attestation {
+        for (result, n) in [
+            ("ok", counts.ok),
+            ("invalid_argument", counts.invalid),
+            ("error", counts.failed),
+        ] {
+            requests.push(
+                vec![("operation", op.as_str().into()), ("result", result.into())],
+                n as f64,
+            );
+        }
+        success.push_opt(
+            l1("operation", op.as_str()),
+            counts.last_success.map(epoch_seconds),
+        );
+        failure.push_opt(
+            l1("operation", op.as_str()),
+            counts.last_failure.map(epoch_seconds),
+        );
+    }
+    w.counter(
+        "fog_attestation_requests",
+        "TPM operations (quote, enrollment, activation) by result since start.",
+        requests,
+    )?;
+    w.gauge(
+        "fog_attestation_last_success_timestamp_seconds",
+        "When the operation last succeeded.",
+        success,
+    )?;
+    w.gauge(
+        "fog_attestation_last_failure_timestamp_seconds",
+        "When the operation last failed (TPM unavailable or error).",
+        failure,
+    )
+}
+
+pub(super) fn agent_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
+    let mut info = Series::default();
+    info.push(l1("version", env!("CARGO_PKG_VERSION")), 1.0);
+    w.gauge("fog_agent_build_info", "1, with the agent's version.", info)?;
+    w.gauge1(
+        "fog_telemetry_subscribers",
+        "Telemetry subscribers now (WatchHostTelemetry streams, plus the metrics endpoint's own).",
+        Some(s.hub.subscribers as f64),
+    )?;
+    w.counter1(
+        "fog_telemetry_samples",
+        "Host samples the telemetry sampler took since start.",
+        Some(s.hub.samples as f64),
+    )?;
+    w.counter1(
+        "fog_telemetry_dropped_samples",
+        "Samples dropped from full subscriber queues since start (slow readers).",
+        Some(s.hub.dropped as f64),
+    )?;
+    if let Some(p) = s.process {
+        w.counter1(
+            "process_cpu_seconds",
+            "User and system CPU time of the agent process.",
+            Some(p.cpu_seconds),
+        )?;
+        w.gauge1(
+            "process_resident_memory_bytes",
+            "Resident memory of the agent process.",
+            Some(p.resident_bytes as f64),
+        )?;
+        w.gauge1(
+            "process_virtual_memory_bytes",
+            "Virtual memory of the agent process.",
+            Some(p.virtual_bytes as f64),
+        )?;
+        w.gauge1(
+            "process_threads",
+            "Threads of the agent process.",
+            Some(p.threads as f64),
+        )?;
+        w.gauge1(
+            "process_open_fds",
+            "Open file descriptors of the agent process.",
+            p.open_fds.map(|n| n as f64),
+        )?;
+        w.gauge1(
+            "process_max_fds",
+            "Open file descriptor limit of the agent process.",
+            p.max_fds.map(|n| n as f64),
+        )?;
+    }
+    w.gauge1(
+        "process_start_time_seconds",
+        "When the agent process started (seconds since the epoch).",
+        s.process_start,
+    )
+}

@@ -1,0 +1,90 @@
+//! `fog_job_*` families: each job's state, cgroup figures and GPU use.
+
+use std::fmt;
+
+use super::{l1, Series, Snapshot, Writer};
+
+pub(super) fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
+    let mut info = Series::default();
+    let mut cpu = Series::default();
+    let mut throttled = Series::default();
+    let mut mem = Series::default();
+    let mut peak = Series::default();
+    let mut limit = Series::default();
+    let mut oom = Series::default();
+    let mut pids = Series::default();
+    let mut read = Series::default();
+    let mut written = Series::default();
+    let mut gpu_seconds = Series::default();
+    let mut gpu_memory = Series::default();
+    let mut gpu_sm = Series::default();
+    let num = |v: Option<u64>| v.map(|v| v as f64);
+    for job in &s.jobs {
+        let id = || l1("job_id", job.job_id.clone());
+        info.push(
+            vec![("job_id", job.job_id.clone()), ("state", job.state.clone())],
+            1.0,
+        );
+        cpu.push_opt(id(), job.cpu_seconds);
+        throttled.push_opt(id(), job.cpu_throttled_seconds);
+        mem.push_opt(id(), num(job.memory_bytes));
+        peak.push_opt(id(), num(job.memory_peak_bytes));
+        limit.push_opt(id(), num(job.memory_limit_bytes));
+        oom.push_opt(id(), num(job.oom_kills));
+        pids.push_opt(id(), num(job.pids));
+        read.push_opt(id(), num(job.io_read_bytes));
+        written.push_opt(id(), num(job.io_written_bytes));
+        for (bus, seconds) in &job.gpu_seconds {
+            gpu_seconds.push(
+                vec![("job_id", job.job_id.clone()), ("pci_bus_id", bus.clone())],
+                *seconds,
+            );
+        }
+        for (bus, memory, sm) in &job.gpu_now {
+            let labels = || vec![("job_id", job.job_id.clone()), ("pci_bus_id", bus.clone())];
+            gpu_memory.push_opt(labels(), num(*memory));
+            gpu_sm.push_opt(labels(), *sm);
+        }
+    }
+    w.gauge("fog_job_info", "1 per job, with its state.", info)?;
+    w.counter("fog_job_cpu_seconds", "CPU time used by the job.", cpu)?;
+    w.counter(
+        "fog_job_cpu_throttled_seconds",
+        "Time the job was throttled by its CPU quota.",
+        throttled,
+    )?;
+    w.gauge("fog_job_memory_bytes", "Memory the job uses.", mem)?;
+    w.gauge("fog_job_memory_peak_bytes", "The job's peak memory.", peak)?;
+    w.gauge(
+        "fog_job_memory_limit_bytes",
+        "The job's memory limit.",
+        limit,
+    )?;
+    w.counter("fog_job_oom_kills", "OOM kills in the job.", oom)?;
+    w.gauge("fog_job_pids", "Processes in the job.", pids)?;
+    w.counter(
+        "fog_job_io_read_bytes",
+        "Bytes the job read from block devices.",
+        read,
+    )?;
+    w.counter(
+        "fog_job_io_written_bytes",
+        "Bytes the job wrote to block devices.",
+        written,
+    )?;
+    w.counter(
+        "fog_job_gpu_seconds",
+        "Time the job's processes held a context on the GPU (NVML process accounting).",
+        gpu_seconds,
+    )?;
+    w.gauge(
+        "fog_job_gpu_memory_used_bytes",
+        "GPU memory the job's processes hold (NVML running compute processes).",
+        gpu_memory,
+    )?;
+    w.gauge(
+        "fog_job_gpu_sm_utilization_ratio",
+        "Share of the GPU's SMs the job's processes kept busy since the previous sample.",
+        gpu_sm,
+    )
+}
