@@ -3,18 +3,18 @@
 //!
 //! - readers ([`JobManager::get`], [`JobManager::list`], [`JobManager::subscribe`],
 //!   [`JobManager::job_metrics`](super::JobMetricsSource::job_metrics)) answer from memory
-//!   ([`super::records`]): they never wait for an fsync or a runtime call, so async handlers
+//!   (`records`): they never wait for an fsync or a runtime call, so async handlers
 //!   may call them on a tokio worker;
-//! - [`super::lifecycle`]: start, stop and the end of a job (blocking: the API calls them on
+//! - `lifecycle`: start, stop and the end of a job (blocking: the API calls them on
 //!   the blocking pool);
-//! - [`super::recovery`]: what [`JobManager::open`] does with the jobs of an earlier run;
-//! - [`super::sampler`]: the telemetry tick (usage, GPU time, limits);
-//! - [`super::retention`]: forgetting ended jobs;
+//! - `recovery`: what [`JobManager::open`] does with the jobs of an earlier run;
+//! - `sampler`: the telemetry tick (usage, GPU time, limits);
+//! - `retention`: forgetting ended jobs;
 //! - here: construction, capacity admission and publication, and image removal.
 //!
 //! Locks: `admission` serializes StartJob's admission with RemoveImage's check (neither holds a
 //! lock readers take while it does I/O); the records' own locks are described in
-//! [`super::records`]; `gpus` and `sampler` are leaves.
+//! `records`; `gpus` and `sampler` are leaves.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -138,7 +138,7 @@ impl JobManager {
     }
 
     /// Opens the manager: creates the jobs dir, loads every job from the store, recovers the
-    /// ones that were active ([`super::recovery`]) and publishes their reservations. Shims
+    /// ones that were active (`recovery`) and publishes their reservations. Shims
     /// are started by `supervisor` (the seam the tests' fake runtime implements).
     pub fn open_with(
         setup: JobSetup,

@@ -14,22 +14,21 @@
 //! - [`manager`]: the [`JobManager`] facade: construction, readers (from memory), capacity
 //!   admission and publication through [`crate::capacity::CapacityLedger`], image removal.
 //! - [`model`]: job state, record, usage, samples, views and events (plain data).
-//! - [`records`]: the jobs in memory (what readers see) and in SQLite (what writers commit,
-//!   off the readers' lock).
-//! - [`lifecycle`]: start, stop, end. [`recovery`]: after a restart. [`sampler`]: the
-//!   telemetry tick and limits. [`retention`]: forgetting ended jobs.
-//! - [`wait`]: event-driven waits (inotify, pidfd).
+//! - `records`: the jobs in memory (what readers see) and in SQLite (what writers commit, off
+//!   the readers' lock).
+//! - `lifecycle`: start, stop, end. `recovery`: after a restart. `sampler`: the telemetry tick
+//!   and limits. `retention`: forgetting ended jobs.
+//! - `wait`: event-driven waits (inotify, pidfd).
 //! - [`logs`]: tail and follow of the log files.
 //! - [`job_metrics`]: the per-job figures `/metrics` reads ([`JobMetricsSource`]).
-//! - [`gpu_usage`]: GPU-seconds from per-process accounting (the [`GpuAccounting`] seam; NVML
-//!   implements it in [`crate::gpu::NvmlTelemetry`]).
+//!
+//! GPU-seconds come from per-process accounting through [`crate::gpu::GpuAccounting`].
 //!
 //! Job dir layout (`<[jobs] dir>/<job id>/`): `bundle/config.json`, `scratch/` (mounted at
 //! `/scratch`), `stdout.log`, `stderr.log`, `shim.pid`, `container.pid`, `exit.json`,
 //! `shim.log`. The runtime's own state lives in `<[jobs] dir>/.runc`.
 //!
-//! Network: a job gets a fresh network namespace with loopback only; network beyond loopback
-//! (veth, bandwidth shaping) is a later step.
+//! Network: a job gets a fresh network namespace with loopback only.
 
 pub mod bundle;
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! its GPU time is counted from per-process accounting ([`crate::gpu::accounting`]), a sample
 //! goes to its watchers, and its time and scratch limits are enforced. The tick also notices
 //! ends the reaper did not see (shims of an earlier run) and forgets jobs past their
-//! retention ([`super::retention`]).
+//! retention (`retention`).
 //!
 //! A job over a limit gets `stopping` and SIGTERM in the tick; its SIGKILL, after
 //! [`super::manager::DEFAULT_STOP_GRACE`], comes from a later tick ([`SamplerState::kill_at`]): no thread per
