@@ -177,7 +177,7 @@ pub fn collect(fs: &FsRoot, notes: &mut Notes) -> Result<CpuInfo, ProbeError> {
     let cpuinfo = parse_cpuinfo(&fs.read_string("/proc/cpuinfo")?);
     let online_text = fs.read_trimmed("/sys/devices/system/cpu/online")?;
     let online = parse_cpu_list(&online_text)
-        .map_err(|detail| ProbeError::parse("/sys/devices/system/cpu/online", detail))?;
+        .map_err(|e| ProbeError::parse("/sys/devices/system/cpu/online", e.to_string()))?;
     if online.is_empty() {
         return Err(ProbeError::parse(
             "/sys/devices/system/cpu/online",
@@ -357,7 +357,7 @@ fn read_topology(fs: &FsRoot, online: &[u32]) -> Result<Topology, ProbeError> {
             .read_trimmed(&siblings_path)
             .or_else(|_| fs.read_trimmed(&format!("{base}/thread_siblings_list")))?;
         let siblings = parse_cpu_list(&siblings_text)
-            .map_err(|detail| ProbeError::parse(&siblings_path, detail))?;
+            .map_err(|e| ProbeError::parse(&siblings_path, e.to_string()))?;
         // Only online siblings count: an offlined SMT thread does not run anything.
         let siblings: Vec<u32> = siblings
             .into_iter()
