@@ -118,8 +118,19 @@ impl FsRoot {
     }
 }
 
+/// Why a CPU list (`0-3,8`) does not parse; names the offending entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuListError {
+    /// An entry that is not a number or a `lo-hi` pair of numbers.
+    #[error("bad cpu list entry {0:?}")]
+    BadEntry(String),
+    /// A range that runs backwards or spans more than 65536 CPUs.
+    #[error("bad cpu list range {0:?}")]
+    BadRange(String),
+}
+
 /// Parses a Linux CPU list such as `0-3,8,10-11` into CPU numbers, ascending.
-pub fn parse_cpu_list(list: &str) -> Result<Vec<u32>, String> {
+pub fn parse_cpu_list(list: &str) -> Result<Vec<u32>, CpuListError> {
     let mut cpus = Vec::new();
     for part in list
         .trim()
@@ -131,14 +142,11 @@ pub fn parse_cpu_list(list: &str) -> Result<Vec<u32>, String> {
             Some((lo, hi)) => (lo, hi),
             None => (part, part),
         };
-        let lo: u32 = lo
-            .parse()
-            .map_err(|_| format!("bad cpu list entry {part:?}"))?;
-        let hi: u32 = hi
-            .parse()
-            .map_err(|_| format!("bad cpu list entry {part:?}"))?;
+        let bad_entry = |_| CpuListError::BadEntry(part.to_owned());
+        let lo: u32 = lo.parse().map_err(bad_entry)?;
+        let hi: u32 = hi.parse().map_err(bad_entry)?;
         if hi < lo || hi - lo > 1 << 16 {
-            return Err(format!("bad cpu list range {part:?}"));
+            return Err(CpuListError::BadRange(part.to_owned()));
         }
         cpus.extend(lo..=hi);
     }
@@ -181,8 +189,14 @@ mod tests {
 
     #[test]
     fn cpu_list_rejects_garbage() {
-        assert!(parse_cpu_list("0-x").is_err());
-        assert!(parse_cpu_list("5-2").is_err());
+        assert_eq!(
+            parse_cpu_list("0-x").unwrap_err().to_string(),
+            "bad cpu list entry \"0-x\""
+        );
+        assert_eq!(
+            parse_cpu_list("5-2"),
+            Err(CpuListError::BadRange("5-2".into()))
+        );
         assert!(parse_cpu_list("0-4294967295").is_err());
     }
 

@@ -46,13 +46,13 @@ pub enum BenchError {
     /// A parameter is out of range.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
-    /// An I/O operation failed.
-    #[error("{what}: {source}")]
+    /// An I/O operation failed (the OS error is in the message, not repeated as a source).
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The facility is missing here (no OpenCL device, no fp64, ...).
     #[error("unsupported: {0}")]
@@ -64,10 +64,10 @@ pub enum BenchError {
 
 impl BenchError {
     /// Shorthand for an I/O error with context.
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(what: impl Into<String>, error: std::io::Error) -> Self {
         Self::Io {
             what: what.into(),
-            source,
+            error,
         }
     }
 }

@@ -57,7 +57,7 @@ pub fn list_opencl_main() -> std::process::ExitCode {
 /// Runs the benchmarks and prints one record per line. Returns the process exit code.
 pub fn main(args: &ChildArgs) -> std::process::ExitCode {
     let mut out = std::io::stdout().lock();
-    let mut cl: Option<Result<opencl::ClBench, String>> = None;
+    let mut cl: Option<Result<opencl::ClBench, BenchError>> = None;
     // Initialized on the first OpenCL run on an NVIDIA device, then kept for the others.
     let mut nvml: Option<NvmlTelemetry> = None;
     for id in &args.ids {
@@ -88,7 +88,7 @@ fn protocol(mode: Mode) -> Protocol {
 fn run_one(
     spec: &Spec,
     args: &ChildArgs,
-    cl: &mut Option<Result<opencl::ClBench, String>>,
+    cl: &mut Option<Result<opencl::ClBench, BenchError>>,
     nvml: &mut Option<NvmlTelemetry>,
 ) -> BenchRecord {
     let root = Path::new("/");
@@ -99,7 +99,7 @@ fn run_one(
     let result = if spec.id.starts_with("opencl.") {
         let bench = cl.get_or_insert_with(|| {
             let index = args.device.unwrap_or(0);
-            opencl::ClBench::open(index).map_err(|e| e.to_string())
+            opencl::ClBench::open(index)
         });
         match bench {
             Ok(b) => {
@@ -124,7 +124,7 @@ fn run_one(
                 invalid = inv;
                 r
             }
-            Err(e) => Err(BenchError::OpenCl(e.clone())),
+            Err(e) => Err(open_failed(e)),
         }
     } else {
         run_kernel(spec, args)
@@ -147,6 +147,16 @@ fn run_one(
     record.env_after = Some(env_after);
     record.gpu_health = gpu_health;
     record
+}
+
+/// The error of the device's one failed open, again for each OpenCL benchmark of the run
+/// ([`BenchError`] is not `Clone`): an OpenCL failure as it was, anything else (no such device,
+/// an I/O error) as an OpenCL failure whose text is that error's.
+fn open_failed(e: &BenchError) -> BenchError {
+    match e {
+        BenchError::OpenCl(detail) => BenchError::OpenCl(detail.clone()),
+        other => BenchError::OpenCl(other.to_string()),
+    }
 }
 
 fn from_kernel(spec: &Spec, k: KernelResult, invalid: Option<String>) -> BenchRecord {

@@ -192,7 +192,7 @@ pub fn run_suite(
     let specs = suite::select(config.mode, config.only.as_deref())?;
     let store = StateStore::open(&config.state_dir)?;
     let opencl_devices = if specs.iter().any(|s| s.need == Need::OpenCl) {
-        Some(runner::list_opencl(&config.exe, Duration::from_secs(120)))
+        Some(runner::list_opencl(&config.exe, Duration::from_secs(120)).map_err(|e| e.to_string()))
     } else {
         None
     };

@@ -17,6 +17,24 @@ use fog_bench::opencl::DeviceSummary;
 use super::suite::Item;
 use super::{BenchRecord, Status, SuiteConfig};
 
+/// Why a child gave no usable answer. The cause is part of each message (no `source()`): the
+/// text becomes a benchmark record's `reason` as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The child process could not be started.
+    #[error("cannot start child: {0}")]
+    Spawn(std::io::Error),
+    /// Waiting for the child failed (it was killed).
+    #[error("cannot wait for child: {0}")]
+    Wait(std::io::Error),
+    /// The child crashed, hung or exited unsuccessfully: how, with the last line of its stderr.
+    #[error("{0}")]
+    Ended(String),
+    /// The child's OpenCL device list is not JSON of the expected shape.
+    #[error("bad device list from child: {0}")]
+    BadDeviceList(serde_json::Error),
+}
+
 /// How a child ended.
 #[derive(Debug)]
 enum End {
@@ -63,7 +81,7 @@ fn signal_name(sig: i32) -> &'static str {
 fn run_with_timeout(
     mut cmd: Command,
     timeout: Duration,
-) -> Result<(Vec<String>, End, String), String> {
+) -> Result<(Vec<String>, End, String), RunnerError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -88,9 +106,7 @@ fn run_with_timeout(
             Ok(())
         });
     }
-    let mut child: Child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start child: {e}"))?;
+    let mut child: Child = cmd.spawn().map_err(RunnerError::Spawn)?;
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take();
     let reader = std::thread::spawn(move || {
@@ -132,7 +148,7 @@ fn run_with_timeout(
             Err(e) => {
                 kill_group(&child);
                 let _ = child.kill();
-                return Err(format!("cannot wait for child: {e}"));
+                return Err(RunnerError::Wait(e));
             }
         }
     };
@@ -158,15 +174,15 @@ fn kill_group(child: &Child) {
 }
 
 /// Lists OpenCL devices in a child (loading a driver can crash or hang).
-pub fn list_opencl(exe: &Path, timeout: Duration) -> Result<Vec<DeviceSummary>, String> {
+pub fn list_opencl(exe: &Path, timeout: Duration) -> Result<Vec<DeviceSummary>, RunnerError> {
     let mut cmd = Command::new(exe);
     cmd.args(["internal", "bench-run", "--list-opencl"]);
     let (lines, end, stderr) = run_with_timeout(cmd, timeout)?;
     match (&end, lines.last()) {
         (End::Exited(s), Some(line)) if s.success() => {
-            serde_json::from_str(line).map_err(|e| format!("bad device list from child: {e}"))
+            serde_json::from_str(line).map_err(RunnerError::BadDeviceList)
         }
-        _ => Err(describe(&end, &stderr)),
+        _ => Err(RunnerError::Ended(describe(&end, &stderr))),
     }
 }
 
@@ -198,7 +214,7 @@ pub fn run_job(
     }
     let (lines, end, stderr) = match run_with_timeout(cmd, timeout) {
         Ok(v) => v,
-        Err(e) => return fail_all(items, &e),
+        Err(e) => return fail_all(items, &e.to_string()),
     };
     let mut got: Vec<BenchRecord> = lines
         .iter()
@@ -259,6 +275,9 @@ mod tests {
 
     #[test]
     fn missing_executable_is_an_error() {
-        assert!(run_with_timeout(Command::new("/nonexistent/x"), Duration::from_secs(1)).is_err());
+        let err = run_with_timeout(Command::new("/nonexistent/x"), Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot start child: "), "{err}");
     }
 }

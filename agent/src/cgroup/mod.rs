@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::fsroot::FsRoot;
+use crate::fsroot::{FsError, FsRoot};
 
 /// The mountinfo file that tells the layout.
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -47,15 +47,37 @@ pub(crate) const V1_CONTROLLERS: &[&str] = &[
     "rdma",
 ];
 
-/// A cgroup layout or stats failure.
+/// Why the cgroup layout or a cgroup's processes could not be found. Every message names the
+/// file or path at fault and carries its cause in the text (no `source()`), so a log line that
+/// prints only the error shows everything once.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    /// The mountinfo file could not be read.
-    #[error(transparent)]
-    Read(#[from] crate::fsroot::FsError),
+    /// A file (the mountinfo, a `cgroup.procs`) could not be read.
+    #[error("cannot read {}: {}", .0.path, .0.source)]
+    Read(FsError),
     /// No cgroup filesystem is mounted.
     #[error("/proc/self/mountinfo lists no cgroup or cgroup2 mount")]
     NotMounted,
+    /// The OCI `cgroupsPath` has `..` or a non-UTF-8 component.
+    #[error("cgroups path {0:?} is not a plain path")]
+    NotAPlainPath(String),
+    /// A v1 host mounts none of the controllers whose `cgroup.procs` lists the processes.
+    #[error("no pids, cpu or memory controller mounted")]
+    NoProcsController,
+    /// A line of `cgroup.procs` is not a pid.
+    #[error("{path}: {line:?} is not a pid")]
+    NotAPid {
+        /// The `cgroup.procs` file.
+        path: String,
+        /// The line.
+        line: String,
+    },
+}
+
+impl From<FsError> for CgroupError {
+    fn from(err: FsError) -> Self {
+        Self::Read(err)
+    }
 }
 
 /// Which cgroup hierarchy the host has, found from `<root>/proc/self/mountinfo`.
@@ -217,9 +239,9 @@ pub fn read_procs(
     fs: &FsRoot,
     layout: &CgroupLayout,
     cgroups_path: &str,
-) -> Result<Vec<u32>, String> {
+) -> Result<Vec<u32>, CgroupError> {
     let rel = relative_cgroup_path(cgroups_path)
-        .ok_or_else(|| format!("cgroups path {cgroups_path:?} is not a plain path"))?;
+        .ok_or_else(|| CgroupError::NotAPlainPath(cgroups_path.to_owned()))?;
     let dir = match layout {
         CgroupLayout::V2 { root } => cgroup_dir(root, &rel),
         CgroupLayout::V1 { .. } => ["pids", "cpu", "memory"]
@@ -227,16 +249,17 @@ pub fn read_procs(
             .find_map(|c| layout.v1_mount(c))
             .or_else(|| layout.unified())
             .map(|mount| cgroup_dir(mount, &rel))
-            .ok_or_else(|| "no pids, cpu or memory controller mounted".to_owned())?,
+            .ok_or(CgroupError::NoProcsController)?,
     };
     let path = format!("{dir}/cgroup.procs");
-    let text = fs.read_string(&path).map_err(|e| e.to_string())?;
+    let text = fs.read_string(&path)?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            l.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("{path}: {l:?} is not a pid"))
+            l.trim().parse::<u32>().map_err(|_| CgroupError::NotAPid {
+                path: path.clone(),
+                line: l.to_owned(),
+            })
         })
         .collect()
 }
@@ -312,8 +335,7 @@ impl Reader<'_> {
         match self.fs.read_string(&path) {
             Ok(text) => Some(text),
             Err(e) => {
-                let why = e.source.to_string();
-                self.stats.notes.push(format!("cannot read {path}: {why}"));
+                self.stats.notes.push(CgroupError::Read(e).to_string());
                 None
             }
         }
@@ -324,7 +346,7 @@ impl Reader<'_> {
         &mut self,
         dir: &str,
         file: &str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&str) -> Result<T, parse::ParseError>,
     ) -> Option<T> {
         let text = self.read(dir, file)?;
         match parse(&text) {
@@ -434,7 +456,12 @@ impl Reader<'_> {
         None
     }
 
-    fn parsed<T>(&mut self, dir: &str, file: &str, result: Result<T, String>) -> Option<T> {
+    fn parsed<T>(
+        &mut self,
+        dir: &str,
+        file: &str,
+        result: Result<T, parse::ParseError>,
+    ) -> Option<T> {
         match result {
             Ok(v) => Some(v),
             Err(e) => {

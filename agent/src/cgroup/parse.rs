@@ -94,15 +94,32 @@ pub fn layout_from_mountinfo(text: &str) -> Option<CgroupLayout> {
     }
 }
 
+/// Why the text of a cgroup stat file was not understood. The caller names the file; the
+/// offending text is cut to 60 characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A file holding one number holds something else.
+    #[error("expected a number, found {0:?}")]
+    NotANumber(String),
+    /// A line without the expected fields, or with a non-numeric value.
+    #[error("bad line {0:?}")]
+    BadLine(String),
+    /// A `key=value` field of `io.stat` without `=` or with a non-numeric value.
+    #[error("bad field {0:?}")]
+    BadField(String),
+    /// `cpuacct.stat` has neither a `user` nor a `system` line.
+    #[error("no user or system line")]
+    NoUserOrSystem,
+}
+
 /// A file holding one unsigned number.
-pub fn single_u64(text: &str) -> Result<u64, String> {
+pub fn single_u64(text: &str) -> Result<u64, ParseError> {
     let t = text.trim();
-    t.parse()
-        .map_err(|_| format!("expected a number, found {:?}", short(t)))
+    t.parse().map_err(|_| ParseError::NotANumber(short(t)))
 }
 
 /// `max` (no limit) or a number (`pids.max`, `memory.max`).
-pub fn max_or_u64(text: &str) -> Result<Option<u64>, String> {
+pub fn max_or_u64(text: &str) -> Result<Option<u64>, ParseError> {
     match text.trim() {
         "max" => Ok(None),
         t => single_u64(t).map(Some),
@@ -117,12 +134,12 @@ pub fn v1_memory_limit(bytes: u64) -> Option<u64> {
 
 /// `key value` lines (`cpu.stat`, `memory.events`, `memory.oom_control`); non-numeric values
 /// are skipped, a line without a value is an error.
-pub fn flat_keyed(text: &str) -> Result<BTreeMap<String, u64>, String> {
+pub fn flat_keyed(text: &str) -> Result<BTreeMap<String, u64>, ParseError> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut parts = line.split_whitespace();
         let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
-            return Err(format!("bad line {:?}", short(line)));
+            return Err(ParseError::BadLine(short(line)));
         };
         if let Ok(v) = value.parse::<u64>() {
             out.insert(key.to_owned(), v);
@@ -141,7 +158,7 @@ pub struct CpuacctStat {
 }
 
 /// `cpuacct.stat` (`user 30\nsystem 1\n`, in USER_HZ ticks) converted with `ticks_per_sec`.
-pub fn cpuacct_stat(text: &str, ticks_per_sec: u64) -> Result<CpuacctStat, String> {
+pub fn cpuacct_stat(text: &str, ticks_per_sec: u64) -> Result<CpuacctStat, ParseError> {
     let kv = flat_keyed(text)?;
     let nanos = |ticks: u64| ticks.saturating_mul(1_000_000_000) / ticks_per_sec.max(1);
     let stat = CpuacctStat {
@@ -149,7 +166,7 @@ pub fn cpuacct_stat(text: &str, ticks_per_sec: u64) -> Result<CpuacctStat, Strin
         system_nanos: kv.get("system").copied().map(nanos),
     };
     if stat.user_nanos.is_none() && stat.system_nanos.is_none() {
-        return Err("no user or system line".to_owned());
+        return Err(ParseError::NoUserOrSystem);
     }
     Ok(stat)
 }
@@ -165,7 +182,7 @@ pub struct ReadWrite {
 
 /// `blkio.throttle.io_service_bytes` / `io_serviced` (`254:0 Read 8388608` per device and
 /// operation, then `Total N`): `Read` and `Write` summed over devices.
-pub fn blkio_rw(text: &str) -> Result<ReadWrite, String> {
+pub fn blkio_rw(text: &str) -> Result<ReadWrite, ParseError> {
     let mut rw = ReadWrite::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let parts: Vec<&str> = line.split_whitespace().collect();
@@ -173,7 +190,7 @@ pub fn blkio_rw(text: &str) -> Result<ReadWrite, String> {
             [_device, op, value] => {
                 let value: u64 = value
                     .parse()
-                    .map_err(|_| format!("bad line {:?}", short(line)))?;
+                    .map_err(|_| ParseError::BadLine(short(line)))?;
                 match *op {
                     "Read" => rw.read = rw.read.saturating_add(value),
                     "Write" => rw.write = rw.write.saturating_add(value),
@@ -181,7 +198,7 @@ pub fn blkio_rw(text: &str) -> Result<ReadWrite, String> {
                 }
             }
             ["Total", _] => {}
-            _ => return Err(format!("bad line {:?}", short(line))),
+            _ => return Err(ParseError::BadLine(short(line))),
         }
     }
     Ok(rw)
@@ -201,14 +218,14 @@ pub struct IoStat {
 }
 
 /// v2 `io.stat` (`254:0 rbytes=1114112 wbytes=4096 rios=47 wios=1 dbytes=0 dios=0` per device).
-pub fn io_stat(text: &str) -> Result<IoStat, String> {
+pub fn io_stat(text: &str) -> Result<IoStat, ParseError> {
     let mut io = IoStat::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut parts = line.split_whitespace();
         let _device = parts.next();
         for pair in parts {
             let Some((key, value)) = pair.split_once('=') else {
-                return Err(format!("bad field {:?}", short(pair)));
+                return Err(ParseError::BadField(short(pair)));
             };
             let slot = match key {
                 "rbytes" => &mut io.rbytes,
@@ -219,7 +236,7 @@ pub fn io_stat(text: &str) -> Result<IoStat, String> {
             };
             let value: u64 = value
                 .parse()
-                .map_err(|_| format!("bad field {:?}", short(pair)))?;
+                .map_err(|_| ParseError::BadField(short(pair)))?;
             *slot = slot.saturating_add(value);
         }
     }

@@ -131,7 +131,9 @@ fn procs_of_a_job_on_both_layouts() {
         read_procs(&v1, &layout, "/fog-agent/job-abc").unwrap(),
         [4242, 4250]
     );
-    let err = read_procs(&v1, &layout, "/fog-agent/job-gone").unwrap_err();
+    let err = read_procs(&v1, &layout, "/fog-agent/job-gone")
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("pids/fog-agent/job-gone/cgroup.procs"),
         "{err}"
@@ -276,7 +278,10 @@ fn hybrid_reads_a_controller_only_the_unified_hierarchy_has() {
 #[test]
 fn parsers_reject_garbage_with_a_reason() {
     assert_eq!(parse::single_u64("42\n"), Ok(42));
-    assert!(parse::single_u64("x").unwrap_err().contains("\"x\""));
+    assert!(parse::single_u64("x")
+        .unwrap_err()
+        .to_string()
+        .contains("\"x\""));
     assert_eq!(parse::max_or_u64("max\n"), Ok(None));
     assert_eq!(parse::max_or_u64("64\n"), Ok(Some(64)));
     assert_eq!(parse::v1_memory_limit(9_223_372_036_854_771_712), None);

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::GpuError;
+
 /// One health sample of one GPU.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuHealth {
@@ -26,7 +28,7 @@ pub struct GpuHealth {
 /// Where GPU health comes from (NVML in production, a fake in tests).
 pub trait GpuHealthSource {
     /// Samples the GPU at `pci_bus_id` (`0000:65:00.0`).
-    fn sample(&self, pci_bus_id: &str) -> Result<GpuHealth, String>;
+    fn sample(&self, pci_bus_id: &str) -> Result<GpuHealth, GpuError>;
 }
 
 /// No NVML for this device (no NVIDIA driver, or no PCI address): every sample is unavailable.
@@ -34,8 +36,8 @@ pub trait GpuHealthSource {
 pub struct NoNvml(pub String);
 
 impl GpuHealthSource for NoNvml {
-    fn sample(&self, _: &str) -> Result<GpuHealth, String> {
-        Err(format!("nvml: unavailable ({})", self.0))
+    fn sample(&self, _: &str) -> Result<GpuHealth, GpuError> {
+        Err(GpuError::NoNvml(self.0.clone()))
     }
 }
 
@@ -77,7 +79,7 @@ pub fn around<T>(
             let invalid = throttle_started(&b, &a);
             (out, serde_json::json!({"before": b, "after": a}), invalid)
         }
-        (Err(e), _) | (_, Err(e)) => (out, serde_json::json!({ "nvml": e }), None),
+        (Err(e), _) | (_, Err(e)) => (out, serde_json::json!({ "nvml": e.to_string() }), None),
     }
 }
 
@@ -88,7 +90,7 @@ mod tests {
 
     struct Fake(Cell<u32>);
     impl GpuHealthSource for Fake {
-        fn sample(&self, _: &str) -> Result<GpuHealth, String> {
+        fn sample(&self, _: &str) -> Result<GpuHealth, GpuError> {
             let n = self.0.get();
             self.0.set(n + 1);
             Ok(GpuHealth {

@@ -28,6 +28,7 @@ use nvml_wrapper::Nvml;
 use super::accounting::{self as gpu_usage, GpuAccounting, GpuProcessUse, ProcessSpan};
 use super::health::{GpuHealth, GpuHealthSource};
 use super::telemetry::{GpuSample, GpuStatus, GpuTelemetrySource};
+use super::GpuError;
 use crate::inventory::gpu::nvml::{NvmlLibrary, NvmlSourceError};
 use crate::inventory::gpu::pci::normalize_bus_id;
 
@@ -52,7 +53,7 @@ enum State {
         unreadable: Vec<String>,
     },
     Failed {
-        reason: String,
+        reason: GpuError,
         at: Instant,
     },
 }
@@ -75,8 +76,8 @@ impl NvmlTelemetry {
     fn with_device<T>(
         &self,
         pci_bus_id: &str,
-        f: impl FnOnce(&mut nvml_wrapper::Device<'_>) -> Result<T, String>,
-    ) -> Result<T, String> {
+        f: impl FnOnce(&mut nvml_wrapper::Device<'_>) -> Result<T, GpuError>,
+    ) -> Result<T, GpuError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let retry = match &*state {
             State::NotTried => true,
@@ -104,22 +105,20 @@ impl NvmlTelemetry {
             } => {
                 let wanted = normalize_bus_id(pci_bus_id).unwrap_or_else(|_| pci_bus_id.to_owned());
                 let Some(&index) = by_bus.get(&wanted) else {
-                    return Err(if unreadable.is_empty() {
-                        format!("nvml: no NVIDIA device at {pci_bus_id}")
-                    } else {
-                        format!(
-                            "nvml: no NVIDIA device at {pci_bus_id} among the readable ones ({})",
-                            unreadable.join("; ")
-                        )
+                    return Err(GpuError::NoDevice {
+                        pci_bus_id: pci_bus_id.to_owned(),
+                        unreadable: unreadable.clone(),
                     });
                 };
-                let mut device = nvml
-                    .device_by_index(index)
-                    .map_err(|e| format!("nvml: device {index} ({pci_bus_id}): {e}"))?;
+                let mut device = nvml.device_by_index(index).map_err(|e| GpuError::Device {
+                    index,
+                    pci_bus_id: pci_bus_id.to_owned(),
+                    detail: e.to_string(),
+                })?;
                 f(&mut device)
             }
             State::Failed { reason, .. } => Err(reason.clone()),
-            State::NotTried => Err("nvml: not initialized".to_owned()),
+            State::NotTried => Err(GpuError::NotInitialized),
         }
     }
 }
@@ -145,16 +144,16 @@ struct Opened {
 }
 
 /// Initializes NVML and maps every device's PCI address to its index.
-fn open(library: &NvmlLibrary) -> Result<Opened, String> {
+fn open(library: &NvmlLibrary) -> Result<Opened, GpuError> {
     let nvml = library.init().map_err(|e| match e {
-        NvmlSourceError::NoDriver(_) => e.to_string(),
-        other => format!("nvml: {other}"),
+        NvmlSourceError::NoDriver(why) => GpuError::NoDriver(why),
+        other => GpuError::Init(other),
     })?;
     let count = match nvml.device_count() {
         Ok(count) => count,
         Err(e) => {
             let _ = nvml.shutdown();
-            return Err(format!("nvml: nvmlDeviceGetCount failed: {e}"));
+            return Err(GpuError::DeviceCount(e.to_string()));
         }
     };
     let mut by_bus = BTreeMap::new();
@@ -177,16 +176,24 @@ fn open(library: &NvmlLibrary) -> Result<Opened, String> {
 
 /// `Some(value)`, `None` when the device does not support the query, or the error for any other
 /// failure (a lost GPU, a driver error).
-fn optional<T>(what: &str, result: Result<T, NvmlError>) -> Result<Option<T>, String> {
+fn optional<T>(what: &'static str, result: Result<T, NvmlError>) -> Result<Option<T>, GpuError> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(NvmlError::NotSupported) => Ok(None),
-        Err(e) => Err(format!("nvml: {what}: {e}")),
+        Err(e) => Err(query(what, &e)),
+    }
+}
+
+/// A failed query, with NVML's words.
+fn query(what: &'static str, err: &NvmlError) -> GpuError {
+    GpuError::Query {
+        what,
+        detail: err.to_string(),
     }
 }
 
 /// The active throttle reasons in NVML's names, snake_case (`sw_power_cap`, `gpu_idle`, ...).
-fn throttle_reasons(device: &nvml_wrapper::Device<'_>) -> Result<Vec<String>, String> {
+fn throttle_reasons(device: &nvml_wrapper::Device<'_>) -> Result<Vec<String>, GpuError> {
     Ok(
         optional("throttle reasons", device.current_throttle_reasons())?
             .map(|r| {
@@ -199,13 +206,11 @@ fn throttle_reasons(device: &nvml_wrapper::Device<'_>) -> Result<Vec<String>, St
 }
 
 /// One telemetry sample of `device`.
-fn read_sample(device: &nvml_wrapper::Device<'_>, pci_bus_id: &str) -> Result<GpuSample, String> {
+fn read_sample(device: &nvml_wrapper::Device<'_>, pci_bus_id: &str) -> Result<GpuSample, GpuError> {
     let utilization = device
         .utilization_rates()
-        .map_err(|e| format!("nvml: utilization: {e}"))?;
-    let memory = device
-        .memory_info()
-        .map_err(|e| format!("nvml: memory info: {e}"))?;
+        .map_err(|e| query("utilization", &e))?;
+    let memory = device.memory_info().map_err(|e| query("memory info", &e))?;
     Ok(GpuSample {
         pci_bus_id: pci_bus_id.to_owned(),
         status: GpuStatus::Ok,
@@ -226,13 +231,13 @@ fn read_sample(device: &nvml_wrapper::Device<'_>, pci_bus_id: &str) -> Result<Gp
 }
 
 impl GpuTelemetrySource for NvmlTelemetry {
-    fn sample(&self, pci_bus_id: &str) -> Result<GpuSample, String> {
+    fn sample(&self, pci_bus_id: &str) -> Result<GpuSample, GpuError> {
         self.with_device(pci_bus_id, |device| read_sample(device, pci_bus_id))
     }
 }
 
 impl GpuHealthSource for NvmlTelemetry {
-    fn sample(&self, pci_bus_id: &str) -> Result<GpuHealth, String> {
+    fn sample(&self, pci_bus_id: &str) -> Result<GpuHealth, GpuError> {
         let s = GpuTelemetrySource::sample(self, pci_bus_id)?;
         Ok(GpuHealth {
             sm_clock_mhz: s.sm_clock_mhz.or(s.graphics_clock_mhz),
@@ -244,19 +249,22 @@ impl GpuHealthSource for NvmlTelemetry {
     }
 }
 
+/// The [`GpuAccounting`] seam answers errors as text (its signature is shared with the jobs
+/// module); the typed [`GpuError`] is rendered once, here.
 impl GpuAccounting for NvmlTelemetry {
     fn prepare(&self, pci_bus_id: &str) -> Result<(), String> {
         self.with_device(pci_bus_id, |device| {
             let enabled = device
                 .is_accounting_enabled()
-                .map_err(|e| format!("nvml: accounting mode: {e}"))?;
+                .map_err(|e| query("accounting mode", &e))?;
             if !enabled {
-                device.set_accounting(true).map_err(|e| {
-                    format!("nvml: accounting mode is off and cannot be turned on: {e}")
-                })?;
+                device
+                    .set_accounting(true)
+                    .map_err(|e| GpuError::AccountingLocked(e.to_string()))?;
             }
             Ok(())
         })
+        .map_err(|e| e.to_string())
     }
 
     fn process_spans(
@@ -266,10 +274,8 @@ impl GpuAccounting for NvmlTelemetry {
     ) -> Result<Vec<ProcessSpan>, String> {
         self.with_device(pci_bus_id, |device| {
             let recorded = device.accounting_pids().map_err(|e| match e {
-                NvmlError::NotSupported => {
-                    "nvml: per-process accounting is off or not supported on this GPU".to_owned()
-                }
-                other => format!("nvml: accounting pids: {other}"),
+                NvmlError::NotSupported => GpuError::AccountingOff,
+                other => query("accounting pids", &other),
             })?;
             let mut spans = Vec::new();
             for pid in recorded.into_iter().filter(|p| pids.contains(p)) {
@@ -281,11 +287,17 @@ impl GpuAccounting for NvmlTelemetry {
                     }),
                     // Overwritten in NVML's circular buffer since it was listed.
                     Err(NvmlError::NotFound) => {}
-                    Err(e) => return Err(format!("nvml: accounting stats of pid {pid}: {e}")),
+                    Err(e) => {
+                        return Err(GpuError::AccountingStats {
+                            pid,
+                            detail: e.to_string(),
+                        })
+                    }
                 }
             }
             Ok(spans)
         })
+        .map_err(|e| e.to_string())
     }
 
     fn process_use(
@@ -298,7 +310,7 @@ impl GpuAccounting for NvmlTelemetry {
         self.with_device(pci_bus_id, |device| {
             let processes = device
                 .running_compute_processes()
-                .map_err(|e| format!("nvml: running compute processes: {e}"))?;
+                .map_err(|e| query("running compute processes", &e))?;
             let mut memory_used_bytes = Some(0u64);
             for process in processes.iter().filter(|p| pids.contains(&p.pid)) {
                 memory_used_bytes = match (memory_used_bytes, &process.used_gpu_memory) {
@@ -314,13 +326,14 @@ impl GpuAccounting for NvmlTelemetry {
                 // No process ran a kernel since then.
                 Err(NvmlError::NotFound) => Some(0),
                 Err(NvmlError::NotSupported) => None,
-                Err(e) => return Err(format!("nvml: process utilization: {e}")),
+                Err(e) => return Err(query("process utilization", &e)),
             };
             Ok(GpuProcessUse {
                 memory_used_bytes,
                 sm_utilization_percent,
             })
         })
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -332,7 +345,8 @@ mod tests {
     fn no_library_is_no_driver_for_every_gpu_and_is_remembered() {
         let t = NvmlTelemetry::new(NvmlLibrary::at("/nonexistent/libnvidia-ml.so.1"));
         let err = GpuTelemetrySource::sample(&t, "0000:17:00.0").unwrap_err();
-        assert!(err.starts_with("no NVIDIA driver ("), "{err}");
+        assert!(matches!(err, GpuError::NoDriver(_)), "{err}");
+        assert!(err.to_string().starts_with("no NVIDIA driver ("), "{err}");
         assert!(matches!(*t.state.lock().unwrap(), State::Failed { .. }));
         let again = GpuHealthSource::sample(&t, "0000:65:00.0").unwrap_err();
         assert_eq!(err, again);

@@ -5,6 +5,8 @@
 //! source for hosts without NVML, [`UnavailableGpuTelemetry`], answers that for every GPU; the real
 //! one is [`super::NvmlTelemetry`].
 
+use super::GpuError;
+
 /// Whether a GPU's metrics are valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuStatus {
@@ -74,7 +76,7 @@ impl GpuSample {
 pub trait GpuTelemetrySource: Send + Sync {
     /// The metrics of the GPU at `pci_bus_id`, or why they could not be read (a GPU this source
     /// does not serve, a driver error, a lost GPU).
-    fn sample(&self, pci_bus_id: &str) -> Result<GpuSample, String>;
+    fn sample(&self, pci_bus_id: &str) -> Result<GpuSample, GpuError>;
 }
 
 /// The source for a host without NVML: every GPU is unavailable, with the reason.
@@ -99,8 +101,8 @@ impl Default for UnavailableGpuTelemetry {
 }
 
 impl GpuTelemetrySource for UnavailableGpuTelemetry {
-    fn sample(&self, _pci_bus_id: &str) -> Result<GpuSample, String> {
-        Err(self.reason.clone())
+    fn sample(&self, _pci_bus_id: &str) -> Result<GpuSample, GpuError> {
+        Err(GpuError::NoTelemetry(self.reason.clone()))
     }
 }
 
@@ -113,12 +115,12 @@ pub fn sample_all(source: &dyn GpuTelemetrySource, pci_bus_ids: &[String]) -> Ve
             Ok(sample) if sample.pci_bus_id == *id => sample,
             Ok(sample) => GpuSample::unavailable(
                 id,
-                format!(
-                    "telemetry source answered for {} instead",
-                    sample.pci_bus_id
-                ),
+                GpuError::WrongDevice {
+                    answered: sample.pci_bus_id,
+                }
+                .to_string(),
             ),
-            Err(reason) => GpuSample::unavailable(id, reason),
+            Err(err) => GpuSample::unavailable(id, err.to_string()),
         })
         .collect()
 }
@@ -129,7 +131,7 @@ mod tests {
 
     struct OneGood;
     impl GpuTelemetrySource for OneGood {
-        fn sample(&self, id: &str) -> Result<GpuSample, String> {
+        fn sample(&self, id: &str) -> Result<GpuSample, GpuError> {
             match id {
                 "0000:01:00.0" => Ok(GpuSample {
                     status: GpuStatus::Ok,
@@ -138,7 +140,10 @@ mod tests {
                     ..GpuSample::unavailable(id, "")
                 }),
                 "0000:02:00.0" => Ok(GpuSample::unavailable("0000:09:00.0", "")),
-                _ => Err("GPU is lost".into()),
+                _ => Err(GpuError::Query {
+                    what: "utilization",
+                    detail: "GPU is lost".into(),
+                }),
             }
         }
     }
@@ -155,7 +160,10 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("0000:09:00.0"));
-        assert_eq!(samples[2].error.as_deref(), Some("GPU is lost"));
+        assert_eq!(
+            samples[2].error.as_deref(),
+            Some("nvml: utilization: GPU is lost")
+        );
         assert_eq!(samples[2].utilization_percent, None);
     }
 

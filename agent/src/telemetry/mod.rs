@@ -13,8 +13,9 @@ pub mod procfs;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::fsroot::FsRoot;
+use crate::fsroot::{FsError, FsRoot};
 use crate::gpu::{self, GpuSample, GpuTelemetrySource};
+use crate::inventory::error_chain;
 
 pub use hub::{Delivery, HubError, HubStats, Subscription, TelemetryHub};
 
@@ -300,13 +301,13 @@ impl SystemCollector {
         let parsed = self
             .fs
             .read_string("/proc/stat")
-            .map_err(|e| crate::inventory::error_chain(&e))
+            .map_err(CollectError::from)
             .and_then(|text| {
-                let total = procfs::parse_stat(&text).map_err(|e| e.to_string())?;
-                let per_cpu = procfs::parse_stat_per_cpu(&text).map_err(|e| e.to_string())?;
+                let total = procfs::parse_stat(&text)?;
+                let per_cpu = procfs::parse_stat_per_cpu(&text)?;
                 Ok((total, per_cpu))
             })
-            .map_err(|e| errors.push(format!("cpu: {e}")));
+            .map_err(|e| errors.push(e.note("cpu")));
         let Ok(((times, logical_cpus), per_cpu)) = parsed else {
             return (None, Vec::new());
         };
@@ -315,7 +316,7 @@ impl SystemCollector {
             .replace(times)
             .and_then(|prev| procfs::cpu_shares(&prev, &times));
         let load = read_parsed(&self.fs, "/proc/loadavg", procfs::parse_loadavg)
-            .map_err(|e| errors.push(format!("load: {e}")))
+            .map_err(|e| errors.push(e.note("load")))
             .ok();
         let cpu = CpuSample {
             times,
@@ -334,7 +335,7 @@ impl SystemCollector {
         }
         let mut read = |file: &'static str| {
             read_parsed(&self.fs, file, |text| procfs::parse_pressure(text, file))
-                .map_err(|e| errors.push(format!("pressure: {e}")))
+                .map_err(|e| errors.push(e.note("pressure")))
                 .ok()
         };
         Some(PressureSample {
@@ -354,7 +355,7 @@ impl SystemCollector {
         read_parsed(&self.fs, "/proc/diskstats", |text| {
             procfs::parse_diskstats(text, keep)
         })
-        .map_err(|e| errors.push(format!("disks: {e}")))
+        .map_err(|e| errors.push(e.note("disks")))
         .unwrap_or_default()
     }
 
@@ -414,7 +415,7 @@ impl Collect for SystemCollector {
         account(self, 0, errors.len() > before);
         let before = errors.len();
         let memory = read_parsed(&self.fs, "/proc/meminfo", procfs::parse_meminfo)
-            .map_err(|e| errors.push(format!("memory: {e}")))
+            .map_err(|e| errors.push(e.note("memory")))
             .ok();
         account(self, 1, errors.len() > before);
         let before = errors.len();
@@ -422,7 +423,7 @@ impl Collect for SystemCollector {
         account(self, 2, errors.len() > before);
         let before = errors.len();
         let network = read_parsed(&self.fs, "/proc/net/dev", procfs::parse_net_dev)
-            .map_err(|e| errors.push(format!("network: {e}")))
+            .map_err(|e| errors.push(e.note("network")))
             .unwrap_or_default();
         account(self, 3, errors.len() > before);
         let before = errors.len();
@@ -457,16 +458,32 @@ impl Collect for SystemCollector {
     }
 }
 
+/// A `/proc` file of the sample could not be read or was not understood; both name the file.
+#[derive(Debug, thiserror::Error)]
+enum CollectError {
+    /// The file could not be read (the OS error is the `source()`).
+    #[error(transparent)]
+    Read(#[from] FsError),
+    /// Its content was not understood.
+    #[error(transparent)]
+    Parse(#[from] procfs::ParseError),
+}
+
+impl CollectError {
+    /// The line for [`HostSample::errors`]: `what: error: cause`.
+    fn note(&self, what: &str) -> String {
+        format!("{what}: {}", error_chain(self))
+    }
+}
+
 /// Reads a file below `fs` and parses it; the error names the file.
 fn read_parsed<T>(
     fs: &FsRoot,
     path: &str,
     parse: impl FnOnce(&str) -> Result<T, procfs::ParseError>,
-) -> Result<T, String> {
-    let text = fs
-        .read_string(path)
-        .map_err(|e| crate::inventory::error_chain(&e))?;
-    parse(&text).map_err(|e| e.to_string())
+) -> Result<T, CollectError> {
+    let text = fs.read_string(path)?;
+    Ok(parse(&text)?)
 }
 
 #[cfg(test)]

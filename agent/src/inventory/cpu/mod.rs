@@ -137,7 +137,7 @@ pub fn collect(fs: &FsRoot, notes: &mut Notes) -> Result<CpuInfo, ProbeError> {
     let cpuinfo = parse_cpuinfo(&fs.read_string("/proc/cpuinfo")?);
     let online_text = fs.read_trimmed("/sys/devices/system/cpu/online")?;
     let online = parse_cpu_list(&online_text)
-        .map_err(|detail| ProbeError::parse("/sys/devices/system/cpu/online", detail))?;
+        .map_err(|e| ProbeError::parse("/sys/devices/system/cpu/online", e.to_string()))?;
     if online.is_empty() {
         return Err(ProbeError::parse(
             "/sys/devices/system/cpu/online",

@@ -30,7 +30,7 @@ pub(super) fn read_topology(fs: &FsRoot, online: &[u32]) -> Result<Topology, Pro
             .read_trimmed(&siblings_path)
             .or_else(|_| fs.read_trimmed(&format!("{base}/thread_siblings_list")))?;
         let siblings = parse_cpu_list(&siblings_text)
-            .map_err(|detail| ProbeError::parse(&siblings_path, detail))?;
+            .map_err(|e| ProbeError::parse(&siblings_path, e.to_string()))?;
         // Only online siblings count: an offlined SMT thread does not run anything.
         let siblings: Vec<u32> = siblings
             .into_iter()

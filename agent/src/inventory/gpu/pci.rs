@@ -60,6 +60,22 @@ pub enum PciParseError {
     BadBusId(String),
 }
 
+/// Why a display-class PCI function was left out of the inventory.
+#[derive(Debug, thiserror::Error)]
+pub enum PciFunctionError {
+    /// A required attribute (`vendor`, `device`) could not be read.
+    #[error(transparent)]
+    Read(#[from] FsError),
+    /// An id attribute is not a hex id.
+    #[error("{attr}: {reason}")]
+    BadId {
+        /// The attribute (`vendor`, `device`, ...).
+        attr: &'static str,
+        /// What is wrong with it.
+        reason: PciParseError,
+    },
+}
+
 /// Parses a sysfs id attribute (`0x10de`, `0x030200`) into its value.
 pub fn parse_hex_id(text: &str, width: usize) -> Result<u32, PciParseError> {
     let bad = || PciParseError::BadHex {
@@ -192,21 +208,24 @@ pub fn collect(fs: &FsRoot, notes: &mut super::Notes) -> Result<Vec<PciGpu>, FsE
         }
         match read_function(fs, &dir, bus_id, class) {
             Ok(gpu) => gpus.push(gpu),
-            Err(err) => notes.add(&dir, err),
+            Err(err) => notes.add(&dir, crate::inventory::error_chain(&err)),
         }
     }
     name_devices(fs, &mut gpus, notes);
     Ok(gpus)
 }
 
-fn read_function(fs: &FsRoot, dir: &str, bus_id: String, class: u32) -> Result<PciGpu, String> {
-    let id = |attr: &str| -> Result<String, String> {
-        let text = fs
-            .read_trimmed(&format!("{dir}/{attr}"))
-            .map_err(|e| crate::inventory::error_chain(&e))?;
+fn read_function(
+    fs: &FsRoot,
+    dir: &str,
+    bus_id: String,
+    class: u32,
+) -> Result<PciGpu, PciFunctionError> {
+    let id = |attr: &'static str| -> Result<String, PciFunctionError> {
+        let text = fs.read_trimmed(&format!("{dir}/{attr}"))?;
         parse_hex_id(&text, 4)
             .map(|v| format!("0x{v:04x}"))
-            .map_err(|e| format!("{attr}: {e}"))
+            .map_err(|reason| PciFunctionError::BadId { attr, reason })
     };
     let opt_u32 = |attr: &str| {
         fs.read_opt(&format!("{dir}/{attr}"))

@@ -179,7 +179,7 @@ fn read_dimms(fs: &FsRoot) -> Result<Vec<Dimm>, ProbeError> {
         .ok()
         .and_then(|entry| smbios::entry_point_version(&entry));
     smbios::memory_devices(&table, version)
-        .map_err(|detail| ProbeError::parse(format!("{path} (SMBIOS)"), detail))
+        .map_err(|e| ProbeError::parse(format!("{path} (SMBIOS)"), e.to_string()))
 }
 
 #[cfg(test)]

@@ -20,24 +20,47 @@ pub fn entry_point_version(entry: &[u8]) -> Option<(u8, u8)> {
     }
 }
 
+/// Why the structure table cannot be walked; names the byte offset of the structure at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SmbiosError {
+    /// A structure header declares a length shorter than the header itself.
+    #[error("structure at byte {offset} declares length {length} (< 4)")]
+    ShortLength {
+        /// Where the structure starts.
+        offset: usize,
+        /// Its declared length.
+        length: usize,
+    },
+    /// A structure's formatted area runs past the end of the table.
+    #[error("structure at byte {offset} runs past the table end")]
+    PastEnd {
+        /// Where the structure starts.
+        offset: usize,
+    },
+    /// A structure's string-set has no double-NUL terminator.
+    #[error("strings of structure at byte {offset} are not terminated")]
+    Unterminated {
+        /// Where the structure starts.
+        offset: usize,
+    },
+}
+
 /// Every populated memory device in the structure table.
-pub fn memory_devices(table: &[u8], _version: Option<(u8, u8)>) -> Result<Vec<Dimm>, String> {
+pub fn memory_devices(table: &[u8], _version: Option<(u8, u8)>) -> Result<Vec<Dimm>, SmbiosError> {
     let mut dimms = Vec::new();
     let mut offset = 0;
     while offset + 4 <= table.len() {
         let kind = table[offset];
         let length = usize::from(table[offset + 1]);
         if length < 4 {
-            return Err(format!(
-                "structure at byte {offset} declares length {length} (< 4)"
-            ));
+            return Err(SmbiosError::ShortLength { offset, length });
         }
         let formatted = table
             .get(offset..offset + length)
-            .ok_or_else(|| format!("structure at byte {offset} runs past the table end"))?;
+            .ok_or(SmbiosError::PastEnd { offset })?;
         let strings_start = offset + length;
-        let strings_end = find_double_nul(table, strings_start)
-            .ok_or_else(|| format!("strings of structure at byte {offset} are not terminated"))?;
+        let strings_end =
+            find_double_nul(table, strings_start).ok_or(SmbiosError::Unterminated { offset })?;
         let strings = split_strings(&table[strings_start..strings_end]);
         if kind == TYPE_MEMORY_DEVICE {
             if let Some(dimm) = memory_device(formatted, &strings) {
@@ -265,8 +288,19 @@ pub(crate) mod tests {
         for cut in 0..good.len() {
             let _ = memory_devices(&good[..cut], None);
         }
-        assert!(memory_devices(&[17, 2, 0, 0, 0, 0], None).is_err());
-        assert!(memory_devices(&[17, 200, 0, 0], None).is_err());
+        assert_eq!(
+            memory_devices(&[17, 2, 0, 0, 0, 0], None),
+            Err(SmbiosError::ShortLength {
+                offset: 0,
+                length: 2
+            })
+        );
+        assert_eq!(
+            memory_devices(&[17, 200, 0, 0], None)
+                .unwrap_err()
+                .to_string(),
+            "structure at byte 0 runs past the table end"
+        );
         // A record shorter than the size field is skipped, not read past its end.
         assert_eq!(
             memory_devices(&[17, 8, 0, 0, 0, 0, 0, 0, 0, 0], None).unwrap(),
