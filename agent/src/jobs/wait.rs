@@ -109,10 +109,21 @@ impl Waiter {
         self.pidfd.is_some()
     }
 
-    /// Whether the watched process has exited (known from a wakeup, or checked now).
+    /// Whether the watched process has exited (known from a wakeup, or checked now). Looks at
+    /// the pidfd only: file events that arrived meanwhile stay queued for the next
+    /// [`Self::wait`], which must not sleep through them.
     pub fn exited(&mut self) -> bool {
         if !self.exited {
-            self.poll(Duration::ZERO);
+            if let Some(pidfd) = &self.pidfd {
+                let mut fd = libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd struct for the call; a zero timeout never blocks.
+                let n = unsafe { libc::poll(&mut fd, 1, 0) };
+                self.exited = n > 0 && fd.revents != 0;
+            }
         }
         self.exited
     }
@@ -212,6 +223,33 @@ mod tests {
         assert!(!waiter.exited());
         assert!(waiter.wait(Duration::from_secs(10)));
         assert!(waiter.exited());
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn asking_whether_the_process_exited_keeps_file_events_for_the_next_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let mut waiter = Waiter::new();
+        assert!(waiter.watch_dir(dir.path()));
+        assert!(waiter.watch_pid(child.id() as i32));
+        // An event between the caller's last check and its sleep, as runc's removal of
+        // `exec.fifo` can fall.
+        std::fs::write(dir.path().join("exec.fifo"), b"").unwrap();
+        assert!(!waiter.exited());
+        let at = Instant::now();
+        assert!(
+            waiter.wait(Duration::from_secs(10)),
+            "the queued event must wake the wait"
+        );
+        assert!(
+            at.elapsed() < Duration::from_secs(5),
+            "slept through the event"
+        );
+        child.kill().unwrap();
         child.wait().unwrap();
     }
 }
