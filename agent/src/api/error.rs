@@ -11,6 +11,7 @@ use crate::attest::AttestError;
 use crate::bench::BenchmarkError;
 use crate::image::ImageError;
 use crate::inventory::cache::InventoryError;
+use crate::inventory::error_chain as chain;
 use crate::jobs::JobError;
 use crate::telemetry::HubError;
 
@@ -75,18 +76,6 @@ impl From<ApiError> for Status {
             }
         }
     }
-}
-
-/// `err` and its causes on one line (`a: b: c`), for errors whose causes sit in `source()`.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 /// Runs `call` on the blocking pool; a panic there is an internal error naming `what`.

@@ -314,7 +314,7 @@ pub async fn remove_image(
         }
         .map_err(|err| match err {
             ImageError::InUse { .. } | ImageError::BadReference { .. } => image_error("name", err),
-            other => ApiError::Internal(super::error::chain(&other)),
+            other => ApiError::Internal(crate::inventory::error_chain(&other)),
         })
     })
     .await?

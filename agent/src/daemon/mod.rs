@@ -259,7 +259,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
     let warmup = shared.clone();
     tokio::spawn(async move {
         if let Err(err) = warmup.inventory.get(false).await {
-            tracing::error!(error = %crate::api::error::chain(&err), "initial inventory collection failed");
+            tracing::error!(error = %crate::inventory::error_chain(&err), "initial inventory collection failed");
         }
     });
 
