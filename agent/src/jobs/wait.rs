@@ -9,9 +9,17 @@
 //! event exists (a runtime whose state is known only by asking it, see
 //! [`super::JobRuntime::state_dir`]). Without inotify (its limit reached) a waiter sleeps
 //! [`NO_EVENTS_PAUSE`] at most, the old polling as a fallback.
+//!
+//! Closing an inotify descriptor that has (or had) watches waits for the kernel's fsnotify
+//! mark reaper and an SRCU grace period: 8 ms at the median, up to 20 ms, on the CI machine
+//! kind, more than the rest of a StartJob's own work. A dropped waiter therefore hands its
+//! descriptor to one background thread that closes it ([`close_later`]); the caller returns
+//! at once.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The longest sleep of a waiter that has no inotify descriptor.
@@ -181,6 +189,40 @@ impl Waiter {
     }
 }
 
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(inotify) = self.inotify.take() {
+            if !self.watched.is_empty() {
+                close_later(inotify);
+            }
+        }
+    }
+}
+
+/// Closes `fd` on the closer thread (see the module doc), or here when that thread cannot
+/// be started.
+fn close_later(fd: OwnedFd) {
+    static CLOSER: OnceLock<Option<Sender<OwnedFd>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<OwnedFd>();
+        let spawned = std::thread::Builder::new()
+            .name("inotify-closer".into())
+            .stack_size(64 * 1024)
+            .spawn(move || rx.into_iter().for_each(drop));
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the inotify closer thread; waits close their descriptors themselves");
+                None
+            }
+        }
+    });
+    if let Some(tx) = closer {
+        // A send fails only if the thread ended, which it does not; the fd is closed then.
+        let _ = tx.send(fd);
+    }
+}
+
 /// Reads every queued inotify event (their contents do not matter: see the module doc).
 fn drain(inotify: &OwnedFd) {
     let mut buf = [0u8; 4096];
@@ -224,6 +266,25 @@ mod tests {
         assert!(waiter.wait(Duration::from_secs(10)));
         assert!(waiter.exited());
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_dropped_waiter_closes_its_inotify_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut waiter = Waiter::new();
+        assert!(waiter.watch_dir(dir.path()));
+        let fd = waiter.inotify.as_ref().unwrap().as_raw_fd();
+        let link = PathBuf::from(format!("/proc/self/fd/{fd}"));
+        let is_inotify = || std::fs::read_link(&link).is_ok_and(|t| t.ends_with("inotify"));
+        assert!(is_inotify());
+        drop(waiter);
+        // Closed by the closer thread; another test's waiter may reuse the number meanwhile,
+        // and closes it again the same way.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_inotify() {
+            assert!(Instant::now() < deadline, "fd {fd} was never closed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
