@@ -750,10 +750,8 @@ fn a_fifo_in_place_of_a_layout_file_is_refused_without_blocking() {
             (fx, err)
         },
     );
-    assert!(
-        crate::inventory::error_chain(&err).contains("not a regular file"),
-        "{err}"
-    );
+    let cause = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(cause.as_deref(), Some("not a regular file"), "{err}");
     fx.assert_store_empty();
 }
 
