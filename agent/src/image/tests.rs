@@ -943,3 +943,35 @@ fn an_import_waiting_for_the_store_lock_stops_when_cancelled() {
     drop(lock);
     fx.assert_store_empty();
 }
+
+#[test]
+fn an_import_cancelled_while_it_unpacks_stops_between_chunks() {
+    let fx = Fixture::new();
+    testing::push_zeros_layer(&fx.layout, "busybox:latest", "zeros", 1 << 30).unwrap();
+    let cancel = ImportCancel::new();
+    let running = {
+        let cancel = cancel.clone();
+        let (layout, store) = (fx.layout.clone(), fx.store());
+        std::thread::spawn(move || store.import_cancellable(&layout, None, &cancel))
+    };
+    // Cancel once the big file is being written.
+    let images = fx.state.join("images");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let writing = || {
+        fs::read_dir(&images).ok().is_some_and(|dir| {
+            dir.filter_map(Result::ok)
+                .any(|e| e.path().join("rootfs/zeros").exists())
+        })
+    };
+    while !writing() && !running.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    cancel.cancel();
+    let err = within(20, "a cancelled import", move || running.join().unwrap()).unwrap_err();
+    assert!(matches!(err, ImageError::Cancelled), "{err:?}");
+    fx.assert_store_empty();
+}
