@@ -164,6 +164,10 @@ impl ImageStore {
         let config = runtime_config(&image_config);
 
         let _lock = StoreLock::acquire(&self.dir, cancel)?;
+        // Cancelled before the lock was free: not even a re-pointed reference.
+        if cancel.is_cancelled() {
+            return Err(ImageError::Cancelled);
+        }
         let final_dir = self.dir.join(&manifest_hex);
         let record = if final_dir.join("image.json").exists() {
             tracing::debug!(digest = %manifest_digest, "image already unpacked");
