@@ -149,15 +149,22 @@ impl From<JobError> for ApiError {
 
 /// An image-store error of a request whose `field` named the image or the layout: the caller's
 /// mistake is INVALID_ARGUMENT on that field, an image in use FAILED_PRECONDITION, a full disk
-/// RESOURCE_EXHAUSTED, a broken store INTERNAL.
+/// or an import past its `[images]` limits RESOURCE_EXHAUSTED, a cancelled import UNAVAILABLE,
+/// a broken store INTERNAL.
 pub fn image_error(field: &str, err: ImageError) -> ApiError {
     let text = chain(&err);
     match &err {
         ImageError::InUse { .. } => ApiError::FailedPrecondition(format!("{field}: {text}")),
         ImageError::CorruptStore { .. } => ApiError::Internal(text),
-        ImageError::Io { source, .. } if is_out_of_space(source) => {
+        ImageError::OverLimit { .. } | ImageError::NoSpace { .. } => {
             ApiError::ResourceExhausted(format!("image store: {text}"))
         }
+        ImageError::Io { source, .. } | ImageError::Layer { source, .. }
+            if is_out_of_space(source) =>
+        {
+            ApiError::ResourceExhausted(format!("image store: {text}"))
+        }
+        ImageError::Cancelled => ApiError::Unavailable(text),
         _ => ApiError::invalid(field, text),
     }
 }
@@ -241,6 +248,49 @@ mod tests {
         };
         assert!(matches!(
             image_error("layout_dir", missing),
+            ApiError::InvalidArgument { .. }
+        ));
+    }
+
+    #[test]
+    fn a_disk_filled_while_unpacking_or_a_limit_is_resource_exhausted() {
+        let full = ImageError::Layer {
+            layer: "sha256:00".into(),
+            context: "bin/big: writing the file".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(matches!(
+            image_error("layout_dir", full),
+            ApiError::ResourceExhausted(_)
+        ));
+        let quota = ImageError::Layer {
+            layer: "sha256:00".into(),
+            context: "bin/big: writing the file".into(),
+            source: std::io::Error::from_raw_os_error(libc::EDQUOT),
+        };
+        assert!(matches!(
+            image_error("layout_dir", quota),
+            ApiError::ResourceExhausted(_)
+        ));
+        let over = ImageError::OverLimit {
+            layer: "sha256:00".into(),
+            what: "entries",
+            max: 16,
+            key: "max_entries",
+        };
+        let status = Status::from(image_error("layout_dir", over));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("images.max_entries"),
+            "{status:?}"
+        );
+        let bad_tar = ImageError::Layer {
+            layer: "sha256:00".into(),
+            context: "reading the tar".into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        };
+        assert!(matches!(
+            image_error("layout_dir", bad_tar),
             ApiError::InvalidArgument { .. }
         ));
     }

@@ -245,12 +245,15 @@ fn image_store(shared: &Shared) -> Result<std::sync::Arc<crate::image::ImageStor
         .ok_or_else(|| ApiError::Unimplemented("images are not enabled in this agent".into()))
 }
 
-/// ImportImage: a layout dir on this host into the image store (blocking pool).
+/// ImportImage: a layout dir on this host into the image store (blocking pool). The import
+/// stops (and leaves nothing behind) when this request's future is dropped, which happens when
+/// the client goes away or the request's deadline passes (`[api] request_timeout_millis`, or
+/// the client's shorter `grpc-timeout`), and when the agent shuts down.
 pub async fn import_image(
     shared: &Shared,
     request: pb::ImportImageRequest,
 ) -> Result<pb::ImportImageResponse, ApiError> {
-    use crate::image::ImageError;
+    use crate::image::{ImageError, ImportCancel};
     let store = image_store(shared)?;
     if !request.layout_dir.starts_with('/') {
         return Err(ApiError::invalid(
@@ -260,15 +263,26 @@ pub async fn import_image(
     }
     let reference = (!request.reference.is_empty()).then(|| request.reference.clone());
     let dir = std::path::PathBuf::from(&request.layout_dir);
-    let record = blocking("image import", move || {
-        store
-            .import(&dir, reference.as_deref())
-            .map_err(|err| match err {
-                ImageError::BadReference { .. } => image_error("reference", err),
-                _ => image_error("layout_dir", err),
-            })
-    })
-    .await?;
+    let cancel = ImportCancel::new();
+    let _cancel_when_dropped = cancel.cancel_on_drop();
+    let import = {
+        let cancel = cancel.clone();
+        blocking("image import", move || {
+            store
+                .import_cancellable(&dir, reference.as_deref(), &cancel)
+                .map_err(|err| match err {
+                    ImageError::BadReference { .. } => image_error("reference", err),
+                    _ => image_error("layout_dir", err),
+                })
+        })
+    };
+    let record = tokio::select! {
+        record = import => record?,
+        () = shutting_down(shared.shutdown.clone()) => {
+            cancel.cancel();
+            return Err(ApiError::Unavailable("image import cancelled: the agent is shutting down".into()));
+        }
+    };
     tracing::info!(reference = %record.reference, digest = %record.manifest_digest, "image imported");
     Ok(pb::ImportImageResponse {
         image: Some(image(record)),

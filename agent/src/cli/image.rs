@@ -1,6 +1,6 @@
 //! `fog-agent image import DIR [--tag NAME]` and `fog-agent image list`: the OCI image store
 //! under the state dir (`[state] dir` of `--config`, the embedded defaults without it, or
-//! `--state-dir`).
+//! `--state-dir`), imports within the `[images]` limits of the same config.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,18 +77,14 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn open(opts: &StoreOpts) -> anyhow::Result<ImageStore> {
-    let state_dir = match &opts.state_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            let config = match &opts.config {
-                Some(path) => Config::load(path)?,
-                None => Config::parse(crate::config::DEFAULT_TOML, "<embedded defaults>")?,
-            };
-            config.state.dir
-        }
+    let config = match &opts.config {
+        Some(path) => Config::load(path)?,
+        None => Config::parse(crate::config::DEFAULT_TOML, "<embedded defaults>")?,
     };
-    ImageStore::open(&state_dir)
-        .with_context(|| format!("cannot open the image store in {}", state_dir.display()))
+    let state_dir = opts.state_dir.clone().unwrap_or(config.state.dir);
+    let store = ImageStore::open(&state_dir)
+        .with_context(|| format!("cannot open the image store in {}", state_dir.display()))?;
+    Ok(store.with_limits((&config.images).into()))
 }
 
 fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {

@@ -55,8 +55,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("fog-agent")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args.dev, notifier))
+    let result = runtime.block_on(serve(config, args.dev, notifier));
+    // Dropping the runtime would wait for every blocking thread; one stuck in a system call
+    // (a runtime or file operation that never returns) must not keep the agent alive after
+    // its grace period. Whatever is left is abandoned: each step it can be cut in is
+    // crash-safe (an import's temp dir is removed by the next import, SQLite keeps its journal).
+    runtime.shutdown_timeout(STRAGGLER_WAIT);
+    result
 }
+
+/// How long the exit waits for blocking threads after the shutdown's grace period.
+const STRAGGLER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Points the config at development certificates (created when missing), a socket under the
 /// state dir, and swtpm when there is no TPM device.

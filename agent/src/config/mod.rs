@@ -12,14 +12,15 @@
 //! reports every bad value, each with its key.
 //!
 //! Where things are: [`Config`] and its entry points ([`Config::load`], [`Config::parse`]) here;
-//! the sections' types in `api` (`[api]`, `[metrics]`), `jobs` (`[jobs]`) and `host` (`[state]`,
-//! `[tpm]`, `[telemetry]`, `[capacity]`, `[bench]`); sizes and shares in `units`; the semantic
+//! the sections' types in `api` (`[api]`, `[metrics]`), `jobs` (`[jobs]`), `images`
+//! (`[images]`) and `host` (`[state]`, `[tpm]`, `[telemetry]`, `[capacity]`, `[bench]`); sizes and shares in `units`; the semantic
 //! checks in `validate`; the error and how a TOML error is traced to its key in `error`. Every
 //! public item is re-exported here.
 
 mod api;
 mod error;
 mod host;
+mod images;
 mod jobs;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use serde::Deserialize;
 pub use api::{ApiConfig, MetricsConfig};
 pub use error::{ConfigError, Problem};
 pub use host::{BenchConfig, CapacityConfig, StateConfig, TelemetryConfig, TpmConfig};
+pub use images::ImagesConfig;
 pub use jobs::{JobsConfig, ScratchLimit};
 pub use units::{parse_amount, parse_size, Amount, ByteSize, SizeError};
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub bench: BenchConfig,
     /// `[jobs]`: the job runner (OCI runtime, job dirs, limits).
     pub jobs: JobsConfig,
+    /// `[images]`: limits of an image import.
+    pub images: ImagesConfig,
     /// `[metrics]`: the Prometheus `/metrics` endpoint.
     pub metrics: MetricsConfig,
 }

@@ -146,6 +146,17 @@ impl Config {
                 jobs.retention_millis
             ),
         );
+        let images = &self.images;
+        check(
+            images.max_unpacked_bytes.0 >= 1 << 20,
+            "images.max_unpacked_bytes",
+            format!("{} bytes is below 1 MiB", images.max_unpacked_bytes.0),
+        );
+        check(
+            images.max_entries >= 16,
+            "images.max_entries",
+            format!("{} is below 16", images.max_entries),
+        );
         let metrics = &self.metrics;
         check(
             (100..=3_600_000).contains(&metrics.sample_interval_millis),

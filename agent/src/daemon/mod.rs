@@ -136,7 +136,9 @@ impl DaemonOptions {
             .map_err(|e| DaemonError::Config(vec![format!("tpm.tcti: {e}")]))?;
         let inventory_source: InventorySource =
             Arc::new(|| crate::inventory::collect_from(FsRoot::host()));
-        let images = ImageStore::open(&config.state.dir).map_err(DaemonError::Images)?;
+        let images = ImageStore::open(&config.state.dir)
+            .map_err(DaemonError::Images)?
+            .with_limits((&config.images).into());
         let nvml = Arc::new(NvmlTelemetry::system());
         Ok(Self {
             benchmarks: Arc::new(SuiteBackend::new(

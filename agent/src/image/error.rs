@@ -134,6 +134,31 @@ pub enum ImageError {
         /// Why (the jobs that run it).
         reason: String,
     },
+    /// An import went past one of its `[images]` limits.
+    #[error("layer {layer}: more than {max} {what} (images.{key})")]
+    OverLimit {
+        /// The layer being unpacked.
+        layer: String,
+        /// What was counted (`uncompressed bytes`, `entries`).
+        what: &'static str,
+        /// The limit.
+        max: u64,
+        /// The config key of the limit, in `[images]`.
+        key: &'static str,
+    },
+    /// The store's filesystem has too little free space for an import.
+    #[error("{}: {free} bytes free: {reason}", path.display())]
+    NoSpace {
+        /// Where the space was measured.
+        path: PathBuf,
+        /// Bytes free there.
+        free: u64,
+        /// What the import needed.
+        reason: String,
+    },
+    /// The import's caller cancelled it (its request went away, or the agent is stopping).
+    #[error("import cancelled")]
+    Cancelled,
     /// A file of the store itself is damaged.
     #[error("image store {path}: {reason}")]
     CorruptStore {

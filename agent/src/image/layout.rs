@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
@@ -57,7 +58,7 @@ impl Layout {
             reason,
         };
         let marker = dir.join("oci-layout");
-        let text = match fs::read(&marker) {
+        let text = match read_bounded_io(&marker) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(not_layout("no oci-layout file".to_owned()))
@@ -189,7 +190,7 @@ impl Layout {
                 ),
             });
         }
-        let file = match File::open(&path) {
+        let file = match open_regular(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ImageError::MissingBlob { digest, path })
@@ -339,11 +340,7 @@ fn tags(manifests: &[Descriptor]) -> String {
 
 /// Reads a JSON file of the layout, refusing huge ones.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, ImageError> {
-    let file = File::open(path).map_err(|e| ImageError::io(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_JSON_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ImageError::io(path, e))?;
+    let bytes = read_bounded_io(path).map_err(|e| ImageError::io(path, e))?;
     if bytes.len() as u64 > MAX_JSON_BYTES {
         return Err(ImageError::BadDocument {
             what: path.display().to_string(),
@@ -351,6 +348,32 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ImageError> {
         });
     }
     Ok(bytes)
+}
+
+/// At most [`MAX_JSON_BYTES`] + 1 bytes of a regular file.
+fn read_bounded_io(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?
+        .take(MAX_JSON_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Opens a file of the layout for reading, refusing anything but a regular file. The open
+/// itself never blocks: a FIFO planted in the layout is opened non-blocking and refused, where
+/// a plain open would wait for a writer forever.
+pub(super) fn open_regular(path: &Path) -> io::Result<File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 pub(super) fn is_sha256_hex(s: &str) -> bool {

@@ -5,7 +5,8 @@
 //! Parts: `store` ([`ImageStore`]: import, look-up, listing, removal, its records and
 //! `refs.json`, the store lock, an import's temp dir); `layout` (reading an OCI image layout and
 //! verifying its blobs; what the store takes from an image config); `unpack` (layers into a
-//! rootfs); `error` ([`ImageError`]).
+//! rootfs); `limits` ([`ImportLimits`], [`ImportCancel`] and the budget an import is charged
+//! against); `error` ([`ImageError`]).
 //!
 //! # Import
 //!
@@ -15,15 +16,21 @@
 //! against the config's `rootfs.diff_ids` (sha256 of the uncompressed tar). Layer media types:
 //! `application/vnd.oci.image.layer.v1.tar`, `...tar+gzip` (and Docker's gzip layer type);
 //! zstd layers are refused with an error saying so. Unpacking rules (whiteouts, path escapes,
-//! device nodes) are in the `unpack` module (private).
+//! device nodes, FIFOs, setuid/setgid bits and file capabilities, which are dropped) are in the
+//! `unpack` module (private).
+//!
+//! An import is bounded by the store's [`ImportLimits`] (`[images]`: uncompressed bytes, entries,
+//! free space kept on the filesystem), counted while it streams, and stops when its caller sets
+//! its [`ImportCancel`] (the daemon does when the request is dropped or the agent stops).
 //!
 //! An import is atomic: the rootfs and the metadata are written into `images/.tmp-*` and renamed
 //! to `images/<manifest digest hex>` at the end; a failed import removes its temp dir, and a
 //! crashed one leaves a `.tmp-*` dir that the next import removes. Re-importing an image that
 //! is already there (same manifest digest) verifies the manifest and config again, re-points the
 //! reference and keeps the existing rootfs. Imports take an exclusive `flock` on
-//! `images/.lock`, so two importers (the daemon and the CLI) never race; readers need no lock
-//! (every file they read is replaced by rename).
+//! `images/.lock`, so two importers (the daemon and the CLI) never race (an import waiting for
+//! it polls, so its cancel flag ends the wait); readers need no lock (every file they read is
+//! replaced by rename).
 //!
 //! # On disk
 //!
@@ -46,7 +53,7 @@
 //! deleted after it.
 //!
 //! Not done (yet): pulling from registries, nested (multi-platform) indexes, zstd, xattrs
-//! (file capabilities are not restored).
+//! (never written, so file capabilities are not restored: on purpose, see `unpack`).
 
 // Test image builders: for this crate's tests and, through the `test-util` feature, the
 // integration tests; not in the shipped binary.
@@ -56,10 +63,12 @@ mod unpack;
 
 mod error;
 mod layout;
+mod limits;
 mod store;
 
 pub use error::ImageError;
 pub(crate) use layout::{Compression, LayerBlob};
+pub use limits::{CancelOnDrop, ImportCancel, ImportLimits};
 pub use store::{ImageRecord, ImageRuntimeConfig, ImageStore, RemovedImage};
 
 /// The host's GOARCH name (what image configs say): the platform check and the test layouts

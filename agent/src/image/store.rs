@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::layout::{check_platform, is_sha256_hex, runtime_config, sha256_hex, Layout};
-use super::{unpack, ImageError};
+use super::limits::{free_bytes, Budget};
+use super::{unpack, ImageError, ImportCancel, ImportLimits};
 
 /// One image in the store, as jobs use it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,6 +49,7 @@ pub struct ImageRuntimeConfig {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+    limits: ImportLimits,
 }
 
 /// What [`ImageStore::remove`] did.
@@ -78,12 +80,26 @@ impl RemovedImage {
 type Refs = BTreeMap<String, String>;
 
 impl ImageStore {
-    /// Opens (creating when missing) the store under `<state_dir>/images`.
+    /// Opens (creating when missing) the store under `<state_dir>/images`, with the default
+    /// [`ImportLimits`].
     pub fn open(state_dir: &Path) -> Result<ImageStore, ImageError> {
         let state_dir = std::path::absolute(state_dir).map_err(|e| ImageError::io(state_dir, e))?;
         let dir = state_dir.join("images");
         fs::create_dir_all(&dir).map_err(|e| ImageError::io(&dir, e))?;
-        Ok(ImageStore { dir })
+        Ok(ImageStore {
+            dir,
+            limits: ImportLimits::default(),
+        })
+    }
+
+    /// This store with other limits for its imports (`[images]`).
+    pub fn with_limits(self, limits: ImportLimits) -> ImageStore {
+        ImageStore { limits, ..self }
+    }
+
+    /// The limits of this store's imports.
+    pub fn limits(&self) -> &ImportLimits {
+        &self.limits
     }
 
     /// The store's directory (`<state dir>/images`).
@@ -96,10 +112,27 @@ impl ImageStore {
     /// (whiteouts `.wh.NAME` and opaque `.wh..wh..opq` honored; no path escapes the rootfs:
     /// `..`, absolute symlink targets resolved inside), records it. `reference` overrides the
     /// name taken from the index annotation `org.opencontainers.image.ref.name`.
+    ///
+    /// Within the store's [`ImportLimits`]: refused before anything is unpacked when the layer
+    /// blobs alone would not fit above `min_free_bytes`, stopped as soon as it reads more than
+    /// `max_unpacked_bytes`, applies more than `max_entries` or the free space falls below
+    /// `min_free_bytes` ([`ImageError::OverLimit`], [`ImageError::NoSpace`]); a stopped import
+    /// leaves nothing behind.
     pub fn import(
         &self,
         layout_dir: &Path,
         reference: Option<&str>,
+    ) -> Result<ImageRecord, ImageError> {
+        self.import_cancellable(layout_dir, reference, &ImportCancel::new())
+    }
+
+    /// [`Self::import`], stopped with [`ImageError::Cancelled`] (nothing left behind) once
+    /// `cancel` is set, also while it waits for another import to release the store.
+    pub fn import_cancellable(
+        &self,
+        layout_dir: &Path,
+        reference: Option<&str>,
+        cancel: &ImportCancel,
     ) -> Result<ImageRecord, ImageError> {
         if let Some(given) = reference {
             validate_reference(given)?;
@@ -130,19 +163,25 @@ impl ImageStore {
         }
         let config = runtime_config(&image_config);
 
-        let _lock = StoreLock::acquire(&self.dir)?;
+        let _lock = StoreLock::acquire(&self.dir, cancel)?;
+        // Cancelled before the lock was free: not even a re-pointed reference.
+        if cancel.is_cancelled() {
+            return Err(ImageError::Cancelled);
+        }
         let final_dir = self.dir.join(&manifest_hex);
         let record = if final_dir.join("image.json").exists() {
             tracing::debug!(digest = %manifest_digest, "image already unpacked");
             self.read_image(&manifest_hex)?
         } else {
             self.remove_stale_temp_dirs();
+            self.check_free_space(layers.iter().map(|l| l.size).sum())?;
             let temp = TempDir::create(&self.dir, &manifest_hex)?;
             let rootfs = temp.path.join("rootfs");
             fs::create_dir(&rootfs).map_err(|e| ImageError::io(&rootfs, e))?;
+            let budget = Budget::new(self.limits, cancel, &self.dir);
             for layer in &layers {
                 tracing::debug!(layer = %layer.digest, "unpacking layer");
-                unpack::apply_layer(&rootfs, layer)?;
+                unpack::apply_layer(&rootfs, layer, &budget)?;
             }
             let size_bytes = unpack::tree_size(&rootfs)?;
             let record = ImageRecord {
@@ -207,7 +246,7 @@ impl ImageStore {
         name: &str,
         check: impl FnOnce(&ImageRecord) -> Result<(), String>,
     ) -> Result<Option<RemovedImage>, ImageError> {
-        let _lock = StoreLock::acquire(&self.dir)?;
+        let _lock = StoreLock::acquire(&self.dir, &ImportCancel::new())?;
         let Some(record) = self.get(name)? else {
             return Ok(None);
         };
@@ -320,6 +359,23 @@ impl ImageStore {
         fs::rename(&temp, &path).map_err(|e| ImageError::io(&path, e))
     }
 
+    /// Refuses an import whose compressed layers (`blob_bytes`, the least it unpacks to) would
+    /// not fit above `min_free_bytes`.
+    fn check_free_space(&self, blob_bytes: u64) -> Result<(), ImageError> {
+        let free = free_bytes(&self.dir).map_err(|e| ImageError::io(&self.dir, e))?;
+        let min_free = self.limits.min_free_bytes;
+        if free < min_free.saturating_add(blob_bytes) {
+            return Err(ImageError::NoSpace {
+                path: self.dir.clone(),
+                free,
+                reason: format!(
+                    "the layers take {blob_bytes} bytes compressed and {min_free} must stay free (images.min_free_bytes)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Removes `.tmp-*` dirs left by a crashed import (called with the store lock held).
     fn remove_stale_temp_dirs(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
@@ -380,8 +436,13 @@ struct StoreLock {
     _file: File,
 }
 
+/// How long [`StoreLock::acquire`] sleeps between two tries, at most.
+const LOCK_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl StoreLock {
-    fn acquire(dir: &Path) -> Result<StoreLock, ImageError> {
+    /// Waits for the lock (another import, or the CLI, may hold it for long), polling so that
+    /// `cancel` can end the wait.
+    fn acquire(dir: &Path, cancel: &ImportCancel) -> Result<StoreLock, ImageError> {
         let path = dir.join(".lock");
         let file = fs::OpenOptions::new()
             .create(true)
@@ -389,16 +450,24 @@ impl StoreLock {
             .write(true)
             .open(&path)
             .map_err(|e| ImageError::io(&path, e))?;
+        let mut pause = std::time::Duration::from_millis(5);
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc == 0 {
                 return Ok(StoreLock { _file: file });
             }
             let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(ImageError::io(path, err));
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {}
+                _ => return Err(ImageError::io(path, err)),
             }
+            if cancel.is_cancelled() {
+                return Err(ImageError::Cancelled);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(LOCK_POLL_MAX);
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
@@ -133,6 +133,25 @@ pub enum TestEntry {
         path: String,
         /// Link target, byte for byte.
         target: String,
+    },
+    /// A named pipe (FIFO), mode 0644.
+    Fifo {
+        /// Path in the tar.
+        path: String,
+    },
+    /// A regular file preceded by a PAX header setting one extended attribute
+    /// (`SCHILY.xattr.<name>`), e.g. `security.capability` (file capabilities).
+    FileWithXattr {
+        /// Path in the tar.
+        path: String,
+        /// Contents.
+        contents: Vec<u8>,
+        /// Mode bits.
+        mode: u32,
+        /// The attribute's name (`security.capability`).
+        name: String,
+        /// Its value, byte for byte.
+        value: Vec<u8>,
     },
     /// A character device node (images must not have them: the store refuses it).
     CharDevice {
@@ -270,6 +289,78 @@ pub fn rewrite_image(
     let mut layers = manifest.layers().clone();
     edit_manifest(&mut layers);
     write_image(dir, tag, &config, layers)
+}
+
+/// Appends one gzip layer holding a single file `path` of `size` zero bytes to the manifest
+/// tagged `tag`, streamed (never `size` bytes in memory): gzip shrinks it about a
+/// thousandfold, a decompression bomb of any size from a small blob.
+pub fn push_zeros_layer(dir: &Path, tag: &str, path: &str, size: u64) -> Result<(), ImageError> {
+    let manifest = manifest_of(dir, tag)?;
+    let mut config = config_of(dir, &manifest)?;
+    let blobs = dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+    let tmp = blobs.join(".zeros.tmp");
+    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let gz = flate2::write::GzEncoder::new(
+        HashingWriter::new(std::io::BufWriter::new(file)),
+        flate2::Compression::fast(),
+    );
+    let mut builder = tar::Builder::new(HashingWriter::new(gz));
+    let h = header(path, EntryType::Regular, 0o644, size)?;
+    builder
+        .append(&h, std::io::repeat(0).take(size))
+        .map_err(io_err(&tmp))?;
+    let tar = builder.into_inner().map_err(io_err(&tmp))?;
+    let diff_id = format!("sha256:{}", hex::encode(tar.hasher.finalize()));
+    let blob = tar.inner.finish().map_err(io_err(&tmp))?;
+    let size = blob.count;
+    let digest_hex = hex::encode(blob.hasher.finalize());
+    blob.inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    let path = blobs.join(&digest_hex);
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    let layer = descriptor(
+        MediaType::ImageLayerGzip,
+        &format!("sha256:{digest_hex}"),
+        usize::try_from(size).unwrap_or(usize::MAX),
+    )?;
+    config.rootfs_mut().diff_ids_mut().push(diff_id);
+    let mut layers = manifest.layers().clone();
+    layers.push(layer);
+    write_image(dir, tag, &config, layers)
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The path of a blob in a layout.
@@ -460,6 +551,32 @@ pub fn layer_tar(entries: &[TestEntry]) -> Result<Vec<u8>, ImageError> {
                 builder.append(&h, std::io::empty()).map_err(err)?;
                 let h = header(&format!("{dir}.wh..wh..opq"), EntryType::Regular, 0o644, 0)?;
                 builder.append(&h, std::io::empty()).map_err(err)?;
+            }
+            TestEntry::Fifo { path } => {
+                let h = header(path, EntryType::Fifo, 0o644, 0)?;
+                builder.append(&h, std::io::empty()).map_err(err)?;
+            }
+            TestEntry::FileWithXattr {
+                path,
+                contents,
+                mode,
+                name,
+                value,
+            } => {
+                let mut record = format!("SCHILY.xattr.{name}=").into_bytes();
+                record.extend_from_slice(value);
+                record.push(b'\n');
+                // The record starts with its own length in decimal, that length included.
+                let mut len = record.len() + 2;
+                while format!("{len} ").len() + record.len() != len {
+                    len += 1;
+                }
+                let mut pax = format!("{len} ").into_bytes();
+                pax.extend_from_slice(&record);
+                let h = header("PaxHeaders/x", EntryType::XHeader, 0o644, pax.len() as u64)?;
+                builder.append(&h, &pax[..]).map_err(err)?;
+                let h = header(path, EntryType::Regular, *mode, contents.len() as u64)?;
+                builder.append(&h, &contents[..]).map_err(err)?;
             }
             TestEntry::CharDevice { path, major, minor } => {
                 let mut h = header(path, EntryType::Char, 0o666, 0)?;

@@ -13,17 +13,30 @@
 //!   tar lists them). Other `.wh..wh.*` names (aufs bookkeeping) are skipped.
 //! - Device nodes are refused (jobs get devices from the runtime's allowlist, never from an
 //!   image). FIFOs, regular files, directories, symlinks and hard links (to a path already in
-//!   the rootfs) are created with the entry's mode (setuid/setgid/sticky included), owner (when
-//!   running as root) and mtime.
+//!   the rootfs) are created with the entry's mode, owner (when running as root) and mtime.
+//! - No entry is ever opened once created except a regular file by the descriptor that writes
+//!   it: owner, mode and times are set by path without following a symlink
+//!   (`lchown`, `chmod` of a non-symlink, `utimensat(AT_SYMLINK_NOFOLLOW)`), so a FIFO cannot
+//!   block the import.
+//! - No privilege comes from an image: setuid and setgid bits are dropped from every
+//!   non-directory (a directory's setgid only passes its group on, and stays), and extended
+//!   attributes (PAX `SCHILY.xattr.*`, among them `security.capability`, file capabilities) are
+//!   never written. The rootfs is read by local users too; with either bit a copy of a
+//!   root-owned tool would run as root for any of them.
 //! - Every byte of the blob goes through sha256 (the descriptor's digest) and every byte of the
 //!   uncompressed tar through another (the config's diff id); the caller's temp dir is thrown
 //!   away when either does not match.
+//! - The import's [`Budget`] is charged on the way: each uncompressed byte read (a
+//!   decompression bomb stops at `max_unpacked_bytes`), each entry, and the free space measured
+//!   at each entry and each MiB written; its cancel flag is checked on every read. A stop is
+//!   turned into its own error ([`ImageError::OverLimit`], [`ImageError::NoSpace`],
+//!   [`ImageError::Cancelled`]) whatever error the tar reader wrapped it in.
 
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -31,10 +44,15 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
+use super::layout::open_regular;
+use super::limits::{Budget, Metered, Stop};
 use super::{Compression, ImageError, LayerBlob};
 
 /// Symlinks followed while resolving one path before giving up (Linux's own limit).
 const MAX_SYMLINKS: usize = 40;
+
+/// The chunk a file's contents are copied in (the cancel flag is checked between chunks).
+const CHUNK: usize = 64 * 1024;
 
 /// A reader that hashes and counts what passes through it.
 struct HashingReader<R> {
@@ -52,9 +70,19 @@ impl<R: Read> HashingReader<R> {
         }
     }
 
-    /// Reads the rest of the stream (tar padding, gzip trailer) so the hash covers it all.
-    fn drain(&mut self) -> io::Result<()> {
-        io::copy(self, &mut io::sink()).map(|_| ())
+    /// Reads the rest of the stream (tar padding, gzip trailer) so the hash covers it all,
+    /// checking the cancel flag between chunks.
+    fn drain(&mut self, budget: &Budget<'_>) -> io::Result<()> {
+        let mut buf = vec![0; CHUNK];
+        loop {
+            budget.check_cancel()?;
+            match self.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn hex(&self) -> String {
@@ -71,17 +99,33 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Applies one layer blob to `root`, checking its digest, size and diff id.
-pub(crate) fn apply_layer(root: &Path, layer: &LayerBlob) -> Result<(), ImageError> {
-    let file = File::open(&layer.path).map_err(|e| ImageError::io(&layer.path, e))?;
+/// Applies one layer blob to `root`, checking its digest, size and diff id, within `budget`.
+pub(crate) fn apply_layer(
+    root: &Path,
+    layer: &LayerBlob,
+    budget: &Budget<'_>,
+) -> Result<(), ImageError> {
+    let file = open_regular(&layer.path).map_err(|e| ImageError::io(&layer.path, e))?;
     // One byte more than the descriptor says, to notice a blob that grew since it was checked.
     let mut raw = HashingReader::new(file.take(layer.size + 1));
     let result = match layer.compression {
-        Compression::Gzip => apply_tar(root, layer, flate2::read::MultiGzDecoder::new(&mut raw)),
-        Compression::None => apply_tar(root, layer, &mut raw),
+        Compression::Gzip => apply_tar(
+            root,
+            layer,
+            flate2::read::MultiGzDecoder::new(&mut raw),
+            budget,
+        ),
+        Compression::None => apply_tar(root, layer, &mut raw, budget),
     };
+    // A stop explains whatever error the tar reader made of it.
+    if let Some(stop) = budget.stopped() {
+        return Err(stop_error(stop, layer, budget));
+    }
     // The blob's own checks come first: a corrupt blob explains any tar or gzip error.
-    let drained = raw.drain();
+    let drained = raw.drain(budget);
+    if let Some(stop) = budget.stopped() {
+        return Err(stop_error(stop, layer, budget));
+    }
     if raw.count != layer.size {
         return Err(ImageError::SizeMismatch {
             digest: layer.digest.clone(),
@@ -108,14 +152,50 @@ pub(crate) fn apply_layer(root: &Path, layer: &LayerBlob) -> Result<(), ImageErr
     Ok(())
 }
 
+/// The error of a stopped import.
+fn stop_error(stop: Stop, layer: &LayerBlob, budget: &Budget<'_>) -> ImageError {
+    let limits = budget.limits();
+    let over = |what, max, key| ImageError::OverLimit {
+        layer: layer.digest.clone(),
+        what,
+        max,
+        key,
+    };
+    match stop {
+        Stop::Cancelled => ImageError::Cancelled,
+        Stop::Bytes => over(
+            "uncompressed bytes",
+            limits.max_unpacked_bytes,
+            "max_unpacked_bytes",
+        ),
+        Stop::Entries => over("entries", limits.max_entries, "max_entries"),
+        Stop::NoSpace(free) => ImageError::NoSpace {
+            path: budget.store().to_owned(),
+            free,
+            reason: format!(
+                "layer {} stopped before fewer than {} bytes are left (images.min_free_bytes)",
+                layer.digest, limits.min_free_bytes
+            ),
+        },
+    }
+}
+
 /// Unpacks the tar stream; returns the sha256 hex of the whole uncompressed stream.
-fn apply_tar<R: Read>(root: &Path, layer: &LayerBlob, reader: R) -> Result<String, ImageError> {
+fn apply_tar<R: Read>(
+    root: &Path,
+    layer: &LayerBlob,
+    reader: R,
+    budget: &Budget<'_>,
+) -> Result<String, ImageError> {
     let layer_err = |context: &str, source: io::Error| ImageError::Layer {
         layer: layer.digest.clone(),
         context: context.to_owned(),
         source,
     };
-    let mut diff = HashingReader::new(reader);
+    let mut diff = HashingReader::new(Metered {
+        inner: reader,
+        budget,
+    });
     {
         let mut archive = tar::Archive::new(&mut diff);
         let mut unpacker = Unpacker {
@@ -123,16 +203,21 @@ fn apply_tar<R: Read>(root: &Path, layer: &LayerBlob, reader: R) -> Result<Strin
             layer: &layer.digest,
             this_layer: HashSet::new(),
             chown: is_root(),
+            budget,
+            buf: vec![0; CHUNK],
         };
         let entries = archive
             .entries()
             .map_err(|e| layer_err("reading the tar", e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| layer_err("reading the tar", e))?;
+            budget
+                .charge_entry()
+                .map_err(|e| layer_err("reading the tar", e))?;
             unpacker.apply(&mut entry)?;
         }
     }
-    diff.drain()
+    diff.drain(budget)
         .map_err(|e| layer_err("reading the end of the tar", e))?;
     Ok(diff.hex())
 }
@@ -150,6 +235,9 @@ struct Unpacker<'a> {
     /// same layer leave them alone.
     this_layer: HashSet<PathBuf>,
     chown: bool,
+    budget: &'a Budget<'a>,
+    /// A file's contents pass through here, a chunk at a time.
+    buf: Vec<u8>,
 }
 
 /// What a normalized entry path is.
@@ -328,7 +416,7 @@ impl Unpacker<'_> {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&abs)
                     .map_err(|e| self.io_err(&raw, "creating the file", e))?;
-                io::copy(entry, &mut file).map_err(|e| self.io_err(&raw, "writing the file", e))?;
+                self.copy(&raw, entry, &mut file)?;
                 drop(file);
                 self.finish(&raw, &abs, mode, uid, gid, mtime, false)?;
             }
@@ -401,7 +489,28 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    /// Owner, mode and mtime of a new entry (the mode after chown, which clears setuid).
+    /// Copies a file's contents a chunk at a time, charging the budget for each.
+    fn copy<R: Read>(
+        &mut self,
+        raw: &str,
+        from: &mut R,
+        to: &mut fs::File,
+    ) -> Result<(), ImageError> {
+        loop {
+            let n = match from.read(&mut self.buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_err(raw, "reading the file", e)),
+            };
+            to.write_all(&self.buf[..n])
+                .and_then(|()| self.budget.charge_write(n))
+                .map_err(|e| self.io_err(raw, "writing the file", e))?;
+        }
+    }
+
+    /// Owner, mode and mtime of a new entry (the mode after chown, which clears setuid), all by
+    /// path, never opening it: a FIFO opened for reading would block until a writer came.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -419,17 +528,12 @@ impl Unpacker<'_> {
             std::os::unix::fs::lchown(abs, Some(uid), Some(gid))
                 .map_err(|e| self.io_err(raw, "setting its owner", e))?;
         }
-        let time = filetime::FileTime::from_unix_time(i64::try_from(mtime).unwrap_or(0), 0);
-        if symlink {
-            filetime::set_symlink_file_times(abs, time, time)
-                .map_err(|e| self.io_err(raw, "setting its mtime", e))?;
-        } else {
-            fs::set_permissions(abs, fs::Permissions::from_mode(mode))
+        if !symlink {
+            // chmod(2) follows a symlink, but `abs` was just made and is none.
+            fs::set_permissions(abs, fs::Permissions::from_mode(unprivileged(mode, abs)))
                 .map_err(|e| self.io_err(raw, "setting its mode", e))?;
-            filetime::set_file_times(abs, time, time)
-                .map_err(|e| self.io_err(raw, "setting its mtime", e))?;
         }
-        Ok(())
+        set_mtime(abs, mtime).map_err(|e| self.io_err(raw, "setting its mtime", e))
     }
 
     /// Removes whatever is at `abs` (not following a symlink there).
@@ -492,6 +596,44 @@ impl Unpacker<'_> {
         }
         Ok(())
     }
+}
+
+/// `mode` without setuid, and without setgid unless `path` is a directory (where setgid only
+/// passes the directory's group on to new files).
+fn unprivileged(mode: u32, path: &Path) -> u32 {
+    let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    let strip = if is_dir {
+        libc::S_ISUID
+    } else {
+        libc::S_ISUID | libc::S_ISGID
+    };
+    mode & !strip
+}
+
+/// Sets the access and modification times of `path` to `mtime` (seconds since the epoch),
+/// not following a symlink and without opening it.
+fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in path"))?;
+    let time = libc::timespec {
+        tv_sec: libc::time_t::try_from(mtime).unwrap_or(libc::time_t::MAX),
+        tv_nsec: 0,
+    };
+    let times = [time, time];
+    // SAFETY: a valid NUL-terminated path and a two-element timespec array, both alive for the
+    // call; utimensat keeps neither.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The unpacked size of a tree: regular file sizes, each inode once.

@@ -14,6 +14,7 @@ mod daemon;
 mod exit_codes;
 mod gpu;
 mod image;
+mod image_hostile;
 mod inventory;
 mod jobs;
 mod metrics;
