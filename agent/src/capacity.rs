@@ -438,7 +438,11 @@ mod tests {
         assert_eq!(ledger.current().capacity.notes, ["disk: below the floor"]);
         assert_eq!(ledger.current().sequence, 3);
         ledger.set_state_disk_note(Some("disk: below the floor".into()));
-        assert_eq!(ledger.current().sequence, 3, "the same note publishes nothing");
+        assert_eq!(
+            ledger.current().sequence,
+            3,
+            "the same note publishes nothing"
+        );
         ledger.set_state_disk_note(None);
         assert!(ledger.current().capacity.notes.is_empty());
     }

@@ -237,8 +237,9 @@ impl JobManager {
                 tracing::warn!(job = %id, gpu = %gpu, error = %err, "GPU accounting unavailable");
             }
         }
-        let spec = bundle::runtime_spec(job, scratch.as_deref(), &self.cgroups_path(id), &gpu_nodes)
-            .map_err(bundle_err)?;
+        let spec =
+            bundle::runtime_spec(job, scratch.as_deref(), &self.cgroups_path(id), &gpu_nodes)
+                .map_err(bundle_err)?;
         bundle::write_bundle(&dir.join(shim::BUNDLE_DIR), &spec).map_err(bundle_err)?;
         Ok(ShimArgs {
             job_dir: dir,

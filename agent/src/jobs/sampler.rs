@@ -82,7 +82,8 @@ pub fn tree_usage(path: &Path, max_bytes: u64, max_inodes: u64) -> TreeUsage {
     usage
 }
 
-/// Bytes in a dir tree (see [`tree_usage`]; not bounded).
+/// Bytes in a dir tree: every entry by the larger of its length and its allocated blocks
+/// (symlinks not followed; not bounded).
 pub fn dir_size(path: &Path) -> u64 {
     tree_usage(path, u64::MAX, u64::MAX).bytes
 }

@@ -119,7 +119,11 @@ impl Sources {
                 .as_ref()
                 .map(|jobs| jobs.job_metrics())
                 .unwrap_or_default(),
-            state_disk: self.handles.jobs.as_ref().and_then(|jobs| jobs.state_disk()),
+            state_disk: self
+                .handles
+                .jobs
+                .as_ref()
+                .and_then(|jobs| jobs.state_disk()),
             process: process::read_self(),
             process_start: self.process_start,
         }

@@ -48,8 +48,11 @@ impl LoopFs {
                 Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
             }
         };
-        if let Err(err) = tool(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image))
-        {
+        if let Err(err) = tool(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0"])
+                .arg(&image),
+        ) {
             eprintln!("skipped: cannot make an ext4 filesystem: {err}");
             return None;
         }
@@ -123,14 +126,30 @@ async fn a_full_state_filesystem_never_keeps_a_job_from_stopping() {
     s.time_limit_millis = 8_000;
     start(&mut h.client, s).await;
     let filler = unique("filler");
-    start(&mut h.client, spec(&filler, "yes fill-the-state-filesystem")).await;
-    let pid: i32 = {
-        let file = state_dir.join("jobs").join(&filler).join("container.pid");
-        std::fs::read_to_string(file).unwrap().trim().parse().unwrap()
+    start(
+        &mut h.client,
+        spec(&filler, "yes fill-the-state-filesystem"),
+    )
+    .await;
+    let pid_file = state_dir.join("jobs").join(&filler).join("container.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no container.pid");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while fs.free() > 256 * 1024 {
-        assert!(Instant::now() < deadline, "the disk never filled: {} free", fs.free());
+        assert!(
+            Instant::now() < deadline,
+            "the disk never filled: {} free",
+            fs.free()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -182,11 +201,17 @@ async fn a_full_state_filesystem_never_keeps_a_job_from_stopping() {
         .await
         .unwrap_err();
     assert_eq!(import.code(), Code::ResourceExhausted, "{import:?}");
-    assert!(import.message().contains("state.min_free_bytes"), "{import:?}");
+    assert!(
+        import.message().contains("state.min_free_bytes"),
+        "{import:?}"
+    );
     let floor_note = |c: &pb::Capacity| c.notes.iter().any(|n| n.contains("min_free_bytes"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !floor_note(&capacity(&mut h.client).await) {
-        assert!(Instant::now() < deadline, "capacity has no note on the floor");
+        assert!(
+            Instant::now() < deadline,
+            "capacity has no note on the floor"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -216,7 +241,10 @@ async fn a_full_state_filesystem_never_keeps_a_job_from_stopping() {
     start(&mut h.client, spec(&again, "echo ok")).await;
     let job = wait_for(&mut h.client, &again, Duration::from_secs(30), ended).await;
     assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
-    assert_eq!(get(&mut h.client, &filler).await.state(), pb::JobState::Stopped);
+    assert_eq!(
+        get(&mut h.client, &filler).await.state(),
+        pb::JobState::Stopped
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +266,11 @@ async fn the_slack_is_released_for_the_records_and_made_again() {
     .await;
     assert_eq!(std::fs::metadata(&slack).unwrap().len(), 4 * MIB);
     let filler = unique("filler");
-    start(&mut h.client, spec(&filler, "yes fill-the-state-filesystem")).await;
+    start(
+        &mut h.client,
+        spec(&filler, "yes fill-the-state-filesystem"),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while fs.free() > 256 * 1024 {
         assert!(Instant::now() < deadline, "the disk never filled");

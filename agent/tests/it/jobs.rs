@@ -545,7 +545,10 @@ async fn a_job_without_scratch_has_no_writable_host_path() {
             (pb::JobState::Succeeded, Some(0)),
             "{limit:?}: {job:?}\n{stderr}"
         );
-        assert!(!dir.join("scratch").exists(), "{limit:?}: a host dir was made");
+        assert!(
+            !dir.join("scratch").exists(),
+            "{limit:?}: a host dir was made"
+        );
     }
 }
 
