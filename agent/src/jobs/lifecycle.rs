@@ -2,7 +2,8 @@
 //! runtime, the shim): the API calls it on the blocking pool, the sampler on its own thread.
 //!
 //! - **Start** ([`JobManager::start`]): validate; under the admission lock, answer an existing
-//!   id (idempotency: waits, woken by the records, until it is past `creating`), check the
+//!   id (idempotency: waits, woken by the records, until it is past `creating`), refuse a new
+//!   one while the state filesystem is below `[state] min_free_bytes`, check the
 //!   request against the free capacity (RESOURCE_EXHAUSTED naming the resource; a GPU is never
 //!   given twice) and add it in memory with its reservation published; then commit the record
 //!   (`creating`), write the bundle, start the shim and wait until the runtime says `running`;

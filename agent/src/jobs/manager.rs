@@ -357,7 +357,8 @@ impl JobManager {
             Ok(status) => {
                 let note = status.below_floor().then(|| {
                     format!(
-                        "disk: the state filesystem has less free space than [state]                          min_free_bytes ({} bytes): new jobs and image imports are refused",
+                        "disk: the state filesystem has less free space than [state] min_free_bytes \
+                         ({} bytes): new jobs and image imports are refused",
                         status.floor_bytes
                     )
                 });

@@ -33,6 +33,7 @@ use super::model::{fresh, JobEvent, JobRecord, JobState, JobView, Usage};
 use super::shim;
 use super::spec::JobSpec;
 use super::JobError;
+use crate::inventory::error_chain;
 use crate::state::headroom::Headroom;
 use crate::state::{JobRow, StateError, StateStore};
 
@@ -116,26 +117,13 @@ pub(super) struct Writer {
 impl Writer {
     /// Commits one update; on a full filesystem, releases the slack and tries once more.
     fn write(&mut self, headroom: &Headroom, p: &Pending) -> Result<(), StateError> {
-        let write = |store: &mut StateStore| {
-            store.job_update(&p.id, p.state, &p.record_json, p.at_millis, &p.message)
-        };
-        match write(&mut self.store) {
-            Err(err) if err.is_disk_full() && headroom.release() => write(&mut self.store),
-            other => other,
-        }
+        write(&mut self.store, headroom, p)
     }
 
     /// Commits the pending updates in order, up to the first that fails.
     fn flush(&mut self, headroom: &Headroom) -> Result<(), StateError> {
         while let Some(p) = self.pending.front() {
-            let p = Pending {
-                id: p.id.clone(),
-                state: p.state,
-                record_json: p.record_json.clone(),
-                at_millis: p.at_millis,
-                message: p.message.clone(),
-            };
-            self.write(headroom, &p)?;
+            write(&mut self.store, headroom, p)?;
             self.pending.pop_front();
             if self.pending.is_empty() {
                 tracing::info!("job records kept in memory are committed");
@@ -145,16 +133,21 @@ impl Writer {
     }
 }
 
+fn write(store: &mut StateStore, headroom: &Headroom, p: &Pending) -> Result<(), StateError> {
+    let mut once = || store.job_update(&p.id, p.state, &p.record_json, p.at_millis, &p.message);
+    match once() {
+        Err(err) if err.is_disk_full() && headroom.release() => once(),
+        other => other,
+    }
+}
+
 /// A commit refused for a full filesystem is RESOURCE_EXHAUSTED (a start that cannot be
 /// recorded); anything else stays the store's error.
 fn full_is_exhausted(err: StateError) -> JobError {
     if err.is_disk_full() {
-        let cause = std::error::Error::source(&err)
-            .map(|source| format!(": {source}"))
-            .unwrap_or_default();
         JobError::ResourceExhausted {
             resource: "state.min_free_bytes".to_owned(),
-            message: format!("the state filesystem is full: {err}{cause}"),
+            message: format!("the state filesystem is full: {}", error_chain(&err)),
         }
     } else {
         JobError::State(err)
@@ -208,7 +201,7 @@ impl Records {
             return;
         }
         if let Err(err) = writer.flush(&self.headroom) {
-            tracing::debug!(pending = writer.pending.len(), error = %err, "job records still cannot be committed");
+            tracing::debug!(pending = writer.pending.len(), error = %error_chain(&err), "job records still cannot be committed");
         }
         self.unsaved.store(writer.pending.len(), Ordering::Relaxed);
     }
@@ -342,7 +335,7 @@ impl Records {
             .and_then(|()| writer.write(&self.headroom, &pending));
         if let Err(err) = written {
             // Published all the same: a full disk never holds a stop or an end back.
-            tracing::error!(job = %id, state = pending.state, error = %err, "cannot commit the job's record: kept in memory, written once the state filesystem has room");
+            tracing::error!(job = %id, state = pending.state, error = %error_chain(&err), "cannot commit the job's record: kept in memory, written once the state filesystem has room");
             writer.pending.push_back(pending);
         }
         self.unsaved.store(writer.pending.len(), Ordering::Relaxed);
@@ -396,7 +389,7 @@ impl Records {
             Ok(()) => self.usage_failing.store(false, Ordering::Relaxed),
             Err(err) => {
                 if !self.usage_failing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %err, "cannot store usage counters (kept in memory, retried every tick)");
+                    tracing::error!(error = %error_chain(&err), "cannot store usage counters (kept in memory, retried every tick)");
                 }
             }
         }

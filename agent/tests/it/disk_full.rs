@@ -72,6 +72,26 @@ impl LoopFs {
         &self.mnt
     }
 
+    /// Takes whatever a job left free (down to the last block) into `<mnt>/test-filler`, so
+    /// that every later allocation fails with ENOSPC whoever asks.
+    fn fill_up(&self) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.mnt.join("test-filler"))
+            .unwrap();
+        for chunk in [64 * 1024, 4096, 512, 1] {
+            let data = vec![0u8; chunk];
+            while file.write_all(&data).is_ok() {}
+        }
+        let _ = file.sync_all();
+    }
+
+    fn free_the_filler(&self) {
+        std::fs::remove_file(self.mnt.join("test-filler")).unwrap();
+    }
+
     /// Free bytes for an unprivileged writer.
     fn free(&self) -> u64 {
         fog_agent::state::headroom::free_bytes(&self.mnt).unwrap()
@@ -152,6 +172,7 @@ async fn a_full_state_filesystem_never_keeps_a_job_from_stopping() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    fs.fill_up();
 
     // Stopping works, and the container is gone.
     let stopped = tokio::time::timeout(
@@ -217,6 +238,7 @@ async fn a_full_state_filesystem_never_keeps_a_job_from_stopping() {
 
     // Space returns: the records reach their final state on disk, and jobs start again.
     std::fs::remove_file(state_dir.join("jobs").join(&filler).join("stdout.log")).unwrap();
+    fs.free_the_filler();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let states = [
@@ -276,6 +298,7 @@ async fn the_slack_is_released_for_the_records_and_made_again() {
         assert!(Instant::now() < deadline, "the disk never filled");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    fs.fill_up();
     let stopped = tokio::time::timeout(
         Duration::from_secs(30),
         h.client.stop_job(pb::StopJobRequest {
@@ -293,6 +316,7 @@ async fn the_slack_is_released_for_the_records_and_made_again() {
     assert!(!h.containers().contains(&filler));
     assert!(!slack.exists(), "the slack was released for the records");
     std::fs::remove_file(state_dir.join("jobs").join(&filler).join("stdout.log")).unwrap();
+    fs.free_the_filler();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !(slack.exists() && stored_state(&state_dir, &filler).as_deref() == Some("stopped")) {
         assert!(
