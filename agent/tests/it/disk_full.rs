@@ -13,7 +13,7 @@ use fog_agent::config::ByteSize;
 use fog_proto::v1 as pb;
 use tonic::Code;
 
-use crate::jobs::{capacity, ended, get, spec, start, unique, wait_for, Harness};
+use crate::jobs::{capacity, ended, get, spec, start, unique, wait_for, Harness, HEAVY};
 
 const MIB: u64 = 1 << 20;
 
@@ -127,6 +127,8 @@ async fn a_full_state_filesystem_never_keeps_a_job_from_stopping() {
     let Some(fs) = LoopFs::new(96 * MIB) else {
         return;
     };
+    // A job writing as fast as it can: not next to a CPU measurement.
+    let _heavy = HEAVY.lock().await;
     let state_dir = fs.path().join("state");
     let mut h = Harness::start_configured(
         |c| {
@@ -274,6 +276,8 @@ async fn the_slack_is_released_for_the_records_and_made_again() {
     let Some(fs) = LoopFs::new(96 * MIB) else {
         return;
     };
+    // A job writing as fast as it can: not next to a CPU measurement.
+    let _heavy = HEAVY.lock().await;
     let state_dir = fs.path().join("state");
     let slack = state_dir.join(fog_agent::state::headroom::SLACK_FILE);
     let mut h = Harness::start_configured(

@@ -27,7 +27,7 @@ const MIB: i64 = 1 << 20;
 
 /// CPU-heavy tests run one at a time (2 cores): a CPU measurement next to a fork bomb or a
 /// busy loop would measure the neighbour.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
