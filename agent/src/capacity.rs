@@ -78,7 +78,9 @@ pub struct Capacity {
     pub disk_bytes: ResourceAmount,
     /// Each GPU.
     pub gpus: Vec<GpuCapacity>,
-    /// Resources that could not be measured, and why (they report zero, never a guess).
+    /// Resources that could not be measured, and why (they report zero, never a guess); and,
+    /// while the state filesystem is below `[state] min_free_bytes`, a note saying new jobs
+    /// are refused.
     pub notes: Vec<String>,
 }
 
@@ -262,7 +264,8 @@ pub fn compute(totals: &Totals, reserve: &CapacityConfig, allocations: &Allocati
 #[derive(Debug)]
 pub struct CapacityLedger {
     reserve: CapacityConfig,
-    inputs: Mutex<(Totals, Allocations)>,
+    /// Totals, allocations, and the state filesystem's note while it is below its floor.
+    inputs: Mutex<(Totals, Allocations, Option<String>)>,
     tx: watch::Sender<Arc<CapacitySnapshot>>,
 }
 
@@ -278,7 +281,7 @@ impl CapacityLedger {
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Self {
             reserve,
-            inputs: Mutex::new((totals, allocations)),
+            inputs: Mutex::new((totals, allocations, None)),
             tx,
         }
     }
@@ -303,7 +306,13 @@ impl CapacityLedger {
         self.update(|inputs| inputs.1 = allocations);
     }
 
-    fn update(&self, change: impl FnOnce(&mut (Totals, Allocations))) {
+    /// Sets (or, with `None`, clears) the note saying the state filesystem is below its
+    /// free-space floor (the job runner's hook); publishes if it changed.
+    pub fn set_state_disk_note(&self, note: Option<String>) {
+        self.update(|inputs| inputs.2 = note);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut (Totals, Allocations, Option<String>))) {
         // A poisoned lock only means another updater panicked mid-assignment; the inputs are
         // plain data, still usable.
         let mut inputs = self
@@ -311,7 +320,8 @@ impl CapacityLedger {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         change(&mut inputs);
-        let capacity = compute(&inputs.0, &self.reserve, &inputs.1);
+        let mut capacity = compute(&inputs.0, &self.reserve, &inputs.1);
+        capacity.notes.extend(inputs.2.clone());
         self.tx.send_if_modified(|current| {
             if current.capacity == capacity {
                 return false;
@@ -424,5 +434,16 @@ mod tests {
         assert_eq!(snapshot.sequence, 2);
         assert_eq!(snapshot.capacity.cpu_millicores.free, 6000);
         assert_eq!(ledger.current().sequence, 2);
+        ledger.set_state_disk_note(Some("disk: below the floor".into()));
+        assert_eq!(ledger.current().capacity.notes, ["disk: below the floor"]);
+        assert_eq!(ledger.current().sequence, 3);
+        ledger.set_state_disk_note(Some("disk: below the floor".into()));
+        assert_eq!(
+            ledger.current().sequence,
+            3,
+            "the same note publishes nothing"
+        );
+        ledger.set_state_disk_note(None);
+        assert!(ledger.current().capacity.notes.is_empty());
     }
 }

@@ -261,6 +261,10 @@ pub async fn import_image(
             format!("{:?} must be an absolute path", request.layout_dir),
         ));
     }
+    if let Some(jobs) = &shared.jobs {
+        // Not while the state filesystem is below its floor (RESOURCE_EXHAUSTED naming it).
+        jobs.check_state_floor()?;
+    }
     let reference = (!request.reference.is_empty()).then(|| request.reference.clone());
     let dir = std::path::PathBuf::from(&request.layout_dir);
     let cancel = ImportCancel::new();

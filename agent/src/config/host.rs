@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Amount;
+use super::{Amount, ByteSize};
 
 /// `[state]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -14,12 +14,20 @@ use super::Amount;
 pub struct StateConfig {
     /// The agent's state dir (database, TPM blobs, dev certificates).
     pub dir: PathBuf,
+    /// Free space the state dir's filesystem must keep: below it, new jobs and image imports
+    /// are refused (RESOURCE_EXHAUSTED naming this key).
+    pub min_free_bytes: ByteSize,
+    /// Space kept for the state database in a preallocated file (`state.slack`), released
+    /// when the filesystem is full so a record can still be committed; 0 = none.
+    pub slack_bytes: ByteSize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/var/lib/fog-agent"),
+            min_free_bytes: ByteSize(256 * 1024 * 1024),
+            slack_bytes: ByteSize(32 * 1024 * 1024),
         }
     }
 }

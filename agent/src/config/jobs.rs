@@ -32,6 +32,9 @@ pub struct JobsConfig {
     pub retention_millis: u64,
     /// How a job's scratch dir is held to its `resources.scratch_bytes`.
     pub scratch_limit: ScratchLimit,
+    /// With [`ScratchLimit::Polled`]: the inodes (files, dirs, links) a job's scratch may
+    /// hold before the job is stopped.
+    pub scratch_max_inodes: u64,
 }
 
 /// How a job's scratch dir is held to its size (`[jobs] scratch_limit`); see
@@ -60,6 +63,7 @@ impl Default for JobsConfig {
             telemetry_interval_millis: 1000,
             retention_millis: 604_800_000,
             scratch_limit: ScratchLimit::Filesystem,
+            scratch_max_inodes: 65_536,
         }
     }
 }

@@ -74,6 +74,11 @@ impl Config {
             format!("must be an absolute path, not {:?}", self.state.dir),
         );
         check(
+            self.state.slack_bytes.0 <= 1 << 40,
+            "state.slack_bytes",
+            format!("{} bytes is more than 1 TiB", self.state.slack_bytes.0),
+        );
+        check(
             valid_tcti(&self.tpm.tcti),
             "tpm.tcti",
             format!(
@@ -107,6 +112,11 @@ impl Config {
             jobs.dir.as_os_str().is_empty() || jobs.dir.is_absolute(),
             "jobs.dir",
             format!("must be empty or an absolute path, not {:?}", jobs.dir),
+        );
+        check(
+            jobs.scratch_max_inodes >= 16,
+            "jobs.scratch_max_inodes",
+            format!("{} is less than 16", jobs.scratch_max_inodes),
         );
         check(
             (4096..=1 << 40).contains(&jobs.log_max_bytes.0),

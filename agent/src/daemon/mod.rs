@@ -403,6 +403,11 @@ async fn build_shared(
             let setup = crate::jobs::JobSetup {
                 config: config.jobs.clone(),
                 state_dir: config.state.dir.clone(),
+                headroom: Arc::new(crate::state::headroom::Headroom::new(
+                    &config.state.dir,
+                    config.state.min_free_bytes.0,
+                    config.state.slack_bytes.0,
+                )),
                 shim_exe: jobs.shim_exe.clone(),
                 runtime,
                 images: jobs.images.clone(),

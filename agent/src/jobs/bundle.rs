@@ -6,7 +6,9 @@
 //!   (runc creates missing mount points such as `/scratch` in it once; they stay empty.)
 //! - mounts: only the minimal ones: `/proc`, `/dev` (tmpfs), `/dev/pts`, `/dev/shm` (tmpfs,
 //!   64 MiB), `/dev/mqueue`, `/sys` read-only, and the job's own scratch dir read-write at
-//!   [`SCRATCH_MOUNT`]. No host path other than the scratch dir is mounted.
+//!   [`SCRATCH_MOUNT`]. No host path other than the scratch dir is mounted; a job without
+//!   scratch (`scratch_bytes = 0`) gets an empty read-only tmpfs there, so it has no writable
+//!   host path at all (the tmpfs mounts hold memory, charged to its memory limit).
 //! - namespaces: pid, ipc, uts, mount and a fresh network namespace with loopback only (network
 //!   beyond loopback is a later step).
 //! - resources: CPU quota/period from millicores (100 ms period), memory limit with memory+swap
@@ -115,7 +117,7 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 /// The runtime spec of a job.
 pub fn runtime_spec(
     job: &ValidJob,
-    scratch_dir: &Path,
+    scratch_dir: Option<&Path>,
     cgroups_path: &str,
     gpu_nodes: &[DeviceNode],
 ) -> Result<Spec, JobError> {
@@ -192,18 +194,28 @@ pub fn runtime_spec(
             &["nosuid", "noexec", "nodev", "ro"],
         )?,
     ];
-    let scratch = scratch_dir.to_str().ok_or_else(|| {
-        JobError::Bundle(format!(
-            "scratch dir {} is not UTF-8",
-            scratch_dir.display()
-        ))
-    })?;
-    mounts.push(mount(
-        SCRATCH_MOUNT,
-        "bind",
-        scratch,
-        &["rbind", "rw", "nosuid", "nodev"],
-    )?);
+    match scratch_dir {
+        Some(scratch_dir) => {
+            let scratch = scratch_dir.to_str().ok_or_else(|| {
+                JobError::Bundle(format!(
+                    "scratch dir {} is not UTF-8",
+                    scratch_dir.display()
+                ))
+            })?;
+            mounts.push(mount(
+                SCRATCH_MOUNT,
+                "bind",
+                scratch,
+                &["rbind", "rw", "nosuid", "nodev"],
+            )?);
+        }
+        None => mounts.push(mount(
+            SCRATCH_MOUNT,
+            "tmpfs",
+            "tmpfs",
+            &["ro", "nosuid", "nodev", "noexec", "mode=0555", "size=4k"],
+        )?),
+    }
 
     let mut device_rules = vec![LinuxDeviceCgroupBuilder::default()
         .allow(false)
@@ -353,7 +365,7 @@ mod tests {
         }];
         let spec = runtime_spec(
             &job(),
-            Path::new("/jobs/j1/scratch"),
+            Some(Path::new("/jobs/j1/scratch")),
             "/fog-agent/j1",
             &nodes,
         )
@@ -407,6 +419,26 @@ mod tests {
         assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&"ro".into()));
+    }
+
+    #[test]
+    fn no_scratch_is_a_read_only_tmpfs_and_no_host_path() {
+        let spec = runtime_spec(&job(), None, "/fog-agent/j1", &[]).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let mounts = v["mounts"].as_array().unwrap();
+        assert!(
+            mounts.iter().all(|m| m["type"] != "bind"),
+            "no host path: {mounts:?}"
+        );
+        let scratch = mounts
+            .iter()
+            .find(|m| m["destination"] == SCRATCH_MOUNT)
+            .unwrap();
+        assert_eq!(scratch["type"], "tmpfs");
+        assert!(scratch["options"]
+            .as_array()
+            .unwrap()
+            .contains(&"ro".into()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The job runner's figures for the Prometheus endpoint: one [`JobMetrics`] per job, from the
-//! runner's newest cgroup sample.
+//! runner's newest cgroup sample, and the state filesystem's headroom ([`StateDiskMetrics`]).
 
 /// One job's newest figures, as the job runner sampled them from its cgroup. `None` = not
 /// known (the series is left out, never reported as 0).
@@ -40,4 +40,19 @@ pub trait JobMetricsSource: Send + Sync + 'static {
     /// The newest figures of every job the runner tracks. Must return at once: the runner's
     /// latest sample, never a cgroup read per call (a scrape must not trigger collection).
     fn job_metrics(&self) -> Vec<JobMetrics>;
+
+    /// The state filesystem's headroom (one `statvfs`, no walk), or `None` when it cannot be
+    /// read.
+    fn state_disk(&self) -> Option<StateDiskMetrics> {
+        None
+    }
+}
+
+/// The state filesystem as `/metrics` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateDiskMetrics {
+    /// Free bytes, floor and slack now.
+    pub status: crate::state::headroom::DiskStatus,
+    /// Job record updates published but not committed yet.
+    pub unsaved_records: usize,
 }

@@ -2,7 +2,8 @@
 //! runtime, the shim): the API calls it on the blocking pool, the sampler on its own thread.
 //!
 //! - **Start** ([`JobManager::start`]): validate; under the admission lock, answer an existing
-//!   id (idempotency: waits, woken by the records, until it is past `creating`), check the
+//!   id (idempotency: waits, woken by the records, until it is past `creating`), refuse a new
+//!   one while the state filesystem is below `[state] min_free_bytes`, check the
 //!   request against the free capacity (RESOURCE_EXHAUSTED naming the resource; a GPU is never
 //!   given twice) and add it in memory with its reservation published; then commit the record
 //!   (`creating`), write the bundle, start the shim and wait until the runtime says `running`;
@@ -12,8 +13,11 @@
 //!   runtime's state dir (runc's `exec.fifo` removed once the container runs), and the shim's
 //!   pidfd. Only a runtime without state files ([`super::JobRuntime::state_dir`] `None`) or
 //!   one whose files do not answer is polled (1 ms, backing off to 20 ms after 2 s).
-//! - **Stop** ([`JobManager::stop`]): `stopping` is committed, SIGTERM, SIGKILL after the
-//!   grace; the waits for `exit.json` are inotify and pidfd events.
+//! - **Stop** ([`JobManager::stop`]): `stopping` is recorded, SIGTERM, SIGKILL after the
+//!   grace; the waits for `exit.json` are inotify and pidfd events. No record write can hold a
+//!   stop back: a commit that fails on a full disk keeps the change in memory (`records`),
+//!   and the signals are sent whatever the record did. A stopped job whose shim could not write
+//!   `exit.json` (a full disk again) is recorded stopped with its cause, without exit code.
 //! - **End** ([`JobManager::finish`]): from the shim's `exit.json` (or why there is none); the
 //!   record gets its final state, exit code and termination reason (OOM kill when the cgroup
 //!   counted one), and the reservation is released. Found by stop, by the shim's reaper the
@@ -101,7 +105,7 @@ impl JobManager {
                         .wait_not_creating(&id, START_TIMEOUT + Duration::from_secs(5))?;
                     return Ok((view, false));
                 }
-                None => {}
+                None => self.check_state_floor()?,
             }
             // Under the admission lock, so an image removal (which renames the rootfs under it
             // too) either sees this job or happened before it.
@@ -234,8 +238,9 @@ impl JobManager {
                 tracing::warn!(job = %id, gpu = %gpu, error = %err, "GPU accounting unavailable");
             }
         }
-        let spec = bundle::runtime_spec(job, &scratch, &self.cgroups_path(id), &gpu_nodes)
-            .map_err(bundle_err)?;
+        let spec =
+            bundle::runtime_spec(job, scratch.as_deref(), &self.cgroups_path(id), &gpu_nodes)
+                .map_err(bundle_err)?;
         bundle::write_bundle(&dir.join(shim::BUNDLE_DIR), &spec).map_err(bundle_err)?;
         Ok(ShimArgs {
             job_dir: dir,
@@ -456,7 +461,11 @@ impl JobManager {
         if !view.record.state.is_active() {
             return Ok(view);
         }
-        self.mark_stopping(id, Termination::StopRequested)?;
+        // The stop happens whatever the record does (a full disk keeps the change in memory;
+        // see `records`).
+        if let Err(err) = self.mark_stopping(id, Termination::StopRequested) {
+            tracing::error!(job = %id, error = %err, "cannot record the stop request; stopping anyway");
+        }
         self.terminate(id, grace)
     }
 
@@ -595,6 +604,13 @@ fn outcome(
                 e.error.clone().unwrap_or_default(),
             ),
         },
+        // Stopped as asked, but the shim could not record the exit (e.g. on a full disk).
+        None if why == Termination::Lost && stop_cause.is_some() => (
+            JobState::Stopped,
+            stop_cause.unwrap_or(why),
+            None,
+            message.to_owned(),
+        ),
         None => (JobState::Failed, why, None, message.to_owned()),
     }
 }

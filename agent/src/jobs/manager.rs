@@ -35,6 +35,7 @@ use crate::config::JobsConfig;
 use crate::fsroot::FsRoot;
 use crate::gpu::accounting::GpuAccounting;
 use crate::image::{ImageError, RemovedImage};
+use crate::state::headroom::{Headroom, HeadroomError};
 
 pub use super::model::{
     JobEvent, JobGpuSample, JobRecord, JobState, JobView, Sample, Termination, Usage,
@@ -55,6 +56,8 @@ pub struct JobSetup {
     pub config: JobsConfig,
     /// The agent's state dir (the database lives there).
     pub state_dir: PathBuf,
+    /// The state filesystem's floor and the database's slack (of `state_dir`).
+    pub headroom: Arc<Headroom>,
     /// The executable to run as `<exe> internal job-shim ...` (the agent binary); see
     /// [`super::launcher::ShimLauncher`].
     pub shim_exe: PathBuf,
@@ -92,6 +95,7 @@ pub struct JobManager {
     pub(super) layout: Option<CgroupLayout>,
     pub(super) capacity: Arc<CapacityLedger>,
     pub(super) records: Records,
+    pub(super) headroom: Arc<Headroom>,
     pub(super) admission: Mutex<()>,
     pub(super) gpus: Mutex<Vec<GpuIdentity>>,
     /// What the telemetry tick keeps between ticks; touched only by the tick and recovery.
@@ -150,7 +154,10 @@ impl JobManager {
         let runtime_root = runtime_root(&jobs_dir);
         // Made here (runc would make it on its first run) so a start can watch it.
         make_dir(&runtime_root, 0o700)?;
-        let records = Records::open(&setup.state_dir)?;
+        let records = Records::open(setup.headroom.clone())?;
+        if let Err(err) = setup.headroom.replenish() {
+            tracing::warn!(error = %err, "no slack for the state database");
+        }
         let layout = match CgroupLayout::detect(&setup.fs) {
             Ok(layout) => Some(layout),
             Err(err) => {
@@ -170,6 +177,7 @@ impl JobManager {
             layout,
             capacity,
             records,
+            headroom: setup.headroom,
             admission: Mutex::new(()),
             gpus: Mutex::new(Vec::new()),
             sampler: Mutex::new(SamplerState::default()),
@@ -323,6 +331,48 @@ impl JobManager {
         Ok(())
     }
 
+    // ---- the state filesystem ----
+
+    /// RESOURCE_EXHAUSTED (naming `state.min_free_bytes`) while the state filesystem's free
+    /// space is below its floor: StartJob and ImportImage ask before they take any.
+    pub fn check_state_floor(&self) -> Result<(), JobError> {
+        self.headroom.check_floor().map_err(|err| match err {
+            HeadroomError::BelowFloor { .. } => JobError::ResourceExhausted {
+                resource: "state.min_free_bytes".to_owned(),
+                message: err
+                    .to_string()
+                    .trim_start_matches("state.min_free_bytes: ")
+                    .to_owned(),
+            },
+            other => JobError::Headroom(other),
+        })
+    }
+
+    /// The telemetry tick's look at the state filesystem: commits the job records kept in
+    /// memory, says in capacity whether the free space is below the floor (the headroom logs
+    /// each crossing), and makes the database's slack again once there is room.
+    pub(super) fn watch_state_disk(&self) {
+        self.records.flush();
+        match self.headroom.status() {
+            Ok(status) => {
+                let note = status.below_floor().then(|| {
+                    format!(
+                        "disk: the state filesystem has less free space than [state] min_free_bytes \
+                         ({} bytes): new jobs and image imports are refused",
+                        status.floor_bytes
+                    )
+                });
+                self.capacity.set_state_disk_note(note);
+            }
+            Err(err) => tracing::debug!(error = %err, "state filesystem"),
+        }
+        if self.headroom.released() {
+            if let Err(err) = self.headroom.replenish() {
+                tracing::debug!(error = %err, "state database slack");
+            }
+        }
+    }
+
     // ---- images ----
 
     /// Removes an image (RemoveImage), refused while an active job runs it: the check and the
@@ -390,6 +440,14 @@ impl JobManager {
 
 /// `/metrics` per-job series: every active job's newest sample (no cgroup read per scrape).
 impl super::JobMetricsSource for JobManager {
+    fn state_disk(&self) -> Option<super::StateDiskMetrics> {
+        let status = self.headroom.status().ok()?;
+        Some(super::StateDiskMetrics {
+            status,
+            unsaved_records: self.records.unsaved(),
+        })
+    }
+
     fn job_metrics(&self) -> Vec<super::JobMetrics> {
         self.records.read(|table| {
             table

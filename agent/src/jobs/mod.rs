@@ -55,7 +55,7 @@ pub mod wait;
 
 use std::path::PathBuf;
 
-pub use job_metrics::{JobMetrics, JobMetricsSource};
+pub use job_metrics::{JobMetrics, JobMetricsSource, StateDiskMetrics};
 pub use manager::{JobEvent, JobManager, JobRecord, JobSetup, JobState, JobView, Termination};
 pub use runtime::{JobRuntime, Runc};
 pub use spec::{GpuIdentity, ImageSource, JobSpec, ResolvedImage, Resources};
@@ -123,6 +123,9 @@ pub enum JobError {
     /// The state store.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The state filesystem's free space could not be read (its cause in the message).
+    #[error("{0}")]
+    Headroom(crate::state::headroom::HeadroomError),
     /// A stored record could not be read.
     #[error("stored job record: {0}")]
     Record(#[from] serde_json::Error),

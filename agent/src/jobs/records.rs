@@ -12,10 +12,18 @@
 //! - Every published state change notifies `changed` (a `Condvar` on the table), which a
 //!   duplicate StartJob or a StopJob of a job still `creating` waits on instead of polling.
 //!
+//! - A change whose commit fails is **not lost and holds nothing up**: when SQLite says the
+//!   filesystem is full, the state database's slack ([`Headroom`]) is released and the commit
+//!   retried; if it still fails, the change is published all the same and kept in memory
+//!   (`pending`, in order), logged, and written before the next change and at every telemetry
+//!   tick until a commit succeeds ([`Records::flush`]). So a stop, a limit or an end is never
+//!   held back by a full disk, and the record reaches its final state once space returns. Until
+//!   then readers see changes that are not on disk yet ([`Records::unsaved`] counts them).
+//!
 //! Lock order: `writer`, then `table`. Nothing else is held while `table` is.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,7 +33,9 @@ use super::model::{fresh, JobEvent, JobRecord, JobState, JobView, Usage};
 use super::shim;
 use super::spec::JobSpec;
 use super::JobError;
-use crate::state::{JobRow, StateStore};
+use crate::inventory::error_chain;
+use crate::state::headroom::Headroom;
+use crate::state::{JobRow, StateError, StateStore};
 
 /// Events buffered per watcher.
 const EVENT_QUEUE: usize = 256;
@@ -80,7 +90,68 @@ impl Table {
 pub(super) struct Records {
     table: Mutex<Table>,
     changed: Condvar,
-    writer: Mutex<StateStore>,
+    writer: Mutex<Writer>,
+    headroom: Arc<Headroom>,
+    /// Changes published but not committed yet (a copy of `writer.pending.len()` for readers).
+    unsaved: AtomicUsize,
+    /// Whether the last usage write failed (logged once per failing run).
+    usage_failing: AtomicBool,
+}
+
+/// A job update that could not be committed yet.
+#[derive(Debug)]
+struct Pending {
+    id: String,
+    state: &'static str,
+    record_json: String,
+    at_millis: i64,
+    message: String,
+}
+
+/// The store and the updates waiting for it, behind one lock.
+pub(super) struct Writer {
+    store: StateStore,
+    pending: VecDeque<Pending>,
+}
+
+impl Writer {
+    /// Commits one update; on a full filesystem, releases the slack and tries once more.
+    fn write(&mut self, headroom: &Headroom, p: &Pending) -> Result<(), StateError> {
+        write(&mut self.store, headroom, p)
+    }
+
+    /// Commits the pending updates in order, up to the first that fails.
+    fn flush(&mut self, headroom: &Headroom) -> Result<(), StateError> {
+        while let Some(p) = self.pending.front() {
+            write(&mut self.store, headroom, p)?;
+            self.pending.pop_front();
+            if self.pending.is_empty() {
+                tracing::info!("job records kept in memory are committed");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write(store: &mut StateStore, headroom: &Headroom, p: &Pending) -> Result<(), StateError> {
+    let mut once = || store.job_update(&p.id, p.state, &p.record_json, p.at_millis, &p.message);
+    match once() {
+        Err(err) if err.is_disk_full() && headroom.release() => once(),
+        other => other,
+    }
+}
+
+/// A commit refused for a full filesystem is RESOURCE_EXHAUSTED (a start that cannot be
+/// recorded); anything else stays the store's error.
+fn full_is_exhausted(err: StateError) -> JobError {
+    if err.is_disk_full() {
+        JobError::ResourceExhausted {
+            resource: "state.min_free_bytes".to_owned(),
+            message: format!("the state filesystem is full: {}", error_chain(&err)),
+        }
+    } else {
+        JobError::State(err)
+    }
 }
 
 fn now_i64() -> i64 {
@@ -88,9 +159,9 @@ fn now_i64() -> i64 {
 }
 
 impl Records {
-    /// Opens the store in `state_dir` and loads every job from it.
-    pub fn open(state_dir: &Path) -> Result<Self, JobError> {
-        let store = StateStore::open(state_dir)?;
+    /// Opens the store in the headroom's state dir and loads every job from it.
+    pub fn open(headroom: Arc<Headroom>) -> Result<Self, JobError> {
+        let store = StateStore::open(headroom.dir())?;
         let mut table = Table::default();
         for row in store.job_list()? {
             let spec: JobSpec = serde_json::from_str(&row.spec_json)?;
@@ -107,8 +178,32 @@ impl Records {
         Ok(Self {
             table: Mutex::new(table),
             changed: Condvar::new(),
-            writer: Mutex::new(store),
+            writer: Mutex::new(Writer {
+                store,
+                pending: VecDeque::new(),
+            }),
+            headroom,
+            unsaved: AtomicUsize::new(0),
+            usage_failing: AtomicBool::new(false),
         })
+    }
+
+    /// Job updates published but not committed yet (the filesystem was full).
+    pub fn unsaved(&self) -> usize {
+        self.unsaved.load(Ordering::Relaxed)
+    }
+
+    /// Commits the updates kept in memory, in order (the telemetry tick calls it); logged, not
+    /// returned: they stay pending until a commit succeeds.
+    pub fn flush(&self) {
+        let mut writer = lock(&self.writer);
+        if writer.pending.is_empty() {
+            return;
+        }
+        if let Err(err) = writer.flush(&self.headroom) {
+            tracing::debug!(pending = writer.pending.len(), error = %error_chain(&err), "job records still cannot be committed");
+        }
+        self.unsaved.store(writer.pending.len(), Ordering::Relaxed);
     }
 
     /// Runs `f` on the table (in-memory work only: see the module doc).
@@ -186,8 +281,15 @@ impl Records {
             record_json: serde_json::to_string(&record)?,
         };
         let at = i64::try_from(record.created_at_millis).unwrap_or(i64::MAX);
-        writer.job_insert(&row, at)?;
-        Ok(())
+        // Updates kept in memory go first (an insert must not overtake them).
+        writer.flush(&self.headroom).map_err(full_is_exhausted)?;
+        match writer.store.job_insert(&row, at) {
+            Err(err) if err.is_disk_full() && self.headroom.release() => {
+                writer.store.job_insert(&row, at)
+            }
+            other => other,
+        }
+        .map_err(full_is_exhausted)
     }
 
     /// Drops jobs from memory only (a start whose record could not be written).
@@ -201,9 +303,10 @@ impl Records {
     }
 
     /// Changes a job's record: `change` gets the current record and returns false to leave it
-    /// as it is (e.g. it ended meanwhile); otherwise the new record is committed, then
-    /// published to readers and watchers, and `publish` runs on the table when the job ended
-    /// with this change. Returns the job as it is afterwards.
+    /// as it is (e.g. it ended meanwhile); otherwise the new record is committed (or, when that
+    /// fails, kept in memory: see the module doc), then published to readers and watchers, and
+    /// `publish` runs on the table when the job ended with this change. Returns the job as it
+    /// is afterwards.
     pub fn update(
         &self,
         id: &str,
@@ -220,13 +323,22 @@ impl Records {
         if !message.is_empty() {
             record.message = message.to_owned();
         }
-        writer.job_update(
-            id,
-            record.state.name(),
-            &serde_json::to_string(&record)?,
-            now_i64(),
-            message,
-        )?;
+        let pending = Pending {
+            id: id.to_owned(),
+            state: record.state.name(),
+            record_json: serde_json::to_string(&record)?,
+            at_millis: now_i64(),
+            message: message.to_owned(),
+        };
+        let written = writer
+            .flush(&self.headroom)
+            .and_then(|()| writer.write(&self.headroom, &pending));
+        if let Err(err) = written {
+            // Published all the same: a full disk never holds a stop or an end back.
+            tracing::error!(job = %id, state = pending.state, error = %error_chain(&err), "cannot commit the job's record: kept in memory, written once the state filesystem has room");
+            writer.pending.push_back(pending);
+        }
+        self.unsaved.store(writer.pending.len(), Ordering::Relaxed);
         let state_changed = record.state != current.record.state;
         let ended = current.record.state.is_active() && !record.state.is_active();
         let view = {
@@ -268,16 +380,29 @@ impl Records {
             .iter()
             .map(|(id, name, value)| (id.as_str(), name.as_str(), *value))
             .collect();
-        if let Err(err) = lock(&self.writer).usage_put(&refs) {
-            tracing::error!(error = %err, "cannot store usage counters");
+        // While the slack is released, its space is the job records': the counters stay in
+        // memory (they only grow) and are written by a later tick.
+        if self.headroom.released() && self.headroom.check_floor().is_err() {
+            return;
+        }
+        match lock(&self.writer).store.usage_put(&refs) {
+            Ok(()) => self.usage_failing.store(false, Ordering::Relaxed),
+            Err(err) => {
+                if !self.usage_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %error_chain(&err), "cannot store usage counters (kept in memory, retried every tick)");
+                }
+            }
         }
     }
 
     /// Deletes jobs (records, transitions, counters in one transaction), then forgets them.
     pub fn delete(&self, ids: &[&str]) -> Result<(), JobError> {
         let mut writer = lock(&self.writer);
-        writer.jobs_delete(ids)?;
+        writer.store.jobs_delete(ids)?;
         let gone: BTreeSet<&str> = ids.iter().copied().collect();
+        // Their rows are gone: updates still kept for them have nothing left to update.
+        writer.pending.retain(|p| !gone.contains(p.id.as_str()));
+        self.unsaved.store(writer.pending.len(), Ordering::Relaxed);
         self.drop_in_memory(&gone, |_| {});
         drop(writer);
         Ok(())
@@ -285,7 +410,7 @@ impl Records {
 
     /// Holds the writer's lock, as a commit does (tests: readers must not wait for it).
     #[cfg(test)]
-    pub fn hold_writer_for_test(&self) -> MutexGuard<'_, StateStore> {
+    pub fn hold_writer_for_test(&self) -> MutexGuard<'_, Writer> {
         lock(&self.writer)
     }
 

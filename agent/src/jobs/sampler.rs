@@ -20,6 +20,7 @@ use super::model::{JobGpuSample, JobRecord, JobState, Sample, Termination};
 use super::records::lock;
 use super::shim;
 use crate::cgroup::{self, CgroupStats};
+use crate::config::ScratchLimit;
 use crate::gpu::accounting as gpu_usage;
 
 /// The scratch dir's size is measured every this many telemetry ticks.
@@ -43,9 +44,22 @@ struct GpuFigures {
     now: JobGpuSample,
 }
 
-/// Bytes in a dir tree (files' apparent sizes; symlinks not followed).
-pub fn dir_size(path: &Path) -> u64 {
-    let mut total = 0u64;
+/// What a scratch dir tree holds: bytes and inodes (entries below it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeUsage {
+    /// Every entry (file, dir, symlink, other) by the larger of its length and its allocated
+    /// blocks: what it takes from the host's disk, sparse or not.
+    pub bytes: u64,
+    /// Entries (a hard link counts once per name).
+    pub inodes: u64,
+}
+
+/// Bytes and inodes in a dir tree (symlinks not followed), the walk stopped as soon as it
+/// holds more than `max_bytes` or `max_inodes` (its cost is bounded by the limits, however
+/// large the tree).
+pub fn tree_usage(path: &Path, max_bytes: u64, max_inodes: u64) -> TreeUsage {
+    use std::os::unix::fs::MetadataExt;
+    let mut usage = TreeUsage::default();
     let mut stack = vec![path.to_owned()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -53,14 +67,25 @@ pub fn dir_size(path: &Path) -> u64 {
         };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
+            usage.inodes += 1;
+            usage.bytes = usage
+                .bytes
+                .saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
             if meta.is_dir() {
                 stack.push(entry.path());
-            } else {
-                total = total.saturating_add(meta.len());
+            }
+            if usage.bytes > max_bytes || usage.inodes > max_inodes {
+                return usage;
             }
         }
     }
-    total
+    usage
+}
+
+/// Bytes in a dir tree: every entry by the larger of its length and its allocated blocks
+/// (symlinks not followed; not bounded).
+pub fn dir_size(path: &Path) -> u64 {
+    tree_usage(path, u64::MAX, u64::MAX).bytes
 }
 
 impl JobManager {
@@ -111,6 +136,7 @@ impl JobManager {
 
     /// One telemetry round over every running job (see the module doc).
     pub fn tick(&self) {
+        self.watch_state_disk();
         let now = Instant::now();
         let now_ms = shim::now_millis();
         let jobs: Vec<(String, JobRecord, i64)> = self.records.read(|t| {
@@ -164,8 +190,20 @@ impl JobManager {
                     ..CgroupStats::default()
                 },
             };
-            let scratch_used_bytes =
-                measure_scratch.then(|| dir_size(&dir.join(shim::SCRATCH_DIR)));
+            let limit = u64::try_from(scratch_limit).unwrap_or(0);
+            // Walked only as far as the limits (plus one entry): a tree of millions of dirs
+            // costs no more than one at the limit.
+            let scratch_used = measure_scratch.then(|| {
+                tree_usage(
+                    &dir.join(shim::SCRATCH_DIR),
+                    limit,
+                    self.config.scratch_max_inodes,
+                )
+            });
+            let scratch_used_bytes = scratch_used.map(|u| u.bytes);
+            // The inode limit is the polled mode's: a scratch filesystem has its own.
+            let over_inodes = self.config.scratch_limit == ScratchLimit::Polled
+                && scratch_used.is_some_and(|u| u.inodes > self.config.scratch_max_inodes);
             let gpu_used = self.gpu_used(&id, &record);
             let sample = Sample {
                 taken_at_millis: now_ms,
@@ -173,7 +211,7 @@ impl JobManager {
                 scratch_used_bytes,
                 gpus: gpu_used.iter().map(|f| f.now.clone()).collect(),
             };
-            samples.push((id, record, scratch_limit, sample, gpu_used));
+            samples.push((id, record, scratch_limit, sample, gpu_used, over_inodes));
         }
         for id in ended {
             if let Err(err) = self.check_ended(&id) {
@@ -183,7 +221,7 @@ impl JobManager {
         let mut to_store = Vec::new();
         let mut to_stop = Vec::new();
         self.records.touch(|t| {
-            for (id, record, scratch_limit, sample, gpu_used) in samples {
+            for (id, record, scratch_limit, sample, gpu_used, over_inodes) in samples {
                 let Some(entry) = t.jobs.get_mut(&id) else {
                     continue;
                 };
@@ -228,7 +266,9 @@ impl JobManager {
                     .send(super::JobEvent::Telemetry(sample.clone(), usage.clone()));
                 to_store.push((id.clone(), usage.clone()));
                 if record.state == JobState::Running {
-                    if let Some(cause) = over_limit(&record, &sample, scratch_limit, now_ms) {
+                    let cause = over_limit(&record, &sample, scratch_limit, now_ms)
+                        .or(over_inodes.then_some(Termination::ScratchLimit));
+                    if let Some(cause) = cause {
                         to_stop.push((id.clone(), cause));
                     }
                 }
@@ -242,7 +282,10 @@ impl JobManager {
             match self.mark_stopping(&id, cause) {
                 Ok(true) => self.terminate_later(&id),
                 Ok(false) => {}
-                Err(err) => tracing::warn!(job = %id, error = %err, "cannot record the stop"),
+                Err(err) => {
+                    tracing::warn!(job = %id, error = %err, "cannot record the stop; stopping anyway");
+                    self.terminate_later(&id);
+                }
             }
         }
         self.forget_expired(now_ms);
@@ -308,10 +351,38 @@ mod tests {
 
     #[test]
     fn dir_sizes() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("a")).unwrap();
         std::fs::write(dir.path().join("a/x"), vec![0u8; 1000]).unwrap();
         std::fs::write(dir.path().join("y"), vec![0u8; 24]).unwrap();
-        assert_eq!(dir_size(dir.path()), 1024);
+        let on_disk = |p: &str| {
+            let m = std::fs::symlink_metadata(dir.path().join(p)).unwrap();
+            m.len().max(m.blocks() * 512)
+        };
+        assert_eq!(
+            tree_usage(dir.path(), u64::MAX, u64::MAX),
+            TreeUsage {
+                bytes: on_disk("a") + on_disk("a/x") + on_disk("y"),
+                inodes: 3
+            }
+        );
+        assert!(dir_size(dir.path()) >= 1024);
+    }
+
+    #[test]
+    fn empty_dirs_count_and_the_walk_stops_at_the_limits() {
+        // 100,000 mkdirs were once invisible to the size check: files' lengths only.
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            std::fs::create_dir(dir.path().join(format!("d{i}"))).unwrap();
+        }
+        let all = tree_usage(dir.path(), u64::MAX, u64::MAX);
+        assert_eq!(all.inodes, 200);
+        assert!(all.bytes >= 200 * 4096, "{all:?}");
+        let cut = tree_usage(dir.path(), u64::MAX, 50);
+        assert_eq!(cut.inodes, 51, "stops one past the inode limit");
+        let cut = tree_usage(dir.path(), 10_000, u64::MAX);
+        assert!(cut.inodes < 10 && cut.bytes > 10_000, "{cut:?}");
     }
 }

@@ -20,11 +20,13 @@
 //!   for 10 GiB (29-54 ms: mkfs writes more group metadata), and its removal 6.5 / 21 ms to
 //!   the end.
 //! - `"polled"`: a plain dir on the jobs dir's file system; the telemetry loop stops a job
-//!   whose scratch dir has grown past its size (every 5th tick). For hosts without loop
-//!   devices (the agent in an LXC container, a locked-down device cgroup).
+//!   whose scratch dir has grown past its size, every entry counted (directories, symlinks and
+//!   files, each by the larger of its length and its allocated blocks), or holds more than
+//!   `[jobs] scratch_max_inodes` entries (every 5th tick). For hosts without loop devices (the
+//!   agent in an LXC container, a locked-down device cgroup).
 //!
-//! A job with `scratch_bytes = 0` gets a plain dir in both modes (the size check stops it once
-//! it holds anything).
+//! A job with `scratch_bytes = 0` gets no scratch dir on the host at all, in both modes: its
+//! `/scratch` is an empty read-only tmpfs ([`super::bundle`]), so it has no writable host path.
 //!
 //! Under systemd the unit's `PrivateMounts=yes` puts the agent, its shims and so the mounts in
 //! the agent's own mount namespace. After an agent restart the new agent does not see the old
@@ -121,26 +123,30 @@ pub fn image_bytes(scratch_bytes: u64) -> u64 {
 }
 
 /// Makes `<job_dir>/scratch` for a job of `scratch_bytes`, owned by `owner` (uid, gid), mode
-/// 0700; with [`ScratchLimit::Filesystem`] and a non-zero size, mounts its filesystem on it.
+/// 0700; with [`ScratchLimit::Filesystem`], mounts its filesystem on it. A job of
+/// `scratch_bytes = 0` gets none (`Ok(None)`): nothing on the host it could write to.
 pub fn make(
     job_dir: &Path,
     scratch_bytes: u64,
     owner: (u32, u32),
     limit: ScratchLimit,
-) -> Result<PathBuf, ScratchError> {
+) -> Result<Option<PathBuf>, ScratchError> {
+    if scratch_bytes == 0 {
+        return Ok(None);
+    }
     let dir = job_dir.join(SCRATCH_DIR);
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
         .map_err(io("create", &dir))?;
-    if limit == ScratchLimit::Filesystem && scratch_bytes > 0 {
+    if limit == ScratchLimit::Filesystem {
         mount_filesystem(job_dir, &dir, scratch_bytes, owner)?;
     }
     // On the mounted filesystem this is its root (mkfs made it 0755).
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("set the mode of", &dir))?;
     std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).map_err(io("chown", &dir))?;
-    Ok(dir)
+    Ok(Some(dir))
 }
 
 fn mount_filesystem(
@@ -314,7 +320,9 @@ mod tests {
     fn polled_scratch_is_a_plain_dir_and_removal_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let uid = own_ids();
-        let scratch = make(dir.path(), 10 * MIB, uid, ScratchLimit::Polled).unwrap();
+        let scratch = make(dir.path(), 10 * MIB, uid, ScratchLimit::Polled)
+            .unwrap()
+            .unwrap();
         let meta = std::fs::metadata(&scratch).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o700);
         assert_eq!(meta.dev(), std::fs::metadata(dir.path()).unwrap().dev());
@@ -341,7 +349,9 @@ mod tests {
         let job_dir = dir.path().join("job");
         std::fs::create_dir(&job_dir).unwrap();
         let size = 8 * MIB;
-        let scratch = make(&job_dir, size, (1234, 5678), ScratchLimit::Filesystem).unwrap();
+        let scratch = make(&job_dir, size, (1234, 5678), ScratchLimit::Filesystem)
+            .unwrap()
+            .unwrap();
         assert!(is_mounted(&scratch, &job_dir));
         let meta = std::fs::metadata(&scratch).unwrap();
         assert_eq!(
@@ -387,7 +397,9 @@ mod tests {
         for (i, size) in [MIB, 64 * MIB, 1 << 30].into_iter().enumerate() {
             let job_dir = dir.path().join(format!("job{i}"));
             std::fs::create_dir(&job_dir).unwrap();
-            let scratch = make(&job_dir, size, own_ids(), ScratchLimit::Filesystem).unwrap();
+            let scratch = make(&job_dir, size, own_ids(), ScratchLimit::Filesystem)
+                .unwrap()
+                .unwrap();
             let free = available(&scratch);
             let image = std::fs::metadata(job_dir.join(SCRATCH_IMAGE)).unwrap();
             remove(&job_dir).unwrap();
@@ -415,6 +427,16 @@ mod tests {
         assert_eq!(image.blocks(), 0);
         remove(dir.path()).unwrap();
         assert!(!dir.path().join(SCRATCH_IMAGE).exists());
+    }
+
+    #[test]
+    fn a_zero_scratch_makes_nothing_on_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        for limit in [ScratchLimit::Polled, ScratchLimit::Filesystem] {
+            assert_eq!(make(dir.path(), 0, own_ids(), limit).unwrap(), None);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+        remove(dir.path()).unwrap();
     }
 
     fn own_ids() -> (u32, u32) {

@@ -76,6 +76,11 @@ impl Rig {
         let setup = JobSetup {
             config: self.config.clone(),
             state_dir: self.dir.path().join("state"),
+            headroom: Arc::new(crate::state::headroom::Headroom::new(
+                &self.dir.path().join("state"),
+                0,
+                0,
+            )),
             shim_exe: PathBuf::from("/nonexistent"),
             runtime: self.fake.clone(),
             images: Arc::new(Images(self.dir.path().join("rootfs"))),
@@ -330,4 +335,82 @@ fn readers_do_not_wait_for_a_writer() {
     assert_eq!(jobs.job_metrics().len(), 1);
     assert!(at.elapsed() < Duration::from_secs(1));
     drop(writer);
+}
+
+/// A second connection to the rig's database, as an operator's `sqlite3` would be.
+fn db(rig: &Rig) -> rusqlite::Connection {
+    rusqlite::Connection::open(rig.dir.path().join("state").join(crate::state::DB_FILE)).unwrap()
+}
+
+fn stored_state(rig: &Rig, id: &str) -> String {
+    db(rig)
+        .query_row("SELECT state FROM jobs WHERE job_id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+/// Makes every job update fail in SQLite, as a full disk does (a trigger: no root needed).
+fn refuse_updates(rig: &Rig) {
+    db(rig)
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON jobs
+             BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END;",
+        )
+        .unwrap();
+}
+
+fn accept_updates(rig: &Rig) {
+    db(rig).execute_batch("DROP TRIGGER refuse;").unwrap();
+}
+
+#[test]
+fn a_failed_commit_never_keeps_a_job_from_stopping_and_is_written_later() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    jobs.start(&spec("stuck")).unwrap();
+    let mut limited = spec("limited");
+    limited.time_limit_millis = 100;
+    jobs.start(&limited).unwrap();
+    refuse_updates(&rig);
+
+    // StopJob: the job is stopped and answered as such.
+    let view = jobs.stop("stuck", Duration::from_secs(5)).unwrap();
+    assert_eq!(view.record.state, JobState::Stopped);
+    assert_eq!(view.record.termination, Some(Termination::StopRequested));
+    assert!(!rig.fake.running("stuck"));
+    assert_eq!(stored_state(&rig, "stuck"), "running", "not on disk yet");
+    assert!(jobs.records.unsaved() >= 1);
+    // Its reservation is released all the same.
+    assert_eq!(
+        rig.capacity.current().capacity.cpu_millicores.allocated,
+        500
+    );
+
+    // The agent's own time-limit stop too.
+    std::thread::sleep(Duration::from_millis(150));
+    jobs.tick();
+    assert_eq!(rig.fake.signals("limited"), ["TERM"]);
+    let view = wait_until(&jobs, "limited", ended);
+    assert_eq!(view.record.termination, Some(Termination::TimeLimit));
+    assert_eq!(stored_state(&rig, "limited"), "running");
+
+    // Writes work again: the next tick commits everything, in order, with every transition.
+    accept_updates(&rig);
+    jobs.tick();
+    assert_eq!(jobs.records.unsaved(), 0);
+    assert_eq!(stored_state(&rig, "stuck"), "stopped");
+    assert_eq!(stored_state(&rig, "limited"), "stopped");
+    let transitions: Vec<String> = db(&rig)
+        .prepare("SELECT state FROM job_events WHERE job_id = 'stuck' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(transitions, ["creating", "running", "stopping", "stopped"]);
+    // And a restart sees what was answered.
+    drop(jobs);
+    let jobs = rig.open();
+    assert_eq!(jobs.get("stuck").unwrap().record.state, JobState::Stopped);
 }

@@ -31,7 +31,7 @@ use crate::attest::{AttestationStats, Operation, OperationCounts};
 use crate::bench::{BenchmarkBackend, BenchmarkError, BenchmarkReport};
 use crate::capacity::{CapacityLedger, CapacitySnapshot};
 use crate::inventory::cache::InventoryCache;
-use crate::jobs::{JobMetrics, JobMetricsSource};
+use crate::jobs::{JobMetrics, JobMetricsSource, StateDiskMetrics};
 use crate::telemetry::{HostSample, HubStats, TelemetryHub};
 
 pub use server::{MetricsError, MetricsServer};
@@ -119,6 +119,11 @@ impl Sources {
                 .as_ref()
                 .map(|jobs| jobs.job_metrics())
                 .unwrap_or_default(),
+            state_disk: self
+                .handles
+                .jobs
+                .as_ref()
+                .and_then(|jobs| jobs.state_disk()),
             process: process::read_self(),
             process_start: self.process_start,
         }
@@ -172,6 +177,8 @@ pub struct Snapshot {
     pub attestation: BTreeMap<Operation, OperationCounts>,
     /// Jobs.
     pub jobs: Vec<JobMetrics>,
+    /// The state filesystem's headroom (`None`: no job runner, or unreadable).
+    pub state_disk: Option<StateDiskMetrics>,
     /// The agent process itself (`None` when `/proc/self` was unreadable).
     pub process: Option<process::ProcessStats>,
     /// Process start time, seconds since the epoch.

@@ -27,23 +27,23 @@ const MIB: i64 = 1 << 20;
 
 /// CPU-heavy tests run one at a time (2 cores): a CPU measurement next to a fork bomb or a
 /// busy loop would measure the neighbour.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// A unique name for this process and call.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
-struct Harness {
+pub(crate) struct Harness {
     // Dropped first: containers and cgroups go before the temp dir does.
     _cleanup: Cleanup,
     _dir: tempfile::TempDir,
-    config: Config,
+    pub(crate) config: Config,
     daemon: Option<RunningDaemon>,
-    client: AgentClient<Channel>,
+    pub(crate) client: AgentClient<Channel>,
     runc_root: PathBuf,
 }
 
@@ -99,7 +99,7 @@ impl Harness {
     }
 
     /// A harness whose config `configure` changes, and its daemon options `adjust`.
-    async fn start_configured(
+    pub(crate) async fn start_configured(
         configure: impl FnOnce(&mut Config),
         adjust: impl FnOnce(&Path, DaemonOptions) -> DaemonOptions,
     ) -> Self {
@@ -141,7 +141,7 @@ impl Harness {
         ))
     }
 
-    fn containers(&self) -> Vec<String> {
+    pub(crate) fn containers(&self) -> Vec<String> {
         containers_in(&self.runc_root)
     }
 }
@@ -207,7 +207,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn spec(id: &str, script: &str) -> pb::JobSpec {
+pub(crate) fn spec(id: &str, script: &str) -> pb::JobSpec {
     pb::JobSpec {
         job_id: id.to_owned(),
         image: IMAGE.to_owned(),
@@ -223,7 +223,10 @@ fn spec(id: &str, script: &str) -> pb::JobSpec {
     }
 }
 
-async fn start(client: &mut AgentClient<Channel>, spec: pb::JobSpec) -> pb::StartJobResponse {
+pub(crate) async fn start(
+    client: &mut AgentClient<Channel>,
+    spec: pb::JobSpec,
+) -> pb::StartJobResponse {
     tokio::time::timeout(
         Duration::from_secs(60),
         client.start_job(pb::StartJobRequest { spec: Some(spec) }),
@@ -234,7 +237,7 @@ async fn start(client: &mut AgentClient<Channel>, spec: pb::JobSpec) -> pb::Star
     .into_inner()
 }
 
-async fn get(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
+pub(crate) async fn get(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
     client
         .get_job(pb::GetJobRequest {
             job_id: id.to_owned(),
@@ -263,7 +266,7 @@ async fn stop(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
 }
 
 /// Polls GetJob until `done`, at most `timeout`.
-async fn wait_for(
+pub(crate) async fn wait_for(
     client: &mut AgentClient<Channel>,
     id: &str,
     timeout: Duration,
@@ -283,7 +286,7 @@ async fn wait_for(
     }
 }
 
-fn ended(job: &pb::Job) -> bool {
+pub(crate) fn ended(job: &pb::Job) -> bool {
     matches!(
         job.state(),
         pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Stopped
@@ -507,6 +510,92 @@ async fn polled_scratch_lets_the_writes_through_and_stops_the_job() {
     assert_eq!(job.termination(), pb::TerminationReason::ScratchLimit);
 }
 
+/// Prints every read-write mount of the container that is not memory or a kernel view (a
+/// host filesystem the job could write to); exit 6 when there is one.
+const HOST_WRITABLE_MOUNTS: &str = r#"
+    awk '{ t = ""; for (i = 1; i <= NF; i++) if ($i == "-") { t = $(i + 1); break }
+           split($6, o, ",");
+           if (o[1] == "rw" && t != "proc" && t != "tmpfs" && t != "devpts" && t != "mqueue" &&
+               t != "sysfs" && t != "cgroup" && t != "cgroup2") { print; bad = 1 } }
+         END { exit bad ? 6 : 0 }' /proc/self/mountinfo >&2 || exit 6
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_scratch_has_no_writable_host_path() {
+    // scratch_bytes = 0, in both modes: /scratch is an empty read-only tmpfs, no host dir is
+    // made for it, and no mount of the container is a writable host filesystem.
+    for limit in [
+        fog_agent::config::ScratchLimit::Filesystem,
+        fog_agent::config::ScratchLimit::Polled,
+    ] {
+        let mut h = Harness::start_configured(|c| c.jobs.scratch_limit = limit, |_, o| o).await;
+        let id = unique("no-scratch");
+        let script = format!(
+            "{HOST_WRITABLE_MOUNTS}
+             echo x > /scratch/file 2>/dev/null && exit 3
+             mkdir /scratch/dir 2>/dev/null && exit 4
+             exit 0"
+        );
+        start(&mut h.client, spec(&id, &script)).await;
+        let job = wait_for(&mut h.client, &id, Duration::from_secs(30), ended).await;
+        let dir = h.config.jobs.dir_under(&h.config.state.dir).join(&id);
+        let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        assert_eq!(
+            (job.state(), job.exit_code),
+            (pb::JobState::Succeeded, Some(0)),
+            "{limit:?}: {job:?}\n{stderr}"
+        );
+        assert!(
+            !dir.join("scratch").exists(),
+            "{limit:?}: a host dir was made"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_scratch_counts_directories() {
+    // 5,000 empty dirs (20 MB of directory blocks on ext4) in an 8 MiB scratch: once
+    // invisible to the size check, which counted regular files' lengths only.
+    let mut h = Harness::start_configured(
+        |c| c.jobs.scratch_limit = fog_agent::config::ScratchLimit::Polled,
+        |_, o| o,
+    )
+    .await;
+    let id = unique("mkdirs");
+    let mut s = spec(
+        &id,
+        "i=0; while [ $i -lt 5000 ]; do mkdir /scratch/d$i; i=$((i+1)); done; sleep 60",
+    );
+    s.resources.as_mut().unwrap().scratch_bytes = 8 * MIB;
+    start(&mut h.client, s).await;
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(40), ended).await;
+    assert_eq!(job.state(), pb::JobState::Stopped, "{job:?}");
+    assert_eq!(job.termination(), pb::TerminationReason::ScratchLimit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_scratch_is_held_to_its_inode_limit() {
+    // 1,000 empty files take almost no bytes; `[jobs] scratch_max_inodes` stops the job.
+    let mut h = Harness::start_configured(
+        |c| {
+            c.jobs.scratch_limit = fog_agent::config::ScratchLimit::Polled;
+            c.jobs.scratch_max_inodes = 500;
+        },
+        |_, o| o,
+    )
+    .await;
+    let id = unique("inodes");
+    let mut s = spec(
+        &id,
+        "i=0; while [ $i -lt 1000 ]; do : > /scratch/f$i; i=$((i+1)); done; sleep 60",
+    );
+    s.resources.as_mut().unwrap().scratch_bytes = 64 * MIB;
+    start(&mut h.client, s).await;
+    let job = wait_for(&mut h.client, &id, Duration::from_secs(40), ended).await;
+    assert_eq!(job.state(), pb::JobState::Stopped, "{job:?}");
+    assert_eq!(job.termination(), pb::TerminationReason::ScratchLimit);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_is_removed_only_once_no_active_job_runs_it() {
     let mut h = Harness::start().await;
@@ -623,7 +712,7 @@ async fn fork_bomb_stops_at_its_pids_limit() {
     assert!(ended(&stopped), "{stopped:?}");
 }
 
-async fn capacity(client: &mut AgentClient<Channel>) -> pb::Capacity {
+pub(crate) async fn capacity(client: &mut AgentClient<Channel>) -> pb::Capacity {
     client
         .get_capacity(pb::GetCapacityRequest {})
         .await

@@ -11,6 +11,7 @@ mod bench;
 mod certs;
 mod config_docs;
 mod daemon;
+mod disk_full;
 mod exit_codes;
 mod gpu;
 mod image;

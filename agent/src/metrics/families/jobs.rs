@@ -1,8 +1,47 @@
-//! `fog_job_*` families: each job's state, cgroup figures and GPU use.
+//! `fog_job_*` families: each job's state, cgroup figures and GPU use; `fog_state_*`: the state
+//! filesystem's headroom the job runner keeps.
 
 use std::fmt;
 
 use super::{l1, Series, Snapshot, Writer};
+
+/// `fog_state_filesystem_*` and `fog_state_unsaved_job_records` (absent without a job runner).
+pub(super) fn state_disk_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
+    let Some(disk) = &s.state_disk else {
+        return Ok(());
+    };
+    let one = |v: f64| {
+        let mut series = Series::default();
+        series.push(Vec::new(), v);
+        series
+    };
+    let st = &disk.status;
+    w.gauge(
+        "fog_state_filesystem_free_bytes",
+        "Free bytes on the state dir's filesystem.",
+        one(st.free_bytes as f64),
+    )?;
+    w.gauge(
+        "fog_state_filesystem_floor_bytes",
+        "[state] min_free_bytes: below it new jobs and image imports are refused.",
+        one(st.floor_bytes as f64),
+    )?;
+    w.gauge(
+        "fog_state_filesystem_below_floor",
+        "1 while the state filesystem's free space is below [state] min_free_bytes.",
+        one(if st.below_floor() { 1.0 } else { 0.0 }),
+    )?;
+    w.gauge(
+        "fog_state_slack_bytes",
+        "Space the state database's slack file holds (0 once released for a full disk).",
+        one(st.slack_bytes as f64),
+    )?;
+    w.gauge(
+        "fog_state_unsaved_job_records",
+        "Job record updates in memory that could not be committed yet (full disk).",
+        one(disk.unsaved_records as f64),
+    )
+}
 
 pub(super) fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
     let mut info = Series::default();

@@ -9,7 +9,7 @@
 //! fixed order; each submodule writes one group:
 //! - `host`: node_exporter's `node_*` families and the telemetry collectors' own figures;
 //! - `gpu`: `fog_gpu_*` from GPU telemetry and the GPU->job mapping;
-//! - `jobs`: `fog_job_*`;
+//! - `jobs`: `fog_job_*`, `fog_state_*` (the state filesystem's headroom);
 //! - `capacity`: `fog_capacity_*` and the cached `fog_benchmark_*` results;
 //! - `agent`: attestation outcomes, the agent's build, telemetry hub and process.
 
@@ -119,6 +119,7 @@ impl Collector for SnapshotCollector {
         }
         gpu::gpu_job_families(&mut w, s)?;
         jobs::job_families(&mut w, s)?;
+        jobs::state_disk_families(&mut w, s)?;
         capacity::capacity_families(&mut w, s)?;
         capacity::benchmark_families(&mut w, s)?;
         agent::attestation_families(&mut w, s)?;

@@ -122,6 +122,14 @@ fn snapshot() -> Snapshot {
             gpu_now: vec![("0000:01:00.0".into(), Some(1 << 30), Some(0.4))],
             ..JobMetrics::default()
         }],
+        state_disk: Some(crate::jobs::StateDiskMetrics {
+            status: crate::state::headroom::DiskStatus {
+                free_bytes: 100,
+                floor_bytes: 4096,
+                slack_bytes: 0,
+            },
+            unsaved_records: 3,
+        }),
         process: None,
         process_start: None,
     }
@@ -158,6 +166,11 @@ fn prometheus_text_has_node_exporter_names_and_values() {
         "fog_attestation_requests_total{operation=\"quote\",result=\"error\"} 2.0",
         "fog_attestation_last_failure_timestamp_seconds{operation=\"quote\"} 1700000000.0",
         "fog_telemetry_dropped_samples_total 4.0",
+        "fog_state_filesystem_free_bytes 100.0",
+        "fog_state_filesystem_floor_bytes 4096.0",
+        "fog_state_filesystem_below_floor 1.0",
+        "fog_state_slack_bytes 0.0",
+        "fog_state_unsaved_job_records 3.0",
     ] {
         assert!(l.contains(&want), "missing {want:?} in\n{text}");
     }
@@ -184,9 +197,11 @@ fn missing_parts_are_left_out_not_zero() {
     s.host = None;
     s.benchmarks = Some(Arc::new(Err(BenchmarkError::Failed("no".into()))));
     s.jobs.clear();
+    s.state_disk = None;
     let text = render(s, Format::PrometheusText).unwrap();
     assert!(!text.contains("node_"));
     assert!(!text.contains("fog_benchmark"));
     assert!(!text.contains("fog_job_cpu"));
+    assert!(!text.contains("fog_state_"));
     assert!(text.contains("fog_capacity_memory_bytes{state=\"free\"}"));
 }
