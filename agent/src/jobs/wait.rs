@@ -275,7 +275,8 @@ mod tests {
         assert!(waiter.watch_dir(dir.path()));
         let fd = waiter.inotify.as_ref().unwrap().as_raw_fd();
         let link = PathBuf::from(format!("/proc/self/fd/{fd}"));
-        let is_inotify = || std::fs::read_link(&link).is_ok_and(|t| t.ends_with("inotify"));
+        let is_inotify =
+            || std::fs::read_link(&link).is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify");
         assert!(is_inotify());
         drop(waiter);
         // Closed by the closer thread; another test's waiter may reuse the number meanwhile,
