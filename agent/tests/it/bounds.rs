@@ -592,27 +592,25 @@ fn accept_loop(listener: &TcpListener, to: u16, watch: bool, dead: &Arc<AtomicBo
     }
 }
 
-/// Copies `from` to `to`; with `watch`, reads TPM commands (10-byte header: tag, size, code)
-/// and dies at a TPM2_Quote instead of forwarding it.
+/// Copies `from` to `to`; with `watch` (the command port, where the swtpm TCTI sends raw TPM
+/// commands: tag, size, code, rest), forwards one whole command per write (swtpm reads a
+/// command with one `recv`) and dies at a TPM2_Quote instead of forwarding it.
 fn copy(mut from: TcpStream, mut to: TcpStream, watch: bool, dead: &Arc<AtomicBool>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         if watch {
-            let mut header = [0u8; 10];
-            if from.read_exact(&mut header).is_err() {
+            let mut command = vec![0u8; 10];
+            if from.read_exact(&mut command).is_err() {
                 break;
             }
-            let size = u32::from_be_bytes(header[2..6].try_into().unwrap()) as usize;
-            let code = u32::from_be_bytes(header[6..10].try_into().unwrap());
+            let size = u32::from_be_bytes(command[2..6].try_into().unwrap()) as usize;
+            let code = u32::from_be_bytes(command[6..10].try_into().unwrap());
             if code == CC_QUOTE {
                 dead.store(true, Ordering::SeqCst);
                 break;
             }
-            let mut body = vec![0u8; size.saturating_sub(10)];
-            if from.read_exact(&mut body).is_err()
-                || to.write_all(&header).is_err()
-                || to.write_all(&body).is_err()
-            {
+            command.resize(size.max(10), 0);
+            if from.read_exact(&mut command[10..]).is_err() || to.write_all(&command).is_err() {
                 break;
             }
         } else {
