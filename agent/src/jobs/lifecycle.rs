@@ -174,7 +174,8 @@ impl JobManager {
                 }
             }
             Err(err) => {
-                let message = err.to_string();
+                // With its causes: a state-store error's own text does not say what SQLite said.
+                let message = crate::inventory::error_chain(&err);
                 tracing::warn!(job = %id, error = %message, "job start failed");
                 self.supervisor.kill(&id, &self.job_dir(&id));
                 self.remove_container(&id);

@@ -16,17 +16,25 @@ impl JobManager {
     pub fn forget_expired(&self, now_ms: u64) {
         let retention = self.config.retention_millis;
         let max_kept = usize::try_from(self.config.max_retained_jobs).unwrap_or(usize::MAX);
+        let end = |r: &super::model::JobRecord| r.finished_at_millis.unwrap_or(r.created_at_millis);
+        // Most ticks have nothing to forget: find that out without copying anything.
+        let nothing = self.records.read(|t| {
+            let mut ended = t.jobs.values().filter(|e| !e.view.record.state.is_active());
+            let (count, due) = ended.by_ref().fold((0, false), |(n, due), e| {
+                let expired =
+                    retention > 0 && now_ms.saturating_sub(end(&e.view.record)) >= retention;
+                (n + 1, due || expired)
+            });
+            count <= max_kept && !due
+        });
+        if nothing {
+            return;
+        }
         // Ended jobs, oldest end first (creation order breaks ties).
         let mut ended: Vec<(u64, String)> = self.records.read(|t| {
             t.in_order()
                 .filter(|e| !e.view.record.state.is_active())
-                .map(|e| {
-                    let r = &e.view.record;
-                    (
-                        r.finished_at_millis.unwrap_or(r.created_at_millis),
-                        e.view.spec.job_id.clone(),
-                    )
-                })
+                .map(|e| (end(&e.view.record), e.view.spec.job_id.clone()))
                 .collect()
         });
         ended.sort_by_key(|(at, _)| *at);

@@ -156,7 +156,9 @@ pub trait ImageSource: Send + Sync {
 /// The image store is where the daemon's jobs get their images.
 impl ImageSource for crate::image::ImageStore {
     fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
-        let record = self.get(name).map_err(|err| err.to_string())?;
+        let record = self
+            .get(name)
+            .map_err(|err| crate::inventory::error_chain(&err))?;
         Ok(record.map(|r| ResolvedImage {
             reference: r.reference,
             manifest_digest: r.manifest_digest,
