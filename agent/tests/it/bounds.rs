@@ -462,13 +462,23 @@ fn serve_refuses_a_read_only_state_dir_at_start_with_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
+    // A state dir an agent used before (its dirs and database exist), then made read-only.
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,mode=0700", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "mode=0700", "tmpfs"])
         .arg(&state)
         .status()
         .unwrap();
-    assert!(mounted.success(), "mount -t tmpfs -o ro failed");
+    assert!(mounted.success(), "mount -t tmpfs failed");
     let _mount = ReadOnlyMount(state.clone());
+    std::fs::create_dir_all(state.join("images")).unwrap();
+    std::fs::create_dir_all(state.join("jobs/.runc")).unwrap();
+    std::fs::write(state.join("state.db"), b"").unwrap();
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(remounted.success(), "mount -o remount,ro failed");
     let config = serve_config(dir.path(), &state);
     let mut child = agent()
         .args(["serve", "--config"])
