@@ -175,13 +175,21 @@ impl Attestor for TpmAttestor {
     ) -> Result<ActivationProof, AttestError> {
         let tpm = self.open()?;
         let ak = AkBlob::load(&self.state_dir).map_err(|e| AttestError::Failed(e.to_string()))?;
-        let secret = tpm
-            .activate_credential(&ak, &request.credential_blob, &request.encrypted_secret)
-            .map_err(|e| {
-                AttestError::Failed(format!(
-                    "credential activation failed (the challenge was not made for this TPM's EK and AK): {e}"
-                ))
-            })?;
+        let secret = match tpm.activate_credential(
+            &ak,
+            &request.credential_blob,
+            &request.encrypted_secret,
+        ) {
+            Ok(secret) => secret,
+            Err(err) => {
+                return Err(match self.command_failed(tpm, err) {
+                    gone @ AttestError::TpmUnreachable(_) => gone,
+                    failed => AttestError::Failed(format!(
+                        "credential activation failed (the challenge was not made for this TPM's EK and AK): {failed}"
+                    )),
+                })
+            }
+        };
         Ok(ActivationProof {
             proof: fog_tpm::enroll::proof_mac(&secret, &ak.host_id, &request.enroll_nonce),
             host_id: ak.host_id,
