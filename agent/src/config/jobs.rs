@@ -28,7 +28,8 @@ pub struct JobsConfig {
     /// Interval of the job telemetry loop (one loop samples every job's cgroup).
     pub telemetry_interval_millis: u64,
     /// How long an ended job is kept (its record, transitions, usage counters, logs and job
-    /// dir) before it is forgotten; 0 = forever.
+    /// dir) before it is forgotten; 0 = no time limit ([`Self::max_retained_jobs`] still
+    /// applies).
     pub retention_millis: u64,
     /// Most ended jobs kept at once: past it the oldest ended ones are forgotten first, before
     /// their retention is over.
