@@ -355,13 +355,19 @@ async fn measure(
     let (c1, s1, t1) = (cpu_ticks(me)?, shim_ticks(&shims), Instant::now());
     let secs = (t1 - t0).as_secs_f64();
     let active = client
-        .list_jobs(pb::ListJobsRequest { active_only: true })
+        .list_jobs(pb::ListJobsRequest {
+            active_only: true,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .jobs
         .len();
     let with_samples: HashMap<String, bool> = client
-        .list_jobs(pb::ListJobsRequest { active_only: true })
+        .list_jobs(pb::ListJobsRequest {
+            active_only: true,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .jobs

@@ -3,6 +3,8 @@
 //!
 //! Generated types stop at the agent's service layer; `fog-tpm` and `fog-bench` never see them.
 
+pub mod codec;
+
 /// Package `fog.agent.v1`.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod v1 {

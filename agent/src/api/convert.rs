@@ -601,7 +601,7 @@ pub fn benchmark_ids(ids: &[String]) -> Result<Vec<String>, ApiError> {
         if !ok {
             return Err(invalid(
                 "benchmark_ids",
-                format!("{id:?} is not a benchmark id"),
+                format!("{} is not a benchmark id", crate::jobs::spec::quote(id)),
             ));
         }
     }

@@ -59,9 +59,26 @@ impl ApiError {
     }
 }
 
+/// Longest status message: the message travels in a response header (`grpc-message`), and
+/// whatever a handler put in it (a path, a quoted value), a reply stays small.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `text` cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary, saying so.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE - 16;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("... (cut)");
+    }
+    text
+}
+
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
-        let text = err.to_string();
+        let text = bounded(err.to_string());
         match err {
             ApiError::InvalidArgument { .. } => Status::invalid_argument(text),
             ApiError::NotFound(_) => Status::not_found(text),
@@ -293,6 +310,15 @@ mod tests {
             image_error("layout_dir", bad_tar),
             ApiError::InvalidArgument { .. }
         ));
+    }
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_boundary() {
+        let status = Status::from(ApiError::NotFound("é".repeat(10_000)));
+        assert!(status.message().len() <= MAX_STATUS_MESSAGE);
+        assert!(status.message().ends_with("... (cut)"));
+        let short = Status::from(ApiError::NotFound("x".into()));
+        assert_eq!(short.message(), "x");
     }
 
     #[test]

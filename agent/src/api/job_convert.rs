@@ -194,6 +194,51 @@ pub fn tail_lines(n: u32) -> Result<usize, ApiError> {
     Ok(n as usize)
 }
 
+/// Most jobs in one ListJobs page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// ListJobs' page size: 0 or above [`MAX_PAGE_SIZE`] is [`MAX_PAGE_SIZE`].
+pub fn page_size(n: u32) -> usize {
+    match usize::try_from(n) {
+        Ok(n @ 1..=MAX_PAGE_SIZE) => n,
+        _ => MAX_PAGE_SIZE,
+    }
+}
+
+/// The token of the page after the job at position `seq` of the job table of run `epoch`
+/// (opaque to clients: `<epoch>.<seq>` in hex).
+pub fn next_page_token(epoch: u64, seq: u64) -> String {
+    format!("{epoch:x}.{seq:x}")
+}
+
+/// The position a ListJobs `page_token` continues after (None for the first page); a token of
+/// another run of the agent, or one it never issued, is INVALID_ARGUMENT.
+pub fn page_token(token: &str, epoch: u64) -> Result<Option<u64>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let parsed = token.split_once('.').and_then(|(e, s)| {
+        Some((
+            u64::from_str_radix(e, 16).ok()?,
+            u64::from_str_radix(s, 16).ok()?,
+        ))
+    });
+    match parsed {
+        Some((e, seq)) if e == epoch => Ok(Some(seq)),
+        Some(_) => Err(ApiError::invalid(
+            "page_token",
+            "issued before the agent restarted: list again from the first page",
+        )),
+        None => Err(ApiError::invalid(
+            "page_token",
+            format!(
+                "{} is not a token this agent issued",
+                crate::jobs::spec::quote(token)
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +249,13 @@ mod tests {
         assert!(stop_grace(60_001).is_err());
         assert_eq!(stop_grace(0).unwrap(), Duration::from_secs(5));
         assert!(tail_lines(100_001).is_err());
+        assert!(page_token("nope", 1).is_err());
+        assert!(page_token(&next_page_token(1, 7), 2).is_err());
+        assert_eq!(page_token(&next_page_token(1, 7), 1).unwrap(), Some(7));
+        assert_eq!(page_token("", 1).unwrap(), None);
+        assert_eq!(page_size(0), MAX_PAGE_SIZE);
+        assert_eq!(page_size(5), 5);
+        assert_eq!(page_size(u32::MAX), MAX_PAGE_SIZE);
     }
 
     #[test]

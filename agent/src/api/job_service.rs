@@ -28,6 +28,13 @@ fn manager(shared: &Shared) -> Result<Arc<JobManager>, ApiError> {
         .ok_or_else(|| ApiError::Unimplemented("jobs are not enabled in this agent".into()))
 }
 
+/// A request's `job_id`, checked by StartJob's rule before any lookup (so a reply never
+/// echoes an id that could not exist).
+fn job_id(id: &str) -> Result<&str, ApiError> {
+    crate::jobs::spec::check_job_id(id)?;
+    Ok(id)
+}
+
 /// StartJob.
 pub async fn start_job(
     shared: &Shared,
@@ -50,6 +57,7 @@ pub async fn stop_job(
     request: pb::StopJobRequest,
 ) -> Result<pb::StopJobResponse, ApiError> {
     let jobs = manager(shared)?;
+    job_id(&request.job_id)?;
     let grace = convert::stop_grace(request.grace_millis)?;
     let view = blocking("job stop", move || jobs.stop(&request.job_id, grace)).await?;
     Ok(pb::StopJobResponse {
@@ -62,20 +70,49 @@ pub fn get_job(
     shared: &Shared,
     request: &pb::GetJobRequest,
 ) -> Result<pb::GetJobResponse, ApiError> {
-    let view = manager(shared)?.get(&request.job_id)?;
+    let view = manager(shared)?.get(job_id(&request.job_id)?)?;
     Ok(pb::GetJobResponse {
         job: Some(convert::job(&view)),
     })
 }
 
-/// ListJobs.
+/// ListJobs: one page, newest first, of at most `page_size` jobs (0 or above
+/// [`convert::MAX_PAGE_SIZE`]: that many) that also fits into `[api] max_message_bytes`; the
+/// page ends early, with a token, at the first job that would not fit (a first job larger than
+/// the limit is still sent, and fails as it would in GetJob).
 pub fn list_jobs(
     shared: &Shared,
     request: &pb::ListJobsRequest,
 ) -> Result<pb::ListJobsResponse, ApiError> {
-    let jobs = manager(shared)?.list(request.active_only);
+    let jobs = manager(shared)?;
+    let epoch = jobs.list_epoch();
+    let before = convert::page_token(&request.page_token, epoch)?;
+    let limit = convert::page_size(request.page_size);
+    // One more than the page, to know whether another page follows.
+    let views = jobs.list_page(request.active_only, before, limit + 1);
+    // Room for the token and the response's own framing.
+    let budget = shared.max_message_bytes.saturating_sub(64);
+    let mut used = 0;
+    let mut page = Vec::new();
+    let mut last = None;
+    for (seq, view) in views.iter().take(limit) {
+        let job = convert::job(view);
+        let size = prost::encoding::message::encoded_len(1, &job);
+        if !page.is_empty() && used + size > budget {
+            break;
+        }
+        used += size;
+        page.push(job);
+        last = Some(*seq);
+    }
+    let more = views.len() > page.len();
+    let next_page_token = match last {
+        Some(seq) if more => convert::next_page_token(epoch, seq),
+        _ => String::new(),
+    };
     Ok(pb::ListJobsResponse {
-        jobs: jobs.iter().map(convert::job).collect(),
+        jobs: page,
+        next_page_token,
     })
 }
 
@@ -111,7 +148,7 @@ pub fn watch_job(
 ) -> Result<ResponseStream<pb::WatchJobResponse>, ApiError> {
     use pb::watch_job_response::Event;
     let jobs = manager(shared)?;
-    let (view, mut events) = jobs.subscribe(&request.job_id)?;
+    let (view, mut events) = jobs.subscribe(job_id(&request.job_id)?)?;
     let mut followers = if request.logs {
         followers_at_end(&jobs, &request.job_id)?
     } else {
@@ -184,7 +221,7 @@ pub fn job_logs(
 ) -> Result<ResponseStream<pb::JobLogsResponse>, ApiError> {
     let jobs = manager(shared)?;
     let n = convert::tail_lines(request.tail_lines)?;
-    let (out, err) = jobs.log_paths(&request.job_id)?;
+    let (out, err) = jobs.log_paths(job_id(&request.job_id)?)?;
     let io = |e: std::io::Error| ApiError::Internal(format!("cannot read the job's logs: {e}"));
     let (mut lines, out_end) = logs::tail(&out, Stream::Stdout, n).map_err(io)?;
     let (err_lines, err_end) = logs::tail(&err, Stream::Stderr, n).map_err(io)?;

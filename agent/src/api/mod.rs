@@ -65,6 +65,9 @@ pub struct Shared {
     pub jobs: Option<Arc<JobManager>>,
     /// The image store (with jobs).
     pub images: Option<Arc<ImageStore>>,
+    /// `[api] max_message_bytes`: answers made of many items (ListJobs) are cut into pages
+    /// below it.
+    pub max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for Shared {

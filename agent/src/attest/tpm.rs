@@ -44,6 +44,21 @@ impl TpmAttestor {
         Tpm::open(&self.tcti).map_err(|e| tpm_error(&self.tcti, e))
     }
 
+    /// What a failed command on an open TPM means: when the TPM cannot be reached any more (it
+    /// died or went away mid-request: swtpm killed, the device reset), `TpmUnreachable`, as when
+    /// it was unreachable from the start (UNAVAILABLE: a retry may work once it is back), with
+    /// both errors; otherwise the command itself failed (`Failed`). Decided by opening the TPM
+    /// again rather than by the TSS response code, which this crate does not see.
+    fn command_failed(&self, tpm: Tpm, err: TpmError) -> AttestError {
+        drop(tpm);
+        match Tpm::open(&self.tcti) {
+            Ok(_) => tpm_error(&self.tcti, err),
+            Err(gone) => AttestError::TpmUnreachable(format!(
+                "the TPM stopped answering during a request ({err}); {gone}"
+            )),
+        }
+    }
+
     /// The AK blob, created (and saved) on first use with the machine id as host id.
     fn ak(&self, tpm: &Tpm) -> Result<AkBlob, AttestError> {
         match AkBlob::load(&self.state_dir) {
@@ -119,9 +134,10 @@ impl Attestor for TpmAttestor {
             nonce,
             inventory,
         )?;
-        let report = tpm
-            .attest(&ak, nonce, payload, &selection)
-            .map_err(|e| tpm_error(&self.tcti, e))?;
+        let report = match tpm.attest(&ak, nonce, payload, &selection) {
+            Ok(report) => report,
+            Err(err) => return Err(self.command_failed(tpm, err)),
+        };
         let report_json = report
             .to_json()
             .map_err(|e| AttestError::Failed(format!("cannot serialize the report: {e}")))?;
@@ -135,9 +151,10 @@ impl Attestor for TpmAttestor {
     fn enrollment(&self) -> Result<Enrollment, AttestError> {
         let tpm = self.open()?;
         let ak = self.ak(&tpm)?;
-        let req = tpm
-            .enroll_request(&ak)
-            .map_err(|e| tpm_error(&self.tcti, e))?;
+        let req = match tpm.enroll_request(&ak) {
+            Ok(req) => req,
+            Err(err) => return Err(self.command_failed(tpm, err)),
+        };
         let ak_name = fog_tpm::structures::Public::parse_tpm2b(&req.ak_pub)
             .ok()
             .and_then(|p| p.name())
@@ -158,13 +175,21 @@ impl Attestor for TpmAttestor {
     ) -> Result<ActivationProof, AttestError> {
         let tpm = self.open()?;
         let ak = AkBlob::load(&self.state_dir).map_err(|e| AttestError::Failed(e.to_string()))?;
-        let secret = tpm
-            .activate_credential(&ak, &request.credential_blob, &request.encrypted_secret)
-            .map_err(|e| {
-                AttestError::Failed(format!(
-                    "credential activation failed (the challenge was not made for this TPM's EK and AK): {e}"
-                ))
-            })?;
+        let secret = match tpm.activate_credential(
+            &ak,
+            &request.credential_blob,
+            &request.encrypted_secret,
+        ) {
+            Ok(secret) => secret,
+            Err(err) => {
+                return Err(match self.command_failed(tpm, err) {
+                    gone @ AttestError::TpmUnreachable(_) => gone,
+                    failed => AttestError::Failed(format!(
+                        "credential activation failed (the challenge was not made for this TPM's EK and AK): {failed}"
+                    )),
+                })
+            }
+        };
         Ok(ActivationProof {
             proof: fog_tpm::enroll::proof_mac(&secret, &ak.host_id, &request.enroll_nonce),
             host_id: ak.host_id,

@@ -28,6 +28,13 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(super::EXIT_CONFIG))
         }
+        // Every unknown key and wrong type, one line each.
+        Err(ConfigError::Keys(errors)) => {
+            for err in errors {
+                eprintln!("{err}");
+            }
+            Ok(ExitCode::from(super::EXIT_CONFIG))
+        }
         // Syntax errors (exit 78) and read errors (exit 1): see `super::exit_code`.
         Err(err) => Err(err.into()),
     }

@@ -146,7 +146,7 @@ pub enum JobQuery {
         /// The job id.
         id: String,
     },
-    /// Every job, newest first.
+    /// Every job, newest first (every page of ListJobs).
     List {
         /// Only jobs that have not ended.
         #[arg(long)]
@@ -474,15 +474,25 @@ async fn job_query(
             print_job(&reply.job.unwrap_or_default())?;
         }
         JobQuery::List { active } => {
-            let reply = client
-                .list_jobs(pb::ListJobsRequest {
-                    active_only: *active,
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("ListJobs: {}", s.message()))?
-                .into_inner();
-            for job in &reply.jobs {
-                print_job(job)?;
+            // Page after page until the agent says there is none left.
+            let mut page_token = String::new();
+            loop {
+                let reply = client
+                    .list_jobs(pb::ListJobsRequest {
+                        active_only: *active,
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("ListJobs: {}", s.message()))?
+                    .into_inner();
+                for job in &reply.jobs {
+                    print_job(job)?;
+                }
+                if reply.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = reply.next_page_token;
             }
         }
         JobQuery::Logs { id, tail, follow } => {

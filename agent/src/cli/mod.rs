@@ -62,7 +62,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return EXIT_USAGE;
         }
         match cause.downcast_ref::<ConfigError>() {
-            Some(ConfigError::Syntax { .. } | ConfigError::Invalid { .. }) => return EXIT_CONFIG,
+            Some(
+                ConfigError::Syntax { .. } | ConfigError::Keys(_) | ConfigError::Invalid { .. },
+            ) => return EXIT_CONFIG,
             Some(ConfigError::Read { .. }) => return EXIT_FAILURE,
             None => {}
         }

@@ -47,6 +47,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         config.state.dir =
             std::path::absolute(dir).with_context(|| format!("--state-dir {}", dir.display()))?;
     }
+    // Before anything (development certificates, the image store) is written into it.
+    daemon::prepare_state_dir(&config.state.dir)?;
     if args.dev {
         apply_dev(&mut config)?;
     }

@@ -30,6 +30,10 @@ pub enum ConfigError {
         /// What was wrong.
         message: String,
     },
+    /// Several keys are unknown or have a value of the wrong type: each is a
+    /// [`ConfigError::Syntax`] naming its key and line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Keys(Vec<ConfigError>),
     /// Values are well-formed but do not make sense; each names its key.
     #[error("{origin}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid {
@@ -66,6 +70,55 @@ pub(super) fn syntax_error(text: &str, origin: &str, err: &toml::de::Error) -> C
         key: key_path_at(text, offset),
         message: err.message().trim().to_owned(),
     }
+}
+
+/// Every unknown key and every value of the wrong type in `text` (a well-formed TOML document),
+/// each with its key path and line, found by deserializing `T` from each key alone (one section
+/// key at a time inside a table), so one bad key does not hide the next; `T` must take a
+/// default for every missing key. Empty when `T` deserializes key by key.
+pub(super) fn key_errors<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+) -> Vec<ConfigError> {
+    use toml::de::{DeTable, DeValue, Deserializer};
+    use toml::Spanned;
+    let Ok(doc) = DeTable::parse(text) else {
+        return Vec::new();
+    };
+    let span = doc.span();
+    // `T` from the document holding only `key = value`.
+    let alone = |key: &Spanned<toml::de::DeString<'_>>, value: Spanned<DeValue<'_>>| {
+        let mut table = DeTable::new();
+        table.insert(key.clone(), value);
+        T::deserialize(Deserializer::from(Spanned::new(span.clone(), table))).err()
+    };
+    let mut out = Vec::new();
+    for (key, value) in doc.get_ref() {
+        let Some(err) = alone(key, value.clone()) else {
+            continue;
+        };
+        let found = out.len();
+        if let DeValue::Table(section) = value.get_ref() {
+            for (inner_key, inner_value) in section {
+                let mut one = DeTable::new();
+                one.insert(inner_key.clone(), inner_value.clone());
+                let one = Spanned::new(value.span(), DeValue::Table(one));
+                if let Some(err) = alone(key, one) {
+                    out.push(syntax_error(text, origin, &err));
+                }
+            }
+        }
+        // Not a table, or the section itself is wrong (e.g. an unknown one).
+        if out.len() == found {
+            out.push(syntax_error(text, origin, &err));
+        }
+    }
+    // In the file's order (the parsed tables are sorted by key).
+    out.sort_by_key(|err| match err {
+        ConfigError::Syntax { line, column, .. } => (*line, *column),
+        _ => (0, 0),
+    });
+    out
 }
 
 /// 1-based line and column of a byte offset.

@@ -28,8 +28,15 @@ pub struct JobsConfig {
     /// Interval of the job telemetry loop (one loop samples every job's cgroup).
     pub telemetry_interval_millis: u64,
     /// How long an ended job is kept (its record, transitions, usage counters, logs and job
-    /// dir) before it is forgotten; 0 = forever.
+    /// dir) before it is forgotten; 0 = no time limit ([`Self::max_retained_jobs`] still
+    /// applies).
     pub retention_millis: u64,
+    /// Most ended jobs kept at once: past it the oldest ended ones are forgotten first, before
+    /// their retention is over.
+    pub max_retained_jobs: u64,
+    /// Largest job spec: the bytes of all its strings together (id, image, command, args, env,
+    /// working dir, GPU names, label keys and values).
+    pub max_spec_bytes: ByteSize,
     /// How a job's scratch dir is held to its `resources.scratch_bytes`.
     pub scratch_limit: ScratchLimit,
     /// With [`ScratchLimit::Polled`]: the inodes (files, dirs, links) a job's scratch may
@@ -62,6 +69,8 @@ impl Default for JobsConfig {
             cgroup_parent: "fog-agent".to_owned(),
             telemetry_interval_millis: 1000,
             retention_millis: 604_800_000,
+            max_retained_jobs: 2000,
+            max_spec_bytes: ByteSize(64 * 1024),
             scratch_limit: ScratchLimit::Filesystem,
             scratch_max_inodes: 65_536,
         }

@@ -8,8 +8,9 @@
 //! checks that the two agree), so `fog-agent serve` runs with no file at all.
 //!
 //! Errors name the key: a TOML or type error gives the key path and line
-//! (`agent.toml:3:1: api.listen: invalid socket address syntax`); semantic validation then
-//! reports every bad value, each with its key.
+//! (`agent.toml:3:1: api.listen: invalid socket address syntax`), every unknown key and every
+//! value of the wrong type at once when the document itself is well-formed; semantic validation
+//! then reports every bad value, each with its key.
 //!
 //! Where things are: [`Config`] and its entry points ([`Config::load`], [`Config::parse`]) here;
 //! the sections' types in `api` (`[api]`, `[metrics]`), `jobs` (`[jobs]`), `images`
@@ -80,8 +81,13 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|err| error::syntax_error(text, origin, &err))?;
+        let config: Self = toml::from_str(text).map_err(|err| {
+            // A well-formed document: name every bad key, not only the first.
+            match error::key_errors::<Self>(text, origin) {
+                mut all if all.len() > 1 => ConfigError::Keys(std::mem::take(&mut all)),
+                _ => error::syntax_error(text, origin, &err),
+            }
+        })?;
         let problems = config.problems();
         if problems.is_empty() {
             Ok(config)

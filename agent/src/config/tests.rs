@@ -235,3 +235,32 @@ fn key_path_forms() {
     assert_eq!(key_path_at(text, text.find("\"q\"").unwrap()), "x.y.q");
     assert_eq!(line_column("ab\ncd", 4), (2, 2));
 }
+
+#[test]
+fn every_unknown_key_and_wrong_type_is_named_at_once() {
+    let text = "[api]\nlisten_port = 7443\nmax_message_bytes = \"4 MiB\"\n\n[telemetry]\nmin_interval_millis = \"250ms\"\nqueue_depth = 16\n\n[nope]\nx = 1\n\n[jobs]\nretention_millis = true\nbogus = 1\n";
+    let errors = match Config::parse(text, "t.toml") {
+        Err(ConfigError::Keys(errors)) => errors,
+        other => panic!("expected every key error, got {other:?}"),
+    };
+    let found: Vec<(usize, String)> = errors
+        .iter()
+        .map(|err| match err {
+            ConfigError::Syntax { line, key, .. } => (*line, key.clone()),
+            other => panic!("not a key error: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (2, "api.listen_port".to_owned()),
+            (6, "telemetry.min_interval_millis".to_owned()),
+            (9, "nope".to_owned()),
+            (13, "jobs.retention_millis".to_owned()),
+            (14, "jobs.bogus".to_owned()),
+        ],
+        "{errors:?}"
+    );
+    // One bad key is the plain error it always was.
+    assert_eq!(syntax_of("[api]\nlisten_port = 1\n").1, "api.listen_port");
+}

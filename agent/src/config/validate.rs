@@ -167,6 +167,16 @@ impl Config {
             "images.max_entries",
             format!("{} is below 16", images.max_entries),
         );
+        check(
+            (1..=1_000_000).contains(&jobs.max_retained_jobs),
+            "jobs.max_retained_jobs",
+            format!("{} is outside 1 to 1000000", jobs.max_retained_jobs),
+        );
+        check(
+            (1024..=64 << 20).contains(&jobs.max_spec_bytes.0),
+            "jobs.max_spec_bytes",
+            format!("{} bytes is outside 1 KiB to 64 MiB", jobs.max_spec_bytes.0),
+        );
         let metrics = &self.metrics;
         check(
             (100..=3_600_000).contains(&metrics.sample_interval_millis),

@@ -72,6 +72,68 @@ pub enum DaemonError {
     /// The image store could not be opened.
     #[error("cannot open the image store")]
     Images(#[source] crate::image::ImageError),
+    /// The state dir cannot be made, tightened or written (see [`prepare_state_dir`]).
+    #[error("state dir {path}: cannot {what}")]
+    StateDir {
+        /// The state dir.
+        path: PathBuf,
+        /// What failed.
+        what: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Makes the state dir ready before anything is put in it: created mode 0700 when missing, an
+/// existing one (made by systemd, the package, an operator or an older agent) tightened to 0700
+/// (it holds the attestation key, the database and images whose files may be setuid), and
+/// proved writable by creating, syncing and removing a file, so a read-only or immutable dir
+/// fails the start with the OS's reason instead of later requests. Exit code 1 (`serve`): the
+/// dir may become writable without a config change.
+pub fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail = |what: &'static str| {
+        move |source| DaemonError::StateDir {
+            path: dir.to_owned(),
+            what,
+            source,
+        }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(fail("create it"))?;
+    let meta = std::fs::metadata(dir).map_err(fail("read its metadata"))?;
+    if !meta.is_dir() {
+        return Err(fail("use it")(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(fail("set its mode to 0700"))?;
+        tracing::info!(dir = %dir.display(), old_mode = format!("{mode:o}"), "state dir tightened to 0700");
+    }
+    let probe = dir.join(format!(".write-check-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|mut file| {
+            file.write_all(b"fog-agent\n")?;
+            file.sync_all()
+        });
+    // Removed whether the write worked or not (a full disk may let the create through).
+    let removed = std::fs::remove_file(&probe);
+    written.map_err(fail("write to it"))?;
+    removed.map_err(fail("remove a file in it"))?;
+    Ok(())
 }
 
 /// What the job runner is built from besides `[jobs]` (None in [`DaemonOptions::jobs`]: jobs
@@ -248,6 +310,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
             problems.iter().map(ToString::to_string).collect(),
         ));
     }
+    prepare_state_dir(&config.state.dir)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut options = options;
     let attestation_stats = Arc::new(AttestationStats::default());
@@ -491,6 +554,7 @@ async fn build_shared(
         shutdown,
         images: options.jobs.as_ref().map(|j| j.images.clone()),
         jobs,
+        max_message_bytes: usize::try_from(config.api.max_message_bytes.0).unwrap_or(usize::MAX),
     })
 }
 

@@ -89,7 +89,8 @@ impl JobManager {
     /// Starts a job (see the module doc); returns it and whether it was created now.
     pub fn start(self: &Arc<Self>, spec: &JobSpec) -> Result<(JobView, bool), JobError> {
         let gpus = lock(&self.gpus).clone();
-        let valid = spec::validate(spec, self.images.as_ref(), &gpus, &self.config)?;
+        let pid_max = spec::pid_max(&self.fs);
+        let valid = spec::validate(spec, self.images.as_ref(), &gpus, pid_max, &self.config)?;
         let id = valid.spec.job_id.clone();
         {
             let admission = lock(&self.admission);
@@ -112,7 +113,7 @@ impl JobManager {
             if !valid.image.rootfs.is_dir() {
                 return Err(JobError::InvalidArgument {
                     field: "image".to_owned(),
-                    message: format!("{:?} was removed", spec.image),
+                    message: format!("{} was removed", spec::quote(&spec.image)),
                 });
             }
             let record = JobRecord {
@@ -177,7 +178,8 @@ impl JobManager {
                 }
             }
             Err(err) => {
-                let message = err.to_string();
+                // With its causes: a state-store error's own text does not say what SQLite said.
+                let message = crate::inventory::error_chain(&err);
                 tracing::warn!(job = %id, error = %message, "job start failed");
                 self.supervisor.kill(&id, &self.job_dir(&id));
                 self.remove_container(&id);

@@ -224,6 +224,25 @@ impl JobManager {
         self.records.list(active_only)
     }
 
+    /// What the positions of [`Self::list_page`] are relative to: a different value means
+    /// another run of the agent, whose positions mean nothing here.
+    pub fn list_epoch(&self) -> u64 {
+        self.records.epoch
+    }
+
+    /// One page of jobs, newest first (from memory): at most `limit` jobs created before the
+    /// job at `before` (a position this method returned; None = from the newest), each with
+    /// its position. A position stays valid while the agent runs, however many jobs start or
+    /// are forgotten meanwhile; it means nothing to another run of the agent.
+    pub fn list_page(
+        &self,
+        active_only: bool,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Vec<(u64, JobView)> {
+        self.records.list_page(active_only, before, limit)
+    }
+
     /// The job now and a receiver of its later events (from memory).
     pub fn subscribe(
         &self,

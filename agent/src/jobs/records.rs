@@ -53,12 +53,15 @@ pub(super) struct Entry {
     pub events: broadcast::Sender<JobEvent>,
     /// When the previous sample was taken (for integrating memory).
     pub last_sample_at: Option<Instant>,
+    /// Its place in creation order in this run of the agent (ListJobs pages by it).
+    pub seq: u64,
 }
 
 impl Entry {
-    fn new(view: JobView) -> Self {
+    fn new(view: JobView, seq: u64) -> Self {
         Self {
             view,
+            seq,
             events: broadcast::channel(EVENT_QUEUE).0,
             last_sample_at: None,
         }
@@ -72,6 +75,8 @@ pub(super) struct Table {
     pub jobs: HashMap<String, Entry>,
     /// Ids in creation order.
     pub order: Vec<String>,
+    /// The next entry's [`Entry::seq`].
+    next_seq: u64,
 }
 
 impl Table {
@@ -81,13 +86,16 @@ impl Table {
     }
 
     fn insert(&mut self, id: String, view: JobView) {
+        self.next_seq += 1;
         self.order.push(id.clone());
-        self.jobs.insert(id, Entry::new(view));
+        self.jobs.insert(id, Entry::new(view, self.next_seq));
     }
 }
 
 /// The jobs' records: the in-memory table readers use and the SQLite store writers commit to.
 pub(super) struct Records {
+    /// When this run's table was loaded (unix ms): what [`Entry::seq`] numbers are relative to.
+    pub epoch: u64,
     table: Mutex<Table>,
     changed: Condvar,
     writer: Mutex<Writer>,
@@ -176,6 +184,7 @@ impl Records {
             table.insert(row.job_id, view);
         }
         Ok(Self {
+            epoch: shim::now_millis(),
             table: Mutex::new(table),
             changed: Condvar::new(),
             writer: Mutex::new(Writer {
@@ -230,6 +239,25 @@ impl Records {
                 .rev()
                 .filter(|e| !active_only || e.view.record.state.is_active())
                 .map(|e| fresh(&e.view))
+                .collect()
+        })
+    }
+
+    /// One page of jobs, newest first: at most `limit` of those created before the one at
+    /// `before` (a [`Entry::seq`]; None = from the newest), each with its seq.
+    pub fn list_page(
+        &self,
+        active_only: bool,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Vec<(u64, JobView)> {
+        self.read(|t| {
+            t.in_order()
+                .rev()
+                .filter(|e| before.is_none_or(|b| e.seq < b))
+                .filter(|e| !active_only || e.view.record.state.is_active())
+                .take(limit)
+                .map(|e| (e.seq, fresh(&e.view)))
                 .collect()
         })
     }

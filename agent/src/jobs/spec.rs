@@ -6,6 +6,10 @@
 //! the time limit. Each problem is a [`JobError::InvalidArgument`] whose field path comes first
 //! (`resources.memory_bytes: must be positive, got -1`).
 //!
+//! The spec is bounded before anything else is looked at (`[jobs] max_spec_bytes`, see
+//! [`spec_bytes`]), and no message quotes more than [`QUOTE_CHARS`] characters of a value the
+//! caller sent ([`quote`]), so an error reply stays small whatever the request held.
+//!
 //! There is deliberately no field for host paths or mounts: a job sees its image (read-only),
 //! its scratch dir and the runtime's minimal /proc, /dev, /sys. An image given as a host path is
 //! refused.
@@ -18,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::JobError;
 use crate::config::JobsConfig;
+use crate::fsroot::FsRoot;
 
 /// Longest job id.
 pub const MAX_JOB_ID_LEN: usize = 64;
@@ -27,6 +32,45 @@ pub const MIN_CPU_MILLICORES: i64 = 10;
 pub const MIN_MEMORY_BYTES: i64 = 4 << 20;
 /// Largest number of env entries, args and labels each.
 const MAX_LIST: usize = 4096;
+/// The kernel's hard limit of `/proc/sys/kernel/pid_max` on 64-bit hosts (`PID_MAX_LIMIT`): the
+/// largest pids limit when `pid_max` cannot be read.
+pub const PID_MAX_LIMIT: i64 = 4 << 20;
+/// Most characters of a caller's value an error message quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `value` quoted for an error message: at most [`QUOTE_CHARS`] characters, and then its full
+/// length, so a reply never echoes a large request back.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!("{:?}... ({} bytes)", &value[..end], value.len()),
+    }
+}
+
+/// The size [`validate`] bounds by `[jobs] max_spec_bytes`: the bytes of all the spec's
+/// strings together (what the agent keeps in memory and in its database per job, give or take
+/// a fixed overhead).
+pub fn spec_bytes(spec: &JobSpec) -> usize {
+    let lists = [&spec.command, &spec.args, &spec.env, &spec.resources.gpus];
+    let strings: usize = lists.iter().flat_map(|l| l.iter()).map(String::len).sum();
+    let labels: usize = spec.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    spec.job_id.len() + spec.image.len() + spec.working_dir.len() + strings + labels
+}
+
+/// The kernel's largest pid (`/proc/sys/kernel/pid_max` below `fs`), which bounds
+/// `resources.pids`; [`PID_MAX_LIMIT`] when it cannot be read.
+pub fn pid_max(fs: &FsRoot) -> i64 {
+    match fs
+        .read_trimmed("/proc/sys/kernel/pid_max")
+        .map(|text| text.parse::<i64>())
+    {
+        Ok(Ok(max)) if max > 0 => max,
+        other => {
+            tracing::debug!(result = ?other.map(|_| ()), "cannot read pid_max; using the kernel's hard limit");
+            PID_MAX_LIMIT
+        }
+    }
+}
 
 /// What to run (see `fog.agent.v1.JobSpec`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +156,9 @@ pub trait ImageSource: Send + Sync {
 /// The image store is where the daemon's jobs get their images.
 impl ImageSource for crate::image::ImageStore {
     fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
-        let record = self.get(name).map_err(|err| err.to_string())?;
+        let record = self
+            .get(name)
+            .map_err(|err| crate::inventory::error_chain(&err))?;
         Ok(record.map(|r| ResolvedImage {
             reference: r.reference,
             manifest_digest: r.manifest_digest,
@@ -196,7 +242,10 @@ pub fn check_job_id(id: &str) -> Result<(), JobError> {
     {
         return Err(invalid(
             "job_id",
-            format!("{id:?} may hold only A-Z a-z 0-9 _ . - and must start with a letter or digit"),
+            format!(
+                "{} may hold only A-Z a-z 0-9 _ . - and must start with a letter or digit",
+                quote(id)
+            ),
         ));
     }
     Ok(())
@@ -213,14 +262,20 @@ fn no_nul(field: &str, value: &str) -> Result<(), JobError> {
 fn check_env(field: &str, entry: &str) -> Result<(), JobError> {
     no_nul(field, entry)?;
     let Some((name, _)) = entry.split_once('=') else {
-        return Err(invalid(field, format!("{entry:?} is not NAME=value")));
+        return Err(invalid(
+            field,
+            format!("{} is not NAME=value", quote(entry)),
+        ));
     };
     let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
         return Err(invalid(
             field,
-            format!("{name:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            format!(
+                "{} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                quote(name)
+            ),
         ));
     }
     Ok(())
@@ -230,10 +285,13 @@ fn check_env(field: &str, entry: &str) -> Result<(), JobError> {
 fn check_container_path(field: &str, path: &str) -> Result<(), JobError> {
     no_nul(field, path)?;
     if !path.starts_with('/') {
-        return Err(invalid(field, format!("{path:?} must be absolute")));
+        return Err(invalid(field, format!("{} must be absolute", quote(path))));
     }
     if path.split('/').any(|part| part == "..") {
-        return Err(invalid(field, format!("{path:?} must not contain ..")));
+        return Err(invalid(
+            field,
+            format!("{} must not contain ..", quote(path)),
+        ));
     }
     Ok(())
 }
@@ -273,13 +331,24 @@ pub fn resolve_gpu(name: &str, gpus: &[GpuIdentity]) -> Option<String> {
         .map(|gpu| gpu.pci_bus_id.clone())
 }
 
-/// Validates a spec against the host and the config.
+/// Validates a spec against the host (its images, its GPUs, its `pid_max`) and the config.
 pub fn validate(
     spec: &JobSpec,
     images: &dyn ImageSource,
     gpus: &[GpuIdentity],
+    pid_max: i64,
     config: &JobsConfig,
 ) -> Result<ValidJob, JobError> {
+    let size = spec_bytes(spec);
+    if u64::try_from(size).unwrap_or(u64::MAX) > config.max_spec_bytes.0 {
+        return Err(invalid(
+            "spec",
+            format!(
+                "{size} bytes of strings is more than this host's limit of {} ([jobs] max_spec_bytes)",
+                config.max_spec_bytes.0
+            ),
+        ));
+    }
     check_job_id(&spec.job_id)?;
 
     if spec.image.is_empty() {
@@ -290,8 +359,8 @@ pub fn validate(
         return Err(invalid(
             "image",
             format!(
-                "{:?} is a host path; jobs run only from imported images (ImportImage)",
-                spec.image
+                "{} is a host path; jobs run only from imported images (ImportImage)",
+                quote(&spec.image)
             ),
         ));
     }
@@ -301,7 +370,7 @@ pub fn validate(
         .ok_or_else(|| {
             invalid(
                 "image",
-                format!("unknown image {:?} (import it first)", spec.image),
+                format!("unknown image {} (import it first)", quote(&spec.image)),
             )
         })?;
 
@@ -361,17 +430,29 @@ pub fn validate(
             return Err(invalid(field, format!("{rule}, got {value}")));
         }
     }
+    if r.pids > pid_max {
+        return Err(invalid(
+            "resources.pids",
+            format!("{} is more than this host's pid_max of {pid_max}", r.pids),
+        ));
+    }
     let mut gpu_ids: Vec<String> = Vec::new();
     for (i, name) in r.gpus.iter().enumerate() {
         let field = format!("resources.gpus[{i}]");
         let id = resolve_gpu(name, gpus).ok_or_else(|| {
             invalid(
                 &field,
-                format!("unknown GPU {name:?} (not a UUID or PCI bus id of this host)"),
+                format!(
+                    "unknown GPU {} (not a UUID or PCI bus id of this host)",
+                    quote(name)
+                ),
             )
         })?;
         if gpu_ids.contains(&id) {
-            return Err(invalid(field, format!("GPU {name:?} is named twice")));
+            return Err(invalid(
+                field,
+                format!("GPU {} is named twice", quote(name)),
+            ));
         }
         gpu_ids.push(id);
     }
@@ -398,7 +479,7 @@ pub fn validate(
         if key.is_empty() || key.len() > 63 {
             return Err(invalid(
                 "labels",
-                format!("key {key:?} must be 1 to 63 characters"),
+                format!("key {} must be 1 to 63 characters", quote(key)),
             ));
         }
         no_nul("labels", key)?;
@@ -496,7 +577,13 @@ mod tests {
     }
 
     fn field_of(spec: &JobSpec) -> String {
-        match validate(spec, &OneImage, &gpus(), &JobsConfig::default()) {
+        match validate(
+            spec,
+            &OneImage,
+            &gpus(),
+            PID_MAX_LIMIT,
+            &JobsConfig::default(),
+        ) {
             Err(JobError::InvalidArgument { field, .. }) => field,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
@@ -504,7 +591,14 @@ mod tests {
 
     #[test]
     fn good_spec_resolves_process_from_the_image() {
-        let job = validate(&good(), &OneImage, &gpus(), &JobsConfig::default()).unwrap();
+        let job = validate(
+            &good(),
+            &OneImage,
+            &gpus(),
+            PID_MAX_LIMIT,
+            &JobsConfig::default(),
+        )
+        .unwrap();
         assert_eq!(job.args, ["/bin/sh"]);
         assert_eq!(job.cwd, "/");
         assert_eq!(job.env, ["PATH=/bin", "A=1"]);
@@ -513,7 +607,14 @@ mod tests {
         spec.command = vec!["sleep".into()];
         spec.env = vec!["A=2".into()];
         spec.resources.gpus = vec!["gpu-ABC".into()];
-        let job = validate(&spec, &OneImage, &gpus(), &JobsConfig::default()).unwrap();
+        let job = validate(
+            &spec,
+            &OneImage,
+            &gpus(),
+            PID_MAX_LIMIT,
+            &JobsConfig::default(),
+        )
+        .unwrap();
         assert_eq!(
             job.args,
             ["sleep"],

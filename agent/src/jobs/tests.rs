@@ -288,6 +288,73 @@ fn ended_jobs_are_forgotten_after_their_retention_and_the_id_may_come_back() {
 }
 
 #[test]
+fn ended_jobs_past_max_retained_jobs_are_forgotten_oldest_first_in_memory_and_on_disk() {
+    let mut rig = Rig::new();
+    rig.config.max_retained_jobs = 2;
+    let jobs = rig.open();
+    for id in ["e1", "e2", "e3"] {
+        jobs.start(&spec(id)).unwrap();
+        rig.fake.exit(id, 0);
+        wait_until(&jobs, id, ended);
+        // Distinct end times, so "oldest" is well defined.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    jobs.start(&spec("active")).unwrap();
+    let finished = jobs.get("e3").unwrap().record.finished_at_millis.unwrap();
+    // Well within the retention: only the cap forgets.
+    jobs.forget_expired(finished + 1);
+    assert!(matches!(jobs.get("e1"), Err(JobError::NotFound(_))));
+    assert!(!jobs.job_dir("e1").exists());
+    for id in ["e2", "e3", "active"] {
+        assert!(jobs.get(id).is_ok(), "{id} kept");
+    }
+    // Gone from the store too: a restarted agent does not bring it back.
+    drop(jobs);
+    let jobs = rig.open();
+    assert!(jobs.get("e1").is_err());
+    assert_eq!(jobs.list(false).len(), 3);
+}
+
+#[test]
+fn pids_above_the_hosts_pid_max_are_refused_at_admission() {
+    let rig = Rig::new();
+    let kernel = rig.dir.path().join("host/proc/sys/kernel");
+    std::fs::create_dir_all(&kernel).unwrap();
+    std::fs::write(kernel.join("pid_max"), "32768\n").unwrap();
+    let jobs = rig.open();
+    let mut big = spec("many-pids");
+    big.resources.pids = 32_769;
+    match jobs.start(&big) {
+        Err(JobError::InvalidArgument { field, message }) => {
+            assert_eq!(field, "resources.pids");
+            assert!(message.contains("32768"), "{message}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    // Refused before anything was recorded: the id is free.
+    assert!(matches!(jobs.get("many-pids"), Err(JobError::NotFound(_))));
+    big.resources.pids = 32_768;
+    jobs.start(&big).unwrap();
+}
+
+#[test]
+fn a_spec_past_max_spec_bytes_is_refused_naming_the_limit_and_not_kept() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    let mut big = spec("big-spec");
+    big.env = vec![format!("BLOB={}", "x".repeat(70 * 1024))];
+    match jobs.start(&big) {
+        Err(JobError::InvalidArgument { field, message }) => {
+            assert_eq!(field, "spec");
+            assert!(message.contains("max_spec_bytes"), "{message}");
+            assert!(message.len() < 200, "{message}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    assert!(jobs.get("big-spec").is_err());
+}
+
+#[test]
 fn a_start_the_runtime_refuses_is_recorded_as_failed() {
     let rig = Rig::new();
     let jobs = rig.open();

@@ -815,7 +815,10 @@ async fn same_job_id_started_twice_runs_once() {
     assert_eq!(h.containers(), std::slice::from_ref(&id));
     let jobs = h
         .client
-        .list_jobs(pb::ListJobsRequest { active_only: true })
+        .list_jobs(pb::ListJobsRequest {
+            active_only: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

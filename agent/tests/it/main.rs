@@ -8,6 +8,7 @@
 mod architecture;
 mod attest;
 mod bench;
+mod bounds;
 mod certs;
 mod config_docs;
 mod daemon;
