@@ -17,5 +17,6 @@ mod image;
 mod inventory;
 mod jobs;
 mod metrics;
+mod security;
 mod shims;
 mod support;
