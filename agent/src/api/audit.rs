@@ -269,7 +269,9 @@ impl http_body::Body for AuditBody {
                 let (code, message) = (status.code(), status.message().to_owned());
                 self.pending.finish(code, &message);
             }
-            Poll::Ready(None) => self.pending.finish(Code::Unknown, "body ended without trailers"),
+            Poll::Ready(None) => self
+                .pending
+                .finish(Code::Unknown, "body ended without trailers"),
             Poll::Pending => {}
         }
         polled

@@ -142,8 +142,9 @@ impl Rpc {
     pub fn changes_state(self) -> bool {
         use Rpc::*;
         match self {
-            RunBenchmarks | ActivateCredential | StartJob | StopJob | ImportImage
-            | RemoveImage => true,
+            RunBenchmarks | ActivateCredential | StartJob | StopJob | ImportImage | RemoveImage => {
+                true
+            }
             GetInventory | GetBenchmarks | GetCapacity | WatchCapacity | WatchHostTelemetry
             | GetAttestation | GetEnrollment | GetJob | ListJobs | WatchJob | JobLogs => false,
         }

@@ -205,7 +205,10 @@ impl ListenerStats {
     /// Counts `outcome` and logs it unless it was logged less than [`LOG_EVERY`] ago.
     fn record(&self, outcome: Outcome, peer: SocketAddr) {
         self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        if matches!(outcome, Outcome::HandshakeFailed | Outcome::HandshakeTimeout) {
+        if matches!(
+            outcome,
+            Outcome::HandshakeFailed | Outcome::HandshakeTimeout
+        ) {
             // Audit events instead, one per handshake.
             return;
         }
@@ -338,7 +341,11 @@ impl Slot {
         let Some(id) = self.pending else {
             return true;
         };
-        let mut state = self.stats.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self
+            .stats
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if state.pending.remove(&id).is_none() {
             return false;
         }
@@ -352,7 +359,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut state = self.stats.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self
+            .stats
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match self.pending {
             // Evicted: the eviction freed the slot already.
             Some(id) if state.pending.remove(&id).is_none() => {}

@@ -329,8 +329,8 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerTls
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let chain: Vec<CertificateDer<'static>> =
         pem_items(&files.cert, &read_file(&files.cert)?, "certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(&read_file(&files.key)?).map_err(|source| {
-        match source {
+    let key =
+        PrivateKeyDer::from_pem_slice(&read_file(&files.key)?).map_err(|source| match source {
             rustls::pki_types::pem::Error::NoItemsFound => ServerTlsError::Empty {
                 path: files.key.clone(),
                 what: "private key",
@@ -339,11 +339,13 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerTls
                 path: files.key.clone(),
                 source,
             },
-        }
-    })?;
+        })?;
     let mut roots = rustls::RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> =
-        pem_items(&files.client_ca, &read_file(&files.client_ca)?, "certificate")?;
+    let cas: Vec<CertificateDer<'static>> = pem_items(
+        &files.client_ca,
+        &read_file(&files.client_ca)?,
+        "certificate",
+    )?;
     for ca in cas {
         roots.add(ca).map_err(ServerTlsError::Config)?;
     }
@@ -354,9 +356,7 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerTls
     if let Some(crl) = &files.crl {
         let crls: Vec<CertificateRevocationListDer<'static>> =
             pem_items(crl, &read_file(crl)?, "CRL")?;
-        verifier = verifier
-            .with_crls(crls)
-            .only_check_end_entity_revocation();
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
     }
     let verifier = verifier.build().map_err(ServerTlsError::Verifier)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -408,7 +408,10 @@ impl ServerTls {
     /// Reloads since start: (succeeded, failed).
     pub fn reload_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.reloads_ok.load(Relaxed), self.reloads_failed.load(Relaxed))
+        (
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed),
+        )
     }
 
     /// The configuration for the next handshake.

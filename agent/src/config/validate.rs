@@ -70,9 +70,21 @@ impl Config {
         );
         for (key, value, range) in [
             ("api.max_connections", api.max_connections, 1..=1_000_000),
-            ("api.max_connections_per_peer", api.max_connections_per_peer, 1..=1_000_000),
-            ("api.max_pending_handshakes", api.max_pending_handshakes, 1..=1_000_000),
-            ("api.max_pending_handshakes_per_peer", api.max_pending_handshakes_per_peer, 1..=1_000_000),
+            (
+                "api.max_connections_per_peer",
+                api.max_connections_per_peer,
+                1..=1_000_000,
+            ),
+            (
+                "api.max_pending_handshakes",
+                api.max_pending_handshakes,
+                1..=1_000_000,
+            ),
+            (
+                "api.max_pending_handshakes_per_peer",
+                api.max_pending_handshakes_per_peer,
+                1..=1_000_000,
+            ),
             ("api.fd_reserve", api.fd_reserve, 64..=1_000_000),
         ] {
             check(
@@ -89,7 +101,10 @@ impl Config {
         check(
             api.tls_reload_interval_millis == 0 || api.tls_reload_interval_millis >= 100,
             "api.tls_reload_interval_millis",
-            format!("{} is neither 0 nor at least 100", api.tls_reload_interval_millis),
+            format!(
+                "{} is neither 0 nor at least 100",
+                api.tls_reload_interval_millis
+            ),
         );
         if let Some(crl) = api.crl_file() {
             check(

@@ -304,7 +304,10 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
                 .jobs
                 .clone()
                 .map(|jobs| jobs as Arc<dyn crate::jobs::JobMetricsSource>),
-            connections: Some(connection_source(listener_stats.clone(), server_tls.clone())),
+            connections: Some(connection_source(
+                listener_stats.clone(),
+                server_tls.clone(),
+            )),
         });
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {

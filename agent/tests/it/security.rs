@@ -196,10 +196,7 @@ async fn connection_flood_leaves_the_admin_socket_and_mtls_clients_served() {
     for _ in 0..5 {
         let start = Instant::now();
         let mut admin = crate::support::unix_client(&socket).await;
-        admin
-            .get_capacity(pb::GetCapacityRequest {})
-            .await
-            .unwrap();
+        admin.get_capacity(pb::GetCapacityRequest {}).await.unwrap();
         took.push(start.elapsed());
     }
     took.sort();
@@ -426,7 +423,10 @@ async fn a_rotated_server_certificate_is_served_while_an_open_stream_continues()
         .await
         .is_err());
     let text = harness.metrics().await;
-    assert!(metric(&text, "fog_api_tls_reloads_total{result=\"ok\"}") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "fog_api_tls_reloads_total{result=\"ok\"}") >= 1.0,
+        "{text}"
+    );
 }
 
 /// The serial of a PEM certificate as audit events write it.
@@ -569,7 +569,10 @@ async fn audit_events_name_caller_and_outcome_in_the_daemon_log() {
     assert_eq!(remove["code"], "PermissionDenied", "{remove}");
     assert_eq!(remove["door"], "mtls");
     assert!(
-        remove["subject"].as_str().unwrap().contains("CN=fog market"),
+        remove["subject"]
+            .as_str()
+            .unwrap()
+            .contains("CN=fog market"),
         "{remove}"
     );
     assert_eq!(remove["serial"], serial(market_pair).as_str(), "{remove}");
@@ -581,7 +584,10 @@ async fn audit_events_name_caller_and_outcome_in_the_daemon_log() {
     assert_eq!(stopped.len(), 1, "{text}");
     assert_eq!(stopped[0]["code"], format!("{:?}", stop.code()).as_str());
     assert_eq!(find("GetCapacity", "auditor").len(), 1, "{text}");
-    assert_eq!(find("GetCapacity", "auditor")[0]["code"], "PermissionDenied");
+    assert_eq!(
+        find("GetCapacity", "auditor")[0]["code"],
+        "PermissionDenied"
+    );
     // Allowed reads are no audit events.
     assert!(find("GetCapacity", "market").is_empty(), "{text}");
     let local = find("StopJob", "admin");
