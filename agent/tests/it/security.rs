@@ -491,9 +491,14 @@ async fn audit_events_name_caller_and_outcome_in_the_daemon_log() {
         log,
     };
     let socket = d.join("run/agent.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !socket.exists() {
-        assert!(Instant::now() < deadline, "fog-agent serve did not listen");
+        let exited = served.child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "fog-agent serve did not listen (exit: {exited:?}); its log:\n{}",
+            std::fs::read_to_string(&served.log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let connect = |identity: Option<&PemPair>| {
