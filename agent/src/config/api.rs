@@ -150,3 +150,33 @@ impl MetricsConfig {
             .then_some((self.tls_cert.as_path(), self.tls_key.as_path()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    #[test]
+    fn connection_limits_and_crl_are_checked_by_key() {
+        let mut config = Config::default();
+        config.api.max_connections = 0;
+        config.api.max_pending_handshakes_per_peer = 0;
+        config.api.fd_reserve = 10;
+        config.api.handshake_timeout_millis = 5;
+        config.api.tls_reload_interval_millis = 50;
+        config.api.crl_file = "relative/crl.pem".into();
+        let keys: Vec<&str> = config.problems().iter().map(|p| p.key).collect();
+        for key in [
+            "api.max_connections",
+            "api.max_pending_handshakes_per_peer",
+            "api.fd_reserve",
+            "api.handshake_timeout_millis",
+            "api.tls_reload_interval_millis",
+            "api.crl_file",
+        ] {
+            assert!(keys.contains(&key), "{key} not in {keys:?}");
+        }
+        assert!(Config::default().problems().is_empty());
+        assert_eq!(Config::default().api.crl_file(), None);
+        assert!(Config::default().api.tls_reload_interval().is_some());
+    }
+}
