@@ -363,9 +363,19 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         tcp_addrs.push(local);
     }
     if let Some(server_tls) = &server_tls {
+        // Registered before `start` returns, so a SIGHUP from then on reloads (and never
+        // takes the default action, which ends the process).
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGHUP; TLS files reload only when they change");
+                None
+            }
+        };
         tokio::spawn(reload_tls(
             server_tls.clone(),
             config.api.tls_reload_interval(),
+            hangup,
             shutdown_tx.subscribe(),
         ));
     }
@@ -466,16 +476,9 @@ fn connection_source(
 async fn reload_tls(
     server_tls: Arc<tls::ServerTls>,
     interval: Option<Duration>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
     shutdown: watch::Receiver<bool>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch SIGHUP; TLS files reload only when they change");
-            None
-        }
-    };
     let mut ticker = interval.map(|every| {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -614,3 +614,39 @@ async fn audit_events_name_caller_and_outcome_in_the_daemon_log() {
         .unwrap()
         .starts_with("127.0.0.1:"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_files() {
+    // No polling: only the signal reloads.
+    let harness = Daemon::start(|c, _, _| c.api.tls_reload_interval_millis = 0).await;
+    let other = DevCerts::generate().unwrap();
+    let client_cert = harness.certs.client(Role::Market).clone();
+    let certs_dir = harness.dir.path().join("certs");
+    replace(&certs_dir.join("server.pem"), &other.server.cert_pem);
+    replace(&certs_dir.join("server.key"), &other.server.key_pem);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        harness
+            .connect(&other.ca.cert_pem, &client_cert, None)
+            .await
+            .is_err(),
+        "reloaded without a signal"
+    );
+    // SAFETY: raise(2) has no memory-safety preconditions; every daemon of this process has
+    // a SIGHUP handler (registered in `daemon::start`), so the signal only reloads.
+    assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match harness
+            .connect(&other.ca.cert_pem, &client_cert, None)
+            .await
+        {
+            Ok(_) => break,
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "not reloaded within 10 s of SIGHUP: {err:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
