@@ -114,6 +114,41 @@ impl Rpc {
         Rpc::ImportImage,
         Rpc::RemoveImage,
     ];
+
+    /// The method name on the wire (`StartJob`).
+    pub fn method(self) -> &'static str {
+        match self {
+            Rpc::GetInventory => "GetInventory",
+            Rpc::GetBenchmarks => "GetBenchmarks",
+            Rpc::RunBenchmarks => "RunBenchmarks",
+            Rpc::GetCapacity => "GetCapacity",
+            Rpc::WatchCapacity => "WatchCapacity",
+            Rpc::WatchHostTelemetry => "WatchHostTelemetry",
+            Rpc::GetAttestation => "GetAttestation",
+            Rpc::GetEnrollment => "GetEnrollment",
+            Rpc::ActivateCredential => "ActivateCredential",
+            Rpc::StartJob => "StartJob",
+            Rpc::StopJob => "StopJob",
+            Rpc::GetJob => "GetJob",
+            Rpc::ListJobs => "ListJobs",
+            Rpc::WatchJob => "WatchJob",
+            Rpc::JobLogs => "JobLogs",
+            Rpc::ImportImage => "ImportImage",
+            Rpc::RemoveImage => "RemoveImage",
+        }
+    }
+
+    /// Whether the RPC changes the host's state (every call is an audit event).
+    pub fn changes_state(self) -> bool {
+        use Rpc::*;
+        match self {
+            RunBenchmarks | ActivateCredential | StartJob | StopJob | ImportImage | RemoveImage => {
+                true
+            }
+            GetInventory | GetBenchmarks | GetCapacity | WatchCapacity | WatchHostTelemetry
+            | GetAttestation | GetEnrollment | GetJob | ListJobs | WatchJob | JobLogs => false,
+        }
+    }
 }
 
 /// The role table: whether `role` may call `rpc`.

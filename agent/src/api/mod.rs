@@ -7,17 +7,22 @@
 //! - [`error`]: [`ApiError`], the one error type of the handlers, and its one conversion to a
 //!   gRPC status.
 //! - [`auth`]: roles, the per-RPC role table, the role from a client certificate.
-//! - [`tls`]: development certificates and the server's TLS configuration.
+//! - [`tls`]: development certificates and the server's TLS configuration (reloaded when its
+//!   files change).
+//! - [`listener`]: the TCP listeners' connection and handshake limits.
+//! - [`audit`]: the audit trail of state-changing and denied calls and failed handshakes.
 //! - [`routes`]: what a listener serves (the agent service, health checking, reflection).
 //!
 //! Lower layers never see proto types; the daemon builds a [`Shared`] and serves
 //! [`AgentService`]s over it.
 
+pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod job_convert;
 pub mod job_service;
+pub mod listener;
 pub mod routes;
 pub mod service;
 pub mod tls;

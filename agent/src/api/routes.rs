@@ -1,4 +1,5 @@
-//! What a listener serves: the agent service for one [`Door`], standard health checking and
+//! What a listener serves: the agent service for one [`Door`] (with its audit trail,
+//! [`super::audit`]), standard health checking and
 //! server reflection (v1 and v1alpha) over the agent's and the health service's descriptors.
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub fn routes(
     let agent = AgentServer::new(AgentService::new(shared, door))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
+    let agent = super::audit::Audited::new(agent, door);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fog_proto::FILE_DESCRIPTOR_SET)

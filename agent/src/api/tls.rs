@@ -14,6 +14,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 use super::auth::Role;
+use tokio_rustls::rustls;
 
 /// How long development certificates are valid.
 const DEV_VALIDITY_DAYS: i64 = 825;
@@ -245,24 +246,225 @@ pub fn pem_to_der(pem_text: &str) -> Result<Vec<u8>, TlsError> {
     Ok(pem.contents)
 }
 
-/// The server side of mutual TLS from the files `[api]` names: client certificates are
-/// required and must chain to `client_ca`.
-pub fn server_tls_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-) -> Result<tonic::transport::ServerTlsConfig, TlsError> {
-    let cert_pem = read_file(cert)?;
-    let key_pem = read_file(key)?;
-    let ca_pem = read_file(client_ca)?;
-    for (path, pem) in [(cert, &cert_pem), (client_ca, &ca_pem)] {
-        let text = String::from_utf8_lossy(pem);
-        pem_to_der(&text).map_err(|_| TlsError::NoCertificate(path.display().to_string()))?;
+/// The files the server side of mutual TLS is built from (`[api]` `tls_cert`, `tls_key`,
+/// `client_ca`, `crl_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server certificate's private key (PEM).
+    pub key: PathBuf,
+    /// The CA client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+    /// Certificate revocation list (PEM), if any.
+    pub crl: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [&self.cert, &self.key, &self.client_ca]
+            .into_iter()
+            .map(PathBuf::as_path)
+            .chain(self.crl.as_deref())
     }
-    Ok(tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem))
-        .client_ca_root(tonic::transport::Certificate::from_pem(ca_pem))
-        .client_auth_optional(false))
+}
+
+/// Why a server TLS configuration could not be built from its files.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] TlsError),
+    /// A PEM file held nothing usable of what it should.
+    #[error("{path} holds no PEM {what}")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// `certificate`, `private key`, `CRL`.
+        what: &'static str,
+    },
+    /// A PEM file is malformed.
+    #[error("{path} is not valid PEM")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's reason.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the client CA or the CRL.
+    #[error("cannot build the client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// rustls refused the certificate, the key or the protocol versions.
+    #[error("cannot build the TLS server configuration")]
+    Config(#[source] rustls::Error),
+}
+
+fn pem_items<T: rustls::pki_types::pem::PemObject>(
+    path: &Path,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<Vec<T>, ServerTlsError> {
+    let items = T::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ServerTlsError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
+    if items.is_empty() {
+        return Err(ServerTlsError::Empty {
+            path: path.to_owned(),
+            what,
+        });
+    }
+    Ok(items)
+}
+
+/// The server side of mutual TLS from `files`: client certificates are required, must chain to
+/// the client CA and must not be revoked by the CRL (end-entity certificates; a CRL past its
+/// next update is still used); TLS 1.2 and 1.3; ALPN `h2`.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        pem_items(&files.cert, &read_file(&files.cert)?, "certificate")?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&read_file(&files.key)?).map_err(|source| match source {
+            rustls::pki_types::pem::Error::NoItemsFound => ServerTlsError::Empty {
+                path: files.key.clone(),
+                what: "private key",
+            },
+            source => ServerTlsError::Pem {
+                path: files.key.clone(),
+                source,
+            },
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = pem_items(
+        &files.client_ca,
+        &read_file(&files.client_ca)?,
+        "certificate",
+    )?;
+    for ca in cas {
+        roots.add(ca).map_err(ServerTlsError::Config)?;
+    }
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    );
+    if let Some(crl) = &files.crl {
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            pem_items(crl, &read_file(crl)?, "CRL")?;
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier.build().map_err(ServerTlsError::Verifier)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(ServerTlsError::Config)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(ServerTlsError::Config)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// What identifies a file's content without reading it: inode, size, modification time
+/// (a replaced or rewritten file changes at least one).
+type FileStamp = Option<(u64, u64, std::time::SystemTime)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.len(), meta.modified().ok()?))
+}
+
+/// The server's TLS configuration, swapped as a whole when its files change: each new
+/// connection's handshake uses [`ServerTls::current`]; connections already open keep the
+/// configuration they were accepted with, so reloading never drops a stream.
+#[derive(Debug)]
+pub struct ServerTls {
+    files: TlsFiles,
+    current: std::sync::RwLock<std::sync::Arc<rustls::ServerConfig>>,
+    stamps: std::sync::Mutex<Vec<FileStamp>>,
+    reloads_ok: std::sync::atomic::AtomicU64,
+    reloads_failed: std::sync::atomic::AtomicU64,
+}
+
+impl ServerTls {
+    /// Loads the files; an error here fails the start.
+    pub fn load(files: TlsFiles) -> Result<Self, ServerTlsError> {
+        let stamps = files.paths().map(stamp).collect();
+        let config = server_config(&files)?;
+        Ok(Self {
+            files,
+            current: std::sync::RwLock::new(std::sync::Arc::new(config)),
+            stamps: std::sync::Mutex::new(stamps),
+            reloads_ok: Default::default(),
+            reloads_failed: Default::default(),
+        })
+    }
+
+    /// Reloads since start: (succeeded, failed).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed),
+        )
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Builds the configuration from the files again and swaps it in; on error the previous
+    /// one stays in use.
+    pub fn reload(&self) -> Result<(), ServerTlsError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stamps: Vec<FileStamp> = self.files.paths().map(stamp).collect();
+        let config = match server_config(&self.files) {
+            Ok(config) => config,
+            Err(err) => {
+                self.reloads_failed.fetch_add(1, Relaxed);
+                // Tried again at the next change check, not at every one.
+                *self
+                    .stamps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = stamps;
+                return Err(err);
+            }
+        };
+        self.reloads_ok.fetch_add(1, Relaxed);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(config);
+        *self
+            .stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stamps;
+        Ok(())
+    }
+
+    /// Reloads when a file's inode, size or modification time changed since the last load;
+    /// returns whether it reloaded. A failed reload is tried again when a file changes again.
+    pub fn reload_if_changed(&self) -> Result<bool, ServerTlsError> {
+        let now: Vec<FileStamp> = self.files.paths().map(stamp).collect();
+        let changed = *self
+            .stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            != now;
+        if changed {
+            self.reload()?;
+        }
+        Ok(changed)
+    }
 }
 
 #[cfg(test)]

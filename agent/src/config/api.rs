@@ -32,6 +32,22 @@ pub struct ApiConfig {
     pub request_timeout_millis: u64,
     /// On SIGTERM/SIGINT: how long open streams may take to end before the agent exits anyway.
     pub shutdown_grace_millis: u64,
+    /// Certificate revocation list (PEM) checked on every mutual-TLS handshake; empty = none.
+    pub crl_file: PathBuf,
+    /// How often the TLS files are checked for changes (and reloaded); 0 = only on SIGHUP.
+    pub tls_reload_interval_millis: u64,
+    /// Connections per TCP listener (handshaking and established), before the fd budget caps it.
+    pub max_connections: u32,
+    /// Connections per TCP listener from one peer IP address.
+    pub max_connections_per_peer: u32,
+    /// Unfinished TLS handshakes per TCP listener; a new connection beyond it closes the oldest.
+    pub max_pending_handshakes: u32,
+    /// Unfinished TLS handshakes per TCP listener from one peer IP address.
+    pub max_pending_handshakes_per_peer: u32,
+    /// Time limit of a TLS handshake.
+    pub handshake_timeout_millis: u64,
+    /// File descriptors kept for the agent's own files; connections share the rest.
+    pub fd_reserve: u32,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +63,14 @@ impl Default for ApiConfig {
             max_concurrent_streams: 256,
             request_timeout_millis: 30_000,
             shutdown_grace_millis: 5_000,
+            crl_file: PathBuf::new(),
+            tls_reload_interval_millis: 5_000,
+            max_connections: 4096,
+            max_connections_per_peer: 256,
+            max_pending_handshakes: 256,
+            max_pending_handshakes_per_peer: 32,
+            handshake_timeout_millis: 10_000,
+            fd_reserve: 1024,
         }
     }
 }
@@ -60,6 +84,22 @@ impl ApiConfig {
     /// [`Self::shutdown_grace_millis`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_millis)
+    }
+
+    /// [`Self::handshake_timeout_millis`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_millis)
+    }
+
+    /// [`Self::tls_reload_interval_millis`] as a duration; None = reload only on SIGHUP.
+    pub fn tls_reload_interval(&self) -> Option<Duration> {
+        (self.tls_reload_interval_millis > 0)
+            .then(|| Duration::from_millis(self.tls_reload_interval_millis))
+    }
+
+    /// The CRL path, unless disabled with an empty path.
+    pub fn crl_file(&self) -> Option<&Path> {
+        (!self.crl_file.as_os_str().is_empty()).then_some(self.crl_file.as_path())
     }
 
     /// The unix socket path, unless disabled with an empty path.
@@ -108,5 +148,35 @@ impl MetricsConfig {
     pub fn tls(&self) -> Option<(&Path, &Path)> {
         (!self.tls_cert.as_os_str().is_empty() && !self.tls_key.as_os_str().is_empty())
             .then_some((self.tls_cert.as_path(), self.tls_key.as_path()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    #[test]
+    fn connection_limits_and_crl_are_checked_by_key() {
+        let mut config = Config::default();
+        config.api.max_connections = 0;
+        config.api.max_pending_handshakes_per_peer = 0;
+        config.api.fd_reserve = 10;
+        config.api.handshake_timeout_millis = 5;
+        config.api.tls_reload_interval_millis = 50;
+        config.api.crl_file = "relative/crl.pem".into();
+        let keys: Vec<&str> = config.problems().iter().map(|p| p.key).collect();
+        for key in [
+            "api.max_connections",
+            "api.max_pending_handshakes_per_peer",
+            "api.fd_reserve",
+            "api.handshake_timeout_millis",
+            "api.tls_reload_interval_millis",
+            "api.crl_file",
+        ] {
+            assert!(keys.contains(&key), "{key} not in {keys:?}");
+        }
+        assert!(Config::default().problems().is_empty());
+        assert_eq!(Config::default().api.crl_file(), None);
+        assert!(Config::default().api.tls_reload_interval().is_some());
     }
 }

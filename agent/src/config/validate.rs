@@ -68,6 +68,51 @@ impl Config {
             "api.shutdown_grace_millis",
             format!("{} is more than 600000", api.shutdown_grace_millis),
         );
+        for (key, value, range) in [
+            ("api.max_connections", api.max_connections, 1..=1_000_000),
+            (
+                "api.max_connections_per_peer",
+                api.max_connections_per_peer,
+                1..=1_000_000,
+            ),
+            (
+                "api.max_pending_handshakes",
+                api.max_pending_handshakes,
+                1..=1_000_000,
+            ),
+            (
+                "api.max_pending_handshakes_per_peer",
+                api.max_pending_handshakes_per_peer,
+                1..=1_000_000,
+            ),
+            ("api.fd_reserve", api.fd_reserve, 64..=1_000_000),
+        ] {
+            check(
+                range.contains(&value),
+                key,
+                format!("{value} is outside {} to {}", range.start(), range.end()),
+            );
+        }
+        check(
+            (100..=600_000).contains(&api.handshake_timeout_millis),
+            "api.handshake_timeout_millis",
+            format!("{} is outside 100 to 600000", api.handshake_timeout_millis),
+        );
+        check(
+            api.tls_reload_interval_millis == 0 || api.tls_reload_interval_millis >= 100,
+            "api.tls_reload_interval_millis",
+            format!(
+                "{} is neither 0 nor at least 100",
+                api.tls_reload_interval_millis
+            ),
+        );
+        if let Some(crl) = api.crl_file() {
+            check(
+                crl.is_absolute(),
+                "api.crl_file",
+                format!("must be an absolute path, not {}", crl.display()),
+            );
+        }
         check(
             self.state.dir.is_absolute(),
             "state.dir",

@@ -17,10 +17,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::api::{tls, Door, Shared};
+use crate::api::{listener, tls, Door, Shared};
 use crate::attest::{AttestationStats, Attestor, RecordingAttestor, TpmAttestor};
 use crate::bench::{BenchmarkBackend, SuiteBackend};
 use crate::capacity::{CapacityLedger, Totals};
@@ -36,8 +35,6 @@ use crate::telemetry::{GpuList, SystemCollector, TelemetryHub};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a keepalive ping may go unanswered.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Time limit of a TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +45,9 @@ pub enum DaemonError {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// tonic rejected the TLS configuration.
-    #[error("cannot configure TLS")]
-    TlsConfig(#[source] tonic::transport::Error),
+    /// The server's TLS configuration could not be built from its files.
+    #[error(transparent)]
+    ServerTls(#[from] tls::ServerTlsError),
     /// A listener could not be bound.
     #[error("cannot listen on {what}")]
     Bind {
@@ -335,6 +332,31 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
             .map_err(DaemonError::Reflection)
     };
 
+    // The TLS files and the TCP listeners before anything serves: a bad file or an address in
+    // use fails the start.
+    let server_tls = if config.api.listen.is_empty() || config.api.insecure_loopback {
+        None
+    } else {
+        Some(Arc::new(tls::ServerTls::load(tls::TlsFiles {
+            cert: config.api.tls_cert.clone(),
+            key: config.api.tls_key.clone(),
+            client_ca: config.api.client_ca.clone(),
+            crl: config.api.crl_file().map(Path::to_owned),
+        })?))
+    };
+    let limits = connection_limits(config);
+    let mut tcp_listeners = Vec::new();
+    for addr in &config.api.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: addr.to_string(),
+                source,
+            })?;
+        tcp_listeners.push((*addr, listener));
+    }
+    let listener_stats: ListenerStatsList = Arc::default();
+
     // First, so a metrics address in use fails the start before any gRPC listener runs.
     let metrics = if config.metrics.enabled {
         let sources = crate::metrics::Sources::new(crate::metrics::Handles {
@@ -347,6 +369,10 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
                 .jobs
                 .clone()
                 .map(|jobs| jobs as Arc<dyn crate::jobs::JobMetricsSource>),
+            connections: Some(connection_source(
+                listener_stats.clone(),
+                server_tls.clone(),
+            )),
         });
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {
@@ -355,43 +381,68 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
 
     let mut servers = Vec::new();
     let mut tcp_addrs = Vec::new();
-    for addr in &config.api.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Bind {
-                what: addr.to_string(),
-                source,
-            })?;
+    for (addr, listener) in tcp_listeners {
         let local = listener.local_addr().map_err(|source| DaemonError::Bind {
             what: addr.to_string(),
             source,
         })?;
         let mut builder = server_builder(config);
-        let door = if config.api.insecure_loopback {
-            tracing::warn!(
-                addr = %local,
-                "INSECURE: plaintext gRPC without client authentication on loopback; \
-                 every local process is admin (api.insecure_loopback = true, development only)"
-            );
-            Door::LocalAdmin
-        } else {
-            let tls = tls::server_tls_config(
-                &config.api.tls_cert,
-                &config.api.tls_key,
-                &config.api.client_ca,
-            )?
-            .timeout(TLS_HANDSHAKE_TIMEOUT);
-            builder = builder.tls_config(tls).map_err(DaemonError::TlsConfig)?;
-            Door::Mtls
-        };
-        let router = builder.add_routes(routes(door)?);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let shutdown = shutdown_tx.subscribe();
         let signal = crate::api::shutting_down(shutdown_tx.subscribe());
-        servers.push(tokio::spawn(async move {
-            router.serve_with_incoming_shutdown(incoming, signal).await
-        }));
+        let bind_err = |source| DaemonError::Bind {
+            what: addr.to_string(),
+            source,
+        };
+        let (door, stats) = match &server_tls {
+            None => {
+                tracing::warn!(
+                    addr = %local,
+                    "INSECURE: plaintext gRPC without client authentication on loopback; \
+                     every local process is admin (api.insecure_loopback = true, development only)"
+                );
+                let (incoming, stats) =
+                    listener::serve(listener, limits, listener::Plaintext, shutdown)
+                        .map_err(bind_err)?;
+                let router = builder.add_routes(routes(Door::LocalAdmin)?);
+                servers.push(tokio::spawn(async move {
+                    router.serve_with_incoming_shutdown(incoming, signal).await
+                }));
+                (Door::LocalAdmin, stats)
+            }
+            Some(server_tls) => {
+                let handshake = listener::TlsHandshake(server_tls.clone());
+                let (incoming, stats) =
+                    listener::serve(listener, limits, handshake, shutdown).map_err(bind_err)?;
+                let router = builder.add_routes(routes(Door::Mtls)?);
+                servers.push(tokio::spawn(async move {
+                    router.serve_with_incoming_shutdown(incoming, signal).await
+                }));
+                (Door::Mtls, stats)
+            }
+        };
+        listener_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(stats);
         tracing::info!(addr = %local, mtls = door == Door::Mtls, "listening");
         tcp_addrs.push(local);
+    }
+    if let Some(server_tls) = &server_tls {
+        // Registered before `start` returns, so a SIGHUP from then on reloads (and never
+        // takes the default action, which ends the process).
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGHUP; TLS files reload only when they change");
+                None
+            }
+        };
+        tokio::spawn(reload_tls(
+            server_tls.clone(),
+            config.api.tls_reload_interval(),
+            hangup,
+            shutdown_tx.subscribe(),
+        ));
     }
 
     let unix_socket = config.api.unix_socket().map(Path::to_owned);
@@ -416,6 +467,115 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         grace: config.api.shutdown_grace(),
         metrics,
     })
+}
+
+/// The TCP listeners' counters, filled as they are bound (the metrics endpoint starts first).
+type ListenerStatsList = Arc<Mutex<Vec<Arc<listener::ListenerStats>>>>;
+
+/// The connection limits of each TCP listener: `[api]`'s, capped so that all listeners
+/// together stay within the open-file limit (raised to its hard limit here) less
+/// `[api] fd_reserve`.
+fn connection_limits(config: &Config) -> listener::Limits {
+    let api = &config.api;
+    let budget = listener::raise_fd_limit(api.fd_reserve);
+    let listeners = u64::try_from(api.listen.len().max(1)).unwrap_or(1);
+    let configured = listener::Limits {
+        max_connections: api.max_connections,
+        max_connections_per_peer: api.max_connections_per_peer,
+        max_pending_handshakes: api.max_pending_handshakes,
+        max_pending_handshakes_per_peer: api.max_pending_handshakes_per_peer,
+        handshake_timeout: api.handshake_timeout(),
+    };
+    let limits = configured.capped(budget.for_connections / listeners);
+    if limits != configured && !api.listen.is_empty() {
+        tracing::warn!(
+            fd_limit = budget.limit,
+            fd_reserve = api.fd_reserve,
+            listeners,
+            max_connections = limits.max_connections,
+            "connection limits lowered to fit the open-file limit"
+        );
+    }
+    tracing::debug!(fd_limit = budget.limit, ?limits, "connection limits");
+    limits
+}
+
+/// What `/metrics` reads of the listeners and the TLS reloads.
+fn connection_source(
+    stats: ListenerStatsList,
+    server_tls: Option<Arc<tls::ServerTls>>,
+) -> crate::metrics::ConnectionSource {
+    Arc::new(move || {
+        let listeners = stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|stats| {
+                let counts = stats.counts();
+                crate::metrics::ListenerConnections {
+                    listener: counts.addr.to_string(),
+                    open: counts.open,
+                    pending: counts.pending,
+                    max_connections: u64::from(counts.limits.max_connections),
+                    closed: counts
+                        .outcomes
+                        .iter()
+                        .map(|(outcome, n)| (outcome.as_str(), *n))
+                        .collect(),
+                }
+            })
+            .collect();
+        let (ok, failed) = server_tls
+            .as_ref()
+            .map_or((0, 0), |tls| tls.reload_counts());
+        crate::metrics::ApiConnections {
+            listeners,
+            tls_reloads_ok: ok,
+            tls_reloads_failed: failed,
+        }
+    })
+}
+
+/// Reloads the TLS files when they change (checked every `interval`) and on SIGHUP, until the
+/// daemon shuts down. A failed reload keeps the previous configuration.
+async fn reload_tls(
+    server_tls: Arc<tls::ServerTls>,
+    interval: Option<Duration>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = interval.map(|every| {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
+    let stop = crate::api::shutting_down(shutdown);
+    tokio::pin!(stop);
+    loop {
+        let forced = tokio::select! {
+            () = &mut stop => return,
+            Some(()) = async { hangup.as_mut()?.recv().await } => true,
+            Some(_) = async { Some(ticker.as_mut()?.tick().await) } => false,
+        };
+        let checked = server_tls.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if forced {
+                checked.reload().map(|()| true)
+            } else {
+                checked.reload_if_changed()
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(true)) => tracing::info!(sighup = forced, "TLS files reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(err)) => tracing::error!(
+                error = %crate::inventory::error_chain(&err),
+                "cannot reload the TLS files; new connections keep the previous ones"
+            ),
+            Err(err) => tracing::error!(error = %err, "TLS reload task failed"),
+        }
+    }
 }
 
 /// The per-listener server settings: stream limit per connection, unary timeout, keepalive.

@@ -6,7 +6,8 @@
 //!   ...) so existing dashboards work; the rest are `fog_*`: GPUs (a failed query is
 //!   `fog_gpu_up 0` with no other series, never zeros that look idle), the GPU->job mapping
 //!   (`fog_gpu_job_info`, instead of a job label on every GPU sample), jobs, capacity,
-//!   benchmark medians, attestation outcomes, and the agent's own health.
+//!   benchmark medians, attestation outcomes, the API listeners' connections and limits, and
+//!   the agent's own health.
 //! - [`process`]: the agent process's own RSS, CPU time and file descriptors.
 //! - [`server`]: the HTTP(S) server (hyper, already in the tree through tonic).
 //!
@@ -61,6 +62,37 @@ pub struct Handles {
     pub attestation: Arc<AttestationStats>,
     /// Jobs (None: the job runner is off).
     pub jobs: Option<Arc<dyn JobMetricsSource>>,
+    /// The API listeners' connection counters (None: not served).
+    pub connections: Option<ConnectionSource>,
+}
+
+/// Reads the API listeners' connection counters.
+pub type ConnectionSource = Arc<dyn Fn() -> ApiConnections + Send + Sync>;
+
+/// The API listeners' connection counters and TLS reloads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApiConnections {
+    /// One entry per TCP listener.
+    pub listeners: Vec<ListenerConnections>,
+    /// TLS configurations reloaded since start.
+    pub tls_reloads_ok: u64,
+    /// TLS reloads that failed (the previous configuration stayed in use).
+    pub tls_reloads_failed: u64,
+}
+
+/// One TCP listener's connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConnections {
+    /// The listener's address.
+    pub listener: String,
+    /// Connections open now (handshaking and established).
+    pub open: u64,
+    /// Unfinished TLS handshakes now.
+    pub pending: u64,
+    /// The connection limit in force.
+    pub max_connections: u64,
+    /// Connections closed by the limits or a failed handshake, by reason, since start.
+    pub closed: Vec<(&'static str, u64)>,
 }
 
 impl std::fmt::Debug for Handles {
@@ -126,6 +158,12 @@ impl Sources {
                 .and_then(|jobs| jobs.state_disk()),
             process: process::read_self(),
             process_start: self.process_start,
+            connections: self
+                .handles
+                .connections
+                .as_ref()
+                .map(|read| read())
+                .unwrap_or_default(),
         }
     }
 
@@ -183,6 +221,8 @@ pub struct Snapshot {
     pub process: Option<process::ProcessStats>,
     /// Process start time, seconds since the epoch.
     pub process_start: Option<f64>,
+    /// The API listeners' connections.
+    pub connections: ApiConnections,
 }
 
 /// The exposition format.

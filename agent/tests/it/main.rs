@@ -20,5 +20,6 @@ mod image_hostile;
 mod inventory;
 mod jobs;
 mod metrics;
+mod security;
 mod shims;
 mod support;

@@ -1,4 +1,5 @@
-//! The agent's own families: TPM attestation outcomes (`fog_attestation_*`), build info, the
+//! The agent's own families: TPM attestation outcomes (`fog_attestation_*`), the API
+//! listeners' connections (`fog_api_*`), build info, the
 //! telemetry hub's subscribers and drops, and the agent process (`process_*`).
 
 use std::fmt;
@@ -43,6 +44,60 @@ pub(super) fn attestation_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Res
         "fog_attestation_last_failure_timestamp_seconds",
         "When the operation last failed (TPM unavailable or error).",
         failure,
+    )
+}
+
+pub(super) fn api_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
+    let c = &s.connections;
+    let mut open = Series::default();
+    let mut pending = Series::default();
+    let mut max = Series::default();
+    let mut closed = Series::default();
+    for listener in &c.listeners {
+        let name = || l1("listener", listener.listener.clone());
+        open.push(name(), listener.open as f64);
+        pending.push(name(), listener.pending as f64);
+        max.push(name(), listener.max_connections as f64);
+        for (reason, n) in &listener.closed {
+            closed.push(
+                vec![
+                    ("listener", listener.listener.clone()),
+                    ("reason", (*reason).into()),
+                ],
+                *n as f64,
+            );
+        }
+    }
+    w.gauge(
+        "fog_api_connections",
+        "Connections open on the TCP listener now (handshaking and established).",
+        open,
+    )?;
+    w.gauge(
+        "fog_api_handshakes_pending",
+        "Unfinished TLS handshakes on the TCP listener now.",
+        pending,
+    )?;
+    w.gauge(
+        "fog_api_connections_limit",
+        "The listener's connection limit in force (api.max_connections, capped by the fd budget).",
+        max,
+    )?;
+    w.counter(
+        "fog_api_connections_closed",
+        "Connections closed by a limit (peer_limit, listener_limit, evicted), a failed or late handshake, or accept errors, since start.",
+        closed,
+    )?;
+    if c.listeners.is_empty() {
+        return Ok(());
+    }
+    let mut reloads = Series::default();
+    reloads.push(l1("result", "ok"), c.tls_reloads_ok as f64);
+    reloads.push(l1("result", "error"), c.tls_reloads_failed as f64);
+    w.counter(
+        "fog_api_tls_reloads",
+        "TLS configurations reloaded from changed files or on SIGHUP, by result, since start.",
+        reloads,
     )
 }
 

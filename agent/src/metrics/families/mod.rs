@@ -11,7 +11,8 @@
 //! - `gpu`: `fog_gpu_*` from GPU telemetry and the GPU->job mapping;
 //! - `jobs`: `fog_job_*`, `fog_state_*` (the state filesystem's headroom);
 //! - `capacity`: `fog_capacity_*` and the cached `fog_benchmark_*` results;
-//! - `agent`: attestation outcomes, the agent's build, telemetry hub and process.
+//! - `agent`: attestation outcomes, the API listeners' connections, the agent's build,
+//!   telemetry hub and process.
 
 mod agent;
 mod capacity;
@@ -123,6 +124,7 @@ impl Collector for SnapshotCollector {
         capacity::capacity_families(&mut w, s)?;
         capacity::benchmark_families(&mut w, s)?;
         agent::attestation_families(&mut w, s)?;
+        agent::api_families(&mut w, s)?;
         agent::agent_families(&mut w, s)
     }
 }

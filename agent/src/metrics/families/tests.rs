@@ -132,6 +132,17 @@ fn snapshot() -> Snapshot {
         }),
         process: None,
         process_start: None,
+        connections: crate::metrics::ApiConnections {
+            listeners: vec![crate::metrics::ListenerConnections {
+                listener: "127.0.0.1:7443".into(),
+                open: 3,
+                pending: 1,
+                max_connections: 64,
+                closed: vec![("peer_limit", 5), ("evicted", 2)],
+            }],
+            tls_reloads_ok: 1,
+            tls_reloads_failed: 0,
+        },
     }
 }
 
@@ -171,6 +182,11 @@ fn prometheus_text_has_node_exporter_names_and_values() {
         "fog_state_filesystem_below_floor 1.0",
         "fog_state_slack_bytes 0.0",
         "fog_state_unsaved_job_records 3.0",
+        "fog_api_connections{listener=\"127.0.0.1:7443\"} 3.0",
+        "fog_api_handshakes_pending{listener=\"127.0.0.1:7443\"} 1.0",
+        "fog_api_connections_limit{listener=\"127.0.0.1:7443\"} 64.0",
+        "fog_api_connections_closed_total{listener=\"127.0.0.1:7443\",reason=\"peer_limit\"} 5.0",
+        "fog_api_tls_reloads_total{result=\"ok\"} 1.0",
     ] {
         assert!(l.contains(&want), "missing {want:?} in\n{text}");
     }
