@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use crate::config::CapacityConfig;
 use crate::inventory::Inventory;
 
-/// Amounts of one divisible resource; `free = total - reserved - allocated`, never negative.
+/// Amounts of one divisible resource; `free = total - reserved - allocated - stored`, never
+/// negative.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResourceAmount {
     /// What the host has.
@@ -27,6 +28,8 @@ pub struct ResourceAmount {
     pub allocated: u64,
     /// What can be sold now.
     pub free: u64,
+    /// Taken by what the agent stores itself (disk: the image store's images).
+    pub stored: u64,
 }
 
 impl ResourceAmount {
@@ -39,6 +42,20 @@ impl ResourceAmount {
             reserved,
             allocated,
             free: total.saturating_sub(reserved).saturating_sub(allocated),
+            stored: 0,
+        }
+    }
+
+    /// The same amounts with `stored` taken by the agent's own data (out of `free`).
+    pub fn with_stored(self, stored: u64) -> Self {
+        Self {
+            stored,
+            free: self
+                .total
+                .saturating_sub(self.reserved)
+                .saturating_sub(self.allocated)
+                .saturating_sub(stored),
+            ..self
         }
     }
 }
@@ -260,12 +277,22 @@ pub fn compute(totals: &Totals, reserve: &CapacityConfig, allocations: &Allocati
     }
 }
 
+/// What the ledger computes the capacity from.
+#[derive(Debug, Default)]
+struct Inputs {
+    totals: Totals,
+    allocations: Allocations,
+    /// The state filesystem's note while it is below its floor.
+    state_disk_note: Option<String>,
+    /// Bytes the image store's unpacked images take on the state filesystem.
+    image_bytes: u64,
+}
+
 /// Holds the capacity inputs and publishes every change.
 #[derive(Debug)]
 pub struct CapacityLedger {
     reserve: CapacityConfig,
-    /// Totals, allocations, and the state filesystem's note while it is below its floor.
-    inputs: Mutex<(Totals, Allocations, Option<String>)>,
+    inputs: Mutex<Inputs>,
     tx: watch::Sender<Arc<CapacitySnapshot>>,
 }
 
@@ -281,7 +308,11 @@ impl CapacityLedger {
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Self {
             reserve,
-            inputs: Mutex::new((totals, allocations, None)),
+            inputs: Mutex::new(Inputs {
+                totals,
+                allocations,
+                ..Inputs::default()
+            }),
             tx,
         }
     }
@@ -298,21 +329,28 @@ impl CapacityLedger {
 
     /// Replaces the totals (after an inventory refresh); publishes if the capacity changed.
     pub fn set_totals(&self, totals: Totals) {
-        self.update(|inputs| inputs.0 = totals);
+        self.update(|inputs| inputs.totals = totals);
     }
 
     /// Replaces the allocations (the job runner's hook); publishes if the capacity changed.
     pub fn set_allocations(&self, allocations: Allocations) {
-        self.update(|inputs| inputs.1 = allocations);
+        self.update(|inputs| inputs.allocations = allocations);
     }
 
     /// Sets (or, with `None`, clears) the note saying the state filesystem is below its
     /// free-space floor (the job runner's hook); publishes if it changed.
     pub fn set_state_disk_note(&self, note: Option<String>) {
-        self.update(|inputs| inputs.2 = note);
+        self.update(|inputs| inputs.state_disk_note = note);
     }
 
-    fn update(&self, change: impl FnOnce(&mut (Totals, Allocations, Option<String>))) {
+    /// Sets the bytes the image store's images take on the state filesystem (after an import,
+    /// a removal, and each inventory collection): disk `stored`, out of `free`. Publishes if
+    /// the capacity changed.
+    pub fn set_image_bytes(&self, bytes: u64) {
+        self.update(|inputs| inputs.image_bytes = bytes);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Inputs)) {
         // A poisoned lock only means another updater panicked mid-assignment; the inputs are
         // plain data, still usable.
         let mut inputs = self
@@ -320,8 +358,9 @@ impl CapacityLedger {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         change(&mut inputs);
-        let mut capacity = compute(&inputs.0, &self.reserve, &inputs.1);
-        capacity.notes.extend(inputs.2.clone());
+        let mut capacity = compute(&inputs.totals, &self.reserve, &inputs.allocations);
+        capacity.disk_bytes = capacity.disk_bytes.with_stored(inputs.image_bytes);
+        capacity.notes.extend(inputs.state_disk_note.clone());
         self.tx.send_if_modified(|current| {
             if current.capacity == capacity {
                 return false;
@@ -386,7 +425,8 @@ mod tests {
                 total: 8000,
                 reserved: 1000,
                 allocated: 2500,
-                free: 4500
+                free: 4500,
+                stored: 0,
             }
         );
         assert_eq!(capacity.memory_bytes.reserved, 100);
@@ -416,6 +456,29 @@ mod tests {
         assert_eq!(capacity.memory_bytes, ResourceAmount::default());
         assert_eq!(capacity.cpu_millicores.free, 0);
         assert_eq!(capacity.notes, ["memory: no meminfo"]);
+    }
+
+    #[test]
+    fn stored_images_are_kept_for_the_host_and_survive_new_totals() {
+        let ledger = CapacityLedger::new(reserve(), totals());
+        ledger.set_allocations(Allocations {
+            disk_bytes: 1000,
+            ..Allocations::default()
+        });
+        ledger.set_image_bytes(3000);
+        let disk = ledger.current().capacity.disk_bytes;
+        assert_eq!(
+            (disk.reserved, disk.allocated, disk.stored, disk.free),
+            (500, 1000, 3000, 5500)
+        );
+        ledger.set_totals(totals());
+        ledger.set_allocations(Allocations::default());
+        let disk = ledger.current().capacity.disk_bytes;
+        assert_eq!((disk.stored, disk.free), (3000, 6500));
+        assert_eq!(ledger.current().capacity.cpu_millicores.stored, 0);
+        ledger.set_image_bytes(20_000);
+        let disk = ledger.current().capacity.disk_bytes;
+        assert_eq!((disk.stored, disk.free), (20_000, 0), "free never negative");
     }
 
     #[test]

@@ -253,6 +253,7 @@ fn amount(a: &ResourceAmount) -> pb::ResourceAmount {
         reserved: a.reserved,
         allocated: a.allocated,
         free: a.free,
+        stored: a.stored,
     }
 }
 

@@ -282,6 +282,25 @@ fn image_store(shared: &Shared) -> Result<std::sync::Arc<crate::image::ImageStor
         .ok_or_else(|| ApiError::Unimplemented("images are not enabled in this agent".into()))
 }
 
+/// Tells the capacity ledger what the stored images take now (after an import or a removal;
+/// a store that cannot be listed is logged and leaves the last figure).
+async fn publish_image_bytes(shared: &Shared) {
+    let Some(store) = shared.images.clone() else {
+        return;
+    };
+    let capacity = shared.capacity.clone();
+    let counted = blocking("image store size", move || {
+        store
+            .stored_bytes()
+            .map(|bytes| capacity.set_image_bytes(bytes))
+            .map_err(|err| ApiError::Internal(crate::inventory::error_chain(&err)))
+    })
+    .await;
+    if let Err(err) = counted {
+        tracing::warn!(error = %err, "cannot size the image store for the disk capacity");
+    }
+}
+
 /// ImportImage: a layout dir on this host into the image store (blocking pool). The import
 /// stops (and leaves nothing behind) when this request's future is dropped, which happens when
 /// the client goes away or the request's deadline passes (`[api] request_timeout_millis`, or
@@ -325,6 +344,7 @@ pub async fn import_image(
         }
     };
     tracing::info!(reference = %record.reference, digest = %record.manifest_digest, "image imported");
+    publish_image_bytes(shared).await;
     Ok(pb::ImportImageResponse {
         image: Some(image(record)),
     })
@@ -374,6 +394,7 @@ pub async fn remove_image(
     })
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("name: no image {:?}", request.name)))?;
+    publish_image_bytes(shared).await;
     Ok(pb::RemoveImageResponse {
         rootfs_removed: removed.trash.is_some(),
         removed_references: removed.references,

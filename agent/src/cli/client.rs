@@ -552,8 +552,15 @@ fn print_capacity(capacity: &pb::Capacity, json: bool) -> anyhow::Result<()> {
         return out(&to_json(capacity, "fog.agent.v1.Capacity")?);
     }
     let mut table = super::render::table(
-        &["resource", "total", "reserved", "allocated", "free"],
-        &[1, 2, 3, 4],
+        &[
+            "resource",
+            "total",
+            "reserved",
+            "allocated",
+            "stored",
+            "free",
+        ],
+        &[1, 2, 3, 4, 5],
     );
     let row = |name: &str, a: &Option<pb::ResourceAmount>, fmt: &dyn Fn(u64) -> String| {
         let a = a.unwrap_or_default();
@@ -562,6 +569,7 @@ fn print_capacity(capacity: &pb::Capacity, json: bool) -> anyhow::Result<()> {
             fmt(a.total),
             fmt(a.reserved),
             fmt(a.allocated),
+            fmt(a.stored),
             fmt(a.free),
         ]
     };

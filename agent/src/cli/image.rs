@@ -81,10 +81,13 @@ fn open(opts: &StoreOpts) -> anyhow::Result<ImageStore> {
         Some(path) => Config::load(path)?,
         None => Config::parse(crate::config::DEFAULT_TOML, "<embedded defaults>")?,
     };
-    let state_dir = opts.state_dir.clone().unwrap_or(config.state.dir);
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| config.state.dir.clone());
     let store = ImageStore::open(&state_dir)
         .with_context(|| format!("cannot open the image store in {}", state_dir.display()))?;
-    Ok(store.with_limits((&config.images).into()))
+    Ok(store.with_limits((&config).into()))
 }
 
 fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {

@@ -197,7 +197,7 @@ impl DaemonOptions {
             Arc::new(|| crate::inventory::collect_from(FsRoot::host()));
         let images = ImageStore::open(&config.state.dir)
             .map_err(DaemonError::Images)?
-            .with_limits((&config.images).into());
+            .with_limits(config.into());
         let nvml = Arc::new(NvmlTelemetry::system());
         Ok(Self {
             benchmarks: Arc::new(SuiteBackend::new(
@@ -427,9 +427,10 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         tracing::info!(addr = %local, mtls = door == Door::Mtls, "listening");
         tcp_addrs.push(local);
     }
-    if let Some(server_tls) = &server_tls {
-        // Registered before `start` returns, so a SIGHUP from then on reloads (and never
-        // takes the default action, which ends the process).
+    {
+        // Registered before `start` returns, so a SIGHUP from then on reloads (or, without a
+        // mutual-TLS listener, is logged) and never takes the default action, which ends the
+        // process: a unit's `ExecReload` is safe whatever the config.
         let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hangup) => Some(hangup),
             Err(err) => {
@@ -537,14 +538,15 @@ fn connection_source(
 }
 
 /// Reloads the TLS files when they change (checked every `interval`) and on SIGHUP, until the
-/// daemon shuts down. A failed reload keeps the previous configuration.
+/// daemon shuts down. A failed reload keeps the previous configuration. Without a mutual-TLS
+/// listener (`server_tls` None) a SIGHUP has nothing to reload and is only logged.
 async fn reload_tls(
-    server_tls: Arc<tls::ServerTls>,
+    server_tls: Option<Arc<tls::ServerTls>>,
     interval: Option<Duration>,
     mut hangup: Option<tokio::signal::unix::Signal>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut ticker = interval.map(|every| {
+    let mut ticker = interval.filter(|_| server_tls.is_some()).map(|every| {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker
@@ -557,7 +559,10 @@ async fn reload_tls(
             Some(()) = async { hangup.as_mut()?.recv().await } => true,
             Some(_) = async { Some(ticker.as_mut()?.tick().await) } => false,
         };
-        let checked = server_tls.clone();
+        let Some(checked) = server_tls.clone() else {
+            tracing::info!("SIGHUP: no mutual-TLS listener, nothing to reload");
+            continue;
+        };
         let result = tokio::task::spawn_blocking(move || {
             if forced {
                 checked.reload().map(|()| true)
@@ -665,8 +670,18 @@ async fn build_shared(
         let state_dir = config.state.dir.clone();
         let benchmarks = options.benchmarks.clone();
         let last_fingerprint = Mutex::new(None::<String>);
+        let images = options.jobs.as_ref().map(|j| j.images.clone());
         move |inventory: &Inventory| {
             capacity.set_totals(Totals::from_inventory(inventory, &state_dir));
+            // Also counts images imported meanwhile by `fog-agent image import` (offline).
+            match images.as_ref().map(|store| store.stored_bytes()) {
+                Some(Ok(bytes)) => capacity.set_image_bytes(bytes),
+                Some(Err(err)) => tracing::warn!(
+                    error = %crate::inventory::error_chain(&err),
+                    "cannot size the image store for the disk capacity"
+                ),
+                None => {}
+            }
             if let Some(jobs) = &jobs {
                 jobs.set_gpus(
                     inventory

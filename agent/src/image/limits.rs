@@ -1,5 +1,5 @@
 //! What bounds an import: [`ImportLimits`] (the `[images]` config keys: uncompressed bytes,
-//! entries, free space kept on the store's filesystem) and [`ImportCancel`] (the caller's
+//! entries; and `[state] min_free_bytes`, the free space kept on the store's filesystem) and [`ImportCancel`] (the caller's
 //! stop flag), and the per-import [`Budget`] the unpacker charges while it streams.
 
 use std::cell::Cell;
@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::config::ImagesConfig;
+use crate::config::Config;
 
-/// The `[images]` limits of one import.
+/// The limits of one import (`[images]`, and `[state] min_free_bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportLimits {
     /// Most uncompressed layer bytes (tar streams, all layers together) an import reads.
@@ -26,16 +26,16 @@ pub struct ImportLimits {
 
 impl Default for ImportLimits {
     fn default() -> Self {
-        Self::from(&ImagesConfig::default())
+        Self::from(&Config::default())
     }
 }
 
-impl From<&ImagesConfig> for ImportLimits {
-    fn from(config: &ImagesConfig) -> Self {
+impl From<&Config> for ImportLimits {
+    fn from(config: &Config) -> Self {
         Self {
-            max_unpacked_bytes: config.max_unpacked_bytes.0,
-            max_entries: config.max_entries,
-            min_free_bytes: config.min_free_bytes.0,
+            max_unpacked_bytes: config.images.max_unpacked_bytes.0,
+            max_entries: config.images.max_entries,
+            min_free_bytes: config.state.min_free_bytes.0,
         }
     }
 }

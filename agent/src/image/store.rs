@@ -290,6 +290,18 @@ impl ImageStore {
         }))
     }
 
+    /// Bytes the stored images' rootfs trees take (each image once, however many references
+    /// name it), for the disk capacity.
+    pub fn stored_bytes(&self) -> Result<u64, ImageError> {
+        let mut seen = std::collections::BTreeSet::new();
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|image| seen.insert(image.manifest_digest.clone()))
+            .map(|image| image.size_bytes)
+            .sum())
+    }
+
     /// Every reference (sorted by name), then images no reference points to any more (their
     /// `reference` is then their digest).
     pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
@@ -369,7 +381,7 @@ impl ImageStore {
                 path: self.dir.clone(),
                 free,
                 reason: format!(
-                    "the layers take {blob_bytes} bytes compressed and {min_free} must stay free (images.min_free_bytes)"
+                    "the layers take {blob_bytes} bytes compressed and {min_free} must stay free (state.min_free_bytes)"
                 ),
             });
         }

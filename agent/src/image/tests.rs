@@ -889,7 +889,7 @@ fn an_import_that_would_not_leave_min_free_bytes_is_refused_before_unpacking() {
     };
     let err = limited(limits)(&fx).unwrap_err();
     assert!(matches!(err, ImageError::NoSpace { .. }), "{err:?}");
-    assert!(err.to_string().contains("images.min_free_bytes"), "{err}");
+    assert!(err.to_string().contains("state.min_free_bytes"), "{err}");
     fx.assert_store_empty();
 }
 

@@ -173,7 +173,7 @@ fn stop_error(stop: Stop, layer: &LayerBlob, budget: &Budget<'_>) -> ImageError 
             path: budget.store().to_owned(),
             free,
             reason: format!(
-                "layer {} stopped before fewer than {} bytes are left (images.min_free_bytes)",
+                "layer {} stopped before fewer than {} bytes are left (state.min_free_bytes)",
                 layer.digest, limits.min_free_bytes
             ),
         },

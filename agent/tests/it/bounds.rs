@@ -589,6 +589,9 @@ fn accept_loop(listener: &TcpListener, to: u16, watch: bool, dead: &Arc<AtomicBo
     // Dropping the listener (on return) refuses later connections.
     while !dead.load(Ordering::SeqCst) {
         match listener.accept() {
+            // Set before the quote's connection closes, so the agent's attempt to open the TPM
+            // again (which comes after) is refused.
+            Ok(_) if dead.load(Ordering::SeqCst) => break,
             Ok((client, _)) => {
                 client.set_nonblocking(false).unwrap();
                 let server = TcpStream::connect(("127.0.0.1", to)).unwrap();

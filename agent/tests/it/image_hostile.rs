@@ -38,11 +38,16 @@ struct Agent {
 impl Agent {
     /// Starts the agent with its state in `state` and `extra` appended to its config.
     fn serve(dir: &Path, state: &Path, extra: &str) -> Agent {
+        Self::serve_with_state(dir, state, "", extra)
+    }
+
+    /// `serve` with `state_keys` (TOML lines) in its `[state]` section.
+    fn serve_with_state(dir: &Path, state: &Path, state_keys: &str, extra: &str) -> Agent {
         let socket = dir.join("agent.sock");
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let toml = format!(
             "[api]\nlisten = []\nunix_socket = {socket:?}\nshutdown_grace_millis = {}\n\
-             [state]\ndir = {state:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n\
+             [state]\ndir = {state:?}\n{state_keys}[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n\
              [jobs]\ncgroup_parent = \"fog-agent-it-image-{}-{n}\"\n{extra}",
             GRACE.as_millis(),
             std::process::id(),
@@ -365,7 +370,7 @@ async fn a_decompression_bomb_on_a_small_state_filesystem_is_resource_exhausted(
     let state = fs.mount.join("state");
 
     // No free-space floor: the disk fills, and ENOSPC is the host's state, not a bad request.
-    let mut agent = Agent::serve(dir.path(), &state, "[images]\nmin_free_bytes = 0\n");
+    let mut agent = Agent::serve_with_state(dir.path(), &state, "min_free_bytes = 0\n", "");
     let mut client = agent.client().await;
     let before = fs.free();
     let err = bounded(
@@ -385,10 +390,11 @@ async fn a_decompression_bomb_on_a_small_state_filesystem_is_resource_exhausted(
 
     // With a floor, the import stops before the disk is full.
     let floor = 16u64 << 20;
-    let mut agent = Agent::serve(
+    let mut agent = Agent::serve_with_state(
         dir.path(),
         &state,
-        &format!("[images]\nmin_free_bytes = {floor}\n"),
+        &format!("min_free_bytes = {floor}\n"),
+        "",
     );
     let mut client = agent.client().await;
     let watch = {
@@ -414,7 +420,7 @@ async fn a_decompression_bomb_on_a_small_state_filesystem_is_resource_exhausted(
     watch.0.store(true, std::sync::atomic::Ordering::Relaxed);
     let least = watch.1.join().unwrap();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert!(err.message().contains("images.min_free_bytes"), "{err:?}");
+    assert!(err.message().contains("state.min_free_bytes"), "{err:?}");
     assert!(
         least >= floor - (2 << 20),
         "free space went down to {least} bytes, below the floor of {floor}"

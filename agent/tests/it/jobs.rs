@@ -84,6 +84,16 @@ async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
     assert!(image.manifest_digest.starts_with("sha256:"));
 }
 
+/// Disk `stored` in the agent's capacity: the image store's bytes.
+async fn disk_stored(client: &mut AgentClient<Channel>) -> u64 {
+    let capacity = client
+        .get_capacity(pb::GetCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    capacity.capacity.unwrap().disk_bytes.unwrap().stored
+}
+
 async fn connect(socket: &Path) -> AgentClient<Channel> {
     crate::support::unix_client(socket).await
 }
@@ -632,6 +642,7 @@ async fn an_image_is_removed_only_once_no_active_job_runs_it() {
     wait_for(&mut h.client, &second, Duration::from_secs(30), ended).await;
 
     stop(&mut h.client, &id).await;
+    let stored_before = disk_stored(&mut h.client).await;
     let removed = h
         .client
         .remove_image(remove(IMAGE))
@@ -640,7 +651,15 @@ async fn an_image_is_removed_only_once_no_active_job_runs_it() {
         .into_inner();
     assert!(removed.rootfs_removed);
     assert_eq!(removed.removed_references, [IMAGE]);
-    let digest = removed.image.unwrap().manifest_digest;
+    let image = removed.image.unwrap();
+    // The disk capacity counted the image as stored, and no longer does.
+    assert!(image.size_bytes > 0);
+    assert_eq!(
+        stored_before, image.size_bytes,
+        "disk stored = the one image"
+    );
+    assert_eq!(disk_stored(&mut h.client).await, 0);
+    let digest = image.manifest_digest;
     let hex = digest.strip_prefix("sha256:").unwrap();
     assert!(!h.config.state.dir.join("images").join(hex).exists());
     // Gone for StartJob, and a second removal is NOT_FOUND.

@@ -16,6 +16,7 @@ pub(super) fn capacity_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result
             ("reserved", a.reserved),
             ("allocated", a.allocated),
             ("free", a.free),
+            ("stored", a.stored),
         ] {
             series.push(l1("state", state), v as f64 * scale);
         }
