@@ -186,6 +186,19 @@ pub struct ListenerCounts {
 }
 
 impl ListenerStats {
+    /// A listener's counters and state before its first connection.
+    fn new(addr: SocketAddr, limits: Limits) -> Self {
+        Self {
+            addr,
+            limits,
+            accepted: AtomicU64::new(0),
+            outcomes: Default::default(),
+            last_log: Mutex::new([None; 6]),
+            suppressed: Default::default(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn counts(&self) -> ListenerCounts {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -488,15 +501,7 @@ pub fn serve<H: Handshake>(
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<(Incoming<H::Io>, Arc<ListenerStats>)> {
     let addr = listener.local_addr()?;
-    let stats = Arc::new(ListenerStats {
-        addr,
-        limits,
-        accepted: AtomicU64::new(0),
-        outcomes: Default::default(),
-        last_log: Mutex::new([None; 6]),
-        suppressed: Default::default(),
-        state: Mutex::new(State::default()),
-    });
+    let stats = Arc::new(ListenerStats::new(addr, limits));
     let capacity = usize::try_from(limits.max_pending_handshakes)
         .unwrap_or(1024)
         .clamp(1, 1024);
@@ -607,15 +612,7 @@ mod tests {
     use super::*;
 
     fn stats(limits: Limits) -> Arc<ListenerStats> {
-        Arc::new(ListenerStats {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            limits,
-            accepted: AtomicU64::new(0),
-            outcomes: Default::default(),
-            last_log: Mutex::new([None; 6]),
-            suppressed: Default::default(),
-            state: Mutex::new(State::default()),
-        })
+        Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap(), limits))
     }
 
     const LIMITS: Limits = Limits {

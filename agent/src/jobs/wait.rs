@@ -13,7 +13,7 @@
 //! Closing an inotify descriptor that has (or had) watches waits for the kernel's fsnotify
 //! mark reaper and an SRCU grace period: 8 ms at the median, up to 20 ms, on the CI machine
 //! kind, more than the rest of a StartJob's own work. A dropped waiter therefore hands its
-//! descriptor to one background thread that closes it ([`close_later`]); the caller returns
+//! descriptor to one background thread that closes it (`close_later`); the caller returns
 //! at once.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
