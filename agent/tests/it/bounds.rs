@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -570,9 +570,10 @@ impl DyingTpm {
         };
         let port = data.local_addr().unwrap().port();
         let dead = Arc::new(AtomicBool::new(false));
+        let listening = Arc::new(AtomicUsize::new(2));
         for (listener, to, watch) in [(data, upstream, true), (control, upstream + 1, false)] {
-            let dead = dead.clone();
-            std::thread::spawn(move || accept_loop(&listener, to, watch, &dead));
+            let (dead, listening) = (dead.clone(), listening.clone());
+            std::thread::spawn(move || accept_loop(listener, to, watch, &dead, &listening));
         }
         Self { port, dead }
     }
@@ -584,9 +585,15 @@ impl Drop for DyingTpm {
     }
 }
 
-fn accept_loop(listener: &TcpListener, to: u16, watch: bool, dead: &Arc<AtomicBool>) {
+/// Accepts and proxies until the TPM dies, then stops listening (and says so in `listening`).
+fn accept_loop(
+    listener: TcpListener,
+    to: u16,
+    watch: bool,
+    dead: &Arc<AtomicBool>,
+    listening: &Arc<AtomicUsize>,
+) {
     listener.set_nonblocking(true).unwrap();
-    // Dropping the listener (on return) refuses later connections.
     while !dead.load(Ordering::SeqCst) {
         match listener.accept() {
             // Set before the quote's connection closes, so the agent's attempt to open the TPM
@@ -597,18 +604,29 @@ fn accept_loop(listener: &TcpListener, to: u16, watch: bool, dead: &Arc<AtomicBo
                 let server = TcpStream::connect(("127.0.0.1", to)).unwrap();
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (back, forth) = (dead.clone(), dead.clone());
-                std::thread::spawn(move || copy(s2, c2, false, &back));
-                std::thread::spawn(move || copy(client, server, watch, &forth));
+                let still_listening = listening.clone();
+                std::thread::spawn(move || copy(s2, c2, false, &back, &Arc::default()));
+                std::thread::spawn(move || copy(client, server, watch, &forth, &still_listening));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
+    // Closed before the dying connection ends, so the agent's attempt to open the TPM again
+    // (which comes after that end) is refused, never queued in a backlog nobody accepts.
+    drop(listener);
+    listening.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Copies `from` to `to`; with `watch` (the command port, where the swtpm TCTI sends raw TPM
 /// commands: tag, size, code, rest), forwards one whole command per write (swtpm reads a
 /// command with one `recv`) and dies at a TPM2_Quote instead of forwarding it.
-fn copy(mut from: TcpStream, mut to: TcpStream, watch: bool, dead: &Arc<AtomicBool>) {
+fn copy(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    watch: bool,
+    dead: &Arc<AtomicBool>,
+    listening: &Arc<AtomicUsize>,
+) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         if watch {
@@ -620,6 +638,10 @@ fn copy(mut from: TcpStream, mut to: TcpStream, watch: bool, dead: &Arc<AtomicBo
             let code = u32::from_be_bytes(command[6..10].try_into().unwrap());
             if code == CC_QUOTE {
                 dead.store(true, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while listening.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 break;
             }
             command.resize(size.max(10), 0);
