@@ -396,6 +396,18 @@ fn serve_config(dir: &Path, state: &Path) -> PathBuf {
     file
 }
 
+/// `fog-agent serve --config config`, its stderr piped.
+fn spawn_serve(config: &Path) -> std::process::Child {
+    agent()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits until `path` exists or the child exits (bounded); true when it exists.
 fn wait_for_path(child: &mut std::process::Child, path: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -418,15 +430,7 @@ fn serve_tightens_an_existing_state_dir_to_0700() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = serve_config(dir.path(), &state);
-    let mut child = agent()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&serve_config(dir.path(), &state));
     let up = wait_for_path(&mut child, &dir.path().join("agent.sock"));
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o7777;
     crate::support::terminate(&mut child);
@@ -479,15 +483,7 @@ fn serve_refuses_a_read_only_state_dir_at_start_with_the_cause() {
         .status()
         .unwrap();
     assert!(remounted.success(), "mount -o remount,ro failed");
-    let config = serve_config(dir.path(), &state);
-    let mut child = agent()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&serve_config(dir.path(), &state));
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

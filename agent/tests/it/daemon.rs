@@ -22,6 +22,8 @@ use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
+use crate::support::NO_TPM_TCTI;
+
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fog-agent"))
 }
@@ -41,17 +43,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let certs = DevCerts::generate().unwrap();
         certs.write_to(&dir.path().join("certs")).unwrap();
-        let mut config = Config::default();
-        config.api.listen = vec!["127.0.0.1:0".parse().unwrap()];
-        config.api.unix_socket = dir.path().join("run/agent.sock");
-        config.api.tls_cert = dir.path().join("certs/server.pem");
-        config.api.tls_key = dir.path().join("certs/server.key");
-        config.api.client_ca = dir.path().join("certs/ca.pem");
-        config.state.dir = dir.path().join("state");
-        config.api.shutdown_grace_millis = 2000;
-        config.metrics.listen = "127.0.0.1:0".parse().unwrap();
-        config.tpm.tcti = NO_TPM_TCTI.into();
-        config.bench.run_on_start = false;
+        let mut config = crate::support::mtls_config(dir.path());
         tweak(&mut config);
         // Jobs enabled (no image known): the role matrix reaches the job RPCs' own checks.
         let options =
@@ -252,9 +244,6 @@ async fn role_matrix_over_mtls() {
         }
     }
 }
-
-/// An unreachable TCTI: nothing listens on port 1.
-const NO_TPM_TCTI: &str = "swtpm:host=127.0.0.1,port=1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wired_backends_report_pending_benchmarks_and_an_unreachable_tpm() {

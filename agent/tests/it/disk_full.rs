@@ -117,6 +117,38 @@ fn stored_state(state_dir: &Path, id: &str) -> Option<String> {
     .ok()
 }
 
+/// Waits (at most 60 s) until a job has written the filesystem down to its last 256 KiB, then
+/// takes the rest.
+async fn wait_until_full(fs: &LoopFs) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs.free() > 256 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the disk never filled: {} free",
+            fs.free()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fs.fill_up();
+}
+
+/// StopJob of job `id` (200 ms grace) on the full disk: it answers OK within 30 s.
+async fn stop_on_full_disk(h: &mut Harness, id: &str) -> pb::Job {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        h.client.stop_job(pb::StopJobRequest {
+            job_id: id.to_owned(),
+            grace_millis: 200,
+        }),
+    )
+    .await
+    .expect("StopJob within 30 s")
+    .expect("StopJob answers OK on a full disk")
+    .into_inner()
+    .job
+    .unwrap()
+}
+
 fn process_alive(pid: i32) -> bool {
     // SAFETY: signal 0 checks existence only.
     unsafe { libc::kill(pid, 0) == 0 }
@@ -165,31 +197,10 @@ async fn a_full_state_filesystem_never_keeps_a_job_from_stopping() {
         assert!(Instant::now() < deadline, "no container.pid");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs.free() > 256 * 1024 {
-        assert!(
-            Instant::now() < deadline,
-            "the disk never filled: {} free",
-            fs.free()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    fs.fill_up();
+    wait_until_full(&fs).await;
 
     // Stopping works, and the container is gone.
-    let stopped = tokio::time::timeout(
-        Duration::from_secs(30),
-        h.client.stop_job(pb::StopJobRequest {
-            job_id: filler.clone(),
-            grace_millis: 200,
-        }),
-    )
-    .await
-    .expect("StopJob within 30 s")
-    .expect("StopJob answers OK on a full disk")
-    .into_inner()
-    .job
-    .unwrap();
+    let stopped = stop_on_full_disk(&mut h, &filler).await;
     assert_eq!(stopped.state(), pb::JobState::Stopped, "{stopped:?}");
     assert_eq!(stopped.termination(), pb::TerminationReason::StopRequested);
     assert!(!h.containers().contains(&filler), "{:?}", h.containers());
@@ -297,25 +308,8 @@ async fn the_slack_is_released_for_the_records_and_made_again() {
         spec(&filler, "yes fill-the-state-filesystem"),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs.free() > 256 * 1024 {
-        assert!(Instant::now() < deadline, "the disk never filled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    fs.fill_up();
-    let stopped = tokio::time::timeout(
-        Duration::from_secs(30),
-        h.client.stop_job(pb::StopJobRequest {
-            job_id: filler.clone(),
-            grace_millis: 200,
-        }),
-    )
-    .await
-    .expect("StopJob within 30 s")
-    .expect("StopJob answers OK on a full disk")
-    .into_inner()
-    .job
-    .unwrap();
+    wait_until_full(&fs).await;
+    let stopped = stop_on_full_disk(&mut h, &filler).await;
     assert_eq!(stopped.state(), pb::JobState::Stopped, "{stopped:?}");
     assert!(!h.containers().contains(&filler));
     assert!(!slack.exists(), "the slack was released for the records");

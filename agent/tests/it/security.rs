@@ -20,8 +20,7 @@ use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
-/// A TCTI nothing listens on: attestation answers UNAVAILABLE from the handler.
-const NO_TPM_TCTI: &str = "swtpm:host=127.0.0.1,port=1";
+use crate::support::NO_TPM_TCTI;
 
 struct Daemon {
     dir: tempfile::TempDir,
@@ -34,17 +33,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let certs = DevCerts::generate().unwrap();
         certs.write_to(&dir.path().join("certs")).unwrap();
-        let mut config = Config::default();
-        config.api.listen = vec!["127.0.0.1:0".parse().unwrap()];
-        config.api.unix_socket = dir.path().join("run/agent.sock");
-        config.api.tls_cert = dir.path().join("certs/server.pem");
-        config.api.tls_key = dir.path().join("certs/server.key");
-        config.api.client_ca = dir.path().join("certs/ca.pem");
-        config.api.shutdown_grace_millis = 2000;
-        config.state.dir = dir.path().join("state");
-        config.metrics.listen = "127.0.0.1:0".parse().unwrap();
-        config.tpm.tcti = NO_TPM_TCTI.into();
-        config.bench.run_on_start = false;
+        let mut config = crate::support::mtls_config(dir.path());
         tweak(&mut config, dir.path(), &certs);
         let mut options =
             DaemonOptions::for_host(&config, PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")))

@@ -1,5 +1,6 @@
 //! Helpers the test modules share: a gRPC client over the agent's unix admin socket, a
-//! bounded SIGTERM of a spawned `fog-agent`, and the skip rule.
+//! bounded SIGTERM of a spawned `fog-agent`, the config of an in-process mTLS daemon, and the
+//! skip rule.
 
 use std::path::Path;
 use std::process::{Child, ExitStatus};
@@ -7,6 +8,27 @@ use std::time::{Duration, Instant};
 
 use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
+
+/// An unreachable TCTI: nothing listens on port 1.
+pub(crate) const NO_TPM_TCTI: &str = "swtpm:host=127.0.0.1,port=1";
+
+/// The config of a daemon in `dir` serving mutual TLS on a loopback port with the
+/// development certificates written to `dir/certs`, its admin socket and state in `dir`,
+/// metrics on a loopback port, no TPM and no benchmark run at start.
+pub(crate) fn mtls_config(dir: &Path) -> fog_agent::config::Config {
+    let mut config = fog_agent::config::Config::default();
+    config.api.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.api.unix_socket = dir.join("run/agent.sock");
+    config.api.tls_cert = dir.join("certs/server.pem");
+    config.api.tls_key = dir.join("certs/server.key");
+    config.api.client_ca = dir.join("certs/ca.pem");
+    config.api.shutdown_grace_millis = 2000;
+    config.state.dir = dir.join("state");
+    config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    config.tpm.tcti = NO_TPM_TCTI.into();
+    config.bench.run_on_start = false;
+    config
+}
 
 /// A client of the agent listening on the unix socket at `socket`.
 pub(crate) async fn unix_client(socket: &Path) -> AgentClient<Channel> {
