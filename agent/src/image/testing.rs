@@ -23,6 +23,23 @@ use tar::{EntryType, Header};
 
 use super::ImageError;
 
+/// Holds the lock of the image store in `state_dir` as another importer (the CLI) would, until
+/// the returned file is dropped.
+pub fn hold_store_lock(state_dir: &Path) -> std::io::Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(state_dir.join("images"))?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state_dir.join("images/.lock"))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lock)
+}
+
 /// Where the test images' shell comes from (Debian `busybox-static`).
 pub const BUSYBOX: &str = "/bin/busybox";
 

@@ -7,7 +7,6 @@
 //! Every wait is bounded, so a wedged agent fails the test instead of hanging it; the agent is
 //! killed and the loop filesystem unmounted by `Drop` guards.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,20 +136,6 @@ async fn bounded<T>(what: &str, call: impl std::future::Future<Output = T>) -> T
         })
 }
 
-/// Holds the image store's lock as another importer (the CLI) would, until dropped.
-fn hold_store_lock(state: &Path) -> std::fs::File {
-    std::fs::create_dir_all(state.join("images")).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(state.join("images/.lock"))
-        .unwrap();
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    lock
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_in_a_layer_neither_wedges_the_store_nor_the_shutdown() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +208,7 @@ async fn an_import_whose_request_times_out_stops_and_imports_nothing() {
     let mut client = agent.client().await;
 
     // Another importer holds the store: this import waits, past its deadline.
-    let lock = hold_store_lock(&state);
+    let lock = testing::hold_store_lock(&state).unwrap();
     let mut request = tonic::Request::new(import_request(&layout, "late:1"));
     request.set_timeout(Duration::from_millis(500));
     let err = bounded("ImportImage with a deadline", client.import_image(request))
@@ -259,7 +244,7 @@ async fn sigterm_stops_the_agent_within_its_grace_while_an_import_waits() {
     let mut agent = Agent::serve(dir.path(), &state, "");
     let mut client = agent.client().await;
 
-    let lock = hold_store_lock(&state);
+    let lock = testing::hold_store_lock(&state).unwrap();
     let pending = tokio::spawn(async move {
         client
             .import_image(import_request(&layout, "waiting:1"))

@@ -236,25 +236,10 @@ fn a_cancelled_import_stops_and_leaves_nothing() {
     fx.assert_store_empty();
 }
 
-/// Holds the store's lock as another importer (the CLI) would.
-fn hold_store_lock(state: &Path) -> fs::File {
-    use std::os::fd::AsRawFd;
-    fs::create_dir_all(state.join("images")).unwrap();
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(state.join("images/.lock"))
-        .unwrap();
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    lock
-}
-
 #[test]
 fn an_import_waiting_for_the_store_lock_stops_when_cancelled() {
     let fx = Fixture::new();
-    let lock = hold_store_lock(&fx.state);
+    let lock = testing::hold_store_lock(&fx.state).unwrap();
     let cancel = ImportCancel::new();
     let waiting = {
         let cancel = cancel.clone();
