@@ -113,6 +113,35 @@ impl TunnelStats {
     }
 }
 
+/// What an operator sees of the tunnels to one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The peer's endpoint.
+    pub endpoint: String,
+    /// A tunnel is up now.
+    pub up: bool,
+    /// The role the peer's certificate names (empty before the first handshake).
+    pub role: String,
+    /// Since when the current tunnel is up.
+    pub up_since: Option<std::time::SystemTime>,
+    /// Tunnels opened since start.
+    pub connects: u64,
+    /// Attempts that failed since start.
+    pub failures: u64,
+    /// Why the last attempt failed or the last tunnel ended (empty: none yet).
+    pub last_error: String,
+    /// Streams open now.
+    pub streams_open: u64,
+    /// Streams opened since start.
+    pub streams_total: u64,
+    /// Streams refused at once since start.
+    pub streams_refused: u64,
+    /// Request message bytes received since start.
+    pub bytes_in: u64,
+    /// Response message bytes sent since start.
+    pub bytes_out: u64,
+}
+
 /// Why a tunnel ended.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelEnd {
