@@ -34,8 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::ProtoCodec")
         .compile_fds(fds)?;
     let tunnel = protox::compile(protos_in(&tunnel_dir)?, [&root])?;
+    // Message chunks are forwarded without copies: `bytes` fields as `bytes::Bytes`.
     tonic_prost_build::configure()
         .codec_path("crate::codec::ProtoCodec")
+        .bytes(".grpctunnel")
         .compile_fds(tunnel)?;
     Ok(())
 }

@@ -18,6 +18,8 @@
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (node_exporter-compatible host metrics,
 //!   GPUs, jobs, capacity, benchmarks, attestation, the agent's own health); [`sdnotify`]:
 //!   systemd readiness notification.
+//! - [`market`]: the market link: reverse tunnels (jhump/grpctunnel's protocol) the agent
+//!   opens to markets and serves its whole API through, so hosts behind NAT are reachable.
 //! - [`cgroup`]: cgroup v1/v2/hybrid detection and per-cgroup stats (CPU, memory, pids, I/O).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
@@ -34,6 +36,7 @@ pub mod gpu;
 pub mod image;
 pub mod inventory;
 pub mod jobs;
+pub mod market;
 pub mod metrics;
 pub mod sdnotify;
 pub mod state;

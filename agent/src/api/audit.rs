@@ -48,10 +48,16 @@ impl Caller {
             door: match door {
                 Door::Mtls => "mtls",
                 Door::LocalAdmin => "local",
+                Door::Tunnel => "tunnel",
             },
             ..Caller::default()
         };
-        if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        if let Some(tunnel) = extensions.get::<super::TunnelCaller>() {
+            caller.role = tunnel.role.name().to_owned();
+            caller.subject.clone_from(&tunnel.subject);
+            caller.serial.clone_from(&tunnel.serial);
+            caller.peer.clone_from(&tunnel.endpoint);
+        } else if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
             caller.peer = peer_text(tls.get_ref().remote_addr());
             if let Some(leaf) = tls.peer_certs().as_ref().and_then(|certs| certs.first()) {
                 caller.identify(leaf);

@@ -50,6 +50,24 @@ pub enum Door {
     /// The local admin door (unix socket; plaintext loopback in development): every caller is
     /// admin.
     LocalAdmin,
+    /// A reverse tunnel the agent opened to a market: the role is the one the market's server
+    /// certificate names, carried in each request's [`TunnelCaller`] extension (never admin).
+    Tunnel,
+}
+
+/// Who calls through a market tunnel, as the tunnel's TLS handshake established it. The market
+/// link puts it in every request's extensions; a request without it on [`Door::Tunnel`] is
+/// refused. Extensions never come from the wire, so a market cannot forge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelCaller {
+    /// The role from the market's server certificate (market or auditor).
+    pub role: auth::Role,
+    /// The market endpoint (`https://host:port`).
+    pub endpoint: String,
+    /// The market certificate's subject.
+    pub subject: String,
+    /// The market certificate's serial number (hex).
+    pub serial: String,
 }
 
 /// What every listener's service instance answers from.

@@ -44,6 +44,10 @@ impl AgentService {
                 auth::role_from_certificate(leaf)
                     .map_err(|err| Status::permission_denied(err.to_string()))?
             }
+            Door::Tunnel => match request.extensions().get::<super::TunnelCaller>() {
+                Some(caller) if caller.role != Role::Admin => caller.role,
+                _ => return Err(Status::unauthenticated("no market identity on this tunnel")),
+            },
         };
         if auth::allowed(role, rpc) {
             Ok(role)

@@ -41,7 +41,15 @@ pub struct DevCerts {
     pub auditor: PemPair,
     /// Admin client.
     pub admin: PemPair,
+    /// The agent's client certificate for the market link (URI SAN `fog://agent/<host_id>`).
+    pub agent: PemPair,
+    /// A market's server certificate for trials of the market link (SAN `localhost`,
+    /// `127.0.0.1`, `::1`, URI SAN `fog://role/market`).
+    pub market_server: PemPair,
 }
+
+/// The URI SAN prefix that names an agent host (`fog://agent/<host_id>`).
+pub const AGENT_URI_PREFIX: &str = "fog://agent/";
 
 /// A certificate operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +120,8 @@ fn ia5(text: &str, what: &'static str) -> Result<rcgen::string::Ia5String, TlsEr
 }
 
 impl DevCerts {
-    /// Generates a fresh set.
-    pub fn generate() -> Result<Self, TlsError> {
+    /// Generates a fresh set; the agent certificate names `host_id`.
+    pub fn generate_for(host_id: &str) -> Result<Self, TlsError> {
         let mut ca_params = base_params("fog-agent development CA", Vec::new());
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -140,16 +148,45 @@ impl DevCerts {
                 ExtendedKeyUsagePurpose::ClientAuth,
             )
         };
+        let agent = leaf(
+            &ca,
+            "agent certificate",
+            &format!("fog agent {host_id}"),
+            vec![SanType::URI(ia5(
+                &format!("{AGENT_URI_PREFIX}{host_id}"),
+                "agent certificate",
+            )?)],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let market_server = leaf(
+            &ca,
+            "market server certificate",
+            "localhost",
+            vec![
+                SanType::DnsName(ia5("localhost", "market server certificate")?),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+                SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+                SanType::URI(ia5(&Role::Market.uri(), "market server certificate")?),
+            ],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
         Ok(Self {
             ca: PemPair {
                 cert_pem: ca.pem(),
                 key_pem: ca_key_pem,
             },
+            agent,
+            market_server,
             server,
             market: client(Role::Market)?,
             auditor: client(Role::Auditor)?,
             admin: client(Role::Admin)?,
         })
+    }
+
+    /// Generates a fresh set for the development host id `dev-host`.
+    pub fn generate() -> Result<Self, TlsError> {
+        Self::generate_for("dev-host")
     }
 
     /// The client certificate of `role`.
@@ -161,7 +198,8 @@ impl DevCerts {
         }
     }
 
-    /// Writes `ca.pem`, `server.pem`, `server.key`, and `<role>.pem`/`<role>.key` per role into
+    /// Writes `ca.pem`, `server.pem`, `server.key`, `<role>.pem`/`<role>.key` per role, and the
+    /// market link's `agent.pem`/`agent.key` and `market-server.pem`/`market-server.key` into
     /// `dir` (created if missing); keys get mode 0600. The CA key is not written: nothing more
     /// can be issued from a development set. Returns the files written.
     pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, TlsError> {
@@ -180,6 +218,10 @@ impl DevCerts {
             files.push((role_file(role, false), pair.cert_pem.as_str(), false));
             files.push((role_file(role, true), pair.key_pem.as_str(), true));
         }
+        files.push(("agent.pem", self.agent.cert_pem.as_str(), false));
+        files.push(("agent.key", self.agent.key_pem.as_str(), true));
+        files.push(("market-server.pem", self.market_server.cert_pem.as_str(), false));
+        files.push(("market-server.key", self.market_server.key_pem.as_str(), true));
         files
             .into_iter()
             .map(|(name, text, secret)| {
@@ -364,6 +406,44 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerTls
         .map_err(ServerTlsError::Config)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
+        .map_err(ServerTlsError::Config)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The client side of mutual TLS towards a market (`[market]` `ca`, `client_cert`,
+/// `client_key`): the server certificate must chain to `ca` (and match the host name, which
+/// the handshake checks); TLS 1.2 and 1.3; ALPN `h2`. Read from the files on every call, so a
+/// renewed certificate is used from the next connection on.
+pub fn market_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::ClientConfig, ServerTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = pem_items(ca, &read_file(ca)?, "certificate")?;
+    for ca in cas {
+        roots.add(ca).map_err(ServerTlsError::Config)?;
+    }
+    let chain: Vec<CertificateDer<'static>> = pem_items(cert, &read_file(cert)?, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&read_file(key)?).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => ServerTlsError::Empty {
+            path: key.to_owned(),
+            what: "private key",
+        },
+        source => ServerTlsError::Pem {
+            path: key.to_owned(),
+            source,
+        },
+    })?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(ServerTlsError::Config)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
         .map_err(ServerTlsError::Config)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)

@@ -1,5 +1,6 @@
-//! `fog-agent dev-certs --out DIR`: a development CA, server certificate and one client
-//! certificate per role, for the quick start and tests (see [`crate::api::tls::DevCerts`]).
+//! `fog-agent dev-certs --out DIR`: a development CA, server certificate, one client
+//! certificate per role, and the market link's agent client certificate and a market server
+//! certificate, for the quick start and tests (see [`crate::api::tls::DevCerts`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,11 +15,23 @@ pub struct DevCertsArgs {
     /// Directory to write into (created if missing; existing files are replaced).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// The host id the agent's market-link certificate names (`fog://agent/<host_id>`);
+    /// default: this machine's /etc/machine-id.
+    #[arg(long, value_name = "ID")]
+    pub host_id: Option<String>,
 }
 
 /// Runs `fog-agent dev-certs`.
 pub fn run(args: &DevCertsArgs) -> anyhow::Result<ExitCode> {
-    let files = DevCerts::generate()?.write_to(&args.out)?;
+    let host_id = match &args.host_id {
+        Some(id) => id.clone(),
+        None => std::fs::read_to_string("/etc/machine-id")
+            .map(|id| id.trim().to_owned())
+            .ok()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| "dev-host".to_owned()),
+    };
+    let files = DevCerts::generate_for(&host_id)?.write_to(&args.out)?;
     for file in files {
         println!("{}", file.display());
     }

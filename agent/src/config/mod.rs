@@ -14,7 +14,7 @@
 //!
 //! Where things are: [`Config`] and its entry points ([`Config::load`], [`Config::parse`]) here;
 //! the sections' types in `api` (`[api]`, `[metrics]`), `jobs` (`[jobs]`), `images`
-//! (`[images]`) and `host` (`[state]`, `[tpm]`, `[telemetry]`, `[capacity]`, `[bench]`); sizes and shares in `units`; the semantic
+//! (`[images]`), `market` (`[market]`) and `host` (`[state]`, `[tpm]`, `[telemetry]`, `[capacity]`, `[bench]`); sizes and shares in `units`; the semantic
 //! checks in `validate`; the error and how a TOML error is traced to its key in `error`. Every
 //! public item is re-exported here.
 
@@ -23,6 +23,7 @@ mod error;
 mod host;
 mod images;
 mod jobs;
+mod market;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -37,6 +38,7 @@ pub use error::{ConfigError, Problem};
 pub use host::{BenchConfig, CapacityConfig, StateConfig, TelemetryConfig, TpmConfig};
 pub use images::ImagesConfig;
 pub use jobs::{JobsConfig, ScratchLimit};
+pub use market::{parse_endpoint, MarketConfig, MarketEndpoint};
 pub use units::{parse_amount, parse_size, Amount, ByteSize, SizeError};
 
 /// The default config file path.
@@ -67,6 +69,8 @@ pub struct Config {
     pub images: ImagesConfig,
     /// `[metrics]`: the Prometheus `/metrics` endpoint.
     pub metrics: MetricsConfig,
+    /// `[market]`: reverse tunnels to markets.
+    pub market: MarketConfig,
 }
 
 impl Config {

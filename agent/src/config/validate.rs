@@ -236,6 +236,92 @@ impl Config {
             "metrics.tls_key",
             "set both metrics.tls_cert and metrics.tls_key for HTTPS, or neither".into(),
         );
+        let market = &self.market;
+        for url in &market.endpoints {
+            if let Err(err) = super::parse_endpoint(url) {
+                check(false, "market.endpoints", err);
+            }
+        }
+        if !market.endpoints.is_empty() {
+            for (key, path) in [
+                ("market.ca", &market.ca),
+                ("market.client_cert", &market.client_cert),
+                ("market.client_key", &market.client_key),
+            ] {
+                check(
+                    !path.as_os_str().is_empty(),
+                    key,
+                    "required when market.endpoints is set".into(),
+                );
+            }
+        }
+        for (key, value, range) in [
+            (
+                "market.max_streams",
+                u64::from(market.max_streams),
+                1..=100_000,
+            ),
+            (
+                "market.reconnect_min_millis",
+                market.reconnect_min_millis,
+                10..=3_600_000,
+            ),
+            (
+                "market.reconnect_max_millis",
+                market.reconnect_max_millis,
+                10..=3_600_000,
+            ),
+            (
+                "market.reconnect_spread_millis",
+                market.reconnect_spread_millis,
+                0..=3_600_000,
+            ),
+            (
+                "market.healthy_after_millis",
+                market.healthy_after_millis,
+                0..=86_400_000,
+            ),
+            (
+                "market.keepalive_interval_millis",
+                market.keepalive_interval_millis,
+                1_000..=86_400_000,
+            ),
+            (
+                "market.dead_after_millis",
+                market.dead_after_millis,
+                1_000..=3_600_000,
+            ),
+            (
+                "market.connect_timeout_millis",
+                market.connect_timeout_millis,
+                100..=600_000,
+            ),
+            (
+                "market.stream_idle_timeout_millis",
+                market.stream_idle_timeout_millis,
+                100..=86_400_000,
+            ),
+            (
+                "market.rotate_after_millis",
+                market.rotate_after_millis,
+                0..=31_536_000_000,
+            ),
+            ("market.drain_millis", market.drain_millis, 0..=3_600_000),
+        ] {
+            check(
+                range.contains(&value),
+                key,
+                format!("{value} is outside {} to {}", range.start(), range.end()),
+            );
+        }
+        check(
+            market.reconnect_min_millis <= market.reconnect_max_millis,
+            "market.reconnect_max_millis",
+            format!(
+                "{} is below market.reconnect_min_millis ({})",
+                market.reconnect_max_millis, market.reconnect_min_millis
+            ),
+        );
         for gpu in &self.capacity.reserve_gpus {
             check(
                 valid_pci_bus_id(gpu),

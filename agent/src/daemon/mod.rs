@@ -63,6 +63,9 @@ pub enum DaemonError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The market link could not start (its TLS files or endpoints).
+    #[error(transparent)]
+    Market(#[from] crate::market::MarketError),
     /// The job runner could not start (state store, jobs dir, recovery).
     #[error("cannot start the job runner")]
     Jobs(#[source] crate::jobs::JobError),
@@ -231,6 +234,7 @@ pub struct RunningDaemon {
     health: tonic_health::server::HealthReporter,
     grace: Duration,
     metrics: Option<crate::metrics::MetricsServer>,
+    market: crate::market::MarketLink,
 }
 
 impl RunningDaemon {
@@ -249,6 +253,11 @@ impl RunningDaemon {
         self.metrics
             .as_ref()
             .map(crate::metrics::MetricsServer::local_addr)
+    }
+
+    /// The market link's tunnels, one per `[market] endpoints` entry.
+    pub fn market_links(&self) -> Vec<fog_tunnel::LinkStatus> {
+        self.market.statuses()
     }
 
     /// What the API answers from (capacity ledger, job runner, ...).
@@ -271,6 +280,8 @@ impl RunningDaemon {
             // Jobs keep running under their shims; a restarted agent finds them again.
             jobs.shutdown();
         }
+        // Tunnels refuse new streams at once and get the grace to finish their open ones.
+        let market = tokio::spawn(self.market.shutdown(self.grace));
         let mut servers = self.servers;
         let drained = tokio::time::timeout(self.grace, async {
             for server in &mut servers {
@@ -289,6 +300,8 @@ impl RunningDaemon {
                 server.abort();
             }
         }
+        // Bounded by the grace inside.
+        let _ = market.await;
         if let Some(path) = &self.unix_socket {
             if let Err(err) = std::fs::remove_file(path) {
                 tracing::debug!(path = %path.display(), error = %err, "socket not removed");
@@ -356,6 +369,8 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         tcp_listeners.push((*addr, listener));
     }
     let listener_stats: ListenerStatsList = Arc::default();
+    // Dials out in the background: an unreachable market never delays or fails the start.
+    let market = crate::market::MarketLink::start(config, routes(Door::Tunnel)?)?;
 
     // First, so a metrics address in use fails the start before any gRPC listener runs.
     let metrics = if config.metrics.enabled {
@@ -373,6 +388,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
                 listener_stats.clone(),
                 server_tls.clone(),
             )),
+            market: Some(Arc::new(market.status_source())),
         });
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {
@@ -467,6 +483,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
         health,
         grace: config.api.shutdown_grace(),
         metrics,
+        market,
     })
 }
 

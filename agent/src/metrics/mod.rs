@@ -64,7 +64,12 @@ pub struct Handles {
     pub jobs: Option<Arc<dyn JobMetricsSource>>,
     /// The API listeners' connection counters (None: not served).
     pub connections: Option<ConnectionSource>,
+    /// The market link's tunnels (None: not running).
+    pub market: Option<MarketSource>,
 }
+
+/// Reads the market link's tunnels, one per endpoint.
+pub type MarketSource = Arc<dyn Fn() -> Vec<fog_tunnel::LinkStatus> + Send + Sync>;
 
 /// Reads the API listeners' connection counters.
 pub type ConnectionSource = Arc<dyn Fn() -> ApiConnections + Send + Sync>;
@@ -164,6 +169,12 @@ impl Sources {
                 .as_ref()
                 .map(|read| read())
                 .unwrap_or_default(),
+            market: self
+                .handles
+                .market
+                .as_ref()
+                .map(|read| read())
+                .unwrap_or_default(),
         }
     }
 
@@ -223,6 +234,8 @@ pub struct Snapshot {
     pub process_start: Option<f64>,
     /// The API listeners' connections.
     pub connections: ApiConnections,
+    /// The market link's tunnels, one per endpoint.
+    pub market: Vec<fog_tunnel::LinkStatus>,
 }
 
 /// The exposition format.

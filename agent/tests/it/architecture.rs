@@ -1,8 +1,8 @@
 //! The agent's layering, enforced: every `crate::<module>` path in `agent/src` (in `use`
 //! declarations, `use crate::{a, b::c}` groups and inline paths, test modules included) must
 //! point to a module on a strictly lower layer than the one it is written in; `fog_proto` and
-//! `tonic` appear only in the API's and the command line's layers (and `tonic` in the composition
-//! root, which serves them).
+//! `tonic` appear only in the API's, the market link's and the command line's layers (and
+//! `tonic` in the composition root, which serves them).
 //!
 //! The layers, top to bottom, and why each sits where it does, are in [`LAYERS`]. A new top-level
 //! module must be placed in it: an unplaced module fails the test.
@@ -17,6 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["cli"],
     // The composition root: builds the parts, wires them, serves, shuts down.
     &["daemon"],
+    // The market link: serves the API's routes through tunnels it opens to markets.
+    &["market"],
     // The faces: gRPC (proto conversion, auth, TLS, one error type) and Prometheus.
     &["api", "metrics"],
     // Attestation signs the benchmark results, so it sits above the benchmarks.
@@ -31,8 +33,8 @@ const LAYERS: &[&[&str]] = &[
 
 /// Crates only the API and the command line may name (the daemon serves tonic's transport).
 const BOUNDARY_CRATES: &[(&str, &[&str])] = &[
-    ("fog_proto", &["api", "cli"]),
-    ("tonic", &["api", "cli", "daemon"]),
+    ("fog_proto", &["api", "cli", "market"]),
+    ("tonic", &["api", "cli", "daemon", "market"]),
 ];
 
 fn src_dir() -> PathBuf {

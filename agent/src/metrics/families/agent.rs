@@ -1,5 +1,6 @@
 //! The agent's own families: TPM attestation outcomes (`fog_attestation_*`), the API
-//! listeners' connections (`fog_api_*`), build info, the
+//! listeners' connections (`fog_api_*`), the market link's tunnels (`fog_market_tunnel_*`),
+//! build info, the
 //! telemetry hub's subscribers and drops, and the agent process (`process_*`).
 
 use std::fmt;
@@ -98,6 +99,72 @@ pub(super) fn api_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
         "fog_api_tls_reloads",
         "TLS configurations reloaded from changed files or on SIGHUP, by result, since start.",
         reloads,
+    )
+}
+
+pub(super) fn market_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
+    if s.market.is_empty() {
+        return Ok(());
+    }
+    let mut up = Series::default();
+    let mut connects = Series::default();
+    let mut failures = Series::default();
+    let mut open = Series::default();
+    let mut streams = Series::default();
+    let mut refused = Series::default();
+    let mut bytes = Series::default();
+    for link in &s.market {
+        let name = || l1("endpoint", link.endpoint.clone());
+        up.push(name(), if link.up { 1.0 } else { 0.0 });
+        connects.push(name(), link.connects as f64);
+        failures.push(name(), link.failures as f64);
+        open.push(name(), link.streams_open as f64);
+        streams.push(name(), link.streams_total as f64);
+        refused.push(name(), link.streams_refused as f64);
+        for (direction, n) in [("in", link.bytes_in), ("out", link.bytes_out)] {
+            bytes.push(
+                vec![
+                    ("endpoint", link.endpoint.clone()),
+                    ("direction", direction.into()),
+                ],
+                n as f64,
+            );
+        }
+    }
+    w.gauge(
+        "fog_market_tunnel_up",
+        "1 while the reverse tunnel to the market endpoint is open, else 0.",
+        up,
+    )?;
+    w.counter(
+        "fog_market_tunnel_connects",
+        "Tunnels opened to the endpoint since start (each reconnect is one more).",
+        connects,
+    )?;
+    w.counter(
+        "fog_market_tunnel_failures",
+        "Attempts to open a tunnel to the endpoint that failed, since start.",
+        failures,
+    )?;
+    w.gauge(
+        "fog_market_tunnel_streams",
+        "Streams (RPCs from the market) open on the endpoint's tunnel now.",
+        open,
+    )?;
+    w.counter(
+        "fog_market_tunnel_streams_opened",
+        "Streams the market opened through the endpoint's tunnels since start.",
+        streams,
+    )?;
+    w.counter(
+        "fog_market_tunnel_streams_refused",
+        "Streams refused at once (market.max_streams, unknown revision, draining) since start.",
+        refused,
+    )?;
+    w.counter(
+        "fog_market_tunnel_message_bytes",
+        "Request (in) and response (out) message bytes through the endpoint's tunnels since start.",
+        bytes,
     )
 }
 

@@ -125,6 +125,7 @@ impl Collector for SnapshotCollector {
         capacity::benchmark_families(&mut w, s)?;
         agent::attestation_families(&mut w, s)?;
         agent::api_families(&mut w, s)?;
+        agent::market_families(&mut w, s)?;
         agent::agent_families(&mut w, s)
     }
 }

@@ -143,6 +143,19 @@ fn snapshot() -> Snapshot {
             tls_reloads_ok: 1,
             tls_reloads_failed: 0,
         },
+        market: vec![fog_tunnel::LinkStatus {
+            endpoint: "https://market.example:8443".into(),
+            up: true,
+            role: "market".into(),
+            connects: 2,
+            failures: 5,
+            streams_open: 4,
+            streams_total: 40,
+            streams_refused: 1,
+            bytes_in: 1000,
+            bytes_out: 250_000,
+            ..fog_tunnel::LinkStatus::default()
+        }],
     }
 }
 
@@ -187,6 +200,13 @@ fn prometheus_text_has_node_exporter_names_and_values() {
         "fog_api_connections_limit{listener=\"127.0.0.1:7443\"} 64.0",
         "fog_api_connections_closed_total{listener=\"127.0.0.1:7443\",reason=\"peer_limit\"} 5.0",
         "fog_api_tls_reloads_total{result=\"ok\"} 1.0",
+        "fog_market_tunnel_up{endpoint=\"https://market.example:8443\"} 1.0",
+        "fog_market_tunnel_connects_total{endpoint=\"https://market.example:8443\"} 2.0",
+        "fog_market_tunnel_failures_total{endpoint=\"https://market.example:8443\"} 5.0",
+        "fog_market_tunnel_streams{endpoint=\"https://market.example:8443\"} 4.0",
+        "fog_market_tunnel_streams_opened_total{endpoint=\"https://market.example:8443\"} 40.0",
+        "fog_market_tunnel_streams_refused_total{endpoint=\"https://market.example:8443\"} 1.0",
+        "fog_market_tunnel_message_bytes_total{endpoint=\"https://market.example:8443\",direction=\"out\"} 250000.0",
     ] {
         assert!(l.contains(&want), "missing {want:?} in\n{text}");
     }

@@ -1,0 +1,228 @@
+//! One connection to a market endpoint: TCP with keepalive probes and a user timeout (so a
+//! dead peer is found within `[market] dead_after_millis` without HTTP/2 pings a default gRPC
+//! server would punish), mutual TLS against `[market] ca` with the endpoint's host name, and
+//! the market's role read from its server certificate (market or auditor; admin is refused).
+//! Tonic's transport runs HTTP/2 over it; the TLS is ours because tonic's own connector can
+//! neither apply these socket options nor show the server's certificate.
+
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
+
+use crate::api::auth::{self, Role};
+use crate::api::TunnelCaller;
+use crate::config::MarketEndpoint;
+
+/// Why a connection to a market failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The host name did not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// What the resolver said.
+        source: std::io::Error,
+    },
+    /// TCP connect failed or timed out.
+    #[error("cannot connect to {addr}: {source}")]
+    Tcp {
+        /// The address.
+        addr: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (certificate not from the CA, wrong host name, ...).
+    #[error("TLS handshake with {host} failed: {source}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// rustls's reason.
+        source: std::io::Error,
+    },
+    /// The market's certificate names no usable role.
+    #[error("the market's certificate is refused: {0}")]
+    Role(String),
+    /// Connecting took longer than `[market] connect_timeout_millis`.
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
+}
+
+/// What a connection is made with.
+#[derive(Clone)]
+pub struct Connector {
+    endpoint: MarketEndpoint,
+    tls: TlsConnector,
+    dead_after: Duration,
+    timeout: Duration,
+    /// The identity the last handshake established.
+    caller: Arc<Mutex<Option<TunnelCaller>>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("endpoint", &self.endpoint.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector to `endpoint` with this TLS configuration.
+    pub fn new(
+        endpoint: MarketEndpoint,
+        tls: Arc<rustls::ClientConfig>,
+        dead_after: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            endpoint,
+            tls: TlsConnector::from(tls),
+            dead_after,
+            timeout,
+            caller: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Who the last successful handshake says the market is.
+    pub fn caller(&self) -> Option<TunnelCaller> {
+        self.caller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn connect(self) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.connect_now())
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+    }
+
+    async fn connect_now(self) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+        let MarketEndpoint { host, port, url } = &self.endpoint;
+        let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .map_err(|source| ConnectError::Resolve {
+                host: host.clone(),
+                source,
+            })?
+            .collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        let mut tcp = None;
+        for addr in &addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(err) => last = err,
+            }
+        }
+        let tcp = tcp.ok_or_else(|| ConnectError::Tcp {
+            addr: format!("{host}:{port}"),
+            source: last,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        if let Err(err) = set_dead_peer_detection(&tcp, self.dead_after) {
+            tracing::warn!(endpoint = %url, error = %err, "cannot set TCP keepalive options");
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+            ConnectError::Tls {
+                host: host.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            }
+        })?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ConnectError::Tls {
+                host: host.clone(),
+                source,
+            })?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or_else(|| ConnectError::Role("no server certificate".into()))?;
+        let caller = caller_of(url, leaf.as_ref())?;
+        *self.caller.lock().unwrap_or_else(PoisonError::into_inner) = Some(caller);
+        Ok(TokioIo::new(tls))
+    }
+}
+
+/// The identity of a market from its server certificate: its role (market or auditor).
+pub fn caller_of(endpoint: &str, der: &[u8]) -> Result<TunnelCaller, ConnectError> {
+    let role = auth::role_from_certificate(der).map_err(|e| ConnectError::Role(e.to_string()))?;
+    if role == Role::Admin {
+        return Err(ConnectError::Role(
+            "it names the admin role, which is never reachable through a tunnel".into(),
+        ));
+    }
+    let (subject, serial) = match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => (cert.subject().to_string(), cert.raw_serial_as_string()),
+        Err(_) => (String::new(), String::new()),
+    };
+    Ok(TunnelCaller {
+        role,
+        endpoint: endpoint.to_owned(),
+        subject,
+        serial,
+    })
+}
+
+/// TCP keepalive probes and a user timeout adding up to about `dead_after`: idle a quarter of
+/// it, then six probes an eighth apart; unacknowledged data also gives up after `dead_after`.
+fn set_dead_peer_detection(tcp: &TcpStream, dead_after: Duration) -> std::io::Result<()> {
+    let fd = tcp.as_raw_fd();
+    let secs = |d: Duration| libc::c_int::try_from(d.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    let user_timeout = libc::c_int::try_from(dead_after.as_millis()).unwrap_or(libc::c_int::MAX);
+    let options = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(dead_after / 4)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(dead_after / 8)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout),
+    ];
+    for (level, name, value) in options {
+        // SAFETY: `fd` is an open socket owned by `tcp` for the duration of the call, and the
+        // option value is a live c_int whose size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        Box::pin(self.clone().connect())
+    }
+}
