@@ -19,6 +19,7 @@ mod image;
 mod image_hostile;
 mod inventory;
 mod jobs;
+mod market;
 mod metrics;
 mod security;
 mod shims;
