@@ -116,7 +116,10 @@ impl Market {
                 return market;
             }
             if let Some(status) = market.child.try_wait().unwrap() {
-                panic!("{script} exited ({status}) before listening:\n{}", market.log());
+                panic!(
+                    "{script} exited ({status}) before listening:\n{}",
+                    market.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -140,7 +143,10 @@ impl Market {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("the market did not finish within {timeout:?}:\n{}", self.log());
+                panic!(
+                    "the market did not finish within {timeout:?}:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -194,8 +200,13 @@ async fn start_agent(
 
 /// Every scenario of `results` (the markets' JSON) is there and ok.
 fn assert_scenarios(market: &Market, results: &Path, scenarios: &[&str]) {
-    let text = std::fs::read_to_string(results)
-        .unwrap_or_else(|err| panic!("no results at {} ({err}):\n{}", results.display(), market.log()));
+    let text = std::fs::read_to_string(results).unwrap_or_else(|err| {
+        panic!(
+            "no results at {} ({err}):\n{}",
+            results.display(),
+            market.log()
+        )
+    });
     let results: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut failed = Vec::new();
     for name in scenarios {
@@ -268,7 +279,10 @@ async fn the_example_market_calls_the_agent_through_its_tunnel() {
     ] {
         assert!(log.contains(call), "{call:?} not in:\n{log}");
     }
-    assert!(log.contains(&format!("tunnel connected: fog://agent/{HOST_ID}")), "{log}");
+    assert!(
+        log.contains(&format!("tunnel connected: fog://agent/{HOST_ID}")),
+        "{log}"
+    );
     let link = daemon.market_links().remove(0);
     assert!(link.connects >= 1 && link.role == "market", "{link:?}");
     daemon.shutdown().await;
@@ -329,9 +343,16 @@ async fn tunnel_market_scenarios_through_the_agent() {
     .await;
     let status = market.wait(Duration::from_secs(300)).await;
     assert_scenarios(&market, &results, &scenarios);
-    assert!(status.success(), "tunnel_market.py: {status}:\n{}", market.log());
+    assert!(
+        status.success(),
+        "tunnel_market.py: {status}:\n{}",
+        market.log()
+    );
     let link = daemon.market_links().remove(0);
-    assert!(link.streams_total >= 10 && link.bytes_in >= limit, "{link:?}");
+    assert!(
+        link.streams_total >= 10 && link.bytes_in >= limit,
+        "{link:?}"
+    );
     daemon.shutdown().await;
 }
 
@@ -411,7 +432,11 @@ async fn tunnel_market_runs_a_job_and_reads_a_mebibyte_of_its_logs() {
     );
     let status = market.wait(Duration::from_secs(300)).await;
     assert_scenarios(&market, &results, &["job", "large_response"]);
-    assert!(status.success(), "tunnel_market.py: {status}:\n{}", market.log());
+    assert!(
+        status.success(),
+        "tunnel_market.py: {status}:\n{}",
+        market.log()
+    );
     let stopped = crate::jobs::get(&mut harness.client, &job_id).await;
     assert!(crate::jobs::ended(&stopped), "{stopped:?}");
 }
@@ -477,7 +502,11 @@ async fn scripted_market_conformance() {
             "idle_timeout",
         ],
     );
-    assert!(status.success(), "scripted_market.py: {status}:\n{}", market.log());
+    assert!(
+        status.success(),
+        "scripted_market.py: {status}:\n{}",
+        market.log()
+    );
     daemon.shutdown().await;
 }
 
@@ -514,7 +543,10 @@ async fn a_market_certificate_from_another_ca_is_refused_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let certs = write_certs(dir.path());
     let other = dir.path().join("other");
-    DevCerts::generate_for("other").unwrap().write_to(&other).unwrap();
+    DevCerts::generate_for("other")
+        .unwrap()
+        .write_to(&other)
+        .unwrap();
     let market = serve_only(
         &python,
         dir.path(),
@@ -523,16 +555,23 @@ async fn a_market_certificate_from_another_ca_is_refused_and_retried() {
         &other.join("market-server.key"),
     );
     let daemon = start_agent(dir.path(), market.port, &certs.join("ca.pem"), |_| {}).await;
-    let link = wait_link(&daemon, Duration::from_secs(20), "two refused attempts", |s| {
-        s.failures >= 2
-    })
+    let link = wait_link(
+        &daemon,
+        Duration::from_secs(20),
+        "two refused attempts",
+        |s| s.failures >= 2,
+    )
     .await;
     assert!(!link.up && link.connects == 0, "{link:?}");
     assert!(
         link.last_error.contains("TLS handshake") && link.last_error.contains("certificate"),
         "{link:?}"
     );
-    assert!(!events(dir.path()).contains(&"connected".to_owned()), "{}", market.log());
+    assert!(
+        !events(dir.path()).contains(&"connected".to_owned()),
+        "{}",
+        market.log()
+    );
     daemon.shutdown().await;
 }
 
@@ -552,13 +591,20 @@ async fn a_market_certificate_without_a_role_is_refused() {
         &certs.join("server.key"),
     );
     let daemon = start_agent(dir.path(), market.port, &certs.join("ca.pem"), |_| {}).await;
-    let link = wait_link(&daemon, Duration::from_secs(20), "two refused attempts", |s| {
-        s.failures >= 2
-    })
+    let link = wait_link(
+        &daemon,
+        Duration::from_secs(20),
+        "two refused attempts",
+        |s| s.failures >= 2,
+    )
     .await;
     assert!(!link.up && link.connects == 0, "{link:?}");
     assert!(link.last_error.contains("refused"), "{link:?}");
-    assert!(!events(dir.path()).contains(&"connected".to_owned()), "{}", market.log());
+    assert!(
+        !events(dir.path()).contains(&"connected".to_owned()),
+        "{}",
+        market.log()
+    );
     daemon.shutdown().await;
 }
 
@@ -580,7 +626,10 @@ async fn a_restarted_market_gets_the_tunnel_back() {
     wait_link(&daemon, Duration::from_secs(20), "the tunnel", |s| s.up).await;
 
     market.signal(libc::SIGUSR2); // the market goes away
-    wait_link(&daemon, Duration::from_secs(20), "the tunnel's loss", |s| !s.up).await;
+    wait_link(&daemon, Duration::from_secs(20), "the tunnel's loss", |s| {
+        !s.up
+    })
+    .await;
     market.signal(libc::SIGUSR1); // and comes back on the same port
     let link = wait_link(&daemon, Duration::from_secs(20), "the tunnel back", |s| {
         s.up && s.connects == 2
@@ -608,4 +657,143 @@ async fn a_restarted_market_gets_the_tunnel_back() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn fog_agent(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fog-agent"))
+        .args(args)
+        .env_remove("FOG_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fog-agent {args:?}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_through_the_tunnel_verifies() {
+    let Some(python) = python("an_attestation_through_the_tunnel_verifies") else {
+        return;
+    };
+    let swtpm = fog_tpm::testing::Swtpm::start().unwrap();
+    let tcti = swtpm.tcti().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = write_certs(dir.path());
+    let s = |path: &Path| path.to_str().unwrap().to_owned();
+    // The agent's AK is enrolled with an auditor first (as in attest.rs), in the state dir
+    // the daemon then uses; the daemon's host id is the machine id.
+    let state = s(&dir.path().join("state"));
+    let auditor = s(&dir.path().join("auditor"));
+    let host_id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let anchors = s(&swtpm.trust_anchors_file().unwrap());
+    let (req, chal, proof) = (
+        s(&dir.path().join("req.json")),
+        s(&dir.path().join("chal.json")),
+        s(&dir.path().join("proof.json")),
+    );
+    fog_agent(&[
+        "attest",
+        "enroll-request",
+        "--tcti",
+        &tcti,
+        "--state-dir",
+        &state,
+        "--host-id",
+        &host_id,
+        "--out",
+        &req,
+    ]);
+    fog_agent(&[
+        "verify",
+        "enroll-challenge",
+        &req,
+        "--trust-anchors",
+        &anchors,
+        "--allow-software-tpm",
+        "--out",
+        &chal,
+        "--state-dir",
+        &auditor,
+    ]);
+    fog_agent(&[
+        "attest",
+        "activate",
+        &chal,
+        "--tcti",
+        &tcti,
+        "--state-dir",
+        &state,
+        "--out",
+        &proof,
+    ]);
+    fog_agent(&["verify", "enroll-finish", &proof, "--state-dir", &auditor]);
+
+    let (cert, key, ca) = (
+        certs.join("market-server.pem"),
+        certs.join("market-server.key"),
+        certs.join("ca.pem"),
+    );
+    let nonce = "00112233445566778899aabbccddeeff";
+    let record = dir.path().join("attestation.json");
+    let results = dir.path().join("results.json");
+    let mut market = Market::spawn(
+        &python,
+        "agent/tests/py/tunnel_market.py",
+        dir.path(),
+        (&cert, &key, &ca),
+        "127.0.0.1:0",
+        &[
+            "--agent",
+            HOST_ID,
+            "--scenarios",
+            "attestation",
+            "--nonce-hex",
+            nonce,
+            "--attestation-out",
+            &s(&record),
+            "--results",
+            &s(&results),
+            "--timeout",
+            "120",
+        ],
+    );
+    let daemon = start_agent(dir.path(), market.port, &ca, |config| {
+        config.tpm.tcti = tcti.clone();
+    })
+    .await;
+    let status = market.wait(Duration::from_secs(300)).await;
+    assert_scenarios(&market, &results, &["attestation"]);
+    assert!(status.success(), "{}", market.log());
+    daemon.shutdown().await;
+
+    // What the market received is what an auditor verifies.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(record["format"], "fog-attest-v1");
+    assert_eq!(record["host_id"], host_id.as_str());
+    assert_eq!(record["nonce_hex"], nonce);
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, record["report_json"].as_str().unwrap()).unwrap();
+    let verdict = fog_agent(&[
+        "verify",
+        &s(&report),
+        "--nonce",
+        nonce,
+        "--trust-anchors",
+        &anchors,
+        "--state-dir",
+        &auditor,
+        "--allow-software-tpm",
+        "--json",
+    ]);
+    let verdict: serde_json::Value = serde_json::from_str(&verdict).unwrap();
+    assert_eq!(verdict["ok"], true, "{verdict}");
 }

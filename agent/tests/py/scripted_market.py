@@ -284,9 +284,11 @@ class Market:
         self.arrivals = asyncio.Queue()
         self.current = None
         self.tunnels = 0
+        self.arrival_times = []  # every OpenReverseTunnel call, taken or not
 
     async def servicer(self, request_iterator, context):
         pending = Pending(context)
+        self.arrival_times.append(pending.arrived_at)
         self.arrivals.put_nowait(pending)
         try:
             negotiate = await pending.negotiate
@@ -484,7 +486,9 @@ async def ends_tunnel(market: Market, tunnel: Tunnel, broken_at: float, detail: 
     if detail["ended"] != "reset":
         tunnel.release.set()  # end it from here: the next scenarios get the agent's next tunnel
     fresh = await market.accept(negotiate=True, timeout=market.args.reconnect_seconds + market.args.timeout)
-    detail["reconnect_seconds"] = round(fresh.arrived_at - broken_at, 3)
+    # The agent's first call after the error (it may have given up on calls the market let wait).
+    redial = next(t for t in market.arrival_times if t > broken_at)
+    detail["reconnect_seconds"] = round(redial - broken_at, 3)
     detail["after"] = (await fresh.unary(method("GetCapacity"))).summary()
     expect(detail["ended"] == "reset", detail)
     expect(detail["reconnect_seconds"] <= market.args.reconnect_seconds, detail)
