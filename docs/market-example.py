@@ -18,7 +18,8 @@ Run it (`pip install grpcio grpcio-tools grpctunnel-py==0.3.0`), from the reposi
     python3 docs/market-example.py --listen 127.0.0.1:8443 --proto-dir proto \
         --cert DIR/market-server.pem --key DIR/market-server.key --ca DIR/ca.pem
 
-and point an agent at it (`fog-agent dev-certs --out DIR` writes all these files for localhost):
+and point an agent at it (`fog-agent dev-certs --out DIR [--host-id ID]` writes all these files
+for localhost):
 
     [market]
     endpoints = ["https://127.0.0.1:8443"]
