@@ -28,6 +28,8 @@
 //! - [`outbound`]: control frames never wait; a tunnel is ended by resetting the call, never
 //!   by half-closing it (grpctunnel-py keeps a half-closed tunnel registered).
 
+#![forbid(unsafe_code)]
+
 pub mod bridge;
 pub mod demux;
 pub mod flow;

@@ -100,14 +100,18 @@ impl Connector {
             .clone()
     }
 
-    async fn connect(self) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+    async fn connect(
+        self,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, self.connect_now())
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
 
-    async fn connect_now(self) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+    async fn connect_now(
+        self,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
         let MarketEndpoint { host, port, url } = &self.endpoint;
         let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
             .await

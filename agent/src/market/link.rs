@@ -396,7 +396,11 @@ async fn one_tunnel(
 
 fn describe(end: &TunnelEnd) -> String {
     match end {
-        TunnelEnd::Call(status) => format!("the tunnel call failed: {} ({:?})", status.message(), status.code()),
+        TunnelEnd::Call(status) => format!(
+            "the tunnel call failed: {} ({:?})",
+            status.message(),
+            status.code()
+        ),
         other => other.to_string(),
     }
 }
