@@ -2,7 +2,7 @@
 //! small gRPC service (echo of a requested size, an endless stream, a failure with details).
 //! The wire-level conformance against real markets (grpctunnel-py, a scripted Python market)
 //! runs in the agent's integration tests.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
