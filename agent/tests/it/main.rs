@@ -19,6 +19,7 @@ mod image;
 mod image_hostile;
 mod inventory;
 mod jobs;
+mod market_faults;
 mod metrics;
 mod security;
 mod shims;
