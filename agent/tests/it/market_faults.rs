@@ -72,6 +72,8 @@ impl TunnelService for HoldingMarket {
 /// A running holding market; dropping `kill` (or sending true) ends its tunnels and stops
 /// accepting.
 struct Market {
+    /// Where it listens.
+    addr: SocketAddr,
     tunnels: Arc<AtomicU64>,
     kill: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -89,6 +91,7 @@ impl Market {
             .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
             .client_ca_root(Certificate::from_pem(client_ca));
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(async move {
             let _ = Server::builder()
@@ -99,6 +102,7 @@ impl Market {
                 .await;
         });
         Self {
+            addr,
             tunnels,
             kill,
             server,
@@ -276,4 +280,186 @@ async fn markets_from_another_ca_or_without_a_role_are_refused() {
         market.kill();
     }
     assert!(daemon.shutdown().await);
+}
+
+/// A network namespace for the agent whose only link is a veth to the test's "internet"
+/// (203.0.113.0/24, a documentation range): the market is 203.0.113.1 on the root side, the
+/// agent 203.0.113.2; inside, `localhost` resolves to the market (`/etc/netns/<ns>/hosts`, which
+/// `ip netns exec` mounts over `/etc/hosts`), so the development market certificate matches.
+/// Removed (namespace, veth, files) on drop.
+struct AgentNetns {
+    name: String,
+    veth: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl AgentNetns {
+    fn create() -> Result<Self, String> {
+        let id = std::process::id();
+        let ns = Self {
+            name: format!("fogt{id}"),
+            veth: format!("fgm{id}"),
+        };
+        let inside = format!("fga{id}");
+        ip(&["netns", "add", &ns.name])?;
+        let hosts = PathBuf::from("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&hosts).map_err(|e| e.to_string())?;
+        std::fs::write(hosts.join("hosts"), "203.0.113.1 localhost\n")
+            .map_err(|e| e.to_string())?;
+        ip(&[
+            "link", "add", &ns.veth, "type", "veth", "peer", "name", &inside,
+        ])?;
+        ip(&["link", "set", &inside, "netns", &ns.name])?;
+        ip(&["addr", "add", "203.0.113.1/24", "dev", &ns.veth])?;
+        ip(&["link", "set", &ns.veth, "up"])?;
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            "203.0.113.2/24",
+            "dev",
+            &inside,
+        ])?;
+        ip(&["-n", &ns.name, "link", "set", &inside, "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.veth, if up { "up" } else { "down" }]).unwrap();
+    }
+}
+
+impl Drop for AgentNetns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.veth]);
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_network_is_found_dead_and_the_tunnel_comes_back() {
+    const TEST: &str = "a_dropped_network_is_found_dead_and_the_tunnel_comes_back";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return crate::support::skip(TEST, "network namespaces need root");
+    }
+    let netns = match AgentNetns::create() {
+        Ok(netns) => netns,
+        Err(err) => return crate::support::skip(TEST, &format!("cannot make a namespace: {err}")),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let cert_dir = dir.path().join("certs");
+    certs.write_to(&cert_dir).unwrap();
+    let market = Market::start(
+        "203.0.113.1:0".parse().unwrap(),
+        &certs.market_server,
+        &certs.ca.cert_pem,
+    )
+    .await;
+    let port = market.addr.port();
+    let socket = dir.path().join("agent.sock");
+    let config = format!(
+        r#"
+[api]
+listen = []
+unix_socket = "{socket}"
+[state]
+dir = "{state}"
+[tpm]
+tcti = "{tcti}"
+[bench]
+run_on_start = false
+[metrics]
+enabled = false
+[market]
+endpoints = ["https://localhost:{port}"]
+ca = "{certs}/ca.pem"
+client_cert = "{certs}/agent.pem"
+client_key = "{certs}/agent.key"
+reconnect_min_millis = 200
+reconnect_max_millis = 1000
+reconnect_spread_millis = 500
+healthy_after_millis = 500
+connect_timeout_millis = 1000
+dead_after_millis = 4000
+"#,
+        socket = socket.display(),
+        state = dir.path().join("state").display(),
+        tcti = crate::support::NO_TPM_TCTI,
+        certs = cert_dir.display(),
+    );
+    let config_file = dir.path().join("agent.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let mut agent = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns.name])
+        .arg(env!("CARGO_BIN_EXE_fog-agent"))
+        .args(["serve", "--config"])
+        .arg(&config_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let links = |socket: PathBuf| async move {
+        let mut client = crate::support::unix_client(&socket).await;
+        client
+            .get_market_links(pb::GetMarketLinksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .links
+    };
+    let wait = |what: &'static str, limit: Duration, up: bool| {
+        let socket = socket.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                if socket.exists() && links(socket.clone()).await[0].up == up {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < limit,
+                    "{what} not within {limit:?}:\n{}",
+                    log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait("tunnel up", Duration::from_secs(20), true).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // The network goes: nothing is sent or acknowledged; the kernel's keepalive probes and
+    // user timeout find the connection dead within about dead_after_millis.
+    netns.link(false);
+    let took = wait("tunnel found dead", Duration::from_secs(20), false).await;
+    eprintln!("found dead {took:?} after the link went down (dead_after_millis = 4000)");
+    let down = links(socket.clone()).await;
+    assert!(!down[0].last_error.is_empty(), "{down:?}");
+
+    netns.link(true);
+    let took = wait("tunnel back", Duration::from_secs(20), true).await;
+    eprintln!("back {took:?} after the link came back");
+    assert_eq!(market.tunnels.load(Ordering::SeqCst), 2);
+    crate::support::terminate(&mut agent);
+    market.kill();
 }
