@@ -371,9 +371,9 @@ async fn one_tunnel(
             return Attempt::Stopped;
         }
     };
-    state.update(|s| s.up = false);
     match ended {
         Some(end) => {
+            state.update(|s| s.up = false);
             let reason = match end {
                 Ok(end) => describe(&end),
                 Err(err) => format!("the tunnel task failed: {err}"),
@@ -381,6 +381,7 @@ async fn one_tunnel(
             Attempt::Ended(up_at.elapsed(), reason)
         }
         None => {
+            // Still up: the next tunnel opens at once and takes the new streams.
             tracing::info!(endpoint = %endpoint.url, "market link: rotating the tunnel; the old one drains");
             let _ = drain_tx.send(true);
             let drain = config.drain();

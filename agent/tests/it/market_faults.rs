@@ -463,3 +463,36 @@ dead_after_millis = 4000
     crate::support::terminate(&mut agent);
     market.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_are_rotated_at_their_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let cert_dir = dir.path().join("certs");
+    certs.write_to(&cert_dir).unwrap();
+    let market = Market::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &certs.market_server,
+        &certs.ca.cert_pem,
+    )
+    .await;
+    let mut config = crate::support::mtls_config(dir.path());
+    market_config(
+        &mut config,
+        &cert_dir,
+        vec![format!("https://127.0.0.1:{}", market.addr.port())],
+    );
+    config.market.rotate_after_millis = 400;
+    config.market.drain_millis = 1_000;
+    let daemon = start_daemon(&config).await;
+    // A new tunnel at each age, opened at once (no backoff), with no failure between.
+    wait_for(&daemon, Duration::from_secs(10), "three tunnels", |l| {
+        l[0].connects >= 3
+    })
+    .await;
+    let link = &daemon.market_links()[0];
+    assert_eq!(link.failures, 0, "{link:?}");
+    assert!(market.tunnels.load(Ordering::SeqCst) >= 3);
+    assert!(daemon.shutdown().await);
+    market.kill();
+}
