@@ -213,6 +213,7 @@ async fn run_endpoint(
             Attempt::Failed(error) => {
                 tracing::warn!(endpoint = %endpoint.url, %error, "market link: cannot open the tunnel");
                 state.update(|s| {
+                    s.up = false;
                     s.failures += 1;
                     s.last_error = error;
                 });
