@@ -330,7 +330,7 @@ where
                                 message: format!("no request frame for {} ms", idle.as_millis()),
                             });
                         }
-                        demux.closed(id);
+                        demux.forget(id);
                     }
                 }
             }
@@ -430,15 +430,30 @@ where
                 }
                 true
             }
-            Event::Fail { id, failure } => {
+            Event::Fail {
+                id,
+                failure,
+                window_update,
+            } => {
                 if let Some(handle) = handles.get_mut(&id) {
                     handle.abort(failure);
                 }
-                true
+                grant(out, id, window_update)
             }
+            Event::Discard { id, window_update } => grant(out, id, window_update),
             Event::Ignored => true,
         }
     }
+}
+
+/// Grants discarded request bytes back to the market (nothing for 0); false when the market
+/// has stopped reading control frames.
+fn grant(out: &OutboundTx, id: i64, bytes: u32) -> bool {
+    bytes == 0
+        || out.control(ServerToClient {
+            stream_id: id,
+            frame: Some(Frame::WindowUpdate(bytes)),
+        })
 }
 
 /// A stream's time limit: `grpc-timeout` if given, capped by the unary limit for calls with a
