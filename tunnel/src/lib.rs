@@ -224,23 +224,22 @@ where
     where
         I: Stream<Item = Result<ClientToServer, tonic::Status>> + Unpin,
     {
-        let mut task_streams = HashMap::new();
-        let end = self
-            .run(
-                inbound,
-                out,
-                negotiated,
-                extensions,
-                drain,
-                &stats,
-                &mut task_streams,
-            )
-            .await;
-        // The streams still open end with the tunnel (their tasks are aborted).
-        stats
-            .streams_open
-            .fetch_sub(task_streams.len() as u64, Ordering::Relaxed);
-        end
+        // The streams still open end with the tunnel (their tasks are aborted), also when this
+        // future is dropped.
+        let mut open = OpenStreams {
+            stats: stats.clone(),
+            tasks: HashMap::new(),
+        };
+        self.run(
+            inbound,
+            out,
+            negotiated,
+            extensions,
+            drain,
+            &stats,
+            &mut open.tasks,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -443,6 +442,21 @@ where
             Event::Discard { id, window_update } => grant(out, id, window_update),
             Event::Ignored => true,
         }
+    }
+}
+
+/// The tunnel's running stream tasks (task id to stream id); on drop, they are no longer
+/// counted as open.
+struct OpenStreams {
+    stats: Arc<TunnelStats>,
+    tasks: HashMap<tokio::task::Id, i64>,
+}
+
+impl Drop for OpenStreams {
+    fn drop(&mut self) {
+        self.stats
+            .streams_open
+            .fetch_sub(self.tasks.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -444,3 +444,71 @@ async fn the_stream_cap_and_overruns_fail_streams_and_duplicate_ids_end_the_tunn
         .unwrap();
     assert!(matches!(end, TunnelEnd::Protocol(_)), "{end:?}");
 }
+
+#[tokio::test]
+async fn open_streams_are_uncounted_when_the_tunnel_is_dropped() {
+    let server = TunnelServer::new(
+        tower::service_fn(service),
+        TunnelConfig {
+            max_streams: 8,
+            max_message_bytes: 100_000,
+            stream_idle_timeout: Duration::from_secs(5),
+            unary_timeout: None,
+        },
+        methods(),
+    );
+    let stats = Arc::new(fog_tunnel::TunnelStats::default());
+    let (to_agent, rx) = mpsc::unbounded_channel::<Result<ClientToServer, tonic::Status>>();
+    let inbound = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let (out, mut from_agent) = outbound();
+    let (_drain_tx, drain) = watch::channel(false);
+    let tunnel = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            server
+                .serve(
+                    Box::pin(inbound),
+                    out,
+                    false,
+                    http::Extensions::new(),
+                    drain,
+                    stats,
+                )
+                .await
+        })
+    };
+    for id in 1..4 {
+        for frame in [
+            In::NewStream(NewStream {
+                method_name: "t.T/Stream".into(),
+                ..NewStream::default()
+            }),
+            In::RequestMessage(MessageData {
+                size: 1,
+                data: Bytes::from_static(&[1]),
+            }),
+            In::HalfClose(()),
+        ] {
+            to_agent
+                .send(Ok(ClientToServer {
+                    stream_id: id,
+                    frame: Some(frame),
+                }))
+                .unwrap();
+        }
+    }
+    // Three streams answering: their first messages arrive.
+    let mut messages = 0;
+    while messages < 3 {
+        if let Some(Out::ResponseMessage(_)) = from_agent.next().await.unwrap().frame {
+            messages += 1;
+        }
+    }
+    assert_eq!(stats.streams_open(), 3);
+    assert_eq!(stats.streams_total(), 3);
+    tunnel.abort();
+    let _ = tunnel.await;
+    assert_eq!(stats.streams_open(), 0);
+}
