@@ -33,6 +33,7 @@ test_pkgs=(
   prometheus prometheus-node-exporter            # promtool check metrics; footprint peer
   systemd dpkg-dev                               # systemd-analyze verify/security; dpkg-shlibdeps for cargo-deb
   skopeo umoci                                   # image interop tests (layout copy, unpack)
+  iproute2                                       # network namespaces and veths (market link faults)
 )
 
 pkgs=("${runtime_pkgs[@]}")

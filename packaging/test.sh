@@ -31,7 +31,7 @@ cargo test --workspace --locked
 step "package: cargo deb, dpkg -i, run, systemd-analyze, dpkg -r, dpkg -P"
 bash packaging/test-package.sh
 
-# Fuzz the TPM structure parsers and the report JSON briefly (cargo-fuzz needs nightly; the
+# Fuzz the TPM structure parsers, the report JSON and the tunnel's frame state machine briefly (cargo-fuzz needs nightly; the
 # stable seeded robustness tests above always run). No AddressSanitizer: fog-tpm forbids unsafe
 # code, so ASan would find nothing safe Rust does not already turn into a panic, and the
 # instrumented build of every dependency costs minutes; coverage-guided fuzzing with debug
@@ -44,6 +44,11 @@ if grep -q '^nightly' <<< "$(rustup toolchain list 2>/dev/null)"; then
     for target in tpms_attest tpmt_signature tpm2b_public report_json; do
       cargo +nightly fuzz run --sanitizer none "$target" -- -max_total_time="${FOG_FUZZ_SECONDS:-10}" 2>&1 | tail -n 2
     done
+  )
+  step "cargo +nightly fuzz (the market tunnel's frame state machine, ${FOG_FUZZ_SECONDS:-10} s)"
+  (
+    cd tunnel/fuzz
+    cargo +nightly fuzz run --sanitizer none demux -- -max_total_time="${FOG_FUZZ_SECONDS:-10}" -rss_limit_mb=512 2>&1 | tail -n 2
   )
 else
   echo "fuzz: skipped, no nightly toolchain (the stable robustness tests ran)"

@@ -129,12 +129,24 @@ pub enum Event {
         /// Bytes.
         bytes: u32,
     },
-    /// The stream broke the protocol: close it with this status (the tunnel lives on).
+    /// The stream broke the protocol or a limit: close it with this status (the tunnel lives
+    /// on). Its further request data is discarded, and in revision 1 granted back, so that a
+    /// market blocked sending the rest of a message (grpctunnel-py waits for window even after
+    /// the stream is closed) gets to read the status.
     Fail {
         /// The stream.
         id: i64,
         /// Why.
         failure: StreamFailure,
+        /// Bytes of the failing frame to grant back now (revision 1), else 0.
+        window_update: u32,
+    },
+    /// Request data for a failed stream, discarded; grant `window_update` back (0: none).
+    Discard {
+        /// The stream.
+        id: i64,
+        /// Bytes to grant back (revision 1), else 0.
+        window_update: u32,
     },
     /// Nothing to do (a late frame for a closed stream).
     Ignored,
@@ -143,6 +155,9 @@ pub enum Event {
 #[derive(Debug)]
 struct Slot {
     kind: MethodKind,
+    revision: Revision,
+    /// Failed: its handler is gone, its request data is discarded until it half-closes.
+    discarding: bool,
     credit: Arc<Credit>,
     /// Bytes still expected of the message being received.
     pending: Option<u32>,
@@ -183,8 +198,16 @@ impl Demux {
         self.draining = true;
     }
 
-    /// A stream's handler finished: frames for it are late from now on.
+    /// A stream's handler finished: frames for it are late from now on (a failed stream's
+    /// discarding goes on until the market half-closes or cancels it).
     pub fn closed(&mut self, id: i64) {
+        if self.streams.get(&id).is_some_and(|slot| !slot.discarding) {
+            self.streams.remove(&id);
+        }
+    }
+
+    /// Forgets a stream whatever its state (its idle timeout passed).
+    pub fn forget(&mut self, id: i64) {
         self.streams.remove(&id);
     }
 
@@ -217,6 +240,19 @@ impl Demux {
             return self.unknown(id);
         };
         slot.last_frame = now;
+        if slot.discarding {
+            let len = match &frame {
+                Frame::RequestMessage(message) => message.data.len(),
+                Frame::MoreRequestData(data) => data.len(),
+                Frame::HalfClose(()) | Frame::Cancel(()) => {
+                    self.streams.remove(&id);
+                    return Ok(Event::Ignored);
+                }
+                Frame::NewStream(_) | Frame::WindowUpdate(_) => return Ok(Event::Ignored),
+            };
+            let window_update = grant(slot.revision, len);
+            return Ok(Event::Discard { id, window_update });
+        }
         match frame {
             Frame::NewStream(_) => Ok(Event::Ignored),
             Frame::Cancel(()) => {
@@ -225,99 +261,47 @@ impl Demux {
             }
             Frame::WindowUpdate(bytes) => Ok(Event::WindowUpdate { id, bytes }),
             Frame::HalfClose(()) => {
-                if slot.half_closed {
-                    return Ok(self.fail(id, Code::InvalidArgument, "half-closed twice"));
-                }
-                if slot.pending.is_some() {
-                    return Ok(self.fail(
+                let problem = if slot.half_closed {
+                    Some("half-closed twice")
+                } else if slot.pending.is_some() {
+                    Some("half-closed in the middle of a request message")
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    // Nothing more comes from the market: no discarding.
+                    self.streams.remove(&id);
+                    return Ok(Event::Fail {
                         id,
-                        Code::InvalidArgument,
-                        "half-closed in the middle of a request message",
-                    ));
+                        failure: StreamFailure::new(Code::InvalidArgument, problem),
+                        window_update: 0,
+                    });
                 }
                 slot.half_closed = true;
                 let empty_message = !slot.kind.client_streaming && slot.messages == 0;
                 Ok(Event::HalfClose { id, empty_message })
             }
             Frame::RequestMessage(message) => {
-                if slot.half_closed {
-                    return Ok(self.fail(
-                        id,
-                        Code::InvalidArgument,
-                        "request data after half-close",
-                    ));
-                }
-                if slot.pending.is_some() {
-                    return Ok(self.fail(
-                        id,
-                        Code::InvalidArgument,
-                        "a request message began before the previous one was complete",
-                    ));
-                }
-                if !slot.kind.client_streaming && slot.messages >= 1 {
-                    return Ok(self.fail(
-                        id,
-                        Code::InvalidArgument,
-                        "a second request message for a method that takes one",
-                    ));
-                }
-                if message.size > self.limits.max_message_bytes {
-                    let max = self.limits.max_message_bytes;
-                    return Ok(self.fail(
-                        id,
-                        Code::ResourceExhausted,
-                        format!(
-                            "request message of {} bytes is larger than the limit of {max} bytes",
-                            message.size
-                        ),
-                    ));
-                }
                 let len = message.data.len();
-                if len > message.size as usize {
-                    return Ok(self.fail(
+                match accept_message(slot, &message, self.limits.max_message_bytes) {
+                    Ok(()) => Ok(Event::Data {
                         id,
-                        Code::InvalidArgument,
-                        "more request data than the message's declared size",
-                    ));
+                        size: Some(message.size),
+                        data: message.data,
+                    }),
+                    Err(failure) => Ok(self.fail_discarding(id, failure, len)),
                 }
-                if let Some(failure) = take_credit(&slot.credit, len) {
-                    return Ok(self.fail_with(id, failure));
-                }
-                slot.messages += 1;
-                let remaining = message.size - len as u32;
-                slot.pending = (remaining > 0).then_some(remaining);
-                Ok(Event::Data {
-                    id,
-                    size: Some(message.size),
-                    data: message.data,
-                })
             }
             Frame::MoreRequestData(data) => {
-                let Some(remaining) = slot.pending else {
-                    return Ok(self.fail(
-                        id,
-                        Code::InvalidArgument,
-                        "request data with no message envelope",
-                    ));
-                };
                 let len = data.len();
-                if len > remaining as usize {
-                    return Ok(self.fail(
+                match accept_more(slot, len) {
+                    Ok(()) => Ok(Event::Data {
                         id,
-                        Code::InvalidArgument,
-                        "more request data than the message's declared size",
-                    ));
+                        size: None,
+                        data,
+                    }),
+                    Err(failure) => Ok(self.fail_discarding(id, failure, len)),
                 }
-                if let Some(failure) = take_credit(&slot.credit, len) {
-                    return Ok(self.fail_with(id, failure));
-                }
-                let remaining = remaining - len as u32;
-                slot.pending = (remaining > 0).then_some(remaining);
-                Ok(Event::Data {
-                    id,
-                    size: None,
-                    data,
-                })
             }
         }
     }
@@ -389,6 +373,8 @@ impl Demux {
             id,
             Slot {
                 kind,
+                revision,
+                discarding: false,
                 credit: credit.clone(),
                 pending: None,
                 messages: 0,
@@ -422,8 +408,89 @@ impl Demux {
     }
 
     fn fail_with(&mut self, id: i64, failure: StreamFailure) -> Event {
-        self.streams.remove(&id);
-        Event::Fail { id, failure }
+        self.fail_discarding(id, failure, 0)
+    }
+
+    /// Fails the stream; its request data (`len` bytes of the failing frame first) is
+    /// discarded from now on.
+    fn fail_discarding(&mut self, id: i64, failure: StreamFailure, len: usize) -> Event {
+        let window_update = match self.streams.get_mut(&id) {
+            Some(slot) => {
+                slot.discarding = true;
+                slot.pending = None;
+                grant(slot.revision, len)
+            }
+            None => 0,
+        };
+        Event::Fail {
+            id,
+            failure,
+            window_update,
+        }
+    }
+}
+
+/// Checks a message's first chunk against the stream's state, the size limit and the
+/// stream's credit, and takes the credit.
+fn accept_message(
+    slot: &mut Slot,
+    message: &fog_proto::grpctunnel::v1::MessageData,
+    max_message_bytes: u32,
+) -> Result<(), StreamFailure> {
+    let invalid = |text: &str| Err(StreamFailure::new(Code::InvalidArgument, text));
+    if slot.half_closed {
+        return invalid("request data after half-close");
+    }
+    if slot.pending.is_some() {
+        return invalid("a request message began before the previous one was complete");
+    }
+    if !slot.kind.client_streaming && slot.messages >= 1 {
+        return invalid("a second request message for a method that takes one");
+    }
+    if message.size > max_message_bytes {
+        return Err(StreamFailure::new(
+            Code::ResourceExhausted,
+            format!(
+                "request message of {} bytes is larger than the limit of {max_message_bytes} bytes",
+                message.size
+            ),
+        ));
+    }
+    let len = message.data.len();
+    if len > message.size as usize {
+        return invalid("more request data than the message's declared size");
+    }
+    if let Some(failure) = take_credit(&slot.credit, len) {
+        return Err(failure);
+    }
+    slot.messages += 1;
+    let remaining = message.size - len as u32;
+    slot.pending = (remaining > 0).then_some(remaining);
+    Ok(())
+}
+
+/// Checks a further chunk of the current message and takes the stream's credit for it.
+fn accept_more(slot: &mut Slot, len: usize) -> Result<(), StreamFailure> {
+    let invalid = |text: &str| Err(StreamFailure::new(Code::InvalidArgument, text));
+    let Some(remaining) = slot.pending else {
+        return invalid("request data with no message envelope");
+    };
+    if len > remaining as usize {
+        return invalid("more request data than the message's declared size");
+    }
+    if let Some(failure) = take_credit(&slot.credit, len) {
+        return Err(failure);
+    }
+    let remaining = remaining - len as u32;
+    slot.pending = (remaining > 0).then_some(remaining);
+    Ok(())
+}
+
+/// What a discarded frame of `len` bytes grants back: its bytes in revision 1.
+fn grant(revision: Revision, len: usize) -> u32 {
+    match revision {
+        Revision::One => u32::try_from(len).unwrap_or(u32::MAX),
+        Revision::Zero => 0,
     }
 }
 

@@ -28,6 +28,8 @@
 //! - [`outbound`]: control frames never wait; a tunnel is ended by resetting the call, never
 //!   by half-closing it (grpctunnel-py keeps a half-closed tunnel registered).
 
+#![forbid(unsafe_code)]
+
 pub mod bridge;
 pub mod demux;
 pub mod flow;
@@ -222,23 +224,22 @@ where
     where
         I: Stream<Item = Result<ClientToServer, tonic::Status>> + Unpin,
     {
-        let mut task_streams = HashMap::new();
-        let end = self
-            .run(
-                inbound,
-                out,
-                negotiated,
-                extensions,
-                drain,
-                &stats,
-                &mut task_streams,
-            )
-            .await;
-        // The streams still open end with the tunnel (their tasks are aborted).
-        stats
-            .streams_open
-            .fetch_sub(task_streams.len() as u64, Ordering::Relaxed);
-        end
+        // The streams still open end with the tunnel (their tasks are aborted), also when this
+        // future is dropped.
+        let mut open = OpenStreams {
+            stats: stats.clone(),
+            tasks: HashMap::new(),
+        };
+        self.run(
+            inbound,
+            out,
+            negotiated,
+            extensions,
+            drain,
+            &stats,
+            &mut open.tasks,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -328,7 +329,7 @@ where
                                 message: format!("no request frame for {} ms", idle.as_millis()),
                             });
                         }
-                        demux.closed(id);
+                        demux.forget(id);
                     }
                 }
             }
@@ -428,15 +429,45 @@ where
                 }
                 true
             }
-            Event::Fail { id, failure } => {
+            Event::Fail {
+                id,
+                failure,
+                window_update,
+            } => {
                 if let Some(handle) = handles.get_mut(&id) {
                     handle.abort(failure);
                 }
-                true
+                grant(out, id, window_update)
             }
+            Event::Discard { id, window_update } => grant(out, id, window_update),
             Event::Ignored => true,
         }
     }
+}
+
+/// The tunnel's running stream tasks (task id to stream id); on drop, they are no longer
+/// counted as open.
+struct OpenStreams {
+    stats: Arc<TunnelStats>,
+    tasks: HashMap<tokio::task::Id, i64>,
+}
+
+impl Drop for OpenStreams {
+    fn drop(&mut self) {
+        self.stats
+            .streams_open
+            .fetch_sub(self.tasks.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Grants discarded request bytes back to the market (nothing for 0); false when the market
+/// has stopped reading control frames.
+fn grant(out: &OutboundTx, id: i64, bytes: u32) -> bool {
+    bytes == 0
+        || out.control(ServerToClient {
+            stream_id: id,
+            frame: Some(Frame::WindowUpdate(bytes)),
+        })
 }
 
 /// A stream's time limit: `grpc-timeout` if given, capped by the unary limit for calls with a

@@ -151,15 +151,11 @@ impl Pending {
 
     /// The outcome in `headers`, if they carry one.
     fn finish_from(&mut self, headers: &http::HeaderMap) -> bool {
-        let Some(status) = headers.get("grpc-status") else {
+        // tonic reads the code and percent-decodes the message.
+        let Some(status) = tonic::Status::from_header_map(headers) else {
             return false;
         };
-        let code = Code::from_bytes(status.as_bytes());
-        let message = headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .unwrap_or_default();
-        self.finish(code, message);
+        self.finish(status.code(), status.message());
         true
     }
 }

@@ -91,11 +91,13 @@ pub enum Rpc {
     ImportImage,
     /// RemoveImage.
     RemoveImage,
+    /// GetMarketLinks.
+    GetMarketLinks,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 18] = [
         Rpc::GetInventory,
         Rpc::GetBenchmarks,
         Rpc::RunBenchmarks,
@@ -113,6 +115,7 @@ impl Rpc {
         Rpc::JobLogs,
         Rpc::ImportImage,
         Rpc::RemoveImage,
+        Rpc::GetMarketLinks,
     ];
 
     /// The method name on the wire (`StartJob`).
@@ -135,6 +138,7 @@ impl Rpc {
             Rpc::JobLogs => "JobLogs",
             Rpc::ImportImage => "ImportImage",
             Rpc::RemoveImage => "RemoveImage",
+            Rpc::GetMarketLinks => "GetMarketLinks",
         }
     }
 
@@ -146,7 +150,8 @@ impl Rpc {
                 true
             }
             GetInventory | GetBenchmarks | GetCapacity | WatchCapacity | WatchHostTelemetry
-            | GetAttestation | GetEnrollment | GetJob | ListJobs | WatchJob | JobLogs => false,
+            | GetAttestation | GetEnrollment | GetJob | ListJobs | WatchJob | JobLogs
+            | GetMarketLinks => false,
         }
     }
 }
@@ -262,6 +267,7 @@ mod tests {
             (JobLogs, true, false, true),
             (ImportImage, false, false, true),
             (RemoveImage, false, false, true),
+            (GetMarketLinks, false, false, true),
         ];
         assert_eq!(expected.len(), Rpc::ALL.len());
         for (rpc, market, auditor, admin) in expected {

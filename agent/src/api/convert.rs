@@ -609,6 +609,24 @@ pub fn benchmark_ids(ids: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(ids.to_vec())
 }
 
+/// One market endpoint's tunnel state.
+pub fn market_link(link: &fog_tunnel::LinkStatus) -> pb::MarketLink {
+    pb::MarketLink {
+        endpoint: link.endpoint.clone(),
+        up: link.up,
+        role: link.role.clone(),
+        up_since: link.up_since.filter(|_| link.up).map(timestamp),
+        connects: link.connects,
+        failures: link.failures,
+        last_error: link.last_error.clone(),
+        streams_open: link.streams_open,
+        streams_total: link.streams_total,
+        streams_refused: link.streams_refused,
+        bytes_in: link.bytes_in,
+        bytes_out: link.bytes_out,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

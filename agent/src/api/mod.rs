@@ -91,7 +91,12 @@ pub struct Shared {
     /// `[api] max_message_bytes`: answers made of many items (ListJobs) are cut into pages
     /// below it.
     pub max_message_bytes: usize,
+    /// Reads the market link's tunnels (set once the link has started; unset: no link).
+    pub market: std::sync::OnceLock<MarketLinks>,
 }
+
+/// Reads the market link's tunnels, one per configured endpoint.
+pub type MarketLinks = Arc<dyn Fn() -> Vec<fog_tunnel::LinkStatus> + Send + Sync>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

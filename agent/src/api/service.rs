@@ -329,4 +329,20 @@ impl pb::agent_server::Agent for AgentService {
             .map(Response::new)
             .map_err(Status::from)
     }
+
+    async fn get_market_links(
+        &self,
+        request: Request<pb::GetMarketLinksRequest>,
+    ) -> Result<Response<pb::GetMarketLinksResponse>, Status> {
+        self.authorize(&request, Rpc::GetMarketLinks)?;
+        let links = self
+            .shared
+            .market
+            .get()
+            .map(|read| read())
+            .unwrap_or_default();
+        Ok(Response::new(pb::GetMarketLinksResponse {
+            links: links.iter().map(convert::market_link).collect(),
+        }))
+    }
 }

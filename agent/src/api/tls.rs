@@ -220,8 +220,16 @@ impl DevCerts {
         }
         files.push(("agent.pem", self.agent.cert_pem.as_str(), false));
         files.push(("agent.key", self.agent.key_pem.as_str(), true));
-        files.push(("market-server.pem", self.market_server.cert_pem.as_str(), false));
-        files.push(("market-server.key", self.market_server.key_pem.as_str(), true));
+        files.push((
+            "market-server.pem",
+            self.market_server.cert_pem.as_str(),
+            false,
+        ));
+        files.push((
+            "market-server.key",
+            self.market_server.key_pem.as_str(),
+            true,
+        ));
         files
             .into_iter()
             .map(|(name, text, secret)| {
@@ -553,6 +561,36 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn market_link_certificates_name_the_agent_and_the_market_role() {
+        let certs = DevCerts::generate_for("host-7").unwrap();
+        let agent = pem_to_der(&certs.agent.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&agent).unwrap();
+        let uris: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uris, ["fog://agent/host-7"]);
+        let market = pem_to_der(&certs.market_server.cert_pem).unwrap();
+        assert_eq!(
+            super::super::auth::role_from_certificate(&market),
+            Ok(Role::Market)
+        );
+        assert_eq!(
+            super::super::auth::role_from_certificate(&agent),
+            Err(super::super::auth::RoleError::NoRole),
+            "an agent certificate is no role"
+        );
+    }
+
+    #[test]
     fn writes_the_named_files_with_private_keys_0600() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("certs");
@@ -567,9 +605,13 @@ mod tests {
             [
                 "admin.key",
                 "admin.pem",
+                "agent.key",
+                "agent.pem",
                 "auditor.key",
                 "auditor.pem",
                 "ca.pem",
+                "market-server.key",
+                "market-server.pem",
                 "market.key",
                 "market.pem",
                 "server.key",

@@ -76,6 +76,9 @@ pub enum Query {
     /// The agent's image store: import a layout on the agent's host, remove an image.
     #[command(subcommand)]
     Image(ImageQuery),
+    /// The market link: each market endpoint's reverse tunnel (up, role, reconnects, streams,
+    /// last error). Exit code 3 when an endpoint's tunnel is down.
+    Market,
 }
 
 /// `fog-agent client image ...`.
@@ -324,8 +327,58 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         Query::Health => unreachable_health()?,
         Query::Job(job) => return job_query(&mut client, job, args.json).await,
         Query::Image(image) => image_query(&mut client, image, args.json).await?,
+        Query::Market => {
+            let reply = client
+                .get_market_links(pb::GetMarketLinksRequest {})
+                .await
+                .context("GetMarketLinks failed")?
+                .into_inner();
+            print_market_links(&reply, args.json)?;
+            if reply.links.iter().any(|link| !link.up) {
+                return Ok(ExitCode::from(super::EXIT_DEGRADED));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_market_links(reply: &pb::GetMarketLinksResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        return out(&to_json(reply, "fog.agent.v1.GetMarketLinksResponse")?);
+    }
+    if reply.links.is_empty() {
+        return out("no market endpoints configured ([market] endpoints)");
+    }
+    let mut table = super::render::table(
+        &[
+            "endpoint", "tunnel", "role", "up since", "connects", "failures", "streams", "in",
+            "out",
+        ],
+        &[4, 5, 6, 7, 8],
+    );
+    let mut errors = String::new();
+    for link in &reply.links {
+        let since = link
+            .up_since
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default();
+        table.add_row(vec![
+            link.endpoint.clone(),
+            if link.up { "up" } else { "down" }.to_owned(),
+            link.role.clone(),
+            since,
+            link.connects.to_string(),
+            link.failures.to_string(),
+            format!("{} ({} total)", link.streams_open, link.streams_total),
+            bytes(link.bytes_in),
+            bytes(link.bytes_out),
+        ]);
+        if !link.last_error.is_empty() {
+            errors.push_str(&format!("\n{}: {}", link.endpoint, link.last_error));
+        }
+    }
+    out(&format!("{table}{errors}"))
 }
 
 async fn image_query(

@@ -42,6 +42,8 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a configuration error (`EX_CONFIG` in sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
+/// Exit code of `client market` when an endpoint's tunnel is down (the answer is printed).
+pub const EXIT_DEGRADED: u8 = 3;
 
 /// An error whose exit code is not [`EXIT_FAILURE`], for the failures the CLI itself detects
 /// (errors of other modules are mapped by their own types in [`exit_code`]).

@@ -264,3 +264,28 @@ fn every_unknown_key_and_wrong_type_is_named_at_once() {
     // One bad key is the plain error it always was.
     assert_eq!(syntax_of("[api]\nlisten_port = 1\n").1, "api.listen_port");
 }
+
+#[test]
+fn market_endpoints_files_and_ranges_are_checked() {
+    assert_eq!(
+        problems_of(
+            r#"
+[market]
+endpoints = ["https://m.example:8443", "http://m.example:1", "https://m.example"]
+ca = ""
+reconnect_min_millis = 5000
+reconnect_max_millis = 1000
+max_streams = 0
+"#
+        ),
+        [
+            "market.endpoints",
+            "market.endpoints",
+            "market.ca",
+            "market.max_streams",
+            "market.reconnect_max_millis",
+        ]
+    );
+    // No endpoints: the files are not needed.
+    assert!(Config::parse("[market]\nca = \"\"\n", "t.toml").is_ok());
+}

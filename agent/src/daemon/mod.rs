@@ -371,6 +371,9 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
     let listener_stats: ListenerStatsList = Arc::default();
     // Dials out in the background: an unreachable market never delays or fails the start.
     let market = crate::market::MarketLink::start(config, routes(Door::Tunnel)?)?;
+    let market_links: crate::api::MarketLinks = Arc::new(market.status_source());
+    // Set once, here, on a Shared no one else has written.
+    let _ = shared.market.set(market_links.clone());
 
     // First, so a metrics address in use fails the start before any gRPC listener runs.
     let metrics = if config.metrics.enabled {
@@ -388,7 +391,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
                 listener_stats.clone(),
                 server_tls.clone(),
             )),
-            market: Some(Arc::new(market.status_source())),
+            market: Some(market_links),
         });
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {
@@ -747,6 +750,7 @@ async fn build_shared(
         images: options.jobs.as_ref().map(|j| j.images.clone()),
         jobs,
         max_message_bytes: usize::try_from(config.api.max_message_bytes.0).unwrap_or(usize::MAX),
+        market: std::sync::OnceLock::new(),
     })
 }
 

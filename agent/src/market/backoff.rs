@@ -103,12 +103,20 @@ mod tests {
         let spread = Duration::from_secs(30);
         let mut per_second = [0u32; 30];
         for seed in 0..1000 {
-            let mut b = Backoff::with_seed(Duration::from_secs(1), Duration::from_secs(60), spread, seed);
+            let mut b = Backoff::with_seed(
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+                spread,
+                seed,
+            );
             per_second[b.after_healthy().as_secs() as usize] += 1;
         }
         let max = *per_second.iter().max().unwrap();
         let min = *per_second.iter().min().unwrap();
-        assert!(max < 3 * 1000 / 30, "peak {max}/s against an average of 33/s");
+        assert!(
+            max < 3 * 1000 / 30,
+            "peak {max}/s against an average of 33/s"
+        );
         assert!(min > 0, "an empty second: {per_second:?}");
     }
 }

@@ -100,14 +100,18 @@ impl Connector {
             .clone()
     }
 
-    async fn connect(self) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+    async fn connect(
+        self,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, self.connect_now())
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
 
-    async fn connect_now(self) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+    async fn connect_now(
+        self,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
         let MarketEndpoint { host, port, url } = &self.endpoint;
         let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
             .await
@@ -224,5 +228,45 @@ impl tower::Service<http::Uri> for Connector {
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         Box::pin(self.clone().connect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_cert(uris: &[&str]) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        for uri in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(*uri).unwrap(),
+            ));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_market_is_its_certificates_role_and_never_admin() {
+        let caller = caller_of("https://m:1", &server_cert(&["fog://role/market"])).unwrap();
+        assert_eq!(caller.role, Role::Market);
+        assert_eq!(caller.endpoint, "https://m:1");
+        assert!(!caller.serial.is_empty());
+        let caller = caller_of("https://m:1", &server_cert(&["fog://role/auditor"])).unwrap();
+        assert_eq!(caller.role, Role::Auditor);
+        for (uris, says) in [
+            (&["fog://role/admin"][..], "admin role"),
+            (&[][..], "no fog://role/"),
+            (
+                &["fog://role/market", "fog://role/admin"][..],
+                "more than one role",
+            ),
+            (&["fog://role/root"][..], "unknown role"),
+        ] {
+            let err = caller_of("https://m:1", &server_cert(uris))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{uris:?}: {err}");
+        }
     }
 }

@@ -213,6 +213,7 @@ async fn run_endpoint(
             Attempt::Failed(error) => {
                 tracing::warn!(endpoint = %endpoint.url, %error, "market link: cannot open the tunnel");
                 state.update(|s| {
+                    s.up = false;
                     s.failures += 1;
                     s.last_error = error;
                 });
@@ -371,9 +372,9 @@ async fn one_tunnel(
             return Attempt::Stopped;
         }
     };
-    state.update(|s| s.up = false);
     match ended {
         Some(end) => {
+            state.update(|s| s.up = false);
             let reason = match end {
                 Ok(end) => describe(&end),
                 Err(err) => format!("the tunnel task failed: {err}"),
@@ -381,6 +382,7 @@ async fn one_tunnel(
             Attempt::Ended(up_at.elapsed(), reason)
         }
         None => {
+            // Still up: the next tunnel opens at once and takes the new streams.
             tracing::info!(endpoint = %endpoint.url, "market link: rotating the tunnel; the old one drains");
             let _ = drain_tx.send(true);
             let drain = config.drain();
@@ -396,7 +398,11 @@ async fn one_tunnel(
 
 fn describe(end: &TunnelEnd) -> String {
     match end {
-        TunnelEnd::Call(status) => format!("the tunnel call failed: {} ({:?})", status.message(), status.code()),
+        TunnelEnd::Call(status) => format!(
+            "the tunnel call failed: {} ({:?})",
+            status.message(),
+            status.code()
+        ),
         other => other.to_string(),
     }
 }

@@ -201,6 +201,7 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
                 })
                 .await,
         ),
+        Rpc::GetMarketLinks => code(client.get_market_links(pb::GetMarketLinksRequest {}).await),
         Rpc::ActivateCredential => code(
             client
                 .activate_credential(pb::ActivateCredentialRequest {

@@ -20,6 +20,7 @@ mod image_hostile;
 mod inventory;
 mod jobs;
 mod market;
+mod market_faults;
 mod metrics;
 mod security;
 mod shims;

@@ -234,3 +234,52 @@ fn idle_streams_are_those_with_an_open_request_side_and_no_recent_frame() {
     d.on_frame(open(3, CAPACITY, 1), later).unwrap();
     assert_eq!(d.idle_since(start + Duration::from_secs(5)), vec![1]);
 }
+
+#[test]
+fn a_failed_stream_discards_and_grants_back_its_data_until_it_half_closes() {
+    let now = Instant::now();
+    let mut d = demux(8, 100_000);
+    d.on_frame(open(1, CAPACITY, 1), now).unwrap();
+    // Over the limit: failed, the first chunk granted back.
+    let event = d.on_frame(message(1, 5_000_000, 16_384), now).unwrap();
+    assert!(
+        matches!(event, Event::Fail { window_update: 16_384, ref failure, .. } if failure.code == Code::ResourceExhausted),
+        "{event:?}"
+    );
+    // The handler is gone; the market goes on sending the message: each chunk granted back.
+    d.closed(1);
+    for _ in 0..10 {
+        assert!(matches!(
+            d.on_frame(more(1, 16_384), now).unwrap(),
+            Event::Discard {
+                id: 1,
+                window_update: 16_384
+            }
+        ));
+    }
+    assert!(matches!(
+        d.on_frame(frame(1, Frame::HalfClose(())), now).unwrap(),
+        Event::Ignored
+    ));
+    assert!(
+        matches!(d.on_frame(more(1, 1), now).unwrap(), Event::Ignored),
+        "late"
+    );
+    assert_eq!(d.open_streams(), 0);
+    // Revision 0 has no windows to grant.
+    d.on_frame(open(2, CAPACITY, 0), now).unwrap();
+    assert!(matches!(
+        d.on_frame(message(2, 5_000_000, 16_384), now).unwrap(),
+        Event::Fail {
+            window_update: 0,
+            ..
+        }
+    ));
+    assert!(matches!(
+        d.on_frame(more(2, 16_384), now).unwrap(),
+        Event::Discard {
+            window_update: 0,
+            ..
+        }
+    ));
+}
