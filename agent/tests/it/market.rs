@@ -2,8 +2,9 @@
 //! certificates from dev-certs' code) dials Python markets that are the tunnel's client:
 //! docs/market-example.py and agent/tests/py/tunnel_market.py on grpctunnel-py 0.3.0 (the
 //! protocol's own library, ordinary generated stubs), and agent/tests/py/scripted_market.py,
-//! which scripts the tunnel's frames itself and checks each frame the agent answers with. Then
-//! market certificates the agent refuses (another CA, no role) and a market that restarts.
+//! which scripts the tunnel's frames itself and checks each frame the agent answers with; a TPM
+//! attestation fetched through the tunnel; and a restart as the market sees it (the agent's side
+//! of faults and refused certificates is in `market_faults.rs`).
 //!
 //! The markets run in the test venv (`<repo>/target/py-venv` or `FOG_PY_VENV`, with
 //! packaging/test-requirements.txt); without one that has grpctunnel-py the tests skip (and
@@ -536,81 +537,10 @@ fn events(dir: &Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_market_certificate_from_another_ca_is_refused_and_retried() {
-    let Some(python) = python("a_market_certificate_from_another_ca_is_refused_and_retried") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = write_certs(dir.path());
-    let other = dir.path().join("other");
-    DevCerts::generate_for("other")
-        .unwrap()
-        .write_to(&other)
-        .unwrap();
-    let market = serve_only(
-        &python,
-        dir.path(),
-        &certs,
-        &other.join("market-server.pem"),
-        &other.join("market-server.key"),
-    );
-    let daemon = start_agent(dir.path(), market.port, &certs.join("ca.pem"), |_| {}).await;
-    let link = wait_link(
-        &daemon,
-        Duration::from_secs(20),
-        "two refused attempts",
-        |s| s.failures >= 2,
-    )
-    .await;
-    assert!(!link.up && link.connects == 0, "{link:?}");
-    assert!(
-        link.last_error.contains("TLS handshake") && link.last_error.contains("certificate"),
-        "{link:?}"
-    );
-    assert!(
-        !events(dir.path()).contains(&"connected".to_owned()),
-        "{}",
-        market.log()
-    );
-    daemon.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_market_certificate_without_a_role_is_refused() {
-    let Some(python) = python("a_market_certificate_without_a_role_is_refused") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = write_certs(dir.path());
-    // The API's server certificate: the right CA and host, but no fog://role/ URI.
-    let market = serve_only(
-        &python,
-        dir.path(),
-        &certs,
-        &certs.join("server.pem"),
-        &certs.join("server.key"),
-    );
-    let daemon = start_agent(dir.path(), market.port, &certs.join("ca.pem"), |_| {}).await;
-    let link = wait_link(
-        &daemon,
-        Duration::from_secs(20),
-        "two refused attempts",
-        |s| s.failures >= 2,
-    )
-    .await;
-    assert!(!link.up && link.connects == 0, "{link:?}");
-    assert!(link.last_error.contains("refused"), "{link:?}");
-    assert!(
-        !events(dir.path()).contains(&"connected".to_owned()),
-        "{}",
-        market.log()
-    );
-    daemon.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_market_gets_the_tunnel_back() {
-    let Some(python) = python("a_restarted_market_gets_the_tunnel_back") else {
+async fn the_market_sees_the_tunnel_come_back_after_its_restart_and_end_at_shutdown() {
+    let Some(python) =
+        python("the_market_sees_the_tunnel_come_back_after_its_restart_and_end_at_shutdown")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -796,4 +726,40 @@ async fn an_attestation_through_the_tunnel_verifies() {
     ]);
     let verdict: serde_json::Value = serde_json::from_str(&verdict).unwrap();
     assert_eq!(verdict["ok"], true, "{verdict}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_tunnels_end_at_the_market() {
+    let Some(python) = python("rotated_tunnels_end_at_the_market") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = write_certs(dir.path());
+    let market = serve_only(
+        &python,
+        dir.path(),
+        &certs,
+        &certs.join("market-server.pem"),
+        &certs.join("market-server.key"),
+    );
+    let daemon = start_agent(dir.path(), market.port, &certs.join("ca.pem"), |config| {
+        config.market.rotate_after_millis = 1500;
+        config.market.drain_millis = 300;
+    })
+    .await;
+    wait_link(&daemon, Duration::from_secs(20), "three tunnels", |s| {
+        s.connects >= 3
+    })
+    .await;
+    // Each rotated tunnel must end at the market too (after its drain), or a market that
+    // round-robins an agent's tunnels (grpctunnel-py's key_as_channel) picks dead ones.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let count = |name: &str| events(dir.path()).iter().filter(|e| *e == name).count();
+    let (connected, disconnected) = (count("connected"), count("disconnected"));
+    assert!(
+        connected >= 3 && connected - disconnected <= 2,
+        "{connected} tunnels opened, {disconnected} ended, at the market:\n{}",
+        market.log()
+    );
+    daemon.shutdown().await;
 }
