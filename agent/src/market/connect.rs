@@ -56,6 +56,74 @@ pub enum ConnectError {
     Timeout(Duration),
 }
 
+/// Ends a connection from outside: once killed, its reads and writes fail, hyper drops the
+/// connection, and the market sees the tunnel's call reset (dropping tonic's handles does not
+/// reset a call whose request stream hyper still polls).
+#[derive(Debug, Default)]
+pub struct KillSwitch {
+    killed: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl KillSwitch {
+    /// Kills the connection.
+    pub fn kill(&self) {
+        self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    fn check(&self, cx: &Context<'_>) -> Result<(), std::io::Error> {
+        self.waker.register(cx.waker());
+        if self.killed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the tunnel ended",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An IO that fails once its [`KillSwitch`] is killed.
+#[derive(Debug)]
+pub struct Killable<T> {
+    io: T,
+    switch: Arc<KillSwitch>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Killable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.switch.check(cx)?;
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Killable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.switch.check(cx)?;
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.switch.check(cx)?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+type Io = TokioIo<Killable<tokio_rustls::client::TlsStream<TcpStream>>>;
+
 /// What a connection is made with.
 #[derive(Clone)]
 pub struct Connector {
@@ -65,6 +133,8 @@ pub struct Connector {
     timeout: Duration,
     /// The identity the last handshake established.
     caller: Arc<Mutex<Option<TunnelCaller>>>,
+    /// Kills the connections made.
+    switch: Arc<KillSwitch>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -89,7 +159,13 @@ impl Connector {
             dead_after,
             timeout,
             caller: Arc::new(Mutex::new(None)),
+            switch: Arc::new(KillSwitch::default()),
         }
+    }
+
+    /// The switch that kills the connections this connector made.
+    pub fn kill_switch(&self) -> Arc<KillSwitch> {
+        self.switch.clone()
     }
 
     /// Who the last successful handshake says the market is.
@@ -100,18 +176,14 @@ impl Connector {
             .clone()
     }
 
-    async fn connect(
-        self,
-    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+    async fn connect(self) -> Result<Io, ConnectError> {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, self.connect_now())
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
 
-    async fn connect_now(
-        self,
-    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+    async fn connect_now(self) -> Result<Io, ConnectError> {
         let MarketEndpoint { host, port, url } = &self.endpoint;
         let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
             .await
@@ -161,7 +233,10 @@ impl Connector {
             .ok_or_else(|| ConnectError::Role("no server certificate".into()))?;
         let caller = caller_of(url, leaf.as_ref())?;
         *self.caller.lock().unwrap_or_else(PoisonError::into_inner) = Some(caller);
-        Ok(TokioIo::new(tls))
+        Ok(TokioIo::new(Killable {
+            io: tls,
+            switch: self.switch.clone(),
+        }))
     }
 }
 
@@ -218,7 +293,7 @@ fn set_dead_peer_detection(tcp: &TcpStream, dead_after: Duration) -> std::io::Re
 }
 
 impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = Io;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 

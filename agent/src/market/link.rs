@@ -354,7 +354,7 @@ async fn one_tunnel(
                 .await
         })
     };
-    let mut session = AbortOnDrop(session);
+    let mut session = AbortOnDrop(session, connector.kill_switch());
     let rotate = async {
         match config.rotate_after() {
             Some(age) => tokio::time::sleep(age).await,
@@ -407,11 +407,13 @@ fn describe(end: &TunnelEnd) -> String {
     }
 }
 
-/// Aborts the tunnel session (resetting the call) when dropped.
-struct AbortOnDrop(JoinHandle<TunnelEnd>);
+/// Aborts the tunnel session and kills its connection (the market sees the call reset) when
+/// dropped.
+struct AbortOnDrop(JoinHandle<TunnelEnd>, Arc<super::connect::KillSwitch>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+        self.1.kill();
     }
 }
