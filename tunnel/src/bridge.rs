@@ -210,16 +210,7 @@ pub(crate) struct StreamTask<S> {
     pub stats: Arc<TunnelStats>,
 }
 
-impl<S> StreamTask<S>
-where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: crate::GrpcService> StreamTask<S> {
     /// Runs the call to its end and sends the stream's last frames.
     pub async fn run(self) {
         let StreamTask {

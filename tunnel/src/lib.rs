@@ -187,17 +187,32 @@ pub struct TunnelServer<S> {
     methods: Arc<MethodTable>,
 }
 
-impl<S> TunnelServer<S>
-where
+/// What a tunnel serves: a tower service of HTTP/2 gRPC calls, as a tonic router is.
+pub trait GrpcService:
+    Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
     S: Service<
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
             Error = Infallible,
+            Future: Send + 'static,
         > + Clone
         + Send
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
+}
+
+impl<S: GrpcService> TunnelServer<S> {
     /// A server of `service`, whose methods' shapes are in `methods`.
     pub fn new(service: S, config: TunnelConfig, methods: MethodTable) -> Self {
         Self {

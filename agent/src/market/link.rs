@@ -18,6 +18,7 @@ use super::backoff::Backoff;
 use super::connect::Connector;
 use crate::api::tls::{market_client_config, ServerTlsError};
 use crate::config::{parse_endpoint, Config, MarketConfig, MarketEndpoint};
+use crate::inventory::error_chain;
 
 /// How long an HTTP/2 keepalive ping may go unanswered.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -242,21 +243,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Errors with their sources, for logs.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        let next = err.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = err.source();
-    }
-    text
-}
-
 async fn one_tunnel(
     endpoint: &MarketEndpoint,
     shared: &Arc<Shared>,
@@ -266,7 +252,7 @@ async fn one_tunnel(
     let config = &shared.config;
     let tls = match load_tls(config) {
         Ok(tls) => tls,
-        Err(err) => return Attempt::Failed(chain(&err)),
+        Err(err) => return Attempt::Failed(error_chain(&err)),
     };
     let connector = Connector::new(
         endpoint.clone(),
@@ -296,7 +282,7 @@ async fn one_tunnel(
         let channel = channel
             .connect_with_connector(connector.clone())
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         let mut client = TunnelServiceClient::new(channel)
             .max_decoding_message_size(shared.max_frame_bytes)
             .max_encoding_message_size(1 << 20);

@@ -116,6 +116,15 @@ impl Market {
     }
 }
 
+/// A temporary dir with a development certificate set written to `<dir>/certs`.
+fn fixture() -> (tempfile::TempDir, DevCerts, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let cert_dir = dir.path().join("certs");
+    certs.write_to(&cert_dir).unwrap();
+    (dir, certs, cert_dir)
+}
+
 /// A loopback port nothing listens on (bound, then released).
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -164,10 +173,7 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_market_is_retried_while_the_agent_serves_and_a_restart_is_survived() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = DevCerts::generate().unwrap();
-    let cert_dir = dir.path().join("certs");
-    certs.write_to(&cert_dir).unwrap();
+    let (dir, certs, cert_dir) = fixture();
     let addr = free_port();
     let mut config = crate::support::mtls_config(dir.path());
     market_config(
@@ -233,10 +239,7 @@ async fn an_unreachable_market_is_retried_while_the_agent_serves_and_a_restart_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn markets_from_another_ca_or_without_a_role_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = DevCerts::generate().unwrap();
-    let cert_dir = dir.path().join("certs");
-    certs.write_to(&cert_dir).unwrap();
+    let (dir, certs, cert_dir) = fixture();
     let stranger = DevCerts::generate().unwrap();
     let (foreign, roleless) = (free_port(), free_port());
     // Another CA's market certificate; this CA's certificate with no role URI (the agent's own
@@ -365,10 +368,7 @@ async fn a_dropped_network_is_found_dead_and_the_tunnel_comes_back() {
         Ok(netns) => netns,
         Err(err) => return crate::support::skip(TEST, &format!("cannot make a namespace: {err}")),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = DevCerts::generate().unwrap();
-    let cert_dir = dir.path().join("certs");
-    certs.write_to(&cert_dir).unwrap();
+    let (dir, certs, cert_dir) = fixture();
     let market = Market::start(
         "203.0.113.1:0".parse().unwrap(),
         &certs.market_server,
@@ -466,10 +466,7 @@ dead_after_millis = 4000
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_are_rotated_at_their_age() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = DevCerts::generate().unwrap();
-    let cert_dir = dir.path().join("certs");
-    certs.write_to(&cert_dir).unwrap();
+    let (dir, certs, cert_dir) = fixture();
     let market = Market::start(
         "127.0.0.1:0".parse().unwrap(),
         &certs.market_server,
