@@ -24,8 +24,8 @@ pub struct MarketConfig {
     /// The largest reconnect delay's bound.
     pub reconnect_max_millis: u64,
     /// After losing a tunnel that was up at least `healthy_after_millis`: a uniform random wait
-    /// in [0, this) before the first reconnect, so a market restart is not met by every agent
-    /// in the same second.
+    /// in [0, this) before the first reconnect, and no later wait's bound below it, so a market
+    /// restart is not met by every agent in the same second.
     pub reconnect_spread_millis: u64,
     /// How long a tunnel must stay up before the backoff starts over.
     pub healthy_after_millis: u64,

@@ -2,6 +2,12 @@
 //! bound doubling from the minimum to the maximum), started over only after a tunnel stayed up
 //! a while, plus a spread after losing a healthy tunnel so that agents losing one market at the
 //! same moment do not all come back in the same second.
+//!
+//! The spread stays: once a healthy tunnel was lost, every later wait's bound is at least the
+//! spread. Otherwise the agents whose first (spread) attempt fell
+//! inside the market's outage would retry with bounds of 1, 2, 4 s and come back together the
+//! moment it returns, as would agents whose new tunnels are lost again before they are
+//! healthy (a market restarting twice).
 
 use std::time::Duration;
 
@@ -15,6 +21,8 @@ pub struct Backoff {
     max: Duration,
     spread: Duration,
     attempt: u32,
+    /// A healthy tunnel was lost: waits are spread from then on.
+    spreading: bool,
     rng: fastrand::Rng,
 }
 
@@ -26,6 +34,7 @@ impl Backoff {
             max: max.max(min),
             spread,
             attempt: 0,
+            spreading: false,
             rng: fastrand::Rng::new(),
         }
     }
@@ -54,7 +63,10 @@ impl Backoff {
 
     /// The wait after a failed attempt (or a tunnel lost before it was healthy).
     pub fn after_failure(&mut self) -> Duration {
-        let bound = self.bound();
+        let mut bound = self.bound();
+        if self.spreading {
+            bound = bound.max(self.spread);
+        }
         self.attempt = self.attempt.saturating_add(1);
         self.uniform(bound).max(FLOOR)
     }
@@ -63,6 +75,7 @@ impl Backoff {
     /// the first attempt comes at a random point of the spread.
     pub fn after_healthy(&mut self) -> Duration {
         self.attempt = 0;
+        self.spreading = true;
         let spread = self.spread;
         self.uniform(spread).max(FLOOR)
     }
@@ -95,6 +108,35 @@ mod tests {
         let wait = b.after_healthy();
         assert!(wait < Duration::from_secs(30));
         assert_eq!(b.bound(), Duration::from_secs(1), "started over");
+    }
+
+    #[test]
+    fn after_a_healthy_loss_failures_stay_spread() {
+        let spread = Duration::from_secs(30);
+        let mut b = Backoff::with_seed(Duration::from_secs(1), Duration::from_secs(60), spread, 3);
+        // Before any healthy loss: the plain backoff, the first bound 1 s.
+        assert!(b.after_failure() < Duration::from_secs(1));
+        b.after_healthy();
+        // The market is still down (or the new tunnel is lost again before it is healthy):
+        // 1,000 such waits fill the spread instead of bunching below 1, 2, 4 s.
+        let waits: Vec<Duration> = (0..1000)
+            .map(|_| {
+                let mut b = b.clone();
+                b.rng = fastrand::Rng::with_seed(b.rng.u64(..));
+                b.after_failure()
+            })
+            .collect();
+        let below_4s = waits
+            .iter()
+            .filter(|w| **w < Duration::from_secs(4))
+            .count();
+        assert!(below_4s < 250, "{below_4s} of 1000 waits below 4 s");
+        assert!(waits.iter().all(|w| *w < spread));
+        // Bounds above the spread still grow to the maximum.
+        for _ in 0..10 {
+            b.after_failure();
+        }
+        assert_eq!(b.bound(), Duration::from_secs(60));
     }
 
     #[test]

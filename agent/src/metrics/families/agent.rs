@@ -113,8 +113,15 @@ pub(super) fn market_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
     let mut streams = Series::default();
     let mut refused = Series::default();
     let mut bytes = Series::default();
-    for link in &s.market {
-        let name = || l1("endpoint", link.endpoint.clone());
+    // The index (position in `[market] endpoints`) tells apart an endpoint listed twice (a
+    // round-robin name that reaches several market replicas).
+    for (index, link) in s.market.iter().enumerate() {
+        let name = || {
+            vec![
+                ("endpoint", link.endpoint.clone()),
+                ("index", index.to_string().into()),
+            ]
+        };
         up.push(name(), if link.up { 1.0 } else { 0.0 });
         connects.push(name(), link.connects as f64);
         failures.push(name(), link.failures as f64);
@@ -125,6 +132,7 @@ pub(super) fn market_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
             bytes.push(
                 vec![
                     ("endpoint", link.endpoint.clone()),
+                    ("index", index.to_string().into()),
                     ("direction", direction.into()),
                 ],
                 n as f64,

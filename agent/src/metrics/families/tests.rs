@@ -200,13 +200,13 @@ fn prometheus_text_has_node_exporter_names_and_values() {
         "fog_api_connections_limit{listener=\"127.0.0.1:7443\"} 64.0",
         "fog_api_connections_closed_total{listener=\"127.0.0.1:7443\",reason=\"peer_limit\"} 5.0",
         "fog_api_tls_reloads_total{result=\"ok\"} 1.0",
-        "fog_market_tunnel_up{endpoint=\"https://market.example:8443\"} 1.0",
-        "fog_market_tunnel_connects_total{endpoint=\"https://market.example:8443\"} 2.0",
-        "fog_market_tunnel_failures_total{endpoint=\"https://market.example:8443\"} 5.0",
-        "fog_market_tunnel_streams{endpoint=\"https://market.example:8443\"} 4.0",
-        "fog_market_tunnel_streams_opened_total{endpoint=\"https://market.example:8443\"} 40.0",
-        "fog_market_tunnel_streams_refused_total{endpoint=\"https://market.example:8443\"} 1.0",
-        "fog_market_tunnel_message_bytes_total{endpoint=\"https://market.example:8443\",direction=\"out\"} 250000.0",
+        "fog_market_tunnel_up{endpoint=\"https://market.example:8443\",index=\"0\"} 1.0",
+        "fog_market_tunnel_connects_total{endpoint=\"https://market.example:8443\",index=\"0\"} 2.0",
+        "fog_market_tunnel_failures_total{endpoint=\"https://market.example:8443\",index=\"0\"} 5.0",
+        "fog_market_tunnel_streams{endpoint=\"https://market.example:8443\",index=\"0\"} 4.0",
+        "fog_market_tunnel_streams_opened_total{endpoint=\"https://market.example:8443\",index=\"0\"} 40.0",
+        "fog_market_tunnel_streams_refused_total{endpoint=\"https://market.example:8443\",index=\"0\"} 1.0",
+        "fog_market_tunnel_message_bytes_total{endpoint=\"https://market.example:8443\",index=\"0\",direction=\"out\"} 250000.0",
     ] {
         assert!(l.contains(&want), "missing {want:?} in\n{text}");
     }
