@@ -119,7 +119,7 @@ pub(super) fn market_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
         let name = || {
             vec![
                 ("endpoint", link.endpoint.clone()),
-                ("index", index.to_string().into()),
+                ("index", index.to_string()),
             ]
         };
         up.push(name(), if link.up { 1.0 } else { 0.0 });
@@ -132,7 +132,7 @@ pub(super) fn market_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
             bytes.push(
                 vec![
                     ("endpoint", link.endpoint.clone()),
-                    ("index", index.to_string().into()),
+                    ("index", index.to_string()),
                     ("direction", direction.into()),
                 ],
                 n as f64,
