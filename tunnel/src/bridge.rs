@@ -1,6 +1,6 @@
 //! One tunnelled stream as an HTTP/2 gRPC call into the served tower service: the request
-//! body reassembled from the market's chunks ([`RequestBody`]), the response's headers,
-//! messages and trailers turned back into frames ([`StreamOut`]), under the stream's deadline,
+//! body reassembled from the market's chunks (`RequestBody`), the response's headers,
+//! messages and trailers turned back into frames (`StreamOut`), under the stream's deadline,
 //! its idle timeout and the market's cancel.
 
 use std::convert::Infallible;

@@ -25,7 +25,7 @@
 //! - [`bridge`]: headers first (always), messages in chunks of at most 16 KiB and the peer's
 //!   window, then `CloseStream` with the `google.rpc.Status` (details kept) and trailers;
 //!   `grpc-timeout`, a per-call deadline for unary answers, an idle timeout, and `cancel`.
-//! - [`outbound`]: control frames never wait; a tunnel is ended by resetting the call, never
+//! - [`outbound`](mod@outbound): control frames never wait; a tunnel is ended by resetting the call, never
 //!   by half-closing it (grpctunnel-py keeps a half-closed tunnel registered).
 
 #![forbid(unsafe_code)]
