@@ -512,3 +512,36 @@ async fn open_streams_are_uncounted_when_the_tunnel_is_dropped() {
     let _ = tunnel.await;
     assert_eq!(stats.streams_open(), 0);
 }
+
+#[tokio::test]
+async fn a_one_mebibyte_answer_comes_in_16_kib_chunks_as_the_window_is_granted() {
+    let mut market = start(true, 16);
+    let _settings = market.next().await;
+    market.open(1, "t.T/Echo", 65_536, &[]);
+    market.request(1, &echo_request(1 << 20, 4));
+    let mut received = Vec::with_capacity(1 << 20);
+    loop {
+        let frame = market.next().await;
+        let data = match frame.frame.unwrap() {
+            Out::ResponseMessage(m) => {
+                assert_eq!(m.size, 1 << 20);
+                m.data
+            }
+            Out::MoreResponseData(d) => d,
+            Out::CloseStream(close) => {
+                assert_eq!(close.status.unwrap().code, 0);
+                break;
+            }
+            _ => continue,
+        };
+        assert!(data.len() <= 16_384);
+        received.extend_from_slice(&data);
+        // The market consumes each chunk at once, as grpctunnel-py does.
+        market.send(1, In::WindowUpdate(data.len() as u32));
+    }
+    assert_eq!(received.len(), 1 << 20);
+    assert!(received
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i % 251) as u8));
+}
