@@ -54,6 +54,19 @@ fn python(test: &str) -> Option<PathBuf> {
 }
 
 /// Writes a fresh dev-certs set for [`HOST_ID`] into `dir/certs` and returns that directory.
+/// A temporary dir with the development certificates (see [`write_certs`]), and the market's
+/// server certificate, key and CA in it.
+fn market_files() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = write_certs(dir.path());
+    let (cert, key, ca) = (
+        certs.join("market-server.pem"),
+        certs.join("market-server.key"),
+        certs.join("ca.pem"),
+    );
+    (dir, certs, cert, key, ca)
+}
+
 fn write_certs(dir: &Path) -> PathBuf {
     let certs = dir.join("certs");
     DevCerts::generate_for(HOST_ID)
@@ -253,13 +266,7 @@ async fn the_example_market_calls_the_agent_through_its_tunnel() {
     let Some(python) = python("the_example_market_calls_the_agent_through_its_tunnel") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = write_certs(dir.path());
-    let (cert, key, ca) = (
-        certs.join("market-server.pem"),
-        certs.join("market-server.key"),
-        certs.join("ca.pem"),
-    );
+    let (dir, _, cert, key, ca) = market_files();
     let mut market = Market::spawn(
         &python,
         "docs/market-example.py",
@@ -294,13 +301,7 @@ async fn tunnel_market_scenarios_through_the_agent() {
     let Some(python) = python("tunnel_market_scenarios_through_the_agent") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = write_certs(dir.path());
-    let (cert, key, ca) = (
-        certs.join("market-server.pem"),
-        certs.join("market-server.key"),
-        certs.join("ca.pem"),
-    );
+    let (dir, _, cert, key, ca) = market_files();
     let results = dir.path().join("results.json");
     let scenarios = [
         "inventory",
@@ -362,13 +363,7 @@ async fn tunnel_market_runs_a_job_and_reads_a_mebibyte_of_its_logs() {
     let Some(python) = python("tunnel_market_runs_a_job_and_reads_a_mebibyte_of_its_logs") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = write_certs(dir.path());
-    let (cert, key, ca) = (
-        certs.join("market-server.pem"),
-        certs.join("market-server.key"),
-        certs.join("ca.pem"),
-    );
+    let (dir, certs, cert, key, ca) = market_files();
     // The port is chosen first: the agent (a jobs harness, runc and busybox) is configured with
     // it and dials until the market listens.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -447,13 +442,7 @@ async fn scripted_market_conformance() {
     let Some(python) = python("scripted_market_conformance") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = write_certs(dir.path());
-    let (cert, key, ca) = (
-        certs.join("market-server.pem"),
-        certs.join("market-server.key"),
-        certs.join("ca.pem"),
-    );
+    let (dir, _, cert, key, ca) = market_files();
     let results = dir.path().join("results.json");
     let mut market = Market::spawn(
         &python,
