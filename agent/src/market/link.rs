@@ -299,18 +299,24 @@ async fn one_tunnel(
         Ok::<_, String>((response, out))
     })
     .await;
+    // A connection made for a tunnel that did not open is closed at once: hyper would keep it
+    // (and a half-sent call) open behind the never-ending request stream.
+    let failed = |error: String| {
+        connector.kill_switch().kill();
+        Attempt::Failed(error)
+    };
     let (response, out) = match opened {
         Err(_) => {
-            return Attempt::Failed(format!(
+            return failed(format!(
                 "opening the tunnel took longer than {} ms",
                 config.connect_timeout().as_millis()
             ))
         }
-        Ok(Err(error)) => return Attempt::Failed(error),
+        Ok(Err(error)) => return failed(error),
         Ok(Ok(opened)) => opened,
     };
     let Some(caller) = connector.caller() else {
-        return Attempt::Failed("no market identity after the handshake".into());
+        return failed("no market identity after the handshake".into());
     };
     let negotiated = response
         .metadata()
