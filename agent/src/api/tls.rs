@@ -374,31 +374,12 @@ fn pem_items<T: rustls::pki_types::pem::PemObject>(
 /// the client CA and must not be revoked by the CRL (end-entity certificates; a CRL past its
 /// next update is still used); TLS 1.2 and 1.3; ALPN `h2`.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerTlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let chain: Vec<CertificateDer<'static>> =
         pem_items(&files.cert, &read_file(&files.cert)?, "certificate")?;
-    let key =
-        PrivateKeyDer::from_pem_slice(&read_file(&files.key)?).map_err(|source| match source {
-            rustls::pki_types::pem::Error::NoItemsFound => ServerTlsError::Empty {
-                path: files.key.clone(),
-                what: "private key",
-            },
-            source => ServerTlsError::Pem {
-                path: files.key.clone(),
-                source,
-            },
-        })?;
-    let mut roots = rustls::RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> = pem_items(
-        &files.client_ca,
-        &read_file(&files.client_ca)?,
-        "certificate",
-    )?;
-    for ca in cas {
-        roots.add(ca).map_err(ServerTlsError::Config)?;
-    }
+    let key = private_key(&files.key)?;
+    let roots = root_store(&files.client_ca)?;
     let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
         provider.clone(),
@@ -419,6 +400,34 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerTls
     Ok(config)
 }
 
+/// The one private key in a PEM file.
+fn private_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, ServerTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(&read_file(path)?).map_err(|source| {
+        match source {
+            rustls::pki_types::pem::Error::NoItemsFound => ServerTlsError::Empty {
+                path: path.to_owned(),
+                what: "private key",
+            },
+            source => ServerTlsError::Pem {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    })
+}
+
+/// The CA certificates of a PEM file as trust roots.
+fn root_store(path: &Path) -> Result<rustls::RootCertStore, ServerTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<rustls::pki_types::CertificateDer<'static>> =
+        pem_items(path, &read_file(path)?, "certificate")?;
+    for ca in cas {
+        roots.add(ca).map_err(ServerTlsError::Config)?;
+    }
+    Ok(roots)
+}
+
 /// The client side of mutual TLS towards a market (`[market]` `ca`, `client_cert`,
 /// `client_key`): the server certificate must chain to `ca` (and match the host name, which
 /// the handshake checks); TLS 1.2 and 1.3; ALPN `h2`. Read from the files on every call, so a
@@ -428,25 +437,11 @@ pub fn market_client_config(
     cert: &Path,
     key: &Path,
 ) -> Result<rustls::ClientConfig, ServerTlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::CertificateDer;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> = pem_items(ca, &read_file(ca)?, "certificate")?;
-    for ca in cas {
-        roots.add(ca).map_err(ServerTlsError::Config)?;
-    }
+    let roots = root_store(ca)?;
     let chain: Vec<CertificateDer<'static>> = pem_items(cert, &read_file(cert)?, "certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(&read_file(key)?).map_err(|source| match source {
-        rustls::pki_types::pem::Error::NoItemsFound => ServerTlsError::Empty {
-            path: key.to_owned(),
-            what: "private key",
-        },
-        source => ServerTlsError::Pem {
-            path: key.to_owned(),
-            source,
-        },
-    })?;
+    let key = private_key(key)?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(ServerTlsError::Config)?
