@@ -85,7 +85,9 @@ fn tpm_error(tcti: &Tcti, e: TpmError) -> AttestError {
     }
 }
 
-fn machine_id() -> Result<String, AttestError> {
+/// This host's id: `/etc/machine-id`, trimmed (the AK's host id, and the agent's market-link
+/// identity in development certificates).
+pub fn machine_id() -> Result<String, AttestError> {
     let id = std::fs::read_to_string("/etc/machine-id").map_err(|e| {
         AttestError::Failed(format!(
             "cannot read /etc/machine-id for the AK's host id: {e}"

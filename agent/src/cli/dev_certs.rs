@@ -25,11 +25,7 @@ pub struct DevCertsArgs {
 pub fn run(args: &DevCertsArgs) -> anyhow::Result<ExitCode> {
     let host_id = match &args.host_id {
         Some(id) => id.clone(),
-        None => std::fs::read_to_string("/etc/machine-id")
-            .map(|id| id.trim().to_owned())
-            .ok()
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| "dev-host".to_owned()),
+        None => crate::attest::tpm::machine_id().unwrap_or_else(|_| "dev-host".to_owned()),
     };
     let files = DevCerts::generate_for(&host_id)?.write_to(&args.out)?;
     for file in files {
