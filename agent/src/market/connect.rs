@@ -51,9 +51,6 @@ pub enum ConnectError {
     /// The market's certificate names no usable role.
     #[error("the market's certificate is refused: {0}")]
     Role(String),
-    /// Connecting took longer than `[market] connect_timeout_millis`.
-    #[error("connecting took longer than {0:?}")]
-    Timeout(Duration),
 }
 
 /// Ends a connection from outside: once killed, its reads and writes fail, hyper drops the
@@ -130,7 +127,6 @@ pub struct Connector {
     endpoint: MarketEndpoint,
     tls: TlsConnector,
     dead_after: Duration,
-    timeout: Duration,
     /// The identity the last handshake established.
     caller: Arc<Mutex<Option<TunnelCaller>>>,
     /// Kills the connections made.
@@ -146,18 +142,17 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// A connector to `endpoint` with this TLS configuration.
+    /// A connector to `endpoint` with this TLS configuration (its caller bounds the time a
+    /// connection may take).
     pub fn new(
         endpoint: MarketEndpoint,
         tls: Arc<rustls::ClientConfig>,
         dead_after: Duration,
-        timeout: Duration,
     ) -> Self {
         Self {
             endpoint,
             tls: TlsConnector::from(tls),
             dead_after,
-            timeout,
             caller: Arc::new(Mutex::new(None)),
             switch: Arc::new(KillSwitch::default()),
         }
@@ -177,13 +172,6 @@ impl Connector {
     }
 
     async fn connect(self) -> Result<Io, ConnectError> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.connect_now())
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))?
-    }
-
-    async fn connect_now(self) -> Result<Io, ConnectError> {
         let MarketEndpoint { host, port, url } = &self.endpoint;
         let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
             .await

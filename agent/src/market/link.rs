@@ -149,13 +149,13 @@ impl MarketLink {
 
     /// Each endpoint's status, in config order.
     pub fn statuses(&self) -> Vec<LinkStatus> {
-        self.states.iter().map(|s| s.snapshot()).collect()
+        snapshots(&self.states)
     }
 
     /// A cloneable reader of [`Self::statuses`].
     pub fn status_source(&self) -> impl Fn() -> Vec<LinkStatus> + Send + Sync + 'static {
         let states = self.states.clone();
-        move || states.iter().map(|s| s.snapshot()).collect()
+        move || snapshots(&states)
     }
 
     /// Stops every tunnel: new streams are refused, open ones get up to `grace` to finish,
@@ -174,6 +174,10 @@ impl MarketLink {
             }
         }
     }
+}
+
+fn snapshots(states: &[Arc<EndpointState>]) -> Vec<LinkStatus> {
+    states.iter().map(|s| s.snapshot()).collect()
 }
 
 fn load_tls(market: &MarketConfig) -> Result<Arc<rustls::ClientConfig>, ServerTlsError> {
@@ -254,12 +258,8 @@ async fn one_tunnel(
         Ok(tls) => tls,
         Err(err) => return Attempt::Failed(error_chain(&err)),
     };
-    let connector = Connector::new(
-        endpoint.clone(),
-        tls,
-        config.dead_after(),
-        config.connect_timeout(),
-    );
+    // Connecting, the handshake and opening the call share one time limit (below).
+    let connector = Connector::new(endpoint.clone(), tls, config.dead_after());
     let host = if endpoint.host.contains(':') {
         format!("[{}]", endpoint.host)
     } else {
