@@ -229,7 +229,11 @@ impl Demux {
         let id = frame.stream_id;
         let Some(frame) = frame.frame else {
             return match self.streams.get(&id) {
-                Some(_) => Ok(self.fail(id, Code::InvalidArgument, "frame with no content")),
+                Some(_) => Ok(self.fail_discarding(
+                    id,
+                    StreamFailure::new(Code::InvalidArgument, "frame with no content"),
+                    0,
+                )),
                 None => self.unknown(id),
             };
         };
@@ -401,14 +405,6 @@ impl Demux {
                 "frame for stream {id}, which was never opened"
             )))
         }
-    }
-
-    fn fail(&mut self, id: i64, code: Code, message: impl Into<String>) -> Event {
-        self.fail_with(id, StreamFailure::new(code, message))
-    }
-
-    fn fail_with(&mut self, id: i64, failure: StreamFailure) -> Event {
-        self.fail_discarding(id, failure, 0)
     }
 
     /// Fails the stream; its request data (`len` bytes of the failing frame first) is
