@@ -229,44 +229,12 @@ impl<S: GrpcService> TunnelServer<S> {
     /// the future aborts every stream.
     pub async fn serve<I>(
         &self,
-        inbound: I,
-        out: OutboundTx,
-        negotiated: bool,
-        extensions: http::Extensions,
-        drain: watch::Receiver<bool>,
-        stats: Arc<TunnelStats>,
-    ) -> TunnelEnd
-    where
-        I: Stream<Item = Result<ClientToServer, tonic::Status>> + Unpin,
-    {
-        // The streams still open end with the tunnel (their tasks are aborted), also when this
-        // future is dropped.
-        let mut open = OpenStreams {
-            stats: stats.clone(),
-            tasks: HashMap::new(),
-        };
-        self.run(
-            inbound,
-            out,
-            negotiated,
-            extensions,
-            drain,
-            &stats,
-            &mut open.tasks,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn run<I>(
-        &self,
         mut inbound: I,
         out: OutboundTx,
         negotiated: bool,
         extensions: http::Extensions,
         mut drain: watch::Receiver<bool>,
-        stats: &Arc<TunnelStats>,
-        task_streams: &mut HashMap<tokio::task::Id, i64>,
+        stats: Arc<TunnelStats>,
     ) -> TunnelEnd
     where
         I: Stream<Item = Result<ClientToServer, tonic::Status>> + Unpin,
@@ -286,32 +254,37 @@ impl<S: GrpcService> TunnelServer<S> {
             max_streams: self.config.max_streams,
             max_message_bytes: self.config.max_message_bytes,
         };
-        let mut demux = Demux::new(limits, self.methods.clone());
-        let mut handles: HashMap<i64, Handle> = HashMap::new();
-        let mut tasks = JoinSet::new();
+        let mut session = Session {
+            server: self,
+            demux: Demux::new(limits, self.methods.clone()),
+            out,
+            extensions,
+            handles: HashMap::new(),
+            tasks: JoinSet::new(),
+            open: OpenStreams {
+                stats,
+                tasks: HashMap::new(),
+            },
+        };
         let idle = self.config.stream_idle_timeout;
         let mut idle_check = tokio::time::interval((idle / 4).max(Duration::from_millis(20)));
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = *drain.borrow();
         if draining {
-            demux.drain();
+            session.demux.drain();
         }
         loop {
-            if draining && demux.open_streams() == 0 && tasks.is_empty() {
+            if draining && session.demux.open_streams() == 0 && session.tasks.is_empty() {
                 return TunnelEnd::Drained;
             }
             tokio::select! {
                 biased;
-                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                Some(joined) = session.tasks.join_next_with_id(), if !session.tasks.is_empty() => {
                     let task = match &joined {
                         Ok((task, ())) => *task,
                         Err(err) => err.id(),
                     };
-                    if let Some(id) = task_streams.remove(&task) {
-                        demux.closed(id);
-                        handles.remove(&id);
-                        stats.streams_open.fetch_sub(1, Ordering::Relaxed);
-                    }
+                    session.ended(task);
                 }
                 frame = inbound.next() => {
                     let frame = match frame {
@@ -319,12 +292,11 @@ impl<S: GrpcService> TunnelServer<S> {
                         Some(Err(status)) => return TunnelEnd::Call(status),
                         Some(Ok(frame)) => frame,
                     };
-                    let event = match demux.on_frame(frame, Instant::now()) {
+                    let event = match session.demux.on_frame(frame, Instant::now()) {
                         Ok(event) => event,
                         Err(err) => return TunnelEnd::Protocol(err),
                     };
-                    let ok = self.apply(event, &out, &extensions, &mut handles, &mut tasks, task_streams, stats);
-                    if !ok {
+                    if !session.apply(event) {
                         return TunnelEnd::Stalled;
                     }
                 }
@@ -332,59 +304,77 @@ impl<S: GrpcService> TunnelServer<S> {
                     // A dropped sender means the owner is gone: drain too.
                     if changed.is_err() || *drain.borrow() {
                         draining = true;
-                        demux.drain();
+                        session.demux.drain();
                     }
                 }
-                _ = idle_check.tick() => {
-                    let cutoff = demux::idle_cutoff(Instant::now(), idle);
-                    for id in demux.idle_since(cutoff) {
-                        if let Some(handle) = handles.get_mut(&id) {
-                            handle.abort(StreamFailure {
-                                code: Code::DeadlineExceeded,
-                                message: format!("no request frame for {} ms", idle.as_millis()),
-                            });
-                        }
-                        demux.forget(id);
-                    }
-                }
+                _ = idle_check.tick() => session.abort_idle(idle),
             }
+        }
+    }
+}
+
+/// One tunnel being served: its frame state machine, its open streams' handles and tasks.
+/// Dropped with the tunnel: its tasks are aborted and no longer counted as open.
+struct Session<'s, S> {
+    server: &'s TunnelServer<S>,
+    demux: Demux,
+    out: OutboundTx,
+    extensions: http::Extensions,
+    handles: HashMap<i64, Handle>,
+    tasks: JoinSet<()>,
+    open: OpenStreams,
+}
+
+impl<S: GrpcService> Session<'_, S> {
+    /// A stream's task ended (finished, aborted or panicked).
+    fn ended(&mut self, task: tokio::task::Id) {
+        if let Some(id) = self.open.tasks.remove(&task) {
+            self.demux.closed(id);
+            self.handles.remove(&id);
+            self.open.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the streams whose request side has been open without a frame for `idle`.
+    fn abort_idle(&mut self, idle: Duration) {
+        let cutoff = demux::idle_cutoff(Instant::now(), idle);
+        for id in self.demux.idle_since(cutoff) {
+            if let Some(handle) = self.handles.get_mut(&id) {
+                handle.abort(StreamFailure {
+                    code: Code::DeadlineExceeded,
+                    message: format!("no request frame for {} ms", idle.as_millis()),
+                });
+            }
+            self.demux.forget(id);
         }
     }
 
     /// Acts on one event; false when the peer has stopped reading control frames.
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &self,
-        event: Event,
-        out: &OutboundTx,
-        extensions: &http::Extensions,
-        handles: &mut HashMap<i64, Handle>,
-        tasks: &mut JoinSet<()>,
-        task_streams: &mut HashMap<tokio::task::Id, i64>,
-        stats: &Arc<TunnelStats>,
-    ) -> bool {
+    fn apply(&mut self, event: Event) -> bool {
+        let stats = &self.open.stats;
         match event {
             Event::Open(open) => {
                 let id = open.id;
+                let config = &self.server.config;
                 let (chunks_tx, chunks) = mpsc::unbounded_channel();
                 let (abort_tx, abort) = oneshot::channel();
                 let window = Arc::new(SendWindow::new(open.send_window));
-                let deadline = deadline(&open, &self.config);
+                let deadline = deadline(&open, config);
                 let task = StreamTask {
-                    service: self.service.clone(),
+                    service: self.server.service.clone(),
                     open,
                     chunks,
                     abort,
                     window: window.clone(),
-                    out: out.clone(),
-                    extensions: extensions.clone(),
+                    out: self.out.clone(),
+                    extensions: self.extensions.clone(),
                     deadline,
-                    idle: self.config.stream_idle_timeout,
+                    idle: config.stream_idle_timeout,
                     stats: stats.clone(),
                 };
-                let handle = tasks.spawn(task.run());
-                task_streams.insert(handle.id(), id);
-                handles.insert(
+                let handle = self.tasks.spawn(task.run());
+                self.open.tasks.insert(handle.id(), id);
+                self.handles.insert(
                     id,
                     Handle {
                         chunks: Some(chunks_tx),
@@ -402,8 +392,9 @@ impl<S: GrpcService> TunnelServer<S> {
                     stream_id: id,
                     frame: Some(frame),
                 };
-                out.control(frame(Frame::ResponseHeaders(Metadata::default())))
-                    && out.control(frame(Frame::CloseStream(CloseStream {
+                self.out
+                    .control(frame(Frame::ResponseHeaders(Metadata::default())))
+                    && self.out.control(frame(Frame::CloseStream(CloseStream {
                         response_trailers: Some(Metadata::default()),
                         status: Some(metadata::simple_status(failure.code, failure.message)),
                     })))
@@ -412,13 +403,13 @@ impl<S: GrpcService> TunnelServer<S> {
                 stats
                     .bytes_in
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Some(chunks) = handles.get(&id).and_then(|h| h.chunks.as_ref()) {
+                if let Some(chunks) = self.handles.get(&id).and_then(|h| h.chunks.as_ref()) {
                     let _ = chunks.send(Chunk { size, data });
                 }
                 true
             }
             Event::HalfClose { id, empty_message } => {
-                if let Some(handle) = handles.get_mut(&id) {
+                if let Some(handle) = self.handles.get_mut(&id) {
                     if let (true, Some(chunks)) = (empty_message, &handle.chunks) {
                         let _ = chunks.send(Chunk {
                             size: Some(0),
@@ -430,7 +421,7 @@ impl<S: GrpcService> TunnelServer<S> {
                 true
             }
             Event::Cancel { id } => {
-                if let Some(handle) = handles.get_mut(&id) {
+                if let Some(handle) = self.handles.get_mut(&id) {
                     handle.abort(StreamFailure {
                         code: Code::Cancelled,
                         message: "cancelled by the market".into(),
@@ -439,7 +430,7 @@ impl<S: GrpcService> TunnelServer<S> {
                 true
             }
             Event::WindowUpdate { id, bytes } => {
-                if let Some(handle) = handles.get(&id) {
+                if let Some(handle) = self.handles.get(&id) {
                     handle.window.grow(bytes);
                 }
                 true
@@ -449,12 +440,12 @@ impl<S: GrpcService> TunnelServer<S> {
                 failure,
                 window_update,
             } => {
-                if let Some(handle) = handles.get_mut(&id) {
+                if let Some(handle) = self.handles.get_mut(&id) {
                     handle.abort(failure);
                 }
-                grant(out, id, window_update)
+                grant(&self.out, id, window_update)
             }
-            Event::Discard { id, window_update } => grant(out, id, window_update),
+            Event::Discard { id, window_update } => grant(&self.out, id, window_update),
             Event::Ignored => true,
         }
     }
