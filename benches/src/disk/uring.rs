@@ -12,11 +12,12 @@
 //! Each slot has two buffers and alternates between them: a completed request's replacement is
 //! submitted (into the other buffer) before the completed one is checked, so verifying a 1 MiB
 //! block (~0.1 ms) never holds back the queue, and fio, which checks nothing, is not handed a
-//! deeper queue than ours.
+//! deeper queue than ours. All buffers are one allocation ([`AlignedBuf`]: in transparent huge
+//! pages where its size allows, so a slot's two 1 MiB buffers are one 2 MiB page).
 //!
 //! A run is timed as fio times a job: from its first submission to its last completion. The
 //! buffers' allocation and registration come before and are not timed (for 16 slots of 1 MiB
-//! they take ~25 ms, mostly faulting in and zeroing 32 MiB).
+//! in 4 KiB pages ~25 ms on the CI VM, mostly faulting in and zeroing 32 MiB).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -49,12 +50,52 @@ pub(super) fn ring(depth: usize) -> Result<IoUring, std::io::Error> {
     IoUring::new(entries)
 }
 
+/// A slot's state; its buffers are in [`Slots`].
 struct Slot {
-    bufs: [AlignedBuf; 2],
-    /// The buffer of the request in flight (or of the next one).
+    /// Which of its two buffers the request in flight (or the next one) uses.
     current: usize,
     request: Option<Request>,
     started: Instant,
+}
+
+/// The slots and their buffers, one allocation: slot i's two are at 2i and 2i + 1, also their
+/// indexes when registered.
+struct Slots {
+    state: Vec<Slot>,
+    arena: AlignedBuf,
+    buf_len: usize,
+}
+
+impl Slots {
+    fn new(depth: usize, buf_len: usize) -> Result<Self, BenchError> {
+        let state = (0..depth)
+            .map(|_| Slot {
+                current: 0,
+                request: None,
+                started: Instant::now(),
+            })
+            .collect();
+        Ok(Self {
+            state,
+            arena: AlignedBuf::new(2 * depth * buf_len)?,
+            buf_len,
+        })
+    }
+
+    /// Buffer `index` (= 2 x slot + which).
+    fn buffer(&mut self, index: usize) -> &mut [u8] {
+        &mut self.arena[index * self.buf_len..][..self.buf_len]
+    }
+
+    fn iovecs(&mut self) -> Vec<libc::iovec> {
+        self.arena
+            .chunks_mut(self.buf_len)
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect()
+    }
 }
 
 /// Keeps up to `depth` requests in flight for `time` after the first submission, or until `next`
@@ -69,31 +110,14 @@ pub(super) fn run(
     depth: usize,
     buf_len: usize,
     time: Duration,
-    next: impl FnMut(usize, &mut AlignedBuf) -> Option<Request>,
-    mut done: impl FnMut(&Request, &AlignedBuf, f64) -> Result<(), BenchError>,
+    next: impl FnMut(usize, &mut [u8]) -> Option<Request>,
+    mut done: impl FnMut(&Request, &[u8], f64) -> Result<(), BenchError>,
 ) -> Result<Duration, BenchError> {
     let fd = types::Fd(file.as_raw_fd());
     // Never more requests in flight than the submission queue holds.
     let depth = depth.clamp(1, ring.params().sq_entries() as usize);
-    let mut slots = (0..depth)
-        .map(|_| {
-            Ok(Slot {
-                bufs: [AlignedBuf::new(buf_len)?, AlignedBuf::new(buf_len)?],
-                current: 0,
-                request: None,
-                started: Instant::now(),
-            })
-        })
-        .collect::<Result<Vec<_>, BenchError>>()?;
-    // Slot i's buffers are registered at indexes 2i and 2i + 1.
-    let iovecs: Vec<libc::iovec> = slots
-        .iter_mut()
-        .flat_map(|s| s.bufs.iter_mut())
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
+    let mut slots = Slots::new(depth, buf_len)?;
+    let iovecs = slots.iovecs();
     // SAFETY: the buffers stay allocated while registered: they are unregistered below before
     // `slots` drops, or leaked with `slots` when the ring fails.
     let fixed = unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
@@ -132,8 +156,8 @@ struct Feed<N> {
     exhausted: bool,
 }
 
-impl<N: FnMut(usize, &mut AlignedBuf) -> Option<Request>> Feed<N> {
-    fn next(&mut self, slot: usize, buf: &mut AlignedBuf) -> Option<Request> {
+impl<N: FnMut(usize, &mut [u8]) -> Option<Request>> Feed<N> {
+    fn next(&mut self, slot: usize, buf: &mut [u8]) -> Option<Request> {
         if !self.exhausted && self.started.elapsed() < self.time {
             let request = (self.next)(slot, buf);
             self.exhausted = request.is_none();
@@ -150,16 +174,16 @@ impl<N: FnMut(usize, &mut AlignedBuf) -> Option<Request>> Feed<N> {
 fn run_slots(
     ring: &mut IoUring,
     fd: types::Fd,
-    slots: &mut [Slot],
+    slots: &mut Slots,
     fixed: bool,
-    feed: &mut Feed<impl FnMut(usize, &mut AlignedBuf) -> Option<Request>>,
-    done: &mut impl FnMut(&Request, &AlignedBuf, f64) -> Result<(), BenchError>,
+    feed: &mut Feed<impl FnMut(usize, &mut [u8]) -> Option<Request>>,
+    done: &mut impl FnMut(&Request, &[u8], f64) -> Result<(), BenchError>,
 ) -> Result<Duration, RunError> {
     let mut in_flight = 0usize;
     let mut first_error: Option<BenchError> = None;
 
     // Queue the first request of every slot.
-    for i in 0..slots.len() {
+    for i in 0..slots.state.len() {
         match push(ring, fd, slots, i, fixed, feed) {
             Ok(true) => in_flight += 1,
             Ok(false) => break,
@@ -193,7 +217,7 @@ fn run_slots(
             .collect();
         for (i, res) in completed {
             in_flight -= 1;
-            let Some(slot) = slots.get_mut(i) else {
+            let Some(slot) = slots.state.get_mut(i) else {
                 continue;
             };
             let Some(req) = slot.request.take() else {
@@ -225,7 +249,7 @@ fn run_slots(
                     req.op, req.offset, req.len
                 )))
             } else {
-                done(&req, &slots[i].bufs[completed_buf], latency_us)
+                done(&req, slots.buffer(2 * i + completed_buf), latency_us)
             };
             if let Err(e) = outcome {
                 first_error.get_or_insert(e);
@@ -259,22 +283,21 @@ fn ring_failed(e: std::io::Error) -> RunError {
 fn push(
     ring: &mut IoUring,
     fd: types::Fd,
-    slots: &mut [Slot],
+    slots: &mut Slots,
     i: usize,
     fixed: bool,
-    feed: &mut Feed<impl FnMut(usize, &mut AlignedBuf) -> Option<Request>>,
+    feed: &mut Feed<impl FnMut(usize, &mut [u8]) -> Option<Request>>,
 ) -> Result<bool, BenchError> {
-    let slot = &mut slots[i];
-    let which = slot.current;
-    let buf = &mut slot.bufs[which];
+    // Registered at 2i + which (depth <= the ring's size, far below u16::MAX / 2).
+    let index = 2 * i + slots.state[i].current;
+    let buf = slots.buffer(index);
     let Some(req) = feed.next(i, buf) else {
         return Ok(false);
     };
     let len = u32::try_from(req.len.min(buf.len()))
         .map_err(|_| BenchError::InvalidParameter(format!("request of {} bytes", req.len)))?;
     let ptr = buf.as_mut_ptr();
-    // Registered at 2i + which (depth <= the ring's size, far below u16::MAX / 2).
-    let index = u16::try_from(2 * i + which).unwrap_or(u16::MAX);
+    let index = u16::try_from(index).unwrap_or(u16::MAX);
     let entry = match (req.op, fixed) {
         (Op::Read, true) => opcode::ReadFixed::new(fd, ptr, len, index)
             .offset(req.offset)
@@ -286,6 +309,7 @@ fn push(
         (Op::Write, false) => opcode::Write::new(fd, ptr, len).offset(req.offset).build(),
     }
     .user_data(i as u64);
+    let slot = &mut slots.state[i];
     slot.request = Some(req);
     slot.started = Instant::now();
     // SAFETY: the buffer lives in `slots`, which `run` keeps (or leaks) until this request has
