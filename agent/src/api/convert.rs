@@ -266,6 +266,8 @@ pub fn capacity(snapshot: &CapacitySnapshot) -> pb::Capacity {
         cpu_millicores: Some(amount(&c.cpu_millicores)),
         memory_bytes: Some(amount(&c.memory_bytes)),
         disk_bytes: Some(amount(&c.disk_bytes)),
+        network_ingress_bits_per_second: None,
+        network_egress_bits_per_second: None,
         gpus: c
             .gpus
             .iter()

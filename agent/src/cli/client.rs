@@ -496,6 +496,7 @@ async fn job_query(
                     pids: *pids,
                     gpus: gpus.clone(),
                     scratch_bytes: to_i64("--scratch", *scratch)?,
+                    ..pb::JobResources::default()
                 }),
                 time_limit_millis: *time_limit_millis,
                 ..pb::JobSpec::default()

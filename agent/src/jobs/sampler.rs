@@ -210,6 +210,7 @@ impl JobManager {
                 stats,
                 scratch_used_bytes,
                 gpus: gpu_used.iter().map(|f| f.now.clone()).collect(),
+                network: None,
             };
             samples.push((id, record, scratch_limit, sample, gpu_used, over_inodes));
         }

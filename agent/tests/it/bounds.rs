@@ -127,6 +127,7 @@ fn job_spec(id: &str, pad: usize) -> pb::JobSpec {
             pids: 16,
             gpus: vec![],
             scratch_bytes: 0,
+            ..pb::JobResources::default()
         }),
         ..pb::JobSpec::default()
     }

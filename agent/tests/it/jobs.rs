@@ -228,6 +228,7 @@ pub(crate) fn spec(id: &str, script: &str) -> pb::JobSpec {
             pids: 64,
             gpus: vec![],
             scratch_bytes: 0,
+            ..pb::JobResources::default()
         }),
         ..pb::JobSpec::default()
     }
