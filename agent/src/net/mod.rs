@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use counters::NetCounters;
-// pub use network::JobNetworks;
+pub use network::JobNetworks;
 
 /// A transport protocol of a published port.
 #[derive(
