@@ -35,6 +35,7 @@ use crate::config::JobsConfig;
 use crate::fsroot::FsRoot;
 use crate::gpu::accounting::GpuAccounting;
 use crate::image::{ImageError, RemovedImage};
+use crate::net::JobNetworks;
 use crate::state::headroom::{Headroom, HeadroomError};
 
 pub use super::model::{
@@ -91,6 +92,8 @@ pub struct JobManager {
     pub(super) runtime: Arc<dyn JobRuntime>,
     pub(super) images: Arc<dyn ImageSource>,
     pub(super) gpu_accounting: Arc<dyn GpuAccounting>,
+    /// Jobs' network; `None` with `[jobs] network = "none"`.
+    pub(super) networks: Option<JobNetworks>,
     pub(super) fs: FsRoot,
     pub(super) layout: Option<CgroupLayout>,
     pub(super) capacity: Arc<CapacityLedger>,
@@ -165,9 +168,14 @@ impl JobManager {
                 None
             }
         };
+        let networks = match setup.config.network.cni() {
+            Some(cni) => Some(JobNetworks::open(cni)?),
+            None => None,
+        };
         let manager = Arc::new(Self {
             runtime_root,
             jobs_dir,
+            networks,
             config: setup.config,
             supervisor,
             runtime: setup.runtime,

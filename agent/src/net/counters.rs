@@ -2,7 +2,7 @@
 //! job sent (out), what it transmits the job received (in). The host side outlives an agent
 //! restart with the job, so the counts never go back while the job runs.
 
-use std::collections::HashMap;
+use std::path::Path;
 
 /// Bytes and packets into and out of a job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,43 +27,45 @@ impl NetCounters {
             out_packets: self.out_packets.max(other.out_packets),
         }
     }
-}
 
-/// The counters of every interface of the agent's network namespace, read once per telemetry
-/// tick (sysinfo), looked up per job by its host interface.
-#[derive(Debug, Default)]
-pub struct InterfaceCounters {
-    by_name: HashMap<String, NetCounters>,
-}
-
-impl InterfaceCounters {
-    /// Reads every interface's counters now.
-    pub fn read() -> Self {
-        let networks = match sysinfo::Networks::new_with_refreshed_list() {
-            Ok(networks) => networks,
-            Err(err) => {
-                tracing::debug!(error = %err, "cannot read the interfaces' counters");
-                return Self::default();
-            }
+    /// The traffic of the job whose host-side veth is `host_interface`
+    /// (`/sys/class/net/<name>/statistics`); `None` when it is gone.
+    pub fn of_job(host_interface: &str) -> Option<Self> {
+        if host_interface.is_empty()
+            || host_interface.contains('/')
+            || host_interface.starts_with('.')
+        {
+            return None;
+        }
+        let dir = Path::new("/sys/class/net")
+            .join(host_interface)
+            .join("statistics");
+        let read = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(dir.join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
         };
-        let by_name = (&networks)
-            .into_iter()
-            .map(|(name, data)| {
-                // The host side: its receive is the job's transmit.
-                let counters = NetCounters {
-                    in_bytes: data.total_transmitted(),
-                    in_packets: data.total_packets_transmitted(),
-                    out_bytes: data.total_received(),
-                    out_packets: data.total_packets_received(),
-                };
-                (name.to_string_lossy().into_owned(), counters)
-            })
-            .collect();
-        Self { by_name }
+        // The host side: what it transmits the job receives.
+        Some(Self {
+            in_bytes: read("tx_bytes")?,
+            in_packets: read("tx_packets")?,
+            out_bytes: read("rx_bytes")?,
+            out_packets: read("rx_packets")?,
+        })
     }
+}
 
-    /// The traffic of the job whose host-side veth is `host_interface`; `None` when it is gone.
-    pub fn job(&self, host_interface: &str) -> Option<NetCounters> {
-        self.by_name.get(host_interface).copied()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_counts_and_a_missing_interface_is_none() {
+        // `lo` exists in every network namespace; its counters are readable numbers.
+        assert!(NetCounters::of_job("lo").is_some());
+        assert_eq!(NetCounters::of_job("no-such-if0"), None);
+        assert_eq!(NetCounters::of_job("../lo"), None);
     }
 }

@@ -13,8 +13,10 @@
 //! so a job sees "connection refused" or "no route", never a timeout. Everything else (the
 //! internet) is forwarded, and masqueraded by the bridge plugin.
 //!
-//! The table is replaced whole and atomically (`nft -f`) when the agent starts; other tables
-//! (the CNI plugins' iptables-nft ones, the operator's) are left alone.
+//! The table is replaced whole and atomically (`nft -f`) once per agent run, before the first
+//! job is attached (or when a restarted agent finds jobs attached); other tables (the CNI
+//! plugins' iptables-nft ones, the operator's) are left alone. It stays when the agent stops:
+//! jobs outlive an agent restart.
 
 use std::io::Write;
 use std::net::IpAddr;

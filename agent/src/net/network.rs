@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -48,10 +49,14 @@ pub struct JobNetworks {
     resolvers: Resolvers,
     ports: PortAllocator,
     publish_address: Option<IpAddr>,
+    /// Whether the isolation rules are installed (by the first attach, or by a reconcile that
+    /// finds jobs attached), so an agent that runs no job never touches the host's firewall.
+    isolated: Mutex<bool>,
 }
 
 impl JobNetworks {
-    /// Checks the configuration list and its plugins, and installs the isolation rules.
+    /// Checks the configuration list and its plugins (the isolation rules are installed when
+    /// the first job needs them).
     pub fn open(config: &CniNetwork) -> Result<Self, NetError> {
         let list = conflist::load(config)?;
         for plugin in list.plugin_types().chain(["loopback"]) {
@@ -73,14 +78,24 @@ impl JobNetworks {
         if resolvers.servers.is_empty() {
             tracing::warn!("jobs have no DNS resolver: the host has only loopback ones; set [jobs.network] dns");
         }
-        firewall::install(config, &resolvers.servers)?;
         Ok(Self {
             config: config.clone(),
             list,
             resolvers,
             ports: PortAllocator::new(config.port_range),
             publish_address: config.publish_address.or_else(default_route_address),
+            isolated: Mutex::new(false),
         })
+    }
+
+    /// Installs the isolation rules once (again after a failed try).
+    fn isolate(&self) -> Result<(), NetError> {
+        let mut isolated = self.isolated.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*isolated {
+            firewall::install(&self.config, &self.resolvers.servers)?;
+            *isolated = true;
+        }
+        Ok(())
     }
 
     /// The namespace file of job `id`.
@@ -88,26 +103,45 @@ impl JobNetworks {
         netns_dir(&self.config.run_dir).join(id)
     }
 
-    /// Attaches job `id` (see the module doc), writing its `resolv.conf` and `hosts` into
-    /// `job_dir`. On failure nothing of it is left.
+    /// Takes free host ports for `wanted` (all or none).
+    pub fn allocate_ports(&self, wanted: &[(u16, Protocol)]) -> Result<Vec<u16>, NetError> {
+        self.ports.allocate(wanted)
+    }
+
+    /// Gives back ports [`Self::allocate_ports`] gave for `wanted`.
+    pub fn release_ports(&self, wanted: &[(u16, Protocol)], host_ports: &[u16]) {
+        self.ports.release(
+            host_ports
+                .iter()
+                .zip(wanted)
+                .map(|(&port, &(_, protocol))| (port, protocol)),
+        );
+    }
+
+    /// Attaches job `id` (see the module doc) with the host ports allocated for it, writing
+    /// its `resolv.conf` and `hosts` into `job_dir`. On failure nothing of it is left and its
+    /// ports are released.
     pub fn attach(
         &self,
         id: &str,
         request: &NetworkRequest,
+        host_ports: &[u16],
         job_dir: &Path,
     ) -> Result<Attachment, NetError> {
         let netns = self.netns_path(id);
         if netns.exists() || self.cache_path(id).exists() {
             tracing::warn!(job = %id, "detaching a network no record owned");
-            self.detach(id, None)?;
+            // Best effort: the create below fails if the namespace is still there.
+            if let Err(err) = self.detach(id, None) {
+                tracing::warn!(job = %id, error = %err, "cannot detach the stale network");
+            }
         }
-        let host_ports = self.ports.allocate(&request.ports)?;
-        let attached = self.attach_with_ports(id, request, &host_ports, job_dir);
+        let attached = self.attach_with_ports(id, request, host_ports, job_dir);
         if attached.is_err() {
             if let Err(err) = self.detach(id, None) {
                 tracing::warn!(job = %id, error = %err, "cannot undo a failed network attach");
             }
-            self.release(&request.ports, &host_ports);
+            self.release_ports(&request.ports, host_ports);
         }
         attached
     }
@@ -119,6 +153,7 @@ impl JobNetworks {
         host_ports: &[u16],
         job_dir: &Path,
     ) -> Result<Attachment, NetError> {
+        self.isolate()?;
         let netns = self.netns_path(id);
         netns::create(&netns)?;
         let no_capabilities = Map::new();
@@ -206,9 +241,11 @@ impl JobNetworks {
         active: impl IntoIterator<Item = (&'a str, Option<&'a Attachment>)>,
     ) {
         let mut owned = BTreeSet::new();
+        let mut attached = false;
         for (id, attachment) in active {
             owned.insert(id.to_owned());
             if let Some(attachment) = attachment {
+                attached = true;
                 self.ports
                     .hold(attachment.ports.iter().map(|p| (p.host_port, p.protocol)));
             }
@@ -226,21 +263,17 @@ impl JobNetworks {
                 found.insert(name.strip_suffix(".json").unwrap_or(&name).to_owned());
             }
         }
+        if attached {
+            if let Err(err) = self.isolate() {
+                tracing::error!(error = %err, "cannot install the jobs' isolation rules");
+            }
+        }
         for id in found.difference(&owned) {
             tracing::warn!(job = %id, "detaching a job network no active job owns");
             if let Err(err) = self.detach(id, None) {
                 tracing::warn!(job = %id, error = %err, "cannot detach a leftover job network");
             }
         }
-    }
-
-    fn release(&self, wanted: &[(u16, Protocol)], host_ports: &[u16]) {
-        self.ports.release(
-            host_ports
-                .iter()
-                .zip(wanted)
-                .map(|(&port, &(_, protocol))| (port, protocol)),
-        );
     }
 
     fn at<'a>(

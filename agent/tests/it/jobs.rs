@@ -55,6 +55,9 @@ fn config_in(dir: &Path) -> Config {
     config.bench.run_on_start = false;
     config.jobs.cgroup_parent = unique("fog-agent-it");
     config.jobs.telemetry_interval_millis = 200;
+    // Jobs here need no network: the host's own network namespace is left alone (the
+    // networking tests run their agents in namespaces of their own).
+    config.jobs.network = fog_agent::config::JobNetwork::None;
     config.api.shutdown_grace_millis = 1000;
     config.metrics.enabled = false;
     config
@@ -1062,7 +1065,7 @@ fn sigkill_of_the_agent_mid_job_and_restart_keep_the_job_and_its_counters() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path());
     let toml = format!(
-        "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = {:?}\ntelemetry_interval_millis = 200\n",
+        "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = {:?}\ntelemetry_interval_millis = 200\nnetwork = \"none\"\n",
         config.api.unix_socket, config.state.dir, config.jobs.cgroup_parent
     );
     let config_path = dir.path().join("agent.toml");
