@@ -396,8 +396,29 @@ impl JobManager {
     }
 
     /// Records the end of a job: from its exit record, or with `why` when there is none. A job
-    /// that ended already stays as it was recorded.
+    /// that ended already stays as it was recorded. One end at a time per job (a stop, the
+    /// shim's reaper and the sampler may find the same end): the container is deleted and the
+    /// network detached once, and a second caller returns only after the first is done.
     pub(super) fn finish(
+        &self,
+        id: &str,
+        exit: Option<ExitRecord>,
+        why: Termination,
+        message: &str,
+    ) -> Result<JobView, JobError> {
+        let ending = self.end_lock(id);
+        let _ending = lock(&ending);
+        let finished = self.finish_once(id, exit, why, message);
+        lock(&self.ending).remove(id);
+        finished
+    }
+
+    /// The lock of job `id`'s end.
+    fn end_lock(&self, id: &str) -> Arc<std::sync::Mutex<()>> {
+        lock(&self.ending).entry(id.to_owned()).or_default().clone()
+    }
+
+    fn finish_once(
         &self,
         id: &str,
         exit: Option<ExitRecord>,

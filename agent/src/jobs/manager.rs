@@ -13,9 +13,11 @@
 //! - here: construction, capacity admission and publication, and image removal.
 //!
 //! Locks: `admission` serializes StartJob's admission with RemoveImage's check (neither holds a
-//! lock readers take while it does I/O); the records' own locks are described in
-//! `records`; `gpus` and `sampler` are leaves.
+//! lock readers take while it does I/O); a job's lock in `ending` serializes the recording of
+//! its end; the records' own locks are described in `records`; `gpus`, `sampler` and
+//! `ending` itself are leaves.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -100,6 +102,8 @@ pub struct JobManager {
     pub(super) records: Records,
     pub(super) headroom: Arc<Headroom>,
     pub(super) admission: Mutex<()>,
+    /// Per job, held while its end is recorded (see `lifecycle`'s `finish`).
+    pub(super) ending: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(super) gpus: Mutex<Vec<GpuIdentity>>,
     /// What the telemetry tick keeps between ticks; touched only by the tick and recovery.
     pub(super) sampler: Mutex<SamplerState>,
@@ -187,6 +191,7 @@ impl JobManager {
             records,
             headroom: setup.headroom,
             admission: Mutex::new(()),
+            ending: Mutex::new(HashMap::new()),
             gpus: Mutex::new(Vec::new()),
             sampler: Mutex::new(SamplerState::default()),
             sampler_stop: Mutex::new(None),

@@ -22,8 +22,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 const RUNC: &str = "/usr/sbin/runc";
-const IMAGE: &str = "busybox:latest";
-const MIB: i64 = 1 << 20;
+pub(crate) const IMAGE: &str = "busybox:latest";
+pub(crate) const MIB: i64 = 1 << 20;
 
 /// CPU-heavy tests run one at a time (2 cores): a CPU measurement next to a fork bomb or a
 /// busy loop would measure the neighbour.
@@ -68,7 +68,7 @@ fn options(config: &Config) -> DaemonOptions {
 }
 
 /// Writes the busybox layout and imports it through ImportImage.
-async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
+pub(crate) async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
     let layout = dir.join("layout");
     if !layout.exists() {
         fog_agent::image::testing::busybox_layout(&layout, IMAGE).unwrap();
@@ -160,13 +160,13 @@ impl Harness {
 }
 
 /// Removes every container under a runtime root and every cgroup below a parent, on drop.
-struct Cleanup {
+pub(crate) struct Cleanup {
     runc_root: PathBuf,
     cgroup_parent: String,
 }
 
 impl Cleanup {
-    fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         Self {
             runc_root: config.jobs.dir_under(&config.state.dir).join(".runc"),
             cgroup_parent: config.jobs.cgroup_parent.clone(),
@@ -263,7 +263,7 @@ pub(crate) async fn get(client: &mut AgentClient<Channel>, id: &str) -> pb::Job 
         .unwrap()
 }
 
-async fn stop(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
+pub(crate) async fn stop(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
     tokio::time::timeout(
         Duration::from_secs(30),
         client.stop_job(pb::StopJobRequest {
