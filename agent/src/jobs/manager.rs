@@ -10,7 +10,8 @@
 //! - `recovery`: what [`JobManager::open`] does with the jobs of an earlier run;
 //! - `sampler`: the telemetry tick (usage, GPU time, limits);
 //! - `retention`: forgetting ended jobs;
-//! - here: construction, capacity admission and publication, and image removal.
+//! - here: construction, capacity admission and publication (CPU, memory, scratch disk,
+//!   network rate limits, GPUs), and image removal.
 //!
 //! Locks: `admission` serializes StartJob's admission with RemoveImage's check (neither holds a
 //! lock readers take while it does I/O); the records' own locks are described in
@@ -272,6 +273,11 @@ impl JobManager {
             allocations.cpu_millicores += u64::try_from(r.cpu_millicores).unwrap_or(0);
             allocations.memory_bytes += u64::try_from(r.memory_bytes).unwrap_or(0);
             allocations.disk_bytes += u64::try_from(r.scratch_bytes).unwrap_or(0);
+            // A job without a rate limit (0) allocates no network.
+            allocations.network_ingress_bits_per_second +=
+                u64::try_from(r.ingress_bits_per_second).unwrap_or(0);
+            allocations.network_egress_bits_per_second +=
+                u64::try_from(r.egress_bits_per_second).unwrap_or(0);
             for gpu in &entry.view.record.gpus {
                 allocations
                     .gpus
@@ -317,6 +323,19 @@ impl JobManager {
             r.scratch_bytes,
             cap.disk_bytes.free,
             "bytes of disk",
+        )?;
+        // 0 (no limit) always fits: such a job allocates no network.
+        check(
+            "resources.ingress_bits_per_second",
+            r.ingress_bits_per_second,
+            cap.network_ingress_bits_per_second.free,
+            "bits per second of network ingress",
+        )?;
+        check(
+            "resources.egress_bits_per_second",
+            r.egress_bits_per_second,
+            cap.network_egress_bits_per_second.free,
+            "bits per second of network egress",
         )?;
         for gpu in &job.gpus {
             match cap
@@ -506,6 +525,7 @@ impl super::JobMetricsSource for JobManager {
                                 Some((g.pci_bus_id.clone(), used.memory_used_bytes, sm))
                             })
                             .collect(),
+                        network: e.view.record.network.as_ref().map(|_| e.view.usage.network),
                     }
                 })
                 .collect()
