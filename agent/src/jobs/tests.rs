@@ -60,7 +60,6 @@ impl Rig {
                 cpu_millicores: Some(4_000),
                 memory_bytes: Some(64 << 30),
                 disk_bytes: Some(1 << 40),
-                network_bits_per_second: Some(1_000_000_000),
                 ..Totals::default()
             },
         ));
@@ -386,53 +385,6 @@ fn requests_past_the_free_capacity_are_refused_naming_the_resource() {
         other => panic!("{other:?}"),
     }
     assert!(jobs.get("big").is_err(), "nothing recorded");
-}
-
-#[test]
-fn network_rate_limits_are_allocated_from_the_network_capacity() {
-    let rig = Rig::new();
-    let jobs = rig.open();
-    let network = || {
-        let capacity = &rig.capacity.current().capacity;
-        (
-            capacity.network_ingress_bits_per_second.allocated,
-            capacity.network_egress_bits_per_second.allocated,
-        )
-    };
-    let mut limited = spec("limited");
-    limited.resources.ingress_bits_per_second = 600_000_000;
-    limited.resources.egress_bits_per_second = 100_000_000;
-    jobs.start(&limited).unwrap();
-    assert_eq!(network(), (600_000_000, 100_000_000));
-    jobs.start(&spec("unlimited")).unwrap();
-    assert_eq!(
-        network(),
-        (600_000_000, 100_000_000),
-        "a job without a limit allocates nothing"
-    );
-
-    let refused = |field: &str, set: fn(&mut Resources)| {
-        let mut greedy = spec("greedy");
-        set(&mut greedy.resources);
-        match jobs.start(&greedy) {
-            Err(JobError::ResourceExhausted { resource, message }) => {
-                assert_eq!(resource, field);
-                message
-            }
-            other => panic!("{other:?}"),
-        }
-    };
-    let message = refused("resources.ingress_bits_per_second", |r| {
-        r.ingress_bits_per_second = 500_000_000
-    });
-    assert!(message.contains("400000000 free"), "{message}");
-    refused("resources.egress_bits_per_second", |r| {
-        r.egress_bits_per_second = 900_000_001
-    });
-    assert!(jobs.get("greedy").is_err(), "nothing recorded");
-
-    jobs.stop("limited", Duration::ZERO).unwrap();
-    assert_eq!(network(), (0, 0), "an ended job frees its rates");
 }
 
 #[test]
