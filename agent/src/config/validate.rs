@@ -1,5 +1,6 @@
 //! Semantic checks of a parsed config ([`Config::problems`]): every bad value, each with its key.
 
+use super::host::{MAX_NETWORK_BITS_PER_SECOND, MIN_NETWORK_BITS_PER_SECOND};
 use super::{Config, Problem};
 
 impl Config {
@@ -370,6 +371,16 @@ impl Config {
             format!(
                 "{} is below market.reconnect_min_millis ({})",
                 market.reconnect_max_millis, market.reconnect_min_millis
+            ),
+        );
+        let network = self.capacity.network_bits_per_second;
+        check(
+            network == 0
+                || (MIN_NETWORK_BITS_PER_SECOND..=MAX_NETWORK_BITS_PER_SECOND).contains(&network),
+            "capacity.network_bits_per_second",
+            format!(
+                "must be 0 (measured) or {MIN_NETWORK_BITS_PER_SECOND} to \
+                 {MAX_NETWORK_BITS_PER_SECOND}, got {network}"
             ),
         );
         for gpu in &self.capacity.reserve_gpus {
