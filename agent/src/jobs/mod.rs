@@ -134,7 +134,11 @@ pub enum JobError {
     /// A stored record could not be read.
     #[error("stored job record: {0}")]
     Record(#[from] serde_json::Error),
-    /// Jobs' network could not be set up (the job runner does not open without it).
+    /// A job's network failed.
     #[error("job network: {0}")]
     Network(#[from] crate::net::NetError),
+    /// The host cannot attach jobs to their network (FAILED_PRECONDITION: a plugin or nft
+    /// missing, br_netfilter unavailable...).
+    #[error("job network unavailable: {0}")]
+    NetworkUnavailable(String),
 }

@@ -1,5 +1,6 @@
-//! A job's network as the job runner handles it (`impl JobManager`): host ports taken at
-//! admission (RESOURCE_EXHAUSTED when none is free), the attach before the bundle is written
+//! A job's network as the job runner handles it (`impl JobManager`): the host made ready and
+//! host ports taken at admission (FAILED_PRECONDITION when the host cannot attach jobs,
+//! RESOURCE_EXHAUSTED when no port is free), the attach before the bundle is written
 //! (recorded at once, so every later end detaches it), the detach when the job ends, and the
 //! reconciliation after a restart. Without `[jobs.network]` each of these does nothing.
 
@@ -45,11 +46,15 @@ fn request(job: &ValidJob) -> NetworkRequest {
 }
 
 impl JobManager {
-    /// Takes host ports for the job's published ports (none without a network).
+    /// Makes sure the host can attach the job (FAILED_PRECONDITION naming what is missing)
+    /// and takes host ports for its published ports (none without a network).
     pub(super) fn allocate_ports(&self, job: &ValidJob) -> Result<Vec<u16>, JobError> {
         let Some(networks) = &self.networks else {
             return Ok(Vec::new());
         };
+        networks
+            .prepare()
+            .map_err(|err| JobError::NetworkUnavailable(err.to_string()))?;
         networks
             .allocate_ports(&request(job).ports)
             .map_err(|err| match err {

@@ -49,31 +49,15 @@ pub struct JobNetworks {
     resolvers: Resolvers,
     ports: PortAllocator,
     publish_address: Option<IpAddr>,
-    /// Whether the isolation rules are installed (by the first attach, or by a reconcile that
-    /// finds jobs attached), so an agent that runs no job never touches the host's firewall.
-    isolated: Mutex<bool>,
+    /// Whether [`Self::prepare`] succeeded.
+    prepared: Mutex<bool>,
 }
 
 impl JobNetworks {
-    /// Checks the configuration list and its plugins (the isolation rules are installed when
-    /// the first job needs them).
+    /// Loads the configuration list (an operator's list that does not parse is an error now;
+    /// the plugins and the host are checked by [`Self::prepare`], when a job first needs them).
     pub fn open(config: &CniNetwork) -> Result<Self, NetError> {
         let list = conflist::load(config)?;
-        for plugin in list.plugin_types().chain(["loopback"]) {
-            let exe = config.plugin_dir.join(plugin);
-            if !exe.is_file() {
-                return Err(NetError::Config {
-                    source_name: list.name.clone(),
-                    message: format!(
-                        "plugin {plugin:?} is not in {} (install containernetworking-plugins, or set [jobs] network = \"none\")",
-                        config.plugin_dir.display()
-                    ),
-                });
-            }
-        }
-        for dir in [netns_dir(&config.run_dir), cache_dir(&config.run_dir)] {
-            std::fs::create_dir_all(&dir).map_err(|error| NetError::Io { path: dir, error })?;
-        }
         let resolvers = Resolvers::for_jobs(&config.dns);
         if resolvers.servers.is_empty() {
             tracing::warn!("jobs have no DNS resolver: the host has only loopback ones; set [jobs.network] dns");
@@ -84,17 +68,37 @@ impl JobNetworks {
             resolvers,
             ports: PortAllocator::new(config.port_range),
             publish_address: config.publish_address.or_else(default_route_address),
-            isolated: Mutex::new(false),
+            prepared: Mutex::new(false),
         })
     }
 
-    /// Installs the isolation rules once (again after a failed try).
-    fn isolate(&self) -> Result<(), NetError> {
-        let mut isolated = self.isolated.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*isolated {
-            firewall::install(&self.config, &self.resolvers.servers)?;
-            *isolated = true;
+    /// Makes the host ready for jobs' networks, once per agent run (again after a failure):
+    /// every plugin of the list (and `loopback`) present, the run dirs made, the isolation rules
+    /// installed. An agent that runs no job never touches the host's network.
+    pub fn prepare(&self) -> Result<(), NetError> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if *prepared {
+            return Ok(());
         }
+        for plugin in self.list.plugin_types().chain(["loopback"]) {
+            if !self.config.plugin_dir.join(plugin).is_file() {
+                return Err(NetError::Config {
+                    source_name: self.list.name.clone(),
+                    message: format!(
+                        "plugin {plugin:?} is not in {} (install containernetworking-plugins, or set [jobs] network = \"none\")",
+                        self.config.plugin_dir.display()
+                    ),
+                });
+            }
+        }
+        for dir in [
+            netns_dir(&self.config.run_dir),
+            cache_dir(&self.config.run_dir),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|error| NetError::Io { path: dir, error })?;
+        }
+        firewall::install(&self.config, &self.resolvers.servers)?;
+        *prepared = true;
         Ok(())
     }
 
@@ -153,7 +157,7 @@ impl JobNetworks {
         host_ports: &[u16],
         job_dir: &Path,
     ) -> Result<Attachment, NetError> {
-        self.isolate()?;
+        self.prepare()?;
         let netns = self.netns_path(id);
         netns::create(&netns)?;
         let no_capabilities = Map::new();
@@ -264,8 +268,8 @@ impl JobNetworks {
             }
         }
         if attached {
-            if let Err(err) = self.isolate() {
-                tracing::error!(error = %err, "cannot install the jobs' isolation rules");
+            if let Err(err) = self.prepare() {
+                tracing::error!(error = %err, "cannot prepare the host for jobs' networks");
             }
         }
         for id in found.difference(&owned) {

@@ -34,6 +34,7 @@ impl LabAgent {
              [state]\ndir = {state:?}\n\
              [tpm]\ntcti = {tcti:?}\n\
              [bench]\nrun_on_start = false\n\
+             [capacity]\nnetwork_bits_per_second = 20000000\n\
              [metrics]\nlisten = \"0.0.0.0:{METRICS_PORT}\"\n\
              [jobs]\ncgroup_parent = {cgroup_parent:?}\ntelemetry_interval_millis = 200\n\
              [jobs.network]\nrun_dir = {run:?}\ndns = [{dns:?}]\npublish_address = {host:?}\n\
@@ -391,6 +392,20 @@ async fn a_rate_limit_holds_and_traffic_is_counted() {
         ),
         &[],
     );
+    // The lab's capacity is 20 Mbit/s each way: 30 do not fit.
+    spec.resources.as_mut().unwrap().ingress_bits_per_second = 30_000_000;
+    let err = client
+        .start_job(pb::StartJobRequest {
+            spec: Some(spec.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("resources.ingress_bits_per_second: "),
+        "{err:?}"
+    );
     spec.resources.as_mut().unwrap().ingress_bits_per_second = 10_000_000;
     start(&mut client, spec).await;
     let done = wait_for(&mut client, &limited, Duration::from_secs(60), ended).await;
@@ -527,4 +542,35 @@ fn sigkill_of_the_agent_keeps_jobs_reachable_and_their_networks_are_removed_at_t
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let left = rig.leftovers(&refs);
     assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_plugins_a_job_is_refused_naming_what_is_missing() {
+    // The check comes before anything touches the host's network, so this agent runs in the
+    // machine's own namespace.
+    let mut h = crate::jobs::Harness::start_configured(
+        |c| {
+            c.jobs.network =
+                fog_agent::config::JobNetwork::Cni(Box::new(fog_agent::config::CniNetwork {
+                    plugin_dir: "/nonexistent/cni".into(),
+                    ..Default::default()
+                }))
+        },
+        |_, o| o,
+    )
+    .await;
+    let err = h
+        .client
+        .start_job(pb::StartJobRequest {
+            spec: Some(job(&unique("no-plugins"), "true", &[])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .contains("\"bridge\" is not in /nonexistent/cni")
+            && err.message().contains("containernetworking-plugins"),
+        "{err:?}"
+    );
 }
