@@ -71,6 +71,9 @@ impl Agent {
         config.state.dir = dir.join("state");
         config.bench.run_on_start = false;
         config.metrics.enabled = false;
+        // The networked agent keeps one job running as the by-hand side's model, and the
+        // throughput job has both CPUs.
+        config.capacity.reserve_cpu_millicores = 0;
         config.jobs.runtime = args.runtime.clone();
         config.jobs.cgroup_parent = format!(
             "fog-agent-netbench-{}",
@@ -101,14 +104,15 @@ impl Agent {
         self.config.jobs.dir_under(&self.config.state.dir).join(id)
     }
 
-    /// StartJob until RUNNING; its latency in ms.
-    async fn start_job(&mut self, id: &str, script: &str) -> anyhow::Result<f64> {
+    /// StartJob until RUNNING; its latency in ms. `millicores` 1000 or more: runc's own setup
+    /// runs in the container's cgroup, and a smaller quota throttles the start itself.
+    async fn start_job(&mut self, id: &str, script: &str, millicores: i64) -> anyhow::Result<f64> {
         let spec = pb::JobSpec {
             job_id: id.to_owned(),
             image: "busybox:latest".into(),
             command: vec!["/bin/sh".into(), "-c".into(), script.to_owned()],
             resources: Some(pb::JobResources {
-                cpu_millicores: 1000,
+                cpu_millicores: millicores,
                 memory_bytes: 64 << 20,
                 pids: 16,
                 ..pb::JobResources::default()
@@ -329,9 +333,9 @@ async fn latency(
 ) -> anyhow::Result<()> {
     let settle = Duration::from_millis(args.settle_millis);
     // Warm-ups: the first start waits for the inventory; the first attach prepares the host.
-    plain.start_job("warm", "sleep 3600").await?;
+    plain.start_job("warm", "sleep 3600", 1000).await?;
     plain.stop_job("warm").await;
-    networked.start_job("warm", "sleep 3600").await?;
+    networked.start_job("warm", "sleep 3600", 1000).await?;
     let model = networked.job_dir("warm");
     let mut times: [Vec<f64>; 3] = Default::default();
     for round in 0..args.starts {
@@ -340,8 +344,8 @@ async fn latency(
             let id = format!("s{round}");
             tokio::time::sleep(settle).await;
             let ms = match side {
-                0 => plain.start_job(&id, "sleep 3600").await?,
-                1 => networked.start_job(&id, "sleep 3600").await?,
+                0 => plain.start_job(&id, "sleep 3600", 1000).await?,
+                1 => networked.start_job(&id, "sleep 3600", 1000).await?,
                 _ => {
                     let bundle = by_hand.bundle(&model, &id)?;
                     by_hand.start(&bundle, &id)?
@@ -375,7 +379,8 @@ async fn throughput(args: &Args, networked: &mut Agent) -> anyhow::Result<()> {
     let mut host_rates = Vec::new();
     for round in 0..args.rounds {
         let id = format!("tp{round}");
-        networked.start_job(&id, &script).await?;
+        // Both CPUs, as the host side has: the client's CPU is not what is measured.
+        networked.start_job(&id, &script, 2000).await?;
         let (bytes, job) = rate(&networked.output(&id, Duration::from_secs(300)).await?)?;
         if bytes != args.bytes {
             bail!("the job read {bytes} bytes, not {}", args.bytes);
