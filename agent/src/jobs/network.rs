@@ -104,9 +104,13 @@ impl JobManager {
         Ok(Some(files))
     }
 
-    /// Detaches an ended job's network (errors logged: the job has ended either way).
+    /// Detaches an ended job's network, if it had one or left traces of one (errors logged:
+    /// the job has ended either way).
     pub(super) fn detach_network(&self, id: &str, record: &JobRecord) {
-        if let Some(networks) = &self.networks {
+        let Some(networks) = &self.networks else {
+            return;
+        };
+        if record.network.is_some() || networks.has_traces(id) {
             if let Err(err) = networks.detach(id, record.network.as_ref()) {
                 tracing::warn!(job = %id, error = %err, "cannot detach the job's network");
             }

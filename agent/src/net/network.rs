@@ -132,8 +132,7 @@ impl JobNetworks {
         host_ports: &[u16],
         job_dir: &Path,
     ) -> Result<Attachment, NetError> {
-        let netns = self.netns_path(id);
-        if netns.exists() || self.cache_path(id).exists() {
+        if self.has_traces(id) {
             tracing::warn!(job = %id, "detaching a network no record owned");
             // Best effort: the create below fails if the namespace is still there.
             if let Err(err) = self.detach(id, None) {
@@ -203,6 +202,11 @@ impl JobNetworks {
             ingress_bits_per_second: request.ingress_bits_per_second,
             egress_bits_per_second: request.egress_bits_per_second,
         })
+    }
+
+    /// Whether anything of job `id`'s network is on the host (its namespace or its cache).
+    pub fn has_traces(&self, id: &str) -> bool {
+        self.netns_path(id).exists() || self.cache_path(id).exists()
     }
 
     /// Detaches job `id`: DEL with what its cache says (or the current list when there is no
