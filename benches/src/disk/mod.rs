@@ -1,20 +1,33 @@
 //! Storage kernels: O_DIRECT sequential write / read with 1 MiB blocks and random 4 KiB reads.
 //!
 //! Queue depth comes from io_uring (the private `uring` module): one thread keeps `inflight`
-//! requests in flight, as fio's `libaio` engine (the reference) does. Where the kernel refuses io_uring (seccomp,
-//! `kernel.io_uring_disabled`), `inflight` threads each issue blocking `pwrite`/`pread` at queue
-//! depth 1 instead (fio's `psync` with `numjobs`); the result's `engine` says which ran. Buffers
-//! are 4 KiB aligned, the file is opened with `O_DIRECT` (no page cache) and filled with random,
-//! incompressible data in which every 1 MiB block carries its own index, so reads verify both
-//! contents and position. The file lives in the directory the caller gives (the agent's state
-//! dir) and is removed when [`TestFile`] drops, also on error or panic.
+//! requests in flight, as fio's `libaio` engine (the reference) does. Where the kernel refuses
+//! io_uring (seccomp, `kernel.io_uring_disabled`), `inflight` threads each issue blocking
+//! `pwrite`/`pread` at queue depth 1 instead (fio's `psync` with `numjobs`); the result's
+//! `engine` says which ran. Buffers are 4 KiB aligned, the file is opened with `O_DIRECT` (no
+//! page cache) and filled with random, incompressible data in which every 1 MiB block carries
+//! its own index, so reads verify both contents and position. The file lives in the directory
+//! the caller gives (the agent's state dir) and is removed when [`TestFile`] drops, also on error
+//! or panic.
 //!
 //! The file is laid out as fio lays out its own: written once sequentially through the page
 //! cache and synced before any measured request, so measured writes overwrite allocated blocks
 //! and reads see the file system's ordinary contiguous extents. (A file grown by concurrent
-//! O_DIRECT appends measured ~30% fewer random-read IOPS with fio itself on this VM.) Measured
-//! writes are timed to their last completion, as fio's default (no `end_fsync`) is; the
-//! `fdatasync` after each pass is not timed.
+//! O_DIRECT appends measured ~30% fewer random-read IOPS with fio itself on this VM.)
+//!
+//! Buffers come from one [`AlignedBuf`] per run, in transparent huge pages where the kernel grants
+//! them. A 1 MiB request from scattered 4 KiB pages is 256 segments; a virtio disk without
+//! indirect descriptors (Firecracker's) takes at most 254 per request and 256 descriptors in all,
+//! so the request is split in two and fills the whole virtqueue, and throughput then depends on
+//! how contiguous the pages happen to be (on the CI VM's disk 0.9-1.1 GB/s of reads with 4 KiB
+//! pages, 2.4-2.9 GB/s with huge pages). The result's `transparent_huge_pages` is the kernel's
+//! setting (`never`: 4 KiB pages).
+//!
+//! Every sample is time-based, as a fio job with `time_based` and `runtime`: requests are issued
+//! for the sample's duration (sequential ones wrap around the file without draining the queue)
+//! and the sample is timed from its first request to its last completion. Buffer allocation
+//! before the first request is not timed. Writes are timed to their last completion, as fio's
+//! default (no `end_fsync`) is; the `fdatasync` after each sample is not timed.
 
 use std::alloc::Layout;
 use std::fs::{File, OpenOptions};
@@ -29,12 +42,14 @@ use crate::{BenchError, KernelResult, XorShift};
 mod uring;
 
 /// Version of the disk kernels.
-pub const DISK_KERNEL_VERSION: u32 = 5;
+pub const DISK_KERNEL_VERSION: u32 = 6;
 /// Sequential block size.
 pub const SEQ_BLOCK: usize = 1 << 20;
 /// Random read size.
 pub const RAND_BLOCK: usize = 4096;
 const ALIGN: usize = 4096;
+/// The size of a transparent huge page (x86-64, and arm64 with 4 KiB pages).
+const HUGE_PAGE: usize = 2 << 20;
 const POOL: usize = 8;
 
 /// A heap buffer aligned for O_DIRECT.
@@ -48,15 +63,34 @@ pub struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
-    /// A zeroed buffer of `len` bytes aligned to 4 KiB.
+    /// A zeroed buffer of `len` bytes aligned to 4 KiB. One whose length is a multiple of 2 MiB
+    /// is aligned to 2 MiB and asks for transparent huge pages (`MADV_HUGEPAGE`) before it is
+    /// first touched, so that where the kernel grants them every 2 MiB of it is one physically
+    /// contiguous page (see the module doc); elsewhere its pages stay 4 KiB.
     pub fn new(len: usize) -> Result<Self, BenchError> {
-        let layout = Layout::from_size_align(len.max(ALIGN), ALIGN)
-            .map_err(|e| BenchError::InvalidParameter(format!("buffer of {len} bytes: {e}")))?;
+        let layout = Self::layout(len)?;
         // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let raw = unsafe { std::alloc::alloc(layout) };
         let ptr = std::ptr::NonNull::new(raw)
             .ok_or_else(|| BenchError::InvalidParameter(format!("cannot allocate {len} bytes")))?;
+        if layout.align() == HUGE_PAGE {
+            // Advice only: refused (THP off), the pages are 4 KiB.
+            // SAFETY: the range is this allocation, not yet touched.
+            unsafe { libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE) };
+        }
+        // SAFETY: raw is valid for layout.size() bytes.
+        unsafe { raw.write_bytes(0, layout.size()) };
         Ok(Self { ptr, len })
+    }
+
+    fn layout(len: usize) -> Result<Layout, BenchError> {
+        let align = if len > 0 && len.is_multiple_of(HUGE_PAGE) {
+            HUGE_PAGE
+        } else {
+            ALIGN
+        };
+        Layout::from_size_align(len.max(ALIGN), align)
+            .map_err(|e| BenchError::InvalidParameter(format!("buffer of {len} bytes: {e}")))
     }
 }
 
@@ -77,10 +111,26 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if let Ok(layout) = Layout::from_size_align(self.len.max(ALIGN), ALIGN) {
+        if let Ok(layout) = Self::layout(self.len) {
             // SAFETY: allocated in `new` with this same layout.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
         }
+    }
+}
+
+/// What a timed run moved, and the time from its first request to its last completion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transfer {
+    /// Bytes read or written.
+    pub bytes: u64,
+    /// From the first request to the last completion (buffer setup before it is not timed).
+    pub elapsed: Duration,
+}
+
+impl Transfer {
+    /// Throughput in MB/s (1e6 bytes).
+    pub fn mbps(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
     }
 }
 
@@ -242,111 +292,142 @@ impl TestFile {
         }
     }
 
-    /// Writes every block once with `inflight` requests in flight, then `fdatasync`. Returns the
-    /// time to the last completion (the sync is not timed, as fio without `end_fsync`).
-    pub fn write_all(&self, inflight: usize) -> Result<Duration, BenchError> {
-        let start = Instant::now();
-        let ring = self.seq_pass(
-            inflight,
-            uring::Op::Write,
-            |i, buf| self.expected_block(i, buf),
-            |_, _| Ok(()),
-        );
-        match ring {
-            Some(r) => r?,
-            None => self.write_all_threads(inflight)?,
-        }
-        let elapsed = start.elapsed();
+    /// Writes blocks in order for `time`, wrapping around the file, with `inflight` requests in
+    /// flight, then `fdatasync` (not timed, as fio without `end_fsync`).
+    pub fn write_for(&self, inflight: usize, time: Duration) -> Result<Transfer, BenchError> {
+        let transfer = self.seq(uring::Op::Write, inflight, time, usize::MAX)?;
         self.file
             .sync_data()
             .map_err(|e| BenchError::io(format!("fdatasync {}", self.path.display()), e))?;
-        Ok(elapsed)
+        Ok(transfer)
     }
 
-    /// One pass over every block in order through the ring, `inflight` in flight: `fill(block,
-    /// buffer)` before each request, `check(block, buffer)` after each completion. `None` when
-    /// there is no ring (the caller uses threads).
-    fn seq_pass(
+    /// Reads blocks in order for `time`, wrapping around the file, with `inflight` requests in
+    /// flight, verifying each.
+    pub fn read_for(&self, inflight: usize, time: Duration) -> Result<Transfer, BenchError> {
+        self.seq(uring::Op::Read, inflight, time, usize::MAX)
+    }
+
+    /// Reads every block once with `inflight` requests in flight, verifying each.
+    pub fn read_all(&self, inflight: usize) -> Result<(), BenchError> {
+        self.seq(uring::Op::Read, inflight, Duration::MAX, self.blocks)
+            .map(drop)
+    }
+
+    /// `op` on blocks 0, 1, ... (modulo the file's blocks) for `time` or `requests` requests,
+    /// whichever ends first: writes carry [`Self::expected_block`], reads are verified.
+    fn seq(
         &self,
-        inflight: usize,
         op: uring::Op,
-        mut fill: impl FnMut(usize, &mut [u8]),
-        mut check: impl FnMut(usize, &[u8]) -> Result<(), BenchError>,
-    ) -> Option<Result<(), BenchError>> {
-        let mut next_block = 0;
+        inflight: usize,
+        time: Duration,
+        requests: usize,
+    ) -> Result<Transfer, BenchError> {
+        let (count, elapsed) = match self.seq_ring(op, inflight, time, requests) {
+            Some(r) => r?,
+            None => self.seq_threads(op, inflight, time, requests)?,
+        };
+        Ok(Transfer {
+            bytes: (count * SEQ_BLOCK) as u64,
+            elapsed,
+        })
+    }
+
+    /// [`Self::seq`] through the ring: (requests completed, time). `None` without a ring.
+    fn seq_ring(
+        &self,
+        op: uring::Op,
+        inflight: usize,
+        time: Duration,
+        requests: usize,
+    ) -> Option<Result<(usize, Duration), BenchError>> {
+        let mut issued = 0;
         self.with_ring(|ring| {
-            uring::run(
+            let elapsed = uring::run(
                 ring,
                 &self.file,
                 inflight,
                 SEQ_BLOCK,
+                time,
                 |_, buf| {
-                    (next_block < self.blocks).then(|| {
-                        fill(next_block, buf);
-                        next_block += 1;
-                        seq_request(next_block - 1, op)
+                    (issued < requests).then(|| {
+                        let block = issued % self.blocks;
+                        issued += 1;
+                        if op == uring::Op::Write {
+                            self.expected_block(block, buf);
+                        }
+                        seq_request(block, op)
                     })
                 },
-                |req, buf, _| check((req.offset / SEQ_BLOCK as u64) as usize, buf),
-            )
+                |req, buf, _| match op {
+                    uring::Op::Read => self.verify_block(block_of(req.offset), buf),
+                    uring::Op::Write => Ok(()),
+                },
+            )?;
+            // Every issued request completed (run returns an error otherwise).
+            Ok((issued, elapsed))
         })
     }
 
-    fn write_all_threads(&self, inflight: usize) -> Result<(), BenchError> {
+    /// [`Self::seq`] with one thread per request in flight, each at queue depth 1.
+    fn seq_threads(
+        &self,
+        op: uring::Op,
+        inflight: usize,
+        time: Duration,
+        requests: usize,
+    ) -> Result<(usize, Duration), BenchError> {
         let next = AtomicUsize::new(0);
-        self.parallel(inflight, |buf: &mut AlignedBuf| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.blocks {
-                return Ok(());
+        let (counts, elapsed) = self.parallel(inflight, SEQ_BLOCK, time, |_, buf, clock| {
+            let mut done = 0;
+            while !clock.is_up() {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= requests {
+                    break;
+                }
+                self.blocking_request(op, n % self.blocks, buf)?;
+                done += 1;
             }
-            self.expected_block(i, buf);
-            self.file
-                .write_all_at(buf, (i * SEQ_BLOCK) as u64)
-                .map_err(|e| BenchError::io(format!("pwrite {}", self.path.display()), e))?;
-        })
+            Ok(done)
+        })?;
+        Ok((counts.into_iter().sum(), elapsed))
     }
 
-    /// Reads every block once with `inflight` requests in flight, verifying each. Returns the
-    /// wall time.
-    pub fn read_all(&self, inflight: usize) -> Result<Duration, BenchError> {
-        let start = Instant::now();
-        let ring = self.seq_pass(
-            inflight,
-            uring::Op::Read,
-            |_, _| {},
-            |block, buf| self.verify_block(block, buf),
-        );
-        match ring {
-            Some(r) => r?,
-            None => self.read_all_threads(inflight)?,
+    /// One blocking request for block `block`: write its content, or read and verify it.
+    fn blocking_request(
+        &self,
+        op: uring::Op,
+        block: usize,
+        buf: &mut [u8],
+    ) -> Result<(), BenchError> {
+        let offset = (block * SEQ_BLOCK) as u64;
+        let failed = |call: &str, e| BenchError::io(format!("{call} {}", self.path.display()), e);
+        match op {
+            uring::Op::Write => {
+                self.expected_block(block, buf);
+                self.file
+                    .write_all_at(buf, offset)
+                    .map_err(|e| failed("pwrite", e))
+            }
+            uring::Op::Read => {
+                self.file
+                    .read_exact_at(buf, offset)
+                    .map_err(|e| failed("pread", e))?;
+                self.verify_block(block, buf)
+            }
         }
-        Ok(start.elapsed())
     }
 
-    fn read_all_threads(&self, inflight: usize) -> Result<(), BenchError> {
-        let next = AtomicUsize::new(0);
-        self.parallel(inflight, |buf: &mut AlignedBuf| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.blocks {
-                return Ok(());
-            }
-            self.file
-                .read_exact_at(buf, (i * SEQ_BLOCK) as u64)
-                .map_err(|e| BenchError::io(format!("pread {}", self.path.display()), e))?;
-            self.verify_block(i, &buf[..])?;
-        })
-    }
-
-    /// Random 4 KiB reads for `duration` at queue depth `depth`; returns (ops, wall time, every
-    /// latency in µs). Each read is verified against the written content.
+    /// Random 4 KiB reads for `time` at queue depth `depth`; returns (ops, time from the first
+    /// request to the last completion, every latency in µs). Each read is verified against the
+    /// written content.
     pub fn random_reads(
         &self,
         depth: usize,
-        duration: Duration,
+        time: Duration,
         seed: u64,
     ) -> Result<(u64, Duration, Vec<f64>), BenchError> {
         let slots = (self.bytes() / RAND_BLOCK as u64).max(1);
-        let start = Instant::now();
         let mut rng = XorShift::new(seed);
         let mut lat = Vec::with_capacity(1 << 16);
         let ring = self.with_ring(|ring| {
@@ -355,8 +436,9 @@ impl TestFile {
                 &self.file,
                 depth,
                 RAND_BLOCK,
+                time,
                 |_, _| {
-                    (start.elapsed() < duration).then(|| uring::Request {
+                    Some(uring::Request {
                         offset: rng.below(slots) * RAND_BLOCK as u64,
                         len: RAND_BLOCK,
                         op: uring::Op::Read,
@@ -369,37 +451,23 @@ impl TestFile {
             )
         });
         if let Some(r) = ring {
-            r?;
-            let elapsed = start.elapsed();
+            let elapsed = r?;
             return Ok((lat.len() as u64, elapsed, lat));
         }
-        let per_thread = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..depth)
-                .map(|t| {
-                    scope.spawn(move || -> Result<Vec<f64>, BenchError> {
-                        let mut buf = AlignedBuf::new(RAND_BLOCK)?;
-                        let mut rng = XorShift::new(seed ^ (t as u64 + 1).wrapping_mul(0x9E37));
-                        let mut lat = Vec::with_capacity(1 << 16);
-                        while start.elapsed() < duration {
-                            let slot = rng.below(slots);
-                            let off = slot * RAND_BLOCK as u64;
-                            let t0 = Instant::now();
-                            self.file.read_exact_at(&mut buf, off).map_err(|e| {
-                                BenchError::io(format!("pread {}", self.path.display()), e)
-                            })?;
-                            lat.push(t0.elapsed().as_secs_f64() * 1e6);
-                            self.verify_piece(off as usize, &buf)?;
-                        }
-                        Ok(lat)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<Vec<_>, _>>()
+        let (per_thread, elapsed) = self.parallel(depth, RAND_BLOCK, time, |t, buf, clock| {
+            let mut rng = XorShift::new(seed ^ (t as u64 + 1).wrapping_mul(0x9E37));
+            let mut lat = Vec::with_capacity(1 << 16);
+            while !clock.is_up() {
+                let off = rng.below(slots) * RAND_BLOCK as u64;
+                let t0 = Instant::now();
+                self.file
+                    .read_exact_at(buf, off)
+                    .map_err(|e| BenchError::io(format!("pread {}", self.path.display()), e))?;
+                lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                self.verify_piece(off as usize, buf)?;
+            }
+            Ok(lat)
         })?;
-        let elapsed = start.elapsed();
         let lat: Vec<f64> = per_thread.into_iter().flatten().collect();
         Ok((lat.len() as u64, elapsed, lat))
     }
@@ -422,26 +490,54 @@ impl TestFile {
         }
     }
 
-    fn parallel(
+    /// Runs `work(thread, buffer, clock)` on `threads` threads, each with its own `buf_len` bytes
+    /// of one [`AlignedBuf`]; the buffers are allocated before the clock starts. Returns each
+    /// thread's result and the time from the start to the last thread's end.
+    fn parallel<T: Send>(
         &self,
         threads: usize,
-        work: impl Fn(&mut AlignedBuf) -> Result<(), BenchError> + Sync,
-    ) -> Result<(), BenchError> {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads.max(1))
-                .map(|_| {
-                    let work = &work;
-                    scope.spawn(move || {
-                        let mut buf = AlignedBuf::new(SEQ_BLOCK)?;
-                        work(&mut buf)
-                    })
+        buf_len: usize,
+        time: Duration,
+        work: impl Fn(usize, &mut [u8], &Clock) -> Result<T, BenchError> + Sync,
+    ) -> Result<(Vec<T>, Duration), BenchError> {
+        let mut arena = AlignedBuf::new(threads.max(1) * buf_len)?;
+        let clock = Clock {
+            started: Instant::now(),
+            time,
+        };
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = arena
+                .chunks_mut(buf_len)
+                .enumerate()
+                .map(|(t, buf)| {
+                    let (work, clock) = (&work, &clock);
+                    scope.spawn(move || work(t, buf, clock))
                 })
                 .collect();
             handles
                 .into_iter()
-                .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok((results, clock.started.elapsed()))
     }
+}
+
+/// The time limit of a threaded run.
+struct Clock {
+    started: Instant,
+    time: Duration,
+}
+
+impl Clock {
+    fn is_up(&self) -> bool {
+        self.started.elapsed() >= self.time
+    }
+}
+
+/// The 1 MiB block at byte `offset`.
+fn block_of(offset: u64) -> usize {
+    (offset / SEQ_BLOCK as u64) as usize
 }
 
 /// The sequential request for 1 MiB block `block`.
@@ -462,31 +558,31 @@ pub struct DiskParams {
     pub file_mib: usize,
     /// Sequential requests in flight (threads).
     pub seq_inflight: usize,
+    /// Duration of one sequential sample.
+    pub seq_sample: Duration,
     /// Random-read queue depth (threads).
     pub rand_depth: usize,
     /// Duration of one random-read sample.
     pub rand_sample: Duration,
 }
 
-fn mbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / d.as_secs_f64() / 1e6
-}
-
-/// Sequential write throughput in MB/s (1e6): each sample rewrites the whole file.
+/// Sequential write throughput in MB/s (1e6): each sample overwrites blocks in order for
+/// `seq_sample`, wrapping around the file.
 pub fn seq_write(p: &DiskParams, protocol: &Protocol) -> Result<KernelResult, BenchError> {
     let file = TestFile::create(&p.dir, p.file_mib)?;
     let (summary, _) = stats::run(protocol, || -> Result<f64, BenchError> {
-        Ok(mbps(file.bytes(), file.write_all(p.seq_inflight)?))
+        Ok(file.write_for(p.seq_inflight, p.seq_sample)?.mbps())
     })?;
     file.read_all(p.seq_inflight)?;
     Ok(seq_result(p, &file, summary, "write"))
 }
 
-/// Sequential read throughput in MB/s: the laid-out file is read per sample.
+/// Sequential read throughput in MB/s: each sample reads blocks in order for `seq_sample`,
+/// wrapping around the laid-out file.
 pub fn seq_read(p: &DiskParams, protocol: &Protocol) -> Result<KernelResult, BenchError> {
     let file = TestFile::create(&p.dir, p.file_mib)?;
     let (summary, _) = stats::run(protocol, || -> Result<f64, BenchError> {
-        Ok(mbps(file.bytes(), file.read_all(p.seq_inflight)?))
+        Ok(file.read_for(p.seq_inflight, p.seq_sample)?.mbps())
     })?;
     Ok(seq_result(p, &file, summary, "read"))
 }
@@ -503,8 +599,21 @@ fn seq_result(p: &DiskParams, file: &TestFile, summary: stats::Summary, op: &str
     .with("op", op)
     .with("block_bytes", SEQ_BLOCK)
     .with("inflight", p.seq_inflight)
+    .with("sample_s", p.seq_sample.as_secs_f64())
     .with("file_bytes", file.bytes())
     .with("engine", engine_name(file.uses_io_uring()))
+    .with("transparent_huge_pages", thp_setting())
+}
+
+/// The kernel's transparent huge page setting (`always`, `madvise`, `never`), or `unknown`.
+fn thp_setting() -> String {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.split_once('[')?;
+            Some(rest.split_once(']')?.0.to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Random 4 KiB read IOPS at queue depth `rand_depth`, with p50/p99 latency (µs) over all
@@ -530,6 +639,7 @@ pub fn rand_read(p: &DiskParams, protocol: &Protocol) -> Result<KernelResult, Be
     .with("p50_us", stats::percentile_sorted(&all, 50.0))
     .with("p99_us", stats::percentile_sorted(&all, 99.0))
     .with("queue_depth", p.rand_depth)
+    .with("sample_s", p.rand_sample.as_secs_f64())
     .with("block_bytes", RAND_BLOCK)
     .with("file_bytes", file.bytes())
     .with("engine", engine_name(file.uses_io_uring())))
@@ -544,6 +654,7 @@ mod tests {
             dir: dir.to_owned(),
             file_mib: 8,
             seq_inflight: 4,
+            seq_sample: Duration::from_millis(30),
             rand_depth: 4,
             rand_sample: Duration::from_millis(30),
         }
@@ -583,7 +694,7 @@ mod tests {
         let d = dir();
         // 8 blocks through 2 slots: block 5 is read into a slot's second buffer.
         let f = TestFile::create(d.path(), 8).unwrap();
-        f.write_all(2).unwrap();
+        f.write_for(2, Duration::from_millis(20)).unwrap();
         f.read_all(2).expect("clean file reads back");
         let mut junk = AlignedBuf::new(RAND_BLOCK).unwrap();
         junk.fill(7);
@@ -603,9 +714,37 @@ mod tests {
     fn queue_deeper_than_the_ring_is_clamped() {
         let d = dir();
         let f = TestFile::create(d.path(), 2).unwrap();
-        f.write_all(100).unwrap();
+        f.write_for(100, Duration::from_millis(20)).unwrap();
         f.read_all(100).unwrap();
         let (ops, _, lat) = f.random_reads(100, Duration::from_millis(20), 3).unwrap();
+        assert!(ops > 0 && lat.len() as u64 == ops);
+    }
+
+    #[test]
+    fn timed_samples_wrap_around_the_file_and_count_every_block() {
+        let d = dir();
+        let f = TestFile::create(d.path(), 2).unwrap();
+        let w = f.write_for(2, Duration::from_millis(50)).unwrap();
+        let r = f.read_for(2, Duration::from_millis(50)).unwrap();
+        for t in [w, r] {
+            assert_eq!(t.bytes % SEQ_BLOCK as u64, 0);
+            assert!(t.bytes > f.bytes(), "{t:?}: no wrap around a 2-block file");
+            assert!(t.elapsed >= Duration::from_millis(50), "{t:?}");
+        }
+        f.read_all(2).unwrap();
+    }
+
+    #[test]
+    fn threads_run_the_same_timed_samples_without_a_ring() {
+        let d = dir();
+        let f = TestFile::create(d.path(), 2).unwrap();
+        *f.ring.lock().unwrap() = Err("refused for the test".into());
+        assert!(!f.uses_io_uring());
+        let w = f.write_for(3, Duration::from_millis(30)).unwrap();
+        let r = f.read_for(3, Duration::from_millis(30)).unwrap();
+        assert!(w.bytes > f.bytes() && r.bytes > f.bytes(), "{w:?} {r:?}");
+        f.read_all(3).unwrap();
+        let (ops, _, lat) = f.random_reads(3, Duration::from_millis(20), 9).unwrap();
         assert!(ops > 0 && lat.len() as u64 == ops);
     }
 
@@ -620,6 +759,18 @@ mod tests {
         f.read_all(2).unwrap();
         let (ops, _, _) = f.random_reads(2, Duration::from_millis(20), 5).unwrap();
         assert!(ops > 0);
+    }
+
+    #[test]
+    fn buffers_of_whole_huge_pages_are_aligned_to_them_and_zeroed() {
+        let huge = AlignedBuf::new(2 * HUGE_PAGE).unwrap();
+        assert_eq!(huge.as_ptr() as usize % HUGE_PAGE, 0);
+        assert!(huge.iter().all(|&b| b == 0));
+        let small = AlignedBuf::new(3 * ALIGN).unwrap();
+        assert_eq!(
+            (small.as_ptr() as usize % ALIGN, small.len()),
+            (0, 3 * ALIGN)
+        );
     }
 
     #[test]
