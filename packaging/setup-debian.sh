@@ -24,6 +24,7 @@ runtime_pkgs=(
   libtss2-dev swtpm swtpm-tools tpm2-tools      # TPM: tss-esapi build + software TPM
   ocl-icd-libopencl1 pocl-opencl-icd clinfo      # OpenCL on the CPU
   runc busybox-static                            # containers
+  containernetworking-plugins nftables iptables  # jobs' networks (CNI plugins, isolation rules)
   pciutils                                       # PCI id names for humans (lspci)
 )
 # Reference tools the tests and comparison scripts compare against.
@@ -33,7 +34,8 @@ test_pkgs=(
   prometheus prometheus-node-exporter            # promtool check metrics; footprint peer
   systemd dpkg-dev                               # systemd-analyze verify/security; dpkg-shlibdeps for cargo-deb
   skopeo umoci                                   # image interop tests (layout copy, unpack)
-  iproute2                                       # network namespaces and veths (market link faults)
+  iproute2                                       # network namespaces and veths (market link faults, job networks)
+  dnsmasq-base                                   # the job-network lab's DNS server
 )
 
 pkgs=("${runtime_pkgs[@]}")

@@ -116,6 +116,11 @@ rm -rf "$extract"
 # --- install and run.
 dpkg -i "$deb" >/dev/null || fail "dpkg -i"
 ok "dpkg -i"
+for module in br_netfilter ifb; do
+  grep -qx "$module" /usr/lib/modules-load.d/fog-agent.conf \
+    || fail "$module not in /usr/lib/modules-load.d/fog-agent.conf"
+done
+ok "jobs' network modules loaded at boot (modules-load.d: br_netfilter, ifb)"
 version="$(/usr/bin/fog-agent --version)" || fail "fog-agent --version"
 case "$version" in "fog-agent "*) ;; *) fail "fog-agent --version: $version" ;; esac
 ok "/usr/bin/fog-agent --version: $version"
@@ -162,7 +167,9 @@ for path in /etc/fog-agent /var/lib/fog-agent /usr/share/doc/fog-agent /usr/bin/
 done
 while read -r f; do
   [ -z "$f" ] && continue
-  case "$f" in /|/etc/|/usr/|/usr/bin/|/usr/share/|/usr/share/doc/|/lib/|/lib/systemd/|/lib/systemd/system/) continue ;; esac
+  case "$f" in /|/etc/|/usr/|/usr/bin/|/usr/lib/|/usr/share/|/usr/share/doc/|/lib/|/lib/systemd/|/lib/systemd/system/) continue ;; esac
+  # A directory another package also ships (systemd's modules-load.d) stays.
+  case "$f" in */) dpkg -S "${f%/}" >/dev/null 2>&1 && continue ;; esac
   [ ! -e "$f" ] || fail "$f left after dpkg -P"
 done <<< "$files"
 ok "dpkg -P: nothing left"

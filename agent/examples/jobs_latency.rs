@@ -125,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
     config.jobs.runtime = args.runtime.clone();
     config.jobs.cgroup_parent = "fog-agent-bench".into();
     config.jobs.telemetry_interval_millis = args.interval_millis;
+    // Loopback-only jobs, as this benchmark has always measured; job networks have their own
+    // benchmark (job_network_bench, run in a namespace lab).
+    config.jobs.network = fog_agent::config::JobNetwork::None;
     config.metrics.enabled = false;
     let options = DaemonOptions::for_host(&config, args.agent.clone())?;
     let running = daemon::start(&config, options).await?;

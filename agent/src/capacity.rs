@@ -1,5 +1,6 @@
 //! What the host offers the market: totals, the host's own reserve, allocations and what is
-//! free, per resource (CPU millicores, memory, disk of the state dir's filesystem, each GPU).
+//! free, per resource (CPU millicores, memory, disk of the state dir's filesystem, network
+//! bits per second into and out of jobs, each GPU).
 //!
 //! [`compute`] is the pure arithmetic; [`CapacityLedger`] holds the inputs, recomputes on every
 //! change and publishes [`CapacitySnapshot`]s through a `watch` channel, each with a sequence
@@ -93,6 +94,10 @@ pub struct Capacity {
     pub memory_bytes: ResourceAmount,
     /// Disk bytes on the state dir's filesystem.
     pub disk_bytes: ResourceAmount,
+    /// Jobs' traffic into the host, bits per second (allocated: jobs' ingress rate limits).
+    pub network_ingress_bits_per_second: ResourceAmount,
+    /// Jobs' traffic out of the host, bits per second (allocated: jobs' egress rate limits).
+    pub network_egress_bits_per_second: ResourceAmount,
     /// Each GPU.
     pub gpus: Vec<GpuCapacity>,
     /// Resources that could not be measured, and why (they report zero, never a guess); and,
@@ -132,6 +137,9 @@ pub struct Totals {
     pub memory_bytes: Option<u64>,
     /// Size of the filesystem holding the state dir.
     pub disk_bytes: Option<u64>,
+    /// Network bits per second in each direction (full duplex): `[capacity]
+    /// network_bits_per_second`, else the link speed of the default IPv4 route's interface.
+    pub network_bits_per_second: Option<u64>,
     /// Every GPU.
     pub gpus: Vec<GpuTotal>,
     /// Why a total is missing.
@@ -147,14 +155,24 @@ pub struct Allocations {
     pub memory_bytes: u64,
     /// Disk bytes allocated.
     pub disk_bytes: u64,
+    /// Ingress rate limits allocated, bits per second (jobs without a limit allocate nothing).
+    pub network_ingress_bits_per_second: u64,
+    /// Egress rate limits allocated, bits per second.
+    pub network_egress_bits_per_second: u64,
     /// GPU PCI bus id -> job id.
     pub gpus: BTreeMap<String, String>,
 }
 
 impl Totals {
     /// The totals of the machine an inventory describes; the disk is the filesystem whose mount
-    /// point is the longest prefix of `state_dir`.
-    pub fn from_inventory(inventory: &Inventory, state_dir: &Path) -> Self {
+    /// point is the longest prefix of `state_dir`; the network is
+    /// `configured_network_bits_per_second` (`[capacity] network_bits_per_second`) unless it is
+    /// 0, else the measured link speed ([`measured_network_bits_per_second`]).
+    pub fn from_inventory(
+        inventory: &Inventory,
+        state_dir: &Path,
+        configured_network_bits_per_second: u64,
+    ) -> Self {
         let mut notes = Vec::new();
         let missing = |notes: &mut Vec<String>, what: &str, reason: Option<&String>| {
             notes.push(format!(
@@ -218,14 +236,52 @@ impl Totals {
                 Vec::new()
             }
         };
+        let network_bits_per_second = match configured_network_bits_per_second {
+            0 => measured_network_bits_per_second(inventory)
+                .map_err(|why| notes.push(why))
+                .ok(),
+            configured => Some(configured),
+        };
         Self {
             cpu_millicores,
             memory_bytes,
             disk_bytes,
+            network_bits_per_second,
             gpus,
             notes,
         }
     }
+}
+
+/// What to do when the link speed is not known.
+const SET_NETWORK_CAPACITY: &str = "set [capacity] network_bits_per_second";
+
+/// The link speed of the interface holding the default IPv4 route, in bits per second, or the
+/// note saying why it is not known.
+pub fn measured_network_bits_per_second(inventory: &Inventory) -> Result<u64, String> {
+    let Some(network) = inventory.network.get() else {
+        let reason = inventory
+            .network
+            .reason
+            .as_deref()
+            .unwrap_or("inventory section unavailable");
+        return Err(format!("network: {reason}; {SET_NETWORK_CAPACITY}"));
+    };
+    let Some(name) = network.default_route_interface.as_deref() else {
+        return Err(format!(
+            "network: no default IPv4 route, so no link speed to offer; {SET_NETWORK_CAPACITY}"
+        ));
+    };
+    network
+        .default_route()
+        .and_then(|interface| interface.speed_mbps)
+        .map(|mbps| u64::from(mbps) * 1_000_000)
+        .ok_or_else(|| {
+            format!(
+                "network: link speed of the default-route interface {name} unknown; \
+                 {SET_NETWORK_CAPACITY}"
+            )
+        })
 }
 
 /// free = total - reserve - allocations, per resource.
@@ -233,6 +289,7 @@ pub fn compute(totals: &Totals, reserve: &CapacityConfig, allocations: &Allocati
     let cpu_total = totals.cpu_millicores.unwrap_or(0);
     let memory_total = totals.memory_bytes.unwrap_or(0);
     let disk_total = totals.disk_bytes.unwrap_or(0);
+    let network_total = totals.network_bits_per_second.unwrap_or(0);
     let gpus = totals
         .gpus
         .iter()
@@ -271,6 +328,17 @@ pub fn compute(totals: &Totals, reserve: &CapacityConfig, allocations: &Allocati
             disk_total,
             reserve.reserve_disk.of(disk_total),
             allocations.disk_bytes,
+        ),
+        // The host keeps no network for itself: its own traffic is not rate limited.
+        network_ingress_bits_per_second: ResourceAmount::new(
+            network_total,
+            0,
+            allocations.network_ingress_bits_per_second,
+        ),
+        network_egress_bits_per_second: ResourceAmount::new(
+            network_total,
+            0,
+            allocations.network_egress_bits_per_second,
         ),
         gpus,
         notes: totals.notes.clone(),
@@ -385,6 +453,7 @@ mod tests {
             cpu_millicores: Some(8000),
             memory_bytes: Some(1000),
             disk_bytes: Some(10_000),
+            network_bits_per_second: Some(1_000_000_000),
             gpus: vec![
                 GpuTotal {
                     pci_bus_id: "0000:01:00.0".into(),
@@ -407,6 +476,7 @@ mod tests {
             reserve_memory: Amount::Percent(10),
             reserve_disk: Amount::Bytes(500),
             reserve_gpus: vec!["0000:02:00.0".into()],
+            network_bits_per_second: 0,
         }
     }
 
@@ -416,6 +486,8 @@ mod tests {
             cpu_millicores: 2500,
             memory_bytes: 300,
             disk_bytes: 0,
+            network_ingress_bits_per_second: 100_000_000,
+            network_egress_bits_per_second: 0,
             gpus: BTreeMap::from([("0000:01:00.0".into(), "job-1".into())]),
         };
         let capacity = compute(&totals(), &reserve(), &allocations);
@@ -437,6 +509,78 @@ mod tests {
             GpuAssignment::Allocated("job-1".into())
         );
         assert_eq!(capacity.gpus[1].assignment, GpuAssignment::Reserved);
+        assert_eq!(
+            capacity.network_ingress_bits_per_second,
+            ResourceAmount::new(1_000_000_000, 0, 100_000_000),
+            "no reserve for the host"
+        );
+        assert_eq!(capacity.network_ingress_bits_per_second.free, 900_000_000);
+        assert_eq!(
+            capacity.network_egress_bits_per_second.free, 1_000_000_000,
+            "each direction is allocated on its own"
+        );
+    }
+
+    fn fixture_inventory(name: &str) -> Inventory {
+        crate::inventory::collect_from(crate::fsroot::FsRoot::new(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )))
+    }
+
+    fn network_notes(totals: &Totals) -> Vec<&str> {
+        totals
+            .notes
+            .iter()
+            .map(String::as_str)
+            .filter(|note| note.starts_with("network: "))
+            .collect()
+    }
+
+    #[test]
+    fn the_network_total_is_the_default_route_link_speed_unless_configured() {
+        let server = fixture_inventory("server-2s-smt");
+        let measured = Totals::from_inventory(&server, Path::new("/data"), 0);
+        assert_eq!(measured.network_bits_per_second, Some(25_000_000_000));
+        assert!(network_notes(&measured).is_empty());
+        let configured = Totals::from_inventory(&server, Path::new("/data"), 2_000_000_000);
+        assert_eq!(configured.network_bits_per_second, Some(2_000_000_000));
+
+        // The laptop's default route is over Wi-Fi, whose driver gives no speed.
+        let laptop = fixture_inventory("laptop-hybrid");
+        let unknown = Totals::from_inventory(&laptop, Path::new("/"), 0);
+        assert_eq!(unknown.network_bits_per_second, None);
+        assert_eq!(
+            network_notes(&unknown),
+            [
+                "network: link speed of the default-route interface wlp0s20f3 unknown; \
+              set [capacity] network_bits_per_second"
+            ]
+        );
+        let capacity = compute(&unknown, &reserve(), &Allocations::default());
+        assert_eq!(capacity.network_egress_bits_per_second.total, 0);
+        let configured = Totals::from_inventory(&laptop, Path::new("/"), 100_000_000);
+        assert_eq!(configured.network_bits_per_second, Some(100_000_000));
+        assert!(network_notes(&configured).is_empty(), "configured: no note");
+    }
+
+    #[test]
+    fn a_host_without_a_default_route_or_network_section_says_so() {
+        let mut server = fixture_inventory("server-2s-smt");
+        if let Some(network) = server.network.data.as_mut() {
+            network.default_route_interface = None;
+        }
+        assert_eq!(
+            measured_network_bits_per_second(&server).unwrap_err(),
+            "network: no default IPv4 route, so no link speed to offer; \
+             set [capacity] network_bits_per_second"
+        );
+        server.network.data = None;
+        server.network.reason = Some("cannot read /sys/class/net".into());
+        assert_eq!(
+            measured_network_bits_per_second(&server).unwrap_err(),
+            "network: cannot read /sys/class/net; set [capacity] network_bits_per_second"
+        );
     }
 
     #[test]

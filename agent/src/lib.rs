@@ -38,6 +38,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod market;
 pub mod metrics;
+pub mod net;
 pub mod sdnotify;
 pub mod state;
 pub mod telemetry;

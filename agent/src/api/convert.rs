@@ -266,6 +266,8 @@ pub fn capacity(snapshot: &CapacitySnapshot) -> pb::Capacity {
         cpu_millicores: Some(amount(&c.cpu_millicores)),
         memory_bytes: Some(amount(&c.memory_bytes)),
         disk_bytes: Some(amount(&c.disk_bytes)),
+        network_ingress_bits_per_second: Some(amount(&c.network_ingress_bits_per_second)),
+        network_egress_bits_per_second: Some(amount(&c.network_egress_bits_per_second)),
         gpus: c
             .gpus
             .iter()
@@ -733,6 +735,35 @@ mod tests {
             }
         }
         assert!(msg.collected_at.is_some());
+    }
+
+    #[test]
+    fn capacity_converts_the_network_rates() {
+        let ledger = crate::capacity::CapacityLedger::new(
+            crate::config::CapacityConfig::default(),
+            crate::capacity::Totals {
+                network_bits_per_second: Some(10_000_000_000),
+                ..crate::capacity::Totals::default()
+            },
+        );
+        ledger.set_allocations(crate::capacity::Allocations {
+            network_ingress_bits_per_second: 1_000_000,
+            network_egress_bits_per_second: 2_000_000,
+            ..crate::capacity::Allocations::default()
+        });
+        let msg = capacity(&ledger.current());
+        let ingress = msg.network_ingress_bits_per_second.unwrap();
+        assert_eq!(
+            (
+                ingress.total,
+                ingress.reserved,
+                ingress.allocated,
+                ingress.free
+            ),
+            (10_000_000_000, 0, 1_000_000, 9_999_000_000)
+        );
+        let egress = msg.network_egress_bits_per_second.unwrap();
+        assert_eq!((egress.allocated, egress.free), (2_000_000, 9_998_000_000));
     }
 
     #[test]

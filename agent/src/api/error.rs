@@ -158,7 +158,7 @@ impl From<JobError> for ApiError {
             JobError::ResourceExhausted { .. } => Self::ResourceExhausted(text),
             JobError::NotFound(_) => Self::NotFound(text),
             JobError::AlreadyExists(_) => Self::AlreadyExists(text),
-            JobError::Gpu(_) => Self::FailedPrecondition(text),
+            JobError::Gpu(_) | JobError::NetworkUnavailable(_) => Self::FailedPrecondition(text),
             _ => Self::Internal(text),
         }
     }

@@ -8,7 +8,9 @@ use super::ApiError;
 
 use crate::jobs::logs::{Line, Stream};
 use crate::jobs::manager::{JobGpuSample, Sample, Usage};
+use crate::jobs::spec::PortSpec;
 use crate::jobs::{JobSpec, JobState, JobView, Resources, Termination};
+use crate::net::Protocol;
 
 fn timestamp(unix_millis: u64) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(unix_millis))
@@ -33,11 +35,49 @@ macro_rules! convert_spec {
                 pids: r.pids,
                 gpus: r.gpus.clone(),
                 scratch_bytes: r.scratch_bytes,
+                ingress_bits_per_second: r.ingress_bits_per_second,
+                egress_bits_per_second: r.egress_bits_per_second,
             }),
             time_limit_millis: spec.time_limit_millis,
             labels: spec.labels.clone().into_iter().collect(),
+            ports: spec.ports.iter().map(|p| p.into()).collect(),
         }
     }};
+}
+
+impl From<&pb::PortMapping> for PortSpec {
+    fn from(port: &pb::PortMapping) -> Self {
+        Self {
+            container_port: port.container_port,
+            // An unknown protocol number is refused by validation as not given.
+            protocol: protocol(pb::PortProtocol::try_from(port.protocol).unwrap_or_default()),
+        }
+    }
+}
+
+impl From<&PortSpec> for pb::PortMapping {
+    fn from(port: &PortSpec) -> Self {
+        Self {
+            container_port: port.container_port,
+            protocol: proto_protocol(port.protocol).into(),
+        }
+    }
+}
+
+fn protocol(protocol: pb::PortProtocol) -> Protocol {
+    match protocol {
+        pb::PortProtocol::Unspecified => Protocol::Unspecified,
+        pb::PortProtocol::Tcp => Protocol::Tcp,
+        pb::PortProtocol::Udp => Protocol::Udp,
+    }
+}
+
+fn proto_protocol(protocol: Protocol) -> pb::PortProtocol {
+    match protocol {
+        Protocol::Unspecified => pb::PortProtocol::Unspecified,
+        Protocol::Tcp => pb::PortProtocol::Tcp,
+        Protocol::Udp => pb::PortProtocol::Udp,
+    }
 }
 
 /// The spec of a StartJob request; a missing spec is INVALID_ARGUMENT.
@@ -98,6 +138,10 @@ pub fn usage(usage: &Usage) -> pb::JobUsage {
             .collect(),
         gpu_note: usage.gpu_note.clone(),
         updated_at: (usage.updated_at_millis > 0).then(|| timestamp(usage.updated_at_millis)),
+        network_receive_bytes: usage.network.in_bytes,
+        network_receive_packets: usage.network.in_packets,
+        network_transmit_bytes: usage.network.out_bytes,
+        network_transmit_packets: usage.network.out_packets,
     }
 }
 
@@ -123,6 +167,10 @@ pub fn sample(sample: &Sample) -> pb::JobSample {
         scratch_used_bytes: sample.scratch_used_bytes,
         notes: s.notes.clone(),
         gpus: sample.gpus.iter().map(gpu_sample).collect(),
+        network_receive_bytes: sample.network.map(|n| n.in_bytes),
+        network_receive_packets: sample.network.map(|n| n.in_packets),
+        network_transmit_bytes: sample.network.map(|n| n.out_bytes),
+        network_transmit_packets: sample.network.map(|n| n.out_packets),
     }
 }
 
@@ -155,6 +203,22 @@ pub fn job(view: &JobView) -> pb::Job {
         last_sample: view.last_sample.as_deref().map(sample),
         gpu_pci_bus_ids: r.gpus.clone(),
         cgroups_path: r.cgroups_path.clone(),
+        addresses: r
+            .network
+            .as_ref()
+            .map(|n| n.addresses.clone())
+            .unwrap_or_default(),
+        published_ports: r
+            .network
+            .iter()
+            .flat_map(|n| &n.ports)
+            .map(|p| pb::PublishedPort {
+                container_port: p.container_port.into(),
+                protocol: proto_protocol(p.protocol).into(),
+                host_address: p.host_address.map(|a| a.to_string()).unwrap_or_default(),
+                host_port: p.host_port.into(),
+            })
+            .collect(),
     }
 }
 

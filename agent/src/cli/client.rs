@@ -13,6 +13,7 @@ use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::job_network::{job_network, parse_publish, parse_rate, rate};
 use super::render::bytes;
 
 /// Arguments of `fog-agent client`.
@@ -126,6 +127,17 @@ pub enum JobQuery {
         /// Scratch space (`"1 GiB"` or bytes).
         #[arg(long, default_value = "0", value_parser = crate::config::parse_size)]
         scratch: u64,
+        /// Publish a container port on a host port the agent picks (repeatable; TCP unless
+        /// `/udp`); `job get` shows `host_address:host_port -> port/proto`.
+        #[arg(long = "publish", value_name = "PORT[/tcp|/udp]", value_parser = parse_publish)]
+        publish: Vec<pb::PortMapping>,
+        /// Rate limit of traffic into the job: bits per second, with an optional suffix k, M,
+        /// G or T, optionally followed by "bit" (`10M`, `10Mbit`, `1.5G`); 0 = no limit.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
+        ingress_rate: i64,
+        /// Rate limit of traffic out of the job, as `--ingress-rate`.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
+        egress_rate: i64,
         /// `NAME=value` (repeatable).
         #[arg(long = "env")]
         env: Vec<String>,
@@ -444,30 +456,7 @@ async fn job_query(
         if json {
             return out(&to_json(job, "fog.agent.v1.Job")?);
         }
-        let spec = job.spec.clone().unwrap_or_default();
-        let usage = job.usage.clone().unwrap_or_default();
-        let state = job.state().as_str_name().trim_start_matches("JOB_STATE_");
-        let mut line = format!(
-            "{} {} cpu {:.2} s mem {:.3} GiB·s {:.1} s",
-            spec.job_id,
-            state.to_lowercase(),
-            usage.cpu_seconds,
-            usage.memory_gib_seconds,
-            usage.duration_millis as f64 / 1000.0
-        );
-        if let Some(code) = job.exit_code {
-            line.push_str(&format!(
-                " exit {code} ({})",
-                job.termination()
-                    .as_str_name()
-                    .trim_start_matches("TERMINATION_REASON_")
-                    .to_lowercase()
-            ));
-        }
-        if !job.message.is_empty() {
-            line.push_str(&format!(" — {}", job.message));
-        }
-        out(&line)
+        out(&human_job(job))
     };
     match query {
         JobQuery::Start {
@@ -478,6 +467,9 @@ async fn job_query(
             pids,
             gpus,
             scratch,
+            publish,
+            ingress_rate,
+            egress_rate,
             env,
             time_limit_millis,
             command,
@@ -496,8 +488,11 @@ async fn job_query(
                     pids: *pids,
                     gpus: gpus.clone(),
                     scratch_bytes: to_i64("--scratch", *scratch)?,
+                    ingress_bits_per_second: *ingress_rate,
+                    egress_bits_per_second: *egress_rate,
                 }),
                 time_limit_millis: *time_limit_millis,
+                ports: publish.clone(),
                 ..pb::JobSpec::default()
             };
             let reply = client
@@ -576,6 +571,36 @@ async fn job_query(
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line per job (the id first): state, usage, network (traffic, addresses, published
+/// ports), exit and message.
+fn human_job(job: &pb::Job) -> String {
+    let spec = job.spec.clone().unwrap_or_default();
+    let usage = job.usage.clone().unwrap_or_default();
+    let state = job.state().as_str_name().trim_start_matches("JOB_STATE_");
+    let mut line = format!(
+        "{} {} cpu {:.2} s mem {:.3} GiB·s {:.1} s",
+        spec.job_id,
+        state.to_lowercase(),
+        usage.cpu_seconds,
+        usage.memory_gib_seconds,
+        usage.duration_millis as f64 / 1000.0
+    );
+    line.push_str(&job_network(job));
+    if let Some(code) = job.exit_code {
+        line.push_str(&format!(
+            " exit {code} ({})",
+            job.termination()
+                .as_str_name()
+                .trim_start_matches("TERMINATION_REASON_")
+                .to_lowercase()
+        ));
+    }
+    if !job.message.is_empty() {
+        line.push_str(&format!(" — {}", job.message));
+    }
+    line
+}
+
 fn unreachable_health() -> anyhow::Result<()> {
     bail!("health is answered before the Agent client is built")
 }
@@ -604,6 +629,11 @@ fn print_capacity(capacity: &pb::Capacity, json: bool) -> anyhow::Result<()> {
     if json {
         return out(&to_json(capacity, "fog.agent.v1.Capacity")?);
     }
+    out(&human_capacity(capacity))
+}
+
+/// A table of each resource's amounts (network rates in bits per second), then the notes.
+fn human_capacity(capacity: &pb::Capacity) -> String {
     let mut table = super::render::table(
         &[
             "resource",
@@ -630,6 +660,16 @@ fn print_capacity(capacity: &pb::Capacity, json: bool) -> anyhow::Result<()> {
     table.add_row(row("cpu", &capacity.cpu_millicores, &cores));
     table.add_row(row("memory", &capacity.memory_bytes, &bytes));
     table.add_row(row("disk", &capacity.disk_bytes, &bytes));
+    table.add_row(row(
+        "network in",
+        &capacity.network_ingress_bits_per_second,
+        &rate,
+    ));
+    table.add_row(row(
+        "network out",
+        &capacity.network_egress_bits_per_second,
+        &rate,
+    ));
     for gpu in &capacity.gpus {
         let state = pb::GpuAssignment::try_from(gpu.assignment)
             .map(|a| {
@@ -650,7 +690,7 @@ fn print_capacity(capacity: &pb::Capacity, json: bool) -> anyhow::Result<()> {
     for note in &capacity.notes {
         text.push_str(&format!("\nnote: {note}"));
     }
-    out(&text)
+    text
 }
 
 fn human_inventory(inv: &pb::Inventory) -> String {
@@ -776,4 +816,105 @@ fn human_sample(msg: &pb::WatchHostTelemetryResponse) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_line_starts_with_its_id_and_shows_its_network() {
+        let job = pb::Job {
+            spec: Some(pb::JobSpec {
+                job_id: "web".into(),
+                ..pb::JobSpec::default()
+            }),
+            state: pb::JobState::Running.into(),
+            addresses: vec!["10.89.0.2/16".into()],
+            published_ports: vec![pb::PublishedPort {
+                container_port: 80,
+                protocol: pb::PortProtocol::Tcp.into(),
+                host_address: "192.0.2.10".into(),
+                host_port: 30000,
+            }],
+            usage: Some(pb::JobUsage {
+                cpu_seconds: 1.5,
+                network_receive_bytes: 2048,
+                network_transmit_bytes: 10,
+                ..pb::JobUsage::default()
+            }),
+            ..pb::Job::default()
+        };
+        assert_eq!(
+            human_job(&job),
+            "web running cpu 1.50 s mem 0.000 GiB·s 0.0 s net received 2 KiB sent 10 B \
+             addresses 10.89.0.2/16 ports 192.0.2.10:30000 -> 80/tcp"
+        );
+    }
+
+    #[test]
+    fn a_jobs_json_has_its_network() {
+        let job = pb::Job {
+            addresses: vec!["10.89.0.2/16".into()],
+            published_ports: vec![pb::PublishedPort {
+                container_port: 53,
+                protocol: pb::PortProtocol::Udp.into(),
+                host_address: "192.0.2.10".into(),
+                host_port: 30001,
+            }],
+            usage: Some(pb::JobUsage {
+                network_receive_bytes: 7,
+                network_transmit_packets: 1,
+                ..pb::JobUsage::default()
+            }),
+            ..pb::Job::default()
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&to_json(&job, "fog.agent.v1.Job").unwrap()).unwrap();
+        assert_eq!(json["addresses"], serde_json::json!(["10.89.0.2/16"]));
+        assert_eq!(
+            json["publishedPorts"][0],
+            serde_json::json!({
+                "containerPort": 53,
+                "protocol": "PORT_PROTOCOL_UDP",
+                "hostAddress": "192.0.2.10",
+                "hostPort": 30001,
+            })
+        );
+        assert_eq!(json["usage"]["networkReceiveBytes"], "7");
+        assert_eq!(json["usage"]["networkTransmitPackets"], "1");
+    }
+
+    #[test]
+    fn capacity_shows_the_network_rates() {
+        let amount = |total, allocated| pb::ResourceAmount {
+            total,
+            allocated,
+            free: total - allocated,
+            ..pb::ResourceAmount::default()
+        };
+        let capacity = pb::Capacity {
+            network_ingress_bits_per_second: Some(amount(10_000_000_000, 1_500_000_000)),
+            network_egress_bits_per_second: Some(amount(10_000_000_000, 0)),
+            notes: vec!["network: measured".into()],
+            ..pb::Capacity::default()
+        };
+        let text = human_capacity(&capacity);
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(
+            row("network in").as_deref(),
+            Some("network in 10 Gbit/s 0 bit/s 1.5 Gbit/s 0 bit/s 8.5 Gbit/s"),
+            "{text}"
+        );
+        assert_eq!(
+            row("network out").as_deref(),
+            Some("network out 10 Gbit/s 0 bit/s 0 bit/s 0 bit/s 10 Gbit/s"),
+            "{text}"
+        );
+        assert!(text.ends_with("note: network: measured"), "{text}");
+    }
 }

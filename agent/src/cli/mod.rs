@@ -22,6 +22,7 @@ mod client;
 mod dev_certs;
 mod image;
 mod inventory;
+mod job_network;
 mod render;
 mod serve;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! The sections about the host itself: `[state]` (the state dir), `[tpm]`, `[telemetry]` (the
-//! host telemetry sampler), `[capacity]` (what the host keeps for itself) and `[bench]`.
+//! host telemetry sampler), `[capacity]` (what the host keeps for itself, and its network
+//! capacity) and `[bench]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,7 +79,14 @@ impl TelemetryConfig {
     }
 }
 
-/// `[capacity]`: the host's own reserve, subtracted from what is offered.
+/// Highest `[capacity] network_bits_per_second`: 10 Tbit/s.
+pub const MAX_NETWORK_BITS_PER_SECOND: u64 = 10_000_000_000_000;
+/// Lowest non-zero `[capacity] network_bits_per_second`: the lowest rate limit a job may ask
+/// for (8 kbit/s).
+pub const MIN_NETWORK_BITS_PER_SECOND: u64 = 8_000;
+
+/// `[capacity]`: the host's own reserve, subtracted from what is offered, and the network
+/// capacity jobs' rate limits are allocated from.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CapacityConfig {
@@ -90,6 +98,9 @@ pub struct CapacityConfig {
     pub reserve_disk: Amount,
     /// GPUs kept for the host, by PCI bus id (`0000:01:00.0`).
     pub reserve_gpus: Vec<String>,
+    /// The host's network capacity in bits per second, the same in each direction (full
+    /// duplex); 0 = measured: the link speed of the interface holding the default IPv4 route.
+    pub network_bits_per_second: u64,
 }
 
 impl Default for CapacityConfig {
@@ -99,6 +110,7 @@ impl Default for CapacityConfig {
             reserve_memory: Amount::Percent(10),
             reserve_disk: Amount::Percent(10),
             reserve_gpus: Vec::new(),
+            network_bits_per_second: 0,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ByteSize;
+use super::{ByteSize, JobNetwork};
 
 /// `[jobs]`: how jobs run.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -42,6 +42,8 @@ pub struct JobsConfig {
     /// With [`ScratchLimit::Polled`]: the inodes (files, dirs, links) a job's scratch may
     /// hold before the job is stopped.
     pub scratch_max_inodes: u64,
+    /// How jobs reach the world: `"none"` (loopback only) or the `[jobs.network]` CNI network.
+    pub network: JobNetwork,
 }
 
 /// How a job's scratch dir is held to its size (`[jobs] scratch_limit`); see
@@ -73,6 +75,7 @@ impl Default for JobsConfig {
             max_spec_bytes: ByteSize(64 * 1024),
             scratch_limit: ScratchLimit::Filesystem,
             scratch_max_inodes: 65_536,
+            network: JobNetwork::default(),
         }
     }
 }

@@ -13,7 +13,8 @@
 //! then reports every bad value, each with its key.
 //!
 //! Where things are: [`Config`] and its entry points ([`Config::load`], [`Config::parse`]) here;
-//! the sections' types in `api` (`[api]`, `[metrics]`), `jobs` (`[jobs]`), `images`
+//! the sections' types in `api` (`[api]`, `[metrics]`), `jobs` (`[jobs]`), `network`
+//! (`[jobs] network`), `images`
 //! (`[images]`), `market` (`[market]`) and `host` (`[state]`, `[tpm]`, `[telemetry]`, `[capacity]`, `[bench]`); sizes and shares in `units`; the semantic
 //! checks in `validate`; the error and how a TOML error is traced to its key in `error`. Every
 //! public item is re-exported here.
@@ -24,6 +25,7 @@ mod host;
 mod images;
 mod jobs;
 mod market;
+mod network;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -39,6 +41,7 @@ pub use host::{BenchConfig, CapacityConfig, StateConfig, TelemetryConfig, TpmCon
 pub use images::ImagesConfig;
 pub use jobs::{JobsConfig, ScratchLimit};
 pub use market::{parse_endpoint, MarketConfig, MarketEndpoint};
+pub use network::{CniNetwork, JobNetwork, PortRange};
 pub use units::{parse_amount, parse_size, Amount, ByteSize, SizeError};
 
 /// The default config file path.

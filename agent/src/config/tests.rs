@@ -152,6 +152,28 @@ tls_cert = "/x/m.pem"
 }
 
 #[test]
+fn network_capacity_is_measured_or_a_rate_in_range() {
+    let parse = |text: &str| Config::parse(text, "t.toml");
+    assert_eq!(
+        parse("[capacity]\nnetwork_bits_per_second = 10_000_000_000\n")
+            .unwrap()
+            .capacity
+            .network_bits_per_second,
+        10_000_000_000
+    );
+    assert_eq!(Config::default().capacity.network_bits_per_second, 0);
+    for bad in ["1", "7999", "10_000_000_000_001"] {
+        assert_eq!(
+            problems_of(&format!("[capacity]\nnetwork_bits_per_second = {bad}\n")),
+            ["capacity.network_bits_per_second"],
+            "{bad}"
+        );
+    }
+    let (_, key, _) = syntax_of("[capacity]\nnetwork_bits_per_second = \"10G\"\n");
+    assert_eq!(key, "capacity.network_bits_per_second");
+}
+
+#[test]
 fn no_listener_and_missing_tls_paths() {
     assert_eq!(
         problems_of("[api]\nlisten = []\nunix_socket = \"\"\n"),

@@ -1,5 +1,6 @@
 //! Semantic checks of a parsed config ([`Config::problems`]): every bad value, each with its key.
 
+use super::host::{MAX_NETWORK_BITS_PER_SECOND, MIN_NETWORK_BITS_PER_SECOND};
 use super::{Config, Problem};
 
 impl Config {
@@ -201,6 +202,56 @@ impl Config {
                 jobs.retention_millis
             ),
         );
+        if let Some(net) = jobs.network.cni() {
+            for (key, path, may_be_empty) in [
+                ("jobs.network.plugin_dir", &net.plugin_dir, false),
+                ("jobs.network.conflist", &net.conflist, true),
+                ("jobs.network.run_dir", &net.run_dir, false),
+            ] {
+                check(
+                    path.is_absolute() || (may_be_empty && path.as_os_str().is_empty()),
+                    key,
+                    format!("must be an absolute path, not {path:?}"),
+                );
+            }
+            check(
+                !net.name.is_empty()
+                    && net.name.len() <= 64
+                    && net
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+                "jobs.network.name",
+                format!("{:?} is not 1 to 64 of [A-Za-z0-9_.-]", net.name),
+            );
+            check(
+                (1..16).contains(&net.bridge.len())
+                    && net
+                        .bridge
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+                "jobs.network.bridge",
+                format!(
+                    "{:?} is not an interface name (1 to 15 of [A-Za-z0-9_.-])",
+                    net.bridge
+                ),
+            );
+            check(
+                matches!(net.subnet, ipnet::IpNet::V4(v4) if v4.prefix_len() <= 30),
+                "jobs.network.subnet",
+                format!(
+                    "{} is not an IPv4 subnet of at least 4 addresses",
+                    net.subnet
+                ),
+            );
+            if let Some(subnet6) = net.subnet6 {
+                check(
+                    matches!(subnet6, ipnet::IpNet::V6(v6) if v6.prefix_len() <= 120),
+                    "jobs.network.subnet6",
+                    format!("{subnet6} is not an IPv6 subnet of at least 256 addresses (or \"\")"),
+                );
+            }
+        }
         let images = &self.images;
         check(
             images.max_unpacked_bytes.0 >= 1 << 20,
@@ -320,6 +371,16 @@ impl Config {
             format!(
                 "{} is below market.reconnect_min_millis ({})",
                 market.reconnect_max_millis, market.reconnect_min_millis
+            ),
+        );
+        let network = self.capacity.network_bits_per_second;
+        check(
+            network == 0
+                || (MIN_NETWORK_BITS_PER_SECOND..=MAX_NETWORK_BITS_PER_SECOND).contains(&network),
+            "capacity.network_bits_per_second",
+            format!(
+                "must be 0 (measured) or {MIN_NETWORK_BITS_PER_SECOND} to \
+                 {MAX_NETWORK_BITS_PER_SECOND}, got {network}"
             ),
         );
         for gpu in &self.capacity.reserve_gpus {

@@ -688,11 +688,16 @@ async fn build_shared(
         let capacity = capacity.clone();
         let jobs = jobs.clone();
         let state_dir = config.state.dir.clone();
+        let network_bits_per_second = config.capacity.network_bits_per_second;
         let benchmarks = options.benchmarks.clone();
         let last_fingerprint = Mutex::new(None::<String>);
         let images = options.jobs.as_ref().map(|j| j.images.clone());
         move |inventory: &Inventory| {
-            capacity.set_totals(Totals::from_inventory(inventory, &state_dir));
+            capacity.set_totals(Totals::from_inventory(
+                inventory,
+                &state_dir,
+                network_bits_per_second,
+            ));
             // Also counts images imported meanwhile by `fog-agent image import` (offline).
             match images.as_ref().map(|store| store.stored_bytes()) {
                 Some(Ok(bytes)) => capacity.set_image_bytes(bytes),

@@ -198,6 +198,7 @@ mod tests {
                         ..Default::default()
                     },
                 ],
+                default_route_interface: Some("eth0".into()),
             }),
         }
     }

@@ -1,5 +1,6 @@
-//! Network interfaces from `/sys/class/net` (MAC, MTU, operstate, link speed, driver) and their
-//! addresses (through sysinfo's getifaddrs on the live host).
+//! Network interfaces from `/sys/class/net` (MAC, MTU, operstate, link speed, driver), their
+//! addresses (through sysinfo's getifaddrs on the live host) and which one holds the default
+//! IPv4 route (`/proc/net/route`).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,17 @@ use crate::fsroot::FsRoot;
 pub struct NetworkInfo {
     /// Every interface, physical first, then virtual, each sorted by name.
     pub interfaces: Vec<NetInterface>,
+    /// The interface of the default IPv4 route (the one with the lowest metric); `None` when
+    /// there is none or the routing table could not be read.
+    pub default_route_interface: Option<String>,
+}
+
+impl NetworkInfo {
+    /// The interface holding the default IPv4 route, when it is one of `interfaces`.
+    pub fn default_route(&self) -> Option<&NetInterface> {
+        let name = self.default_route_interface.as_deref()?;
+        self.interfaces.iter().find(|i| i.name == name)
+    }
 }
 
 /// One network interface.
@@ -62,7 +74,37 @@ pub fn collect(fs: &FsRoot, notes: &mut Notes) -> Result<NetworkInfo, ProbeError
         notes.add("addresses", "getifaddrs needs the live host");
     }
     interfaces.sort_by(|a, b| (a.is_virtual, &a.name).cmp(&(b.is_virtual, &b.name)));
-    Ok(NetworkInfo { interfaces })
+    let default_route_interface = notes
+        .ok("default_route", fs.read_string("/proc/net/route"))
+        .and_then(|table| default_route_in(&table));
+    Ok(NetworkInfo {
+        interfaces,
+        default_route_interface,
+    })
+}
+
+/// The interface of the default route in `/proc/net/route` (`Iface Destination Gateway Flags
+/// RefCnt Use Metric Mask ...`, addresses in hex): destination and mask 0, flag `RTF_UP` set;
+/// the lowest metric wins, the first of equal ones.
+pub fn default_route_in(table: &str) -> Option<String> {
+    const RTF_UP: u32 = 0x1;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [iface, destination, _gateway, flags, _refcnt, _use, metric, mask, ..] = fields[..]
+            else {
+                return None;
+            };
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let is_default = destination == "00000000" && mask == "00000000";
+            (is_default && flags & RTF_UP != 0)
+                .then(|| Some((metric.parse::<u32>().ok()?, iface)))
+                .flatten()
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, iface)| iface.to_owned())
 }
 
 fn read_interface(fs: &FsRoot, name: String) -> NetInterface {
@@ -198,5 +240,41 @@ mod tests {
         assert_eq!(down.speed_mbps, None, "a down link has no speed");
         assert_eq!(down.duplex, None);
         assert!(info.interfaces[3].is_virtual);
+        assert_eq!(info.default_route_interface.as_deref(), Some("ens1f0"));
+        assert_eq!(info.default_route().and_then(|i| i.speed_mbps), Some(25000));
+    }
+
+    #[test]
+    fn default_route_is_the_up_zero_route_with_the_lowest_metric() {
+        let header =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+        let table = format!(
+            "{header}\
+             wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+             eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+             eth0\t00000000\t0100A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+             down0\t00000000\t0100A8C0\t0002\t0\t0\t0\t00000000\t0\t0\t0\n"
+        );
+        assert_eq!(default_route_in(&table).as_deref(), Some("eth0"));
+        assert_eq!(default_route_in(header), None, "no default route");
+        assert_eq!(default_route_in(""), None);
+        assert_eq!(default_route_in("Iface\neth0 garbage\n"), None);
+    }
+
+    #[test]
+    fn an_unreadable_routing_table_is_a_note() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("sys/class/net")).unwrap();
+        let mut notes = Notes::default();
+        let info = collect(&FsRoot::new(root.path()), &mut notes).unwrap();
+        assert_eq!(info.default_route_interface, None);
+        assert!(
+            notes
+                .as_slice()
+                .iter()
+                .any(|n| n.starts_with("default_route: ")),
+            "{:?}",
+            notes.as_slice()
+        );
     }
 }

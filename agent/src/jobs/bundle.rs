@@ -6,11 +6,13 @@
 //!   (runc creates missing mount points such as `/scratch` in it once; they stay empty.)
 //! - mounts: only the minimal ones: `/proc`, `/dev` (tmpfs), `/dev/pts`, `/dev/shm` (tmpfs,
 //!   64 MiB), `/dev/mqueue`, `/sys` read-only, and the job's own scratch dir read-write at
-//!   [`SCRATCH_MOUNT`]. No host path other than the scratch dir is mounted; a job without
+//!   [`SCRATCH_MOUNT`]. No writable host path other than the scratch dir is mounted; a job without
 //!   scratch (`scratch_bytes = 0`) gets an empty read-only tmpfs there, so it has no writable
 //!   host path at all (the tmpfs mounts hold memory, charged to its memory limit).
-//! - namespaces: pid, ipc, uts, mount and a fresh network namespace with loopback only (network
-//!   beyond loopback is a later step).
+//! - namespaces: pid, ipc, uts, mount, and network: the job's own namespace attached by
+//!   [`crate::net`] (joined by path, as containerd does), with its `resolv.conf` and `hosts`
+//!   bind-mounted read-only from the job dir; with `[jobs] network = "none"` a fresh
+//!   namespace with loopback only.
 //! - resources: CPU quota/period from millicores (100 ms period), memory limit with memory+swap
 //!   equal to it (no swap), pids limit, and a device cgroup that denies everything except the
 //!   runtime's default safe nodes plus the job's GPUs' `/dev/nvidia*` nodes.
@@ -104,6 +106,13 @@ fn build_err(what: &str) -> impl FnOnce(oci_spec::OciSpecError) -> JobError + '_
     move |err| JobError::Bundle(format!("{what}: {err}"))
 }
 
+/// A host path as the runtime spec holds it.
+fn utf8(path: &Path) -> Result<String, JobError> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| JobError::Bundle(format!("{} is not UTF-8", path.display())))
+}
+
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, JobError> {
     MountBuilder::default()
         .destination(dest)
@@ -114,12 +123,25 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
         .map_err(build_err("mount"))
 }
 
-/// The runtime spec of a job.
+/// A job's network as its bundle names it: the namespace to join, and the files mounted
+/// read-only over `/etc/resolv.conf` and `/etc/hosts`.
+#[derive(Debug, Clone, Copy)]
+pub struct BundleNetwork<'a> {
+    /// The network namespace file ([`crate::net::netns`]).
+    pub netns: &'a Path,
+    /// The job's `resolv.conf`.
+    pub resolv_conf: &'a Path,
+    /// The job's `hosts`.
+    pub hosts: &'a Path,
+}
+
+/// The runtime spec of a job; without `network`, a new namespace with loopback only.
 pub fn runtime_spec(
     job: &ValidJob,
     scratch_dir: Option<&Path>,
     cgroups_path: &str,
     gpu_nodes: &[DeviceNode],
+    network: Option<BundleNetwork<'_>>,
 ) -> Result<Spec, JobError> {
     let r = &job.spec.resources;
     let caps: Capabilities = HashSet::new();
@@ -196,16 +218,10 @@ pub fn runtime_spec(
     ];
     match scratch_dir {
         Some(scratch_dir) => {
-            let scratch = scratch_dir.to_str().ok_or_else(|| {
-                JobError::Bundle(format!(
-                    "scratch dir {} is not UTF-8",
-                    scratch_dir.display()
-                ))
-            })?;
             mounts.push(mount(
                 SCRATCH_MOUNT,
                 "bind",
-                scratch,
+                &utf8(scratch_dir)?,
                 &["rbind", "rw", "nosuid", "nodev"],
             )?);
         }
@@ -215,6 +231,20 @@ pub fn runtime_spec(
             "tmpfs",
             &["ro", "nosuid", "nodev", "noexec", "mode=0555", "size=4k"],
         )?),
+    }
+
+    if let Some(network) = network {
+        for (dest, file) in [
+            ("/etc/resolv.conf", network.resolv_conf),
+            ("/etc/hosts", network.hosts),
+        ] {
+            mounts.push(mount(
+                dest,
+                "bind",
+                &utf8(file)?,
+                &["rbind", "ro", "nosuid", "nodev", "noexec"],
+            )?);
+        }
     }
 
     let mut device_rules = vec![LinuxDeviceCgroupBuilder::default()
@@ -282,10 +312,14 @@ pub fn runtime_spec(
     ]
     .into_iter()
     .map(|typ| {
-        LinuxNamespaceBuilder::default()
-            .typ(typ)
-            .build()
-            .map_err(build_err("namespace"))
+        let namespace = LinuxNamespaceBuilder::default().typ(typ);
+        let namespace = match (typ, network) {
+            (LinuxNamespaceType::Network, Some(network)) => {
+                namespace.path(network.netns.to_owned())
+            }
+            _ => namespace,
+        };
+        namespace.build().map_err(build_err("namespace"))
     })
     .collect::<Result<Vec<_>, _>>()?;
     let linux = LinuxBuilder::default()
@@ -368,6 +402,7 @@ mod tests {
             Some(Path::new("/jobs/j1/scratch")),
             "/fog-agent/j1",
             &nodes,
+            None,
         )
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -422,8 +457,40 @@ mod tests {
     }
 
     #[test]
+    fn a_network_is_joined_by_path_with_its_files_read_only() {
+        let network = BundleNetwork {
+            netns: Path::new("/run/fog-agent/net/netns/j1"),
+            resolv_conf: Path::new("/jobs/j1/resolv.conf"),
+            hosts: Path::new("/jobs/j1/hosts"),
+        };
+        let spec = runtime_spec(&job(), None, "/fog-agent/j1", &[], Some(network)).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let namespaces = v["linux"]["namespaces"].as_array().unwrap();
+        let net = namespaces.iter().find(|n| n["type"] == "network").unwrap();
+        assert_eq!(net["path"], "/run/fog-agent/net/netns/j1");
+        let mounts = v["mounts"].as_array().unwrap();
+        for (dest, source) in [
+            ("/etc/resolv.conf", "/jobs/j1/resolv.conf"),
+            ("/etc/hosts", "/jobs/j1/hosts"),
+        ] {
+            let m = mounts.iter().find(|m| m["destination"] == dest).unwrap();
+            assert_eq!(m["source"], source);
+            assert!(
+                m["options"].as_array().unwrap().contains(&"ro".into()),
+                "{m}"
+            );
+        }
+        // Without a network: a fresh namespace, no path.
+        let spec = runtime_spec(&job(), None, "/fog-agent/j1", &[], None).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let namespaces = v["linux"]["namespaces"].as_array().unwrap();
+        let net = namespaces.iter().find(|n| n["type"] == "network").unwrap();
+        assert!(net.get("path").is_none(), "{net}");
+    }
+
+    #[test]
     fn no_scratch_is_a_read_only_tmpfs_and_no_host_path() {
-        let spec = runtime_spec(&job(), None, "/fog-agent/j1", &[]).unwrap();
+        let spec = runtime_spec(&job(), None, "/fog-agent/j1", &[], None).unwrap();
         let v = serde_json::to_value(&spec).unwrap();
         let mounts = v["mounts"].as_array().unwrap();
         assert!(

@@ -1,5 +1,8 @@
 //! The job runner's figures for the Prometheus endpoint: one [`JobMetrics`] per job, from the
-//! runner's newest cgroup sample, and the state filesystem's headroom ([`StateDiskMetrics`]).
+//! runner's newest cgroup sample and the job's usage counters, and the state filesystem's
+//! headroom ([`StateDiskMetrics`]).
+
+use crate::net::NetCounters;
 
 /// One job's newest figures, as the job runner sampled them from its cgroup. `None` = not
 /// known (the series is left out, never reported as 0).
@@ -33,6 +36,9 @@ pub struct JobMetrics {
     /// Per allocated GPU (PCI bus id) in the newest sample: GPU memory the job's processes
     /// hold, and their SM utilization (0 to 1); a figure the driver did not give is absent.
     pub gpu_now: Vec<(String, Option<u64>, Option<f64>)>,
+    /// Bytes and packets the job received and sent so far (its usage counters, which never
+    /// decrease); `None` for a job without a network.
+    pub network: Option<NetCounters>,
 }
 
 /// Where per-job figures come from: [`super::JobManager`] implements it for `/metrics`.

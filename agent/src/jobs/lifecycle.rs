@@ -5,9 +5,9 @@
 //!   id (idempotency: waits, woken by the records, until it is past `creating`), refuse a new
 //!   one while the state filesystem is below `[state] min_free_bytes`, check the
 //!   request against the free capacity (RESOURCE_EXHAUSTED naming the resource; a GPU is never
-//!   given twice) and add it in memory with its reservation published; then commit the record
-//!   (`creating`), write the bundle, start the shim and wait until the runtime says `running`;
-//!   record `running` (or `failed`) before answering.
+//!   given twice, nor a host port) and add it in memory with its reservation published; then
+//!   commit the record (`creating`), attach its network, write the bundle, start the shim and
+//!   wait until the runtime says `running`; record `running` (or `failed`) before answering.
 //! - **The wait for `running`** ([`JobManager::wait_started`]) sleeps on events
 //!   ([`super::wait`]): inotify on the job dir (`exit.json`, `container.pid`) and on the
 //!   runtime's state dir (runc's `exec.fifo` removed once the container runs), and the shim's
@@ -20,7 +20,8 @@
 //!   `exit.json` (a full disk again) is recorded stopped with its cause, without exit code.
 //! - **End** ([`JobManager::finish`]): from the shim's `exit.json` (or why there is none); the
 //!   record gets its final state, exit code and termination reason (OOM kill when the cgroup
-//!   counted one), and the reservation is released. Found by stop, by the shim's reaper the
+//!   counted one), its network is detached (its last traffic counted first), and the
+//!   reservation is released. Found by stop, by the shim's reaper the
 //!   moment the shim this agent started exits, or by the sampler's tick. Recording an end is
 //!   idempotent: the first one wins.
 
@@ -64,6 +65,9 @@ pub enum StartError {
     /// The bundle (device nodes, runtime spec) could not be made or written.
     #[error("{0}")]
     Bundle(Box<JobError>),
+    /// The job's network could not be attached.
+    #[error("{0}")]
+    Network(Box<JobError>),
     /// The shim could not be started.
     #[error("cannot start the job shim: {0}")]
     Shim(std::io::Error),
@@ -92,7 +96,7 @@ impl JobManager {
         let pid_max = spec::pid_max(&self.fs);
         let valid = spec::validate(spec, self.images.as_ref(), &gpus, pid_max, &self.config)?;
         let id = valid.spec.job_id.clone();
-        {
+        let host_ports = {
             let admission = lock(&self.admission);
             let existing = self
                 .records
@@ -116,6 +120,7 @@ impl JobManager {
                     message: format!("{} was removed", spec::quote(&spec.image)),
                 });
             }
+            let host_ports = self.allocate_ports(&valid)?;
             let record = JobRecord {
                 state: JobState::Creating,
                 image_digest: valid.image.manifest_digest.clone(),
@@ -131,9 +136,15 @@ impl JobManager {
                 usage: Usage::default(),
                 last_sample: None,
             };
-            self.records
-                .add(view, |_| self.admit(&valid), |t| self.publish(t))?;
-        }
+            if let Err(err) = self
+                .records
+                .add(view, |_| self.admit(&valid), |t| self.publish(t))
+            {
+                self.release_ports(&valid, &host_ports);
+                return Err(err);
+            }
+            host_ports
+        };
         tracing::info!(job = %id, image = %spec.image, "starting job");
         // The record first (its commit needs no fsync: see `StateStore::job_insert`), then the
         // job dir and bundle, on this thread: a thread to overlap them cost more than it saved.
@@ -143,10 +154,11 @@ impl JobManager {
             // Nothing of it was made or started: it goes from memory, its reservation too.
             self.records
                 .drop_in_memory(&[id.as_str()].into(), |t| self.publish(t));
+            self.release_ports(&valid, &host_ports);
             return Err(err);
         }
         let launched = self
-            .prepare(&valid)
+            .prepare(&valid, &host_ports)
             .and_then(|shim_args| self.launch(&shim_args));
         let outcome = self.record_launch(id, launched);
         // After the record, so the next standby's exec (~6 ms of CPU) does not compete with
@@ -209,7 +221,7 @@ impl JobManager {
     /// Makes the job dir (replacing one that no record owns, which never had a shim: left by an
     /// older agent that wrote the dir before the record, or by a forgotten job whose dir could
     /// not be removed), its scratch dir and bundle; returns the shim's arguments.
-    fn prepare(&self, job: &ValidJob) -> Result<ShimArgs, StartError> {
+    fn prepare(&self, job: &ValidJob, host_ports: &[u16]) -> Result<ShimArgs, StartError> {
         use std::os::unix::fs::DirBuilderExt;
         let id = &job.spec.job_id;
         let dir = self.job_dir(id);
@@ -240,9 +252,17 @@ impl JobManager {
                 tracing::warn!(job = %id, gpu = %gpu, error = %err, "GPU accounting unavailable");
             }
         }
-        let spec =
-            bundle::runtime_spec(job, scratch.as_deref(), &self.cgroups_path(id), &gpu_nodes)
-                .map_err(bundle_err)?;
+        let network = self
+            .attach_network(job, host_ports, &dir)
+            .map_err(|e| StartError::Network(Box::new(e)))?;
+        let spec = bundle::runtime_spec(
+            job,
+            scratch.as_deref(),
+            &self.cgroups_path(id),
+            &gpu_nodes,
+            network.as_ref().map(|n| n.bundle()),
+        )
+        .map_err(bundle_err)?;
         bundle::write_bundle(&dir.join(shim::BUNDLE_DIR), &spec).map_err(bundle_err)?;
         Ok(ShimArgs {
             job_dir: dir,
@@ -376,8 +396,29 @@ impl JobManager {
     }
 
     /// Records the end of a job: from its exit record, or with `why` when there is none. A job
-    /// that ended already stays as it was recorded.
+    /// that ended already stays as it was recorded. One end at a time per job (a stop, the
+    /// shim's reaper and the sampler may find the same end): the container is deleted and the
+    /// network detached once, and a second caller returns only after the first is done.
     pub(super) fn finish(
+        &self,
+        id: &str,
+        exit: Option<ExitRecord>,
+        why: Termination,
+        message: &str,
+    ) -> Result<JobView, JobError> {
+        let ending = self.end_lock(id);
+        let _ending = lock(&ending);
+        let finished = self.finish_once(id, exit, why, message);
+        lock(&self.ending).remove(id);
+        finished
+    }
+
+    /// The lock of job `id`'s end.
+    fn end_lock(&self, id: &str) -> Arc<std::sync::Mutex<()>> {
+        lock(&self.ending).entry(id.to_owned()).or_default().clone()
+    }
+
+    fn finish_once(
         &self,
         id: &str,
         exit: Option<ExitRecord>,
@@ -417,6 +458,10 @@ impl JobManager {
         if let Some(cpu) = exit.as_ref().and_then(|e| e.cpu_usage_nanos) {
             usage.cpu_nanos = usage.cpu_nanos.max(cpu);
         }
+        // The last traffic counts, read before the detach removes the interface.
+        if let Some(traffic) = super::network::traffic(&current.record) {
+            usage.network = usage.network.max(traffic);
+        }
         usage.updated_at_millis = now;
         self.records.store_usage(&[(id.to_owned(), usage.clone())]);
         self.records.touch(|t| {
@@ -429,6 +474,7 @@ impl JobManager {
         if let Err(err) = self.runtime.delete(id, true) {
             tracing::warn!(job = %id, error = %err, "cannot delete the ended container");
         }
+        self.detach_network(id, &current.record);
         let dropped = exit.as_ref().map_or(0, |e| e.log_dropped_bytes);
         let view = self.records.update(
             id,

@@ -10,12 +10,15 @@
 //! - `recovery`: what [`JobManager::open`] does with the jobs of an earlier run;
 //! - `sampler`: the telemetry tick (usage, GPU time, limits);
 //! - `retention`: forgetting ended jobs;
-//! - here: construction, capacity admission and publication, and image removal.
+//! - here: construction, capacity admission and publication (CPU, memory, scratch disk,
+//!   network rate limits, GPUs), and image removal.
 //!
 //! Locks: `admission` serializes StartJob's admission with RemoveImage's check (neither holds a
-//! lock readers take while it does I/O); the records' own locks are described in
-//! `records`; `gpus` and `sampler` are leaves.
+//! lock readers take while it does I/O); a job's lock in `ending` serializes the recording of
+//! its end; the records' own locks are described in `records`; `gpus`, `sampler` and
+//! `ending` itself are leaves.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -26,15 +29,16 @@ use super::records::{lock, Records, Table};
 use super::runtime::JobRuntime;
 use super::sampler::SamplerState;
 use super::shim;
-use super::spec::{GpuIdentity, ImageSource, ValidJob};
+use super::spec::{GpuIdentity, ImageSource, Resources, ValidJob};
 use super::supervisor::{ShimSupervisor, Supervisor};
 use super::JobError;
-use crate::capacity::{Allocations, CapacityLedger, GpuAssignment};
+use crate::capacity::{Allocations, Capacity, CapacityLedger, GpuAssignment};
 use crate::cgroup::{CgroupLayout, CgroupStats};
 use crate::config::JobsConfig;
 use crate::fsroot::FsRoot;
 use crate::gpu::accounting::GpuAccounting;
 use crate::image::{ImageError, RemovedImage};
+use crate::net::JobNetworks;
 use crate::state::headroom::{Headroom, HeadroomError};
 
 pub use super::model::{
@@ -91,12 +95,16 @@ pub struct JobManager {
     pub(super) runtime: Arc<dyn JobRuntime>,
     pub(super) images: Arc<dyn ImageSource>,
     pub(super) gpu_accounting: Arc<dyn GpuAccounting>,
+    /// Jobs' network; `None` with `[jobs] network = "none"`.
+    pub(super) networks: Option<JobNetworks>,
     pub(super) fs: FsRoot,
     pub(super) layout: Option<CgroupLayout>,
     pub(super) capacity: Arc<CapacityLedger>,
     pub(super) records: Records,
     pub(super) headroom: Arc<Headroom>,
     pub(super) admission: Mutex<()>,
+    /// Per job, held while its end is recorded (see `lifecycle`'s `finish`).
+    pub(super) ending: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(super) gpus: Mutex<Vec<GpuIdentity>>,
     /// What the telemetry tick keeps between ticks; touched only by the tick and recovery.
     pub(super) sampler: Mutex<SamplerState>,
@@ -165,9 +173,14 @@ impl JobManager {
                 None
             }
         };
+        let networks = match setup.config.network.cni() {
+            Some(cni) => Some(JobNetworks::open(cni)?),
+            None => None,
+        };
         let manager = Arc::new(Self {
             runtime_root,
             jobs_dir,
+            networks,
             config: setup.config,
             supervisor,
             runtime: setup.runtime,
@@ -179,6 +192,7 @@ impl JobManager {
             records,
             headroom: setup.headroom,
             admission: Mutex::new(()),
+            ending: Mutex::new(HashMap::new()),
             gpus: Mutex::new(Vec::new()),
             sampler: Mutex::new(SamplerState::default()),
             sampler_stop: Mutex::new(None),
@@ -265,17 +279,8 @@ impl JobManager {
     pub(super) fn publish(&self, table: &Table) {
         let mut allocations = Allocations::default();
         for entry in table.jobs.values() {
-            if !entry.view.record.state.is_active() {
-                continue;
-            }
-            let r = &entry.view.spec.resources;
-            allocations.cpu_millicores += u64::try_from(r.cpu_millicores).unwrap_or(0);
-            allocations.memory_bytes += u64::try_from(r.memory_bytes).unwrap_or(0);
-            allocations.disk_bytes += u64::try_from(r.scratch_bytes).unwrap_or(0);
-            for gpu in &entry.view.record.gpus {
-                allocations
-                    .gpus
-                    .insert(gpu.clone(), entry.view.spec.job_id.clone());
+            if entry.view.record.state.is_active() {
+                add_allocation(&mut allocations, &entry.view);
             }
         }
         self.capacity.set_allocations(allocations);
@@ -283,71 +288,11 @@ impl JobManager {
 
     /// Whether `job` fits into the free capacity (RESOURCE_EXHAUSTED naming the resource).
     pub(super) fn admit(&self, job: &ValidJob) -> Result<(), JobError> {
-        let snapshot = self.capacity.current();
-        let cap = &snapshot.capacity;
-        let r = &job.spec.resources;
-        let exhausted = |resource: &str, message: String| JobError::ResourceExhausted {
-            resource: resource.to_owned(),
-            message,
-        };
-        let check = |resource: &str, want: i64, free: u64, unit: &str| {
-            if u64::try_from(want).unwrap_or(u64::MAX) > free {
-                Err(exhausted(
-                    resource,
-                    format!("requested {want} {unit}, {free} free"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        check(
-            "resources.cpu_millicores",
-            r.cpu_millicores,
-            cap.cpu_millicores.free,
-            "millicores",
-        )?;
-        check(
-            "resources.memory_bytes",
-            r.memory_bytes,
-            cap.memory_bytes.free,
-            "bytes",
-        )?;
-        check(
-            "resources.scratch_bytes",
-            r.scratch_bytes,
-            cap.disk_bytes.free,
-            "bytes of disk",
-        )?;
-        for gpu in &job.gpus {
-            match cap
-                .gpus
-                .iter()
-                .find(|g| g.pci_bus_id.eq_ignore_ascii_case(gpu))
-            {
-                Some(g) => match &g.assignment {
-                    GpuAssignment::Free => {}
-                    GpuAssignment::Reserved => {
-                        return Err(exhausted(
-                            "resources.gpus",
-                            format!("GPU {gpu} is reserved for the host"),
-                        ))
-                    }
-                    GpuAssignment::Allocated(holder) => {
-                        return Err(exhausted(
-                            "resources.gpus",
-                            format!("GPU {gpu} is allocated to job {holder:?}"),
-                        ))
-                    }
-                },
-                None => {
-                    return Err(exhausted(
-                        "resources.gpus",
-                        format!("GPU {gpu} is not offered by this host"),
-                    ))
-                }
-            }
-        }
-        Ok(())
+        fits(
+            &job.spec.resources,
+            &job.gpus,
+            &self.capacity.current().capacity,
+        )
     }
 
     // ---- the state filesystem ----
@@ -457,6 +402,101 @@ impl JobManager {
     }
 }
 
+/// Adds what an active job holds to `allocations`: its CPU, memory, scratch disk, network rate
+/// limits (a job without a limit, 0, allocates no network) and GPUs.
+fn add_allocation(allocations: &mut Allocations, view: &JobView) {
+    let amount = |value: i64| u64::try_from(value).unwrap_or(0);
+    let r = &view.spec.resources;
+    allocations.cpu_millicores += amount(r.cpu_millicores);
+    allocations.memory_bytes += amount(r.memory_bytes);
+    allocations.disk_bytes += amount(r.scratch_bytes);
+    allocations.network_ingress_bits_per_second += amount(r.ingress_bits_per_second);
+    allocations.network_egress_bits_per_second += amount(r.egress_bits_per_second);
+    for gpu in &view.record.gpus {
+        allocations
+            .gpus
+            .insert(gpu.clone(), view.spec.job_id.clone());
+    }
+}
+
+fn exhausted(resource: &str, message: String) -> JobError {
+    JobError::ResourceExhausted {
+        resource: resource.to_owned(),
+        message,
+    }
+}
+
+/// Whether `resources` and the GPUs `gpus` (PCI bus ids) fit into the free amounts of
+/// `capacity`; RESOURCE_EXHAUSTED names the first that does not. A rate limit of 0 (none)
+/// always fits.
+fn fits(resources: &Resources, gpus: &[String], capacity: &Capacity) -> Result<(), JobError> {
+    let r = resources;
+    let check = |resource: &str, want: i64, free: u64, unit: &str| {
+        if u64::try_from(want).unwrap_or(u64::MAX) > free {
+            Err(exhausted(
+                resource,
+                format!("requested {want} {unit}, {free} free"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    check(
+        "resources.cpu_millicores",
+        r.cpu_millicores,
+        capacity.cpu_millicores.free,
+        "millicores",
+    )?;
+    check(
+        "resources.memory_bytes",
+        r.memory_bytes,
+        capacity.memory_bytes.free,
+        "bytes",
+    )?;
+    check(
+        "resources.scratch_bytes",
+        r.scratch_bytes,
+        capacity.disk_bytes.free,
+        "bytes of disk",
+    )?;
+    check(
+        "resources.ingress_bits_per_second",
+        r.ingress_bits_per_second,
+        capacity.network_ingress_bits_per_second.free,
+        "bits per second of network ingress",
+    )?;
+    check(
+        "resources.egress_bits_per_second",
+        r.egress_bits_per_second,
+        capacity.network_egress_bits_per_second.free,
+        "bits per second of network egress",
+    )?;
+    gpus.iter().try_for_each(|gpu| gpu_is_free(gpu, capacity))
+}
+
+/// Whether the GPU `gpu` (PCI bus id) is offered and free.
+fn gpu_is_free(gpu: &str, capacity: &Capacity) -> Result<(), JobError> {
+    let offered = capacity
+        .gpus
+        .iter()
+        .find(|g| g.pci_bus_id.eq_ignore_ascii_case(gpu));
+    match offered.map(|g| &g.assignment) {
+        Some(GpuAssignment::Free) => Ok(()),
+        Some(GpuAssignment::Reserved) => Err(exhausted(
+            "resources.gpus",
+            format!("GPU {gpu} is reserved for the host"),
+        )),
+        Some(GpuAssignment::Allocated(holder)) => Err(exhausted(
+            "resources.gpus",
+            format!("GPU {gpu} is allocated to job {holder:?}"),
+        )),
+        None => Err(exhausted(
+            "resources.gpus",
+            format!("GPU {gpu} is not offered by this host"),
+        )),
+    }
+}
+
 /// `/metrics` per-job series: every active job's newest sample (no cgroup read per scrape).
 impl super::JobMetricsSource for JobManager {
     fn state_disk(&self) -> Option<super::StateDiskMetrics> {
@@ -506,9 +546,144 @@ impl super::JobMetricsSource for JobManager {
                                 Some((g.pci_bus_id.clone(), used.memory_used_bytes, sm))
                             })
                             .collect(),
+                        network: e.view.record.network.as_ref().map(|_| e.view.usage.network),
                     }
                 })
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capacity::{compute, GpuTotal, Totals};
+    use crate::config::CapacityConfig;
+    use crate::jobs::spec::JobSpec;
+
+    /// 4 CPUs, 1 GiB, 1 TiB of disk, 1 Gbit/s each way and one GPU; no reserve.
+    fn capacity(allocations: &Allocations) -> Capacity {
+        let totals = Totals {
+            cpu_millicores: Some(4_000),
+            memory_bytes: Some(1 << 30),
+            disk_bytes: Some(1 << 40),
+            network_bits_per_second: Some(1_000_000_000),
+            gpus: vec![GpuTotal {
+                pci_bus_id: "0000:01:00.0".into(),
+                name: "A".into(),
+                memory_total_bytes: 0,
+            }],
+            notes: Vec::new(),
+        };
+        let no_reserve = CapacityConfig {
+            reserve_cpu_millicores: 0,
+            reserve_memory: crate::config::Amount::Bytes(0),
+            reserve_disk: crate::config::Amount::Bytes(0),
+            ..CapacityConfig::default()
+        };
+        compute(&totals, &no_reserve, allocations)
+    }
+
+    fn view(id: &str, resources: Resources, gpus: &[&str]) -> JobView {
+        JobView {
+            spec: JobSpec {
+                job_id: id.to_owned(),
+                resources,
+                ..JobSpec::default()
+            },
+            record: JobRecord {
+                gpus: gpus.iter().map(|g| (*g).to_owned()).collect(),
+                ..JobRecord::default()
+            },
+            usage: Usage::default(),
+            last_sample: None,
+        }
+    }
+
+    fn rates(ingress: i64, egress: i64) -> Resources {
+        Resources {
+            cpu_millicores: 500,
+            memory_bytes: 1 << 20,
+            ingress_bits_per_second: ingress,
+            egress_bits_per_second: egress,
+            ..Resources::default()
+        }
+    }
+
+    fn refused_resource(result: Result<(), JobError>) -> String {
+        match result {
+            Err(JobError::ResourceExhausted { resource, message }) => {
+                format!("{resource}: {message}")
+            }
+            other => panic!("not RESOURCE_EXHAUSTED: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn active_jobs_allocate_their_rate_limits_and_a_job_without_one_nothing() {
+        let mut allocations = Allocations::default();
+        add_allocation(
+            &mut allocations,
+            &view("a", rates(600_000_000, 100_000_000), &["0000:01:00.0"]),
+        );
+        add_allocation(&mut allocations, &view("b", rates(0, 0), &[]));
+        add_allocation(&mut allocations, &view("c", rates(0, 50_000_000), &[]));
+        assert_eq!(allocations.network_ingress_bits_per_second, 600_000_000);
+        assert_eq!(allocations.network_egress_bits_per_second, 150_000_000);
+        assert_eq!(allocations.cpu_millicores, 1_500);
+        assert_eq!(allocations.gpus["0000:01:00.0"], "a");
+        let capacity = capacity(&allocations);
+        assert_eq!(capacity.network_ingress_bits_per_second.free, 400_000_000);
+        assert_eq!(capacity.network_egress_bits_per_second.free, 850_000_000);
+    }
+
+    #[test]
+    fn a_rate_past_the_free_network_is_refused_naming_its_field() {
+        let allocations = Allocations {
+            network_ingress_bits_per_second: 600_000_000,
+            ..Allocations::default()
+        };
+        let capacity = capacity(&allocations);
+        assert!(fits(&rates(400_000_000, 1_000_000_000), &[], &capacity).is_ok());
+        assert!(
+            fits(&rates(0, 0), &[], &capacity).is_ok(),
+            "no limit always fits"
+        );
+        assert_eq!(
+            refused_resource(fits(&rates(400_000_001, 0), &[], &capacity)),
+            "resources.ingress_bits_per_second: requested 400000001 bits per second of network \
+             ingress, 400000000 free"
+        );
+        assert!(
+            refused_resource(fits(&rates(0, 1_000_000_001), &[], &capacity))
+                .starts_with("resources.egress_bits_per_second: ")
+        );
+        // A host whose network capacity is unknown (0) admits only jobs without a limit.
+        let unknown = compute(
+            &Totals::default(),
+            &CapacityConfig::default(),
+            &Allocations::default(),
+        );
+        assert!(fits(&Resources::default(), &[], &unknown).is_ok());
+        let limited = Resources {
+            ingress_bits_per_second: 8_000,
+            ..Resources::default()
+        };
+        assert!(refused_resource(fits(&limited, &[], &unknown))
+            .starts_with("resources.ingress_bits_per_second: "));
+    }
+
+    #[test]
+    fn gpus_must_be_offered_and_free() {
+        let free = capacity(&Allocations::default());
+        let gpu = ["0000:01:00.0".to_owned()];
+        assert!(fits(&rates(0, 0), &gpu, &free).is_ok());
+        let taken = capacity(&Allocations {
+            gpus: std::collections::BTreeMap::from([("0000:01:00.0".into(), "a".into())]),
+            ..Allocations::default()
+        });
+        assert!(refused_resource(fits(&rates(0, 0), &gpu, &taken)).contains("allocated to job"));
+        let other = ["0000:09:00.0".to_owned()];
+        assert!(refused_resource(fits(&rates(0, 0), &other, &free)).contains("not offered"));
     }
 }

@@ -16,8 +16,9 @@
 //! - [`model`]: job state, record, usage, samples, views and events (plain data).
 //! - `records`: the jobs in memory (what readers see) and in SQLite (what writers commit, off
 //!   the readers' lock).
-//! - `lifecycle`: start, stop, end. `recovery`: after a restart. `sampler`: the telemetry tick
-//!   and limits. `retention`: forgetting ended jobs.
+//! - `lifecycle`: start, stop, end. `network`: a job's network (ports, attach, detach).
+//!   `recovery`: after a restart. `sampler`: the telemetry tick and limits. `retention`:
+//!   forgetting ended jobs.
 //! - `wait`: event-driven waits (inotify, pidfd).
 //! - [`logs`]: tail and follow of the log files.
 //! - [`job_metrics`]: the per-job figures `/metrics` reads ([`JobMetricsSource`]).
@@ -28,7 +29,10 @@
 //! `/scratch`), `stdout.log`, `stderr.log`, `shim.pid`, `container.pid`, `exit.json`,
 //! `shim.log`. The runtime's own state lives in `<[jobs] dir>/.runc`.
 //!
-//! Network: a job gets a fresh network namespace with loopback only.
+//! Network: with `[jobs.network]`, a job gets its own network namespace attached to the CNI
+//! network by [`crate::net`] before its container starts, and detached when it ends (see
+//! `lifecycle`); with `[jobs] network = "none"`, a fresh namespace with loopback only. The job
+//! dir then also holds `resolv.conf` and `hosts`, mounted read-only into the container.
 
 pub mod bundle;
 #[cfg(test)]
@@ -39,6 +43,7 @@ mod lifecycle;
 pub mod logs;
 pub mod manager;
 pub mod model;
+mod network;
 mod records;
 mod recovery;
 mod retention;
@@ -129,4 +134,11 @@ pub enum JobError {
     /// A stored record could not be read.
     #[error("stored job record: {0}")]
     Record(#[from] serde_json::Error),
+    /// A job's network failed.
+    #[error("job network: {0}")]
+    Network(#[from] crate::net::NetError),
+    /// The host cannot attach jobs to their network (FAILED_PRECONDITION: a plugin or nft
+    /// missing, br_netfilter unavailable...).
+    #[error("job network unavailable: {0}")]
+    NetworkUnavailable(String),
 }

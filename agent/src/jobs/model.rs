@@ -11,6 +11,7 @@ use super::shim;
 use super::spec::JobSpec;
 use crate::cgroup::CgroupStats;
 use crate::gpu::accounting::GpuProcessUse;
+use crate::net::{Attachment, NetCounters};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -101,6 +102,9 @@ pub struct JobRecord {
     /// The manifest digest of the image it runs (empty in records written before images
     /// could be removed: then the job's bundle says).
     pub image_digest: String,
+    /// Its network (namespace, addresses, host veth, published ports), once attached; absent
+    /// with `[jobs] network = "none"`.
+    pub network: Option<Attachment>,
 }
 
 /// Usage counters (monotonic).
@@ -116,6 +120,8 @@ pub struct Usage {
     pub gpu_millis: BTreeMap<String, u64>,
     /// Why GPU usage is missing.
     pub gpu_note: String,
+    /// Traffic into and out of the job.
+    pub network: NetCounters,
     /// When last updated (Unix ms).
     pub updated_at_millis: u64,
 }
@@ -127,6 +133,10 @@ impl Usage {
             ("duration_millis".to_owned(), int(self.duration_millis)),
             ("cpu_nanos".to_owned(), int(self.cpu_nanos)),
             ("memory_mib_millis".to_owned(), int(self.memory_mib_millis)),
+            ("net_in_bytes".to_owned(), int(self.network.in_bytes)),
+            ("net_in_packets".to_owned(), int(self.network.in_packets)),
+            ("net_out_bytes".to_owned(), int(self.network.out_bytes)),
+            ("net_out_packets".to_owned(), int(self.network.out_packets)),
         ];
         for (gpu, millis) in &self.gpu_millis {
             out.push((format!("gpu_millis:{gpu}"), int(*millis)));
@@ -142,6 +152,10 @@ impl Usage {
                 "duration_millis" => usage.duration_millis = value,
                 "cpu_nanos" => usage.cpu_nanos = value,
                 "memory_mib_millis" => usage.memory_mib_millis = value,
+                "net_in_bytes" => usage.network.in_bytes = value,
+                "net_in_packets" => usage.network.in_packets = value,
+                "net_out_bytes" => usage.network.out_bytes = value,
+                "net_out_packets" => usage.network.out_packets = value,
                 other => {
                     if let Some(gpu) = other.strip_prefix("gpu_millis:") {
                         usage.gpu_millis.insert(gpu.to_owned(), value);
@@ -164,6 +178,8 @@ pub struct Sample {
     pub scratch_used_bytes: Option<u64>,
     /// What the job uses of each of its GPUs at this tick.
     pub gpus: Vec<JobGpuSample>,
+    /// Its traffic so far; absent without a network (or when its veth could not be read).
+    pub network: Option<NetCounters>,
 }
 
 /// One of a job's GPUs in a telemetry sample.

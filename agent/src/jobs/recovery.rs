@@ -8,8 +8,9 @@
 //! - otherwise its container is removed and the job recorded as lost (or start-failed when it
 //!   never started).
 //!
-//! Then containers under the runtime root that no active job owns are removed: no untracked
-//! container survives a restart.
+//! Then containers under the runtime root that no active job owns are removed, and so are job
+//! networks (namespaces, CNI attachments) no active job owns: no untracked container or
+//! network survives a restart. Active jobs keep their host ports.
 
 use super::manager::JobManager;
 use super::model::{JobState, Termination};
@@ -74,6 +75,7 @@ impl JobManager {
             }
         }
         self.remove_orphans();
+        self.reconcile_networks();
         Ok(())
     }
 

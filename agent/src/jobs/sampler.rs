@@ -210,6 +210,7 @@ impl JobManager {
                 stats,
                 scratch_used_bytes,
                 gpus: gpu_used.iter().map(|f| f.now.clone()).collect(),
+                network: super::network::traffic(&record),
             };
             samples.push((id, record, scratch_limit, sample, gpu_used, over_inodes));
         }
@@ -232,6 +233,9 @@ impl JobManager {
                 }
                 if let Some(cpu) = sample.stats.cpu_usage_nanos {
                     usage.cpu_nanos = usage.cpu_nanos.max(cpu);
+                }
+                if let Some(traffic) = sample.network {
+                    usage.network = usage.network.max(traffic);
                 }
                 if let (Some(mem), Some(prev)) =
                     (sample.stats.memory_usage_bytes, entry.last_sample_at)

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::JobError;
 use crate::config::JobsConfig;
 use crate::fsroot::FsRoot;
+use crate::net::Protocol;
 
 /// Longest job id.
 pub const MAX_JOB_ID_LEN: usize = 64;
@@ -94,6 +95,18 @@ pub struct JobSpec {
     pub time_limit_millis: u64,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
+    /// Container ports to publish on host ports.
+    pub ports: Vec<PortSpec>,
+}
+
+/// A container port to publish (see `fog.agent.v1.PortMapping`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortSpec {
+    /// The port inside the job (as on the wire, so 0 and 70000 are reported, not wrapped).
+    pub container_port: u32,
+    /// TCP or UDP.
+    pub protocol: Protocol,
 }
 
 /// Resource limits (signed, as on the wire, so negative values are reported, not wrapped).
@@ -110,6 +123,10 @@ pub struct Resources {
     pub gpus: Vec<String>,
     /// Scratch bytes.
     pub scratch_bytes: i64,
+    /// Traffic into the job, bits per second; 0 = not limited.
+    pub ingress_bits_per_second: i64,
+    /// Traffic out of the job, bits per second; 0 = not limited.
+    pub egress_bits_per_second: i64,
 }
 
 /// An image as jobs need it (what the image store records).
@@ -331,6 +348,79 @@ pub fn resolve_gpu(name: &str, gpus: &[GpuIdentity]) -> Option<String> {
         .map(|gpu| gpu.pci_bus_id.clone())
 }
 
+/// Most ports a job may publish.
+pub const MAX_PORTS: usize = 64;
+/// Highest rate limit: 1 Tbit/s (the bandwidth plugin's tc rates are 64-bit, but no NIC is
+/// faster).
+pub const MAX_BITS_PER_SECOND: i64 = 1_000_000_000_000;
+/// Lowest non-zero rate limit: tc's token bucket needs a burst of at least one MTU per tick.
+pub const MIN_BITS_PER_SECOND: i64 = 8_000;
+
+/// Published ports and rate limits: well-formed, and only where jobs have a network.
+fn check_network(spec: &JobSpec, config: &JobsConfig) -> Result<(), JobError> {
+    let r = &spec.resources;
+    let without_network = |field: &str| {
+        invalid(
+            field,
+            "this host runs jobs without a network ([jobs] network = \"none\")",
+        )
+    };
+    for (field, rate) in [
+        (
+            "resources.ingress_bits_per_second",
+            r.ingress_bits_per_second,
+        ),
+        ("resources.egress_bits_per_second", r.egress_bits_per_second),
+    ] {
+        if rate == 0 {
+            continue;
+        }
+        if !(MIN_BITS_PER_SECOND..=MAX_BITS_PER_SECOND).contains(&rate) {
+            return Err(invalid(
+                field,
+                format!("must be 0 (no limit) or {MIN_BITS_PER_SECOND} to {MAX_BITS_PER_SECOND}, got {rate}"),
+            ));
+        }
+        if config.network.cni().is_none() {
+            return Err(without_network(field));
+        }
+    }
+    if spec.ports.is_empty() {
+        return Ok(());
+    }
+    if config.network.cni().is_none() {
+        return Err(without_network("ports"));
+    }
+    if spec.ports.len() > MAX_PORTS {
+        return Err(invalid("ports", format!("more than {MAX_PORTS} ports")));
+    }
+    for (i, port) in spec.ports.iter().enumerate() {
+        if !(1..=65535).contains(&port.container_port) {
+            return Err(invalid(
+                format!("ports[{i}].container_port"),
+                format!("must be 1 to 65535, got {}", port.container_port),
+            ));
+        }
+        if port.protocol == Protocol::Unspecified {
+            return Err(invalid(
+                format!("ports[{i}].protocol"),
+                "required (TCP or UDP)",
+            ));
+        }
+        if spec.ports[..i].contains(port) {
+            return Err(invalid(
+                format!("ports[{i}]"),
+                format!(
+                    "{}/{} is published twice",
+                    port.container_port,
+                    port.protocol.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Validates a spec against the host (its images, its GPUs, its `pid_max`) and the config.
 pub fn validate(
     spec: &JobSpec,
@@ -456,6 +546,8 @@ pub fn validate(
         }
         gpu_ids.push(id);
     }
+
+    check_network(spec, config)?;
 
     let time_limit_millis = if spec.time_limit_millis == 0 {
         config.default_time_limit_millis
@@ -680,6 +772,22 @@ mod tests {
             ),
             ("args[0]", Box::new(|s| s.args = vec!["a\0b".into()])),
             (
+                "resources.egress_bits_per_second",
+                Box::new(|s| s.resources.egress_bits_per_second = 10),
+            ),
+            (
+                "ports[0].container_port",
+                Box::new(|s| s.ports = vec![port(70_000, Protocol::Tcp)]),
+            ),
+            (
+                "ports[0].protocol",
+                Box::new(|s| s.ports = vec![port(80, Protocol::Unspecified)]),
+            ),
+            (
+                "ports[1]",
+                Box::new(|s| s.ports = vec![port(80, Protocol::Tcp); 2]),
+            ),
+            (
                 "labels",
                 Box::new(|s| {
                     s.labels.insert(String::new(), "x".into());
@@ -691,6 +799,36 @@ mod tests {
             change(&mut spec);
             assert_eq!(field_of(&spec), want, "{spec:?}");
         }
+    }
+
+    fn port(container_port: u32, protocol: Protocol) -> PortSpec {
+        PortSpec {
+            container_port,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn ports_and_rates_need_a_network() {
+        let mut spec = good();
+        spec.ports = vec![port(80, Protocol::Tcp), port(80, Protocol::Udp)];
+        spec.resources.ingress_bits_per_second = 10_000_000;
+        let with_network = JobsConfig::default();
+        assert!(validate(&spec, &OneImage, &gpus(), PID_MAX_LIMIT, &with_network).is_ok());
+        let without = JobsConfig {
+            network: crate::config::JobNetwork::None,
+            ..JobsConfig::default()
+        };
+        let err = validate(&spec, &OneImage, &gpus(), PID_MAX_LIMIT, &without).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("resources.ingress_bits_per_second: ")
+                && err.to_string().contains("network = \"none\""),
+            "{err}"
+        );
+        spec.resources.ingress_bits_per_second = 0;
+        let err = validate(&spec, &OneImage, &gpus(), PID_MAX_LIMIT, &without).unwrap_err();
+        assert!(err.to_string().starts_with("ports: "), "{err}");
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl Rig {
         let config = JobsConfig {
             scratch_limit: ScratchLimit::Polled,
             retention_millis: 60_000,
+            network: crate::config::JobNetwork::None,
             ..JobsConfig::default()
         };
         let capacity = Arc::new(CapacityLedger::new(

@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
     // Shared domain state: the capacity ledger, GPUs at run time (NVML, accounting, health).
     &["capacity", "gpu"],
     // Facts about the host and its stores.
-    &["inventory", "cgroup", "image"],
+    &["inventory", "cgroup", "image", "net"],
     &["fsroot", "config", "state", "sdnotify"],
 ];
 

@@ -47,6 +47,7 @@ impl Harness {
         config.metrics.enabled = false;
         config.api.shutdown_grace_millis = 1000;
         config.jobs.cgroup_parent = format!("fog-agent-it-bounds-{}", std::process::id());
+        config.jobs.network = fog_agent::config::JobNetwork::None;
         config.jobs.telemetry_interval_millis = 200;
         configure(&mut config);
         let options =
@@ -127,6 +128,7 @@ fn job_spec(id: &str, pad: usize) -> pb::JobSpec {
             pids: 16,
             gpus: vec![],
             scratch_bytes: 0,
+            ..pb::JobResources::default()
         }),
         ..pb::JobSpec::default()
     }
@@ -387,7 +389,7 @@ fn serve_config(dir: &Path, state: &Path) -> PathBuf {
     std::fs::write(
         &file,
         format!(
-            "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = \"fog-agent-it-bounds-serve\"\n",
+            "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = \"fog-agent-it-bounds-serve\"\nnetwork = \"none\"\n",
             dir.join("agent.sock"),
             state
         ),

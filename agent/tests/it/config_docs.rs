@@ -3,7 +3,9 @@
 //! config sets, and nothing else:
 //!
 //! - every key of [`Config`], found through its `Deserialize` implementation (the field names
-//!   serde derives, section by section), so a new field needs a row; no hand-kept list;
+//!   serde derives, section by section), so a new field needs a row; no hand-kept list; a key
+//!   that takes a table or a plain string (`jobs.network`: `"none"` or `[jobs.network]`) is a
+//!   key and a table of keys;
 //! - every key in `packaging/agent.toml`, set or commented out (`# key = value` in a section);
 //! - every row names a key that `Config` has (a row for a removed or misspelled key fails).
 
@@ -18,13 +20,31 @@ const DAEMON_MD: &str = include_str!("../../DAEMON.md");
 const TABLE_HEADING: &str = "## Configuration keys";
 
 /// A deserializer that feeds `Config`'s derived `Deserialize` a single entry per level along
-/// `path`, and at the end of the path records the field names of the struct found there. Any
-/// other value (a leaf: string, number, list, enum, ...) is an error, so nothing is recorded and
-/// the path is a key.
+/// `path`, and at the end of the path, where a struct is asked for, does what `at_end` says.
+/// Any other value (a leaf: string, number, list, enum, ...) is an error, so nothing is
+/// recorded and the path is a key.
 #[derive(Clone, Copy)]
 struct Probe<'a> {
     path: &'a [&'static str],
-    fields: &'a RefCell<Option<&'static [&'static str]>>,
+    at_end: AtEnd,
+    found: &'a RefCell<Found>,
+}
+
+/// What a [`Probe`] does with the struct at the end of its path.
+#[derive(Clone, Copy)]
+enum AtEnd {
+    /// Record its field names.
+    RecordFields,
+    /// Offer its visitor a string and record whether it takes strings at all (a derived struct
+    /// refuses any with "invalid type"; a table-or-string key refuses only unknown ones).
+    OfferString,
+}
+
+/// What a [`Probe`] recorded.
+#[derive(Default)]
+struct Found {
+    fields: Option<&'static [&'static str]>,
+    takes_a_string: bool,
 }
 
 impl<'de> Deserializer<'de> for Probe<'_> {
@@ -40,17 +60,20 @@ impl<'de> Deserializer<'de> for Probe<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        match self.path.split_first() {
-            None => {
-                *self.fields.borrow_mut() = Some(fields);
+        match (self.path.split_first(), self.at_end) {
+            (None, AtEnd::RecordFields) => {
+                self.found.borrow_mut().fields = Some(fields);
                 Err(de::Error::custom("fields recorded"))
             }
-            Some((key, rest)) => visitor.visit_map(OneEntry {
+            (None, AtEnd::OfferString) => {
+                let refusal = visitor.visit_str::<Self::Error>("").err();
+                self.found.borrow_mut().takes_a_string =
+                    refusal.is_none_or(|err| !err.to_string().starts_with("invalid type"));
+                Err(de::Error::custom("string offered"))
+            }
+            (Some((key, rest)), _) => visitor.visit_map(OneEntry {
                 key: Some(key),
-                value: Probe {
-                    path: rest,
-                    fields: self.fields,
-                },
+                value: Probe { path: rest, ..self },
             }),
         }
     }
@@ -89,15 +112,26 @@ impl<'de> MapAccess<'de> for OneEntry<'_> {
     }
 }
 
-/// The struct fields at `path` below `Config`, or `None` when `path` is a key (a leaf).
-fn fields_at(path: &[&'static str]) -> Option<&'static [&'static str]> {
-    let fields = RefCell::new(None);
+/// What a probe along `path` below `Config` finds.
+fn probe(path: &[&'static str], at_end: AtEnd) -> Found {
+    let found = RefCell::new(Found::default());
     let outcome = Config::deserialize(Probe {
         path,
-        fields: &fields,
+        at_end,
+        found: &found,
     });
     assert!(outcome.is_err(), "the probe never yields a whole Config");
-    fields.into_inner()
+    found.into_inner()
+}
+
+/// The struct fields at `path` below `Config`, or `None` when `path` is a key (a leaf).
+fn fields_at(path: &[&'static str]) -> Option<&'static [&'static str]> {
+    probe(path, AtEnd::RecordFields).fields
+}
+
+/// Whether the struct at `path` may also be given as a string (then `path` is a key too).
+fn takes_a_string(path: &[&'static str]) -> bool {
+    probe(path, AtEnd::OfferString).takes_a_string
 }
 
 /// Every key of `Config` as `section.key` (deeper tables would give `a.b.c`).
@@ -105,6 +139,9 @@ fn code_keys() -> BTreeSet<String> {
     fn walk(path: &mut Vec<&'static str>, out: &mut BTreeSet<String>) {
         match fields_at(path) {
             Some(fields) => {
+                if !path.is_empty() && takes_a_string(path) {
+                    out.insert(path.join("."));
+                }
                 for field in fields {
                     path.push(field);
                     walk(path, out);

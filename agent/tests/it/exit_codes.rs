@@ -1,6 +1,6 @@
-//! The binary's exit codes: `0` ok, `1` failure, `2` usage, `78` (EX_CONFIG) for a config file
-//! that does not parse or fails validation, in every command that loads one (`check-config`,
-//! `serve`, `image`), each with a stderr line naming the bad key.
+//! The binary's exit codes: `0` ok, `1` failure, `2` usage (naming the bad flag), `78`
+//! (EX_CONFIG) for a config file that does not parse or fails validation, in every command that
+//! loads one (`check-config`, `serve`, `image`), each with a stderr line naming the bad key.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -148,6 +148,34 @@ fn usage_errors_exit_2() {
         dir.path().to_str().unwrap(),
     ]);
     assert_exit(&out, 2, &["nonce must be"], "attest --nonce zz");
+    // Bad values of `client job start`'s network flags, refused by clap before any connection
+    // (nothing listens at the socket), each naming its flag.
+    for (flag, value) in [
+        ("--publish", "80/sctp"),
+        ("--publish", "0"),
+        ("--ingress-rate", "10X"),
+        ("--egress-rate", "1.5"),
+    ] {
+        let out = run(&[
+            "client",
+            "--addr",
+            "unix:/nonexistent/agent.sock",
+            "job",
+            "start",
+            "--id",
+            "j",
+            "--image",
+            "busybox:latest",
+            flag,
+            value,
+        ]);
+        assert_exit(
+            &out,
+            2,
+            &[flag, value],
+            &format!("job start {flag} {value}"),
+        );
+    }
     // Help and version are not errors.
     assert_exit(&run(&["--help"]), 0, &[], "--help");
     assert_exit(&run(&["--version"]), 0, &[], "--version");

@@ -47,7 +47,7 @@ impl Agent {
         let toml = format!(
             "[api]\nlisten = []\nunix_socket = {socket:?}\nshutdown_grace_millis = {}\n\
              [state]\ndir = {state:?}\n{state_keys}[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n\
-             [jobs]\ncgroup_parent = \"fog-agent-it-image-{}-{n}\"\n{extra}",
+             [jobs]\ncgroup_parent = \"fog-agent-it-image-{}-{n}\"\nnetwork = \"none\"\n{extra}",
             GRACE.as_millis(),
             std::process::id(),
         );

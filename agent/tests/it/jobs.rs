@@ -22,8 +22,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 const RUNC: &str = "/usr/sbin/runc";
-const IMAGE: &str = "busybox:latest";
-const MIB: i64 = 1 << 20;
+pub(crate) const IMAGE: &str = "busybox:latest";
+pub(crate) const MIB: i64 = 1 << 20;
 
 /// CPU-heavy tests run one at a time (2 cores): a CPU measurement next to a fork bomb or a
 /// busy loop would measure the neighbour.
@@ -55,6 +55,9 @@ fn config_in(dir: &Path) -> Config {
     config.bench.run_on_start = false;
     config.jobs.cgroup_parent = unique("fog-agent-it");
     config.jobs.telemetry_interval_millis = 200;
+    // Jobs here need no network: the host's own network namespace is left alone (the
+    // networking tests run their agents in namespaces of their own).
+    config.jobs.network = fog_agent::config::JobNetwork::None;
     config.api.shutdown_grace_millis = 1000;
     config.metrics.enabled = false;
     config
@@ -65,7 +68,7 @@ fn options(config: &Config) -> DaemonOptions {
 }
 
 /// Writes the busybox layout and imports it through ImportImage.
-async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
+pub(crate) async fn import_busybox(client: &mut AgentClient<Channel>, dir: &Path) {
     let layout = dir.join("layout");
     if !layout.exists() {
         fog_agent::image::testing::busybox_layout(&layout, IMAGE).unwrap();
@@ -157,13 +160,13 @@ impl Harness {
 }
 
 /// Removes every container under a runtime root and every cgroup below a parent, on drop.
-struct Cleanup {
+pub(crate) struct Cleanup {
     runc_root: PathBuf,
     cgroup_parent: String,
 }
 
 impl Cleanup {
-    fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         Self {
             runc_root: config.jobs.dir_under(&config.state.dir).join(".runc"),
             cgroup_parent: config.jobs.cgroup_parent.clone(),
@@ -228,6 +231,7 @@ pub(crate) fn spec(id: &str, script: &str) -> pb::JobSpec {
             pids: 64,
             gpus: vec![],
             scratch_bytes: 0,
+            ..pb::JobResources::default()
         }),
         ..pb::JobSpec::default()
     }
@@ -259,7 +263,7 @@ pub(crate) async fn get(client: &mut AgentClient<Channel>, id: &str) -> pb::Job 
         .unwrap()
 }
 
-async fn stop(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
+pub(crate) async fn stop(client: &mut AgentClient<Channel>, id: &str) -> pb::Job {
     tokio::time::timeout(
         Duration::from_secs(30),
         client.stop_job(pb::StopJobRequest {
@@ -1061,7 +1065,7 @@ fn sigkill_of_the_agent_mid_job_and_restart_keep_the_job_and_its_counters() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path());
     let toml = format!(
-        "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = {:?}\ntelemetry_interval_millis = 200\n",
+        "[api]\nlisten = []\nunix_socket = {:?}\n[state]\ndir = {:?}\n[bench]\nrun_on_start = false\n[metrics]\nenabled = false\n[jobs]\ncgroup_parent = {:?}\ntelemetry_interval_millis = 200\nnetwork = \"none\"\n",
         config.api.unix_socket, config.state.dir, config.jobs.cgroup_parent
     );
     let config_path = dir.path().join("agent.toml");

@@ -14,7 +14,7 @@ pub(crate) const NO_TPM_TCTI: &str = "swtpm:host=127.0.0.1,port=1";
 
 /// The config of a daemon in `dir` serving mutual TLS on a loopback port with the
 /// development certificates written to `dir/certs`, its admin socket and state in `dir`,
-/// metrics on a loopback port, no TPM and no benchmark run at start.
+/// metrics on a loopback port, no TPM, no benchmark run at start and no job network.
 pub(crate) fn mtls_config(dir: &Path) -> fog_agent::config::Config {
     let mut config = fog_agent::config::Config::default();
     config.api.listen = vec!["127.0.0.1:0".parse().unwrap()];
@@ -27,6 +27,7 @@ pub(crate) fn mtls_config(dir: &Path) -> fog_agent::config::Config {
     config.metrics.listen = "127.0.0.1:0".parse().unwrap();
     config.tpm.tcti = NO_TPM_TCTI.into();
     config.bench.run_on_start = false;
+    config.jobs.network = fog_agent::config::JobNetwork::None;
     config
 }
 

@@ -43,6 +43,21 @@ pub(super) fn capacity_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result
         c.disk_bytes,
         1.0,
     )?;
+    // Bytes, Prometheus' base unit, where the API counts bits.
+    resource(
+        w,
+        "fog_capacity_network_ingress_bytes_per_second",
+        "Network rate into jobs offered to the market by state (allocated: jobs' ingress limits).",
+        c.network_ingress_bits_per_second,
+        1.0 / 8.0,
+    )?;
+    resource(
+        w,
+        "fog_capacity_network_egress_bytes_per_second",
+        "Network rate out of jobs offered to the market by state (allocated: jobs' egress limits).",
+        c.network_egress_bits_per_second,
+        1.0 / 8.0,
+    )?;
     let mut gpus = Series::default();
     for state in ["free", "reserved", "allocated"] {
         let count = c

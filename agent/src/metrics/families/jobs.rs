@@ -1,9 +1,10 @@
-//! `fog_job_*` families: each job's state, cgroup figures and GPU use; `fog_state_*`: the state
-//! filesystem's headroom the job runner keeps.
+//! `fog_job_*` families: each job's state, cgroup figures, GPU use and network traffic;
+//! `fog_state_*`: the state filesystem's headroom the job runner keeps.
 
 use std::fmt;
 
-use super::{l1, Series, Snapshot, Writer};
+use super::{l1, Labels, Series, Snapshot, Writer};
+use crate::net::NetCounters;
 
 /// `fog_state_filesystem_*` and `fog_state_unsaved_job_records` (absent without a job runner).
 pub(super) fn state_disk_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
@@ -57,6 +58,7 @@ pub(super) fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
     let mut gpu_seconds = Series::default();
     let mut gpu_memory = Series::default();
     let mut gpu_sm = Series::default();
+    let mut network = NetworkSeries::default();
     let num = |v: Option<u64>| v.map(|v| v as f64);
     for job in &s.jobs {
         let id = || l1("job_id", job.job_id.clone());
@@ -83,6 +85,9 @@ pub(super) fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
             let labels = || vec![("job_id", job.job_id.clone()), ("pci_bus_id", bus.clone())];
             gpu_memory.push_opt(labels(), num(*memory));
             gpu_sm.push_opt(labels(), *sm);
+        }
+        if let Some(counters) = job.network {
+            network.push(id(), counters);
         }
     }
     w.gauge("fog_job_info", "1 per job, with its state.", info)?;
@@ -125,5 +130,51 @@ pub(super) fn job_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
         "fog_job_gpu_sm_utilization_ratio",
         "Share of the GPU's SMs the job's processes kept busy since the previous sample.",
         gpu_sm,
-    )
+    )?;
+    network.write(w)
+}
+
+/// The four `fog_job_network_*` counters, one series per job with a network.
+#[derive(Default)]
+struct NetworkSeries {
+    receive_bytes: Series,
+    receive_packets: Series,
+    transmit_bytes: Series,
+    transmit_packets: Series,
+}
+
+impl NetworkSeries {
+    fn push(&mut self, labels: Labels, counters: NetCounters) {
+        self.receive_bytes
+            .push(labels.clone(), counters.in_bytes as f64);
+        self.receive_packets
+            .push(labels.clone(), counters.in_packets as f64);
+        self.transmit_bytes
+            .push(labels.clone(), counters.out_bytes as f64);
+        self.transmit_packets
+            .push(labels, counters.out_packets as f64);
+    }
+
+    fn write(self, w: &mut Writer<'_>) -> fmt::Result {
+        w.counter(
+            "fog_job_network_receive_bytes",
+            "Bytes the job received over its network.",
+            self.receive_bytes,
+        )?;
+        w.counter(
+            "fog_job_network_transmit_bytes",
+            "Bytes the job sent over its network.",
+            self.transmit_bytes,
+        )?;
+        w.counter(
+            "fog_job_network_receive_packets",
+            "Packets the job received over its network.",
+            self.receive_packets,
+        )?;
+        w.counter(
+            "fog_job_network_transmit_packets",
+            "Packets the job sent over its network.",
+            self.transmit_packets,
+        )
+    }
 }

@@ -61,6 +61,7 @@ fn snapshot() -> Snapshot {
             cpu_millicores: Some(2000),
             memory_bytes: Some(1000),
             disk_bytes: Some(1000),
+            network_bits_per_second: Some(8_000_000_000),
             gpus: vec![
                 GpuTotal {
                     pci_bus_id: "0000:01:00.0".into(),
@@ -78,6 +79,7 @@ fn snapshot() -> Snapshot {
     );
     ledger.set_allocations(Allocations {
         gpus: BTreeMap::from([("0000:01:00.0".into(), "job-7".into())]),
+        network_egress_bits_per_second: 800_000_000,
         ..Allocations::default()
     });
     Snapshot {
@@ -120,6 +122,12 @@ fn snapshot() -> Snapshot {
             cpu_seconds: Some(12.5),
             gpu_seconds: vec![("0000:01:00.0".into(), 30.25)],
             gpu_now: vec![("0000:01:00.0".into(), Some(1 << 30), Some(0.4))],
+            network: Some(crate::net::NetCounters {
+                in_bytes: 5000,
+                in_packets: 50,
+                out_bytes: 700,
+                out_packets: 7,
+            }),
             ..JobMetrics::default()
         }],
         state_disk: Some(crate::jobs::StateDiskMetrics {
@@ -185,6 +193,15 @@ fn prometheus_text_has_node_exporter_names_and_values() {
         "fog_job_gpu_sm_utilization_ratio{job_id=\"job-7\",pci_bus_id=\"0000:01:00.0\"} 0.4",
         "fog_capacity_gpus{state=\"allocated\"} 1.0",
         "fog_capacity_cpu_cores{state=\"total\"} 2.0",
+        "fog_job_network_receive_bytes_total{job_id=\"job-7\"} 5000.0",
+        "fog_job_network_receive_packets_total{job_id=\"job-7\"} 50.0",
+        "fog_job_network_transmit_bytes_total{job_id=\"job-7\"} 700.0",
+        "fog_job_network_transmit_packets_total{job_id=\"job-7\"} 7.0",
+        "# TYPE fog_job_network_receive_bytes_total counter",
+        "fog_capacity_network_ingress_bytes_per_second{state=\"total\"} 1000000000.0",
+        "fog_capacity_network_ingress_bytes_per_second{state=\"reserved\"} 0.0",
+        "fog_capacity_network_egress_bytes_per_second{state=\"allocated\"} 100000000.0",
+        "fog_capacity_network_egress_bytes_per_second{state=\"free\"} 900000000.0",
         "fog_benchmark_result{id=\"cpu.fma.f32\",device=\"cpu\",metric=\"gflops\",unit=\"GFLOP/s\"} 123.5",
         "fog_benchmark_state{state=\"done\"} 1.0",
         "fog_attestation_requests_total{operation=\"quote\",result=\"error\"} 2.0",
@@ -220,6 +237,15 @@ fn prometheus_text_has_node_exporter_names_and_values() {
 }
 
 #[test]
+fn a_job_without_a_network_has_no_network_series() {
+    let mut s = snapshot();
+    s.jobs[0].network = None;
+    let text = render(s, Format::PrometheusText).unwrap();
+    assert!(text.contains("fog_job_cpu_seconds_total{job_id=\"job-7\"}"));
+    assert!(!text.contains("fog_job_network"), "{text}");
+}
+
+#[test]
 fn openmetrics_ends_with_eof_and_suffixes_counters() {
     let text = render(snapshot(), Format::OpenMetrics).unwrap();
     assert!(text.ends_with("# EOF\n"));
@@ -238,6 +264,7 @@ fn missing_parts_are_left_out_not_zero() {
     assert!(!text.contains("node_"));
     assert!(!text.contains("fog_benchmark"));
     assert!(!text.contains("fog_job_cpu"));
+    assert!(!text.contains("fog_job_network"));
     assert!(!text.contains("fog_state_"));
     assert!(text.contains("fog_capacity_memory_bytes{state=\"free\"}"));
 }
