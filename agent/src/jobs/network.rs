@@ -138,3 +138,8 @@ impl JobManager {
 pub(super) fn traffic(record: &JobRecord) -> Option<NetCounters> {
     NetCounters::of_job(&record.network.as_ref()?.host_interface)
 }
+
+/// As [`traffic`], from a `/proc/net/dev` table read once per telemetry tick.
+pub(super) fn traffic_in(table: Option<&str>, record: &JobRecord) -> Option<NetCounters> {
+    NetCounters::of_job_in(table?, &record.network.as_ref()?.host_interface)
+}

@@ -177,6 +177,12 @@ impl JobManager {
         }
         let mut ended = Vec::new();
         let mut samples = Vec::new();
+        // One read of the interfaces' counters for every networked job of this tick.
+        let interfaces = jobs
+            .iter()
+            .any(|(_, record, _)| record.network.is_some())
+            .then(crate::net::counters::read_proc_net_dev)
+            .flatten();
         for (id, record, scratch_limit) in jobs {
             let dir = self.job_dir(&id);
             if dir.join(shim::EXIT_FILE).exists() || !self.supervisor.alive(&id, &dir) {
@@ -210,7 +216,7 @@ impl JobManager {
                 stats,
                 scratch_used_bytes,
                 gpus: gpu_used.iter().map(|f| f.now.clone()).collect(),
-                network: super::network::traffic(&record),
+                network: super::network::traffic_in(interfaces.as_deref(), &record),
             };
             samples.push((id, record, scratch_limit, sample, gpu_used, over_inodes));
         }

@@ -30,8 +30,12 @@ impl NetCounters {
     /// `/proc/net/dev` (the agent's own network namespace, whatever `/sys` shows); `None`
     /// when it is gone.
     pub fn of_job(host_interface: &str) -> Option<Self> {
-        let table = std::fs::read_to_string("/proc/net/dev").ok()?;
-        Self::from_proc_net_dev(&table, host_interface)
+        Self::from_proc_net_dev(&read_proc_net_dev()?, host_interface)
+    }
+
+    /// As [`Self::of_job`], from a table read once for many jobs ([`read_proc_net_dev`]).
+    pub fn of_job_in(table: &str, host_interface: &str) -> Option<Self> {
+        Self::from_proc_net_dev(table, host_interface)
     }
 
     /// An interface's row of a `/proc/net/dev` table, seen from the job's side.
@@ -54,6 +58,11 @@ impl NetCounters {
             out_packets: *figures.get(1)?,
         })
     }
+}
+
+/// The agent's network namespace's `/proc/net/dev` table (one read serves every job).
+pub fn read_proc_net_dev() -> Option<String> {
+    std::fs::read_to_string("/proc/net/dev").ok()
 }
 
 #[cfg(test)]
