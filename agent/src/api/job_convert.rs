@@ -37,6 +37,7 @@ macro_rules! convert_spec {
                 scratch_bytes: r.scratch_bytes,
                 ingress_bits_per_second: r.ingress_bits_per_second,
                 egress_bits_per_second: r.egress_bits_per_second,
+                shm_bytes: r.shm_bytes,
             }),
             time_limit_millis: spec.time_limit_millis,
             labels: spec.labels.clone().into_iter().collect(),

@@ -127,6 +127,9 @@ pub enum JobQuery {
         /// Scratch space (`"1 GiB"` or bytes).
         #[arg(long, default_value = "0", value_parser = crate::config::parse_size)]
         scratch: u64,
+        /// Size of `/dev/shm` (`"2 GiB"` or bytes), charged to `--memory`; 0 = half of it.
+        #[arg(long, default_value = "0", value_parser = crate::config::parse_size)]
+        shm: u64,
         /// Publish a container port on a host port the agent picks (repeatable; TCP unless
         /// `/udp`); `job get` shows `host_address:host_port -> port/proto`.
         #[arg(long = "publish", value_name = "PORT[/tcp|/udp]", value_parser = parse_publish)]
@@ -467,6 +470,7 @@ async fn job_query(
             pids,
             gpus,
             scratch,
+            shm,
             publish,
             ingress_rate,
             egress_rate,
@@ -490,6 +494,7 @@ async fn job_query(
                     scratch_bytes: to_i64("--scratch", *scratch)?,
                     ingress_bits_per_second: *ingress_rate,
                     egress_bits_per_second: *egress_rate,
+                    shm_bytes: to_i64("--shm", *shm)?,
                 }),
                 time_limit_millis: *time_limit_millis,
                 ports: publish.clone(),

@@ -4,11 +4,14 @@
 //! What the spec says, and why:
 //! - root: the image's unpacked rootfs, shared by every job of that image, mounted read-only.
 //!   (runc creates missing mount points such as `/scratch` in it once; they stay empty.)
-//! - mounts: only the minimal ones: `/proc`, `/dev` (tmpfs), `/dev/pts`, `/dev/shm` (tmpfs,
-//!   64 MiB), `/dev/mqueue`, `/sys` read-only, and the job's own scratch dir read-write at
-//!   [`SCRATCH_MOUNT`]. No writable host path other than the scratch dir is mounted; a job without
-//!   scratch (`scratch_bytes = 0`) gets an empty read-only tmpfs there, so it has no writable
-//!   host path at all (the tmpfs mounts hold memory, charged to its memory limit).
+//! - mounts: only the minimal ones: `/proc`, `/dev` (tmpfs), `/dev/pts`, `/dev/shm` (tmpfs of
+//!   `shm_bytes`, by default half the memory limit), `/dev/mqueue`, `/sys` read-only, [`TMP_MOUNT`]
+//!   (a writable tmpfs of at most the memory limit; `HOME` unless the image or spec sets it),
+//!   and the job's own scratch dir read-write at [`SCRATCH_MOUNT`]. No writable host path other
+//!   than the scratch dir is mounted; a job without scratch (`scratch_bytes = 0`) gets an empty
+//!   read-only tmpfs there, so it has no writable host path at all. What the tmpfs mounts hold
+//!   is memory charged to the job's cgroup (the kernel charges a tmpfs page to the writer's
+//!   cgroup), so a job filling `/tmp` meets its memory limit and the OOM killer, not the host's.
 //! - namespaces: pid, ipc, uts, mount, and network: the job's own namespace attached by
 //!   [`crate::net`] (joined by path, as containerd does), with its `resolv.conf` and `hosts`
 //!   bind-mounted read-only from the job dir; with `[jobs] network = "none"` a fresh
@@ -40,8 +43,12 @@ use crate::fsroot::FsRoot;
 
 /// Where the job's scratch dir is mounted in the container.
 pub const SCRATCH_MOUNT: &str = "/scratch";
+/// The job's writable tmpfs (and its default `HOME`).
+pub const TMP_MOUNT: &str = "/tmp";
 /// CFS period in microseconds.
 pub const CPU_PERIOD_MICROS: u64 = 100_000;
+/// The smallest tmpfs size given (a `size=0` tmpfs would be unlimited).
+const PAGE: u64 = 4096;
 /// Major number of NVIDIA's character devices.
 const NVIDIA_MAJOR: i64 = 195;
 
@@ -201,7 +208,27 @@ pub fn runtime_spec(
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "mode=1777",
+                &format!("size={}", r.shm_size().max(PAGE)),
+            ],
+        )?,
+        mount(
+            TMP_MOUNT,
+            "tmpfs",
+            "tmpfs",
+            &[
+                "nosuid",
+                "nodev",
+                "mode=1777",
+                &format!(
+                    "size={}",
+                    u64::try_from(r.memory_bytes).unwrap_or(0).max(PAGE)
+                ),
+            ],
         )?,
         mount(
             "/dev/mqueue",
@@ -506,6 +533,40 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&"ro".into()));
+    }
+
+    /// The options of the mount at `dest`.
+    fn mount_options(spec: &Spec, dest: &str) -> Vec<String> {
+        let v = serde_json::to_value(spec).unwrap();
+        let mount = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == dest)
+            .unwrap_or_else(|| panic!("no mount at {dest}"))
+            .clone();
+        assert_eq!(mount["type"], "tmpfs", "{dest}");
+        serde_json::from_value(mount["options"].clone()).unwrap()
+    }
+
+    #[test]
+    fn tmp_is_writable_and_shm_is_sized_by_the_job() {
+        let mut job = job();
+        let spec = runtime_spec(&job, None, "/fog-agent/j1", &[], None).unwrap();
+        let tmp = mount_options(&spec, TMP_MOUNT);
+        assert!(!tmp.contains(&"ro".to_owned()), "{tmp:?}");
+        assert!(tmp.contains(&"mode=1777".to_owned()), "{tmp:?}");
+        assert!(tmp.contains(&format!("size={}", 64 << 20)), "{tmp:?}");
+        let shm = mount_options(&spec, "/dev/shm");
+        assert!(
+            shm.contains(&format!("size={}", 32 << 20)),
+            "half the memory: {shm:?}"
+        );
+
+        job.spec.resources.shm_bytes = 48 << 20;
+        let spec = runtime_spec(&job, None, "/fog-agent/j1", &[], None).unwrap();
+        let shm = mount_options(&spec, "/dev/shm");
+        assert!(shm.contains(&format!("size={}", 48 << 20)), "{shm:?}");
     }
 
     #[test]

@@ -127,6 +127,26 @@ pub struct Resources {
     pub ingress_bits_per_second: i64,
     /// Traffic out of the job, bits per second; 0 = not limited.
     pub egress_bits_per_second: i64,
+    /// `/dev/shm` bytes; 0 = [`default_shm_bytes`].
+    pub shm_bytes: i64,
+}
+
+impl Resources {
+    /// The size of the job's `/dev/shm`: `shm_bytes`, or [`default_shm_bytes`] when 0.
+    pub fn shm_size(&self) -> u64 {
+        let bytes = if self.shm_bytes == 0 {
+            default_shm_bytes(self.memory_bytes)
+        } else {
+            self.shm_bytes
+        };
+        u64::try_from(bytes).unwrap_or(0)
+    }
+}
+
+/// The `/dev/shm` size of a job that names none: half its memory (its pages are charged to the
+/// memory limit anyway; PyTorch's DataLoader workers and NCCL need far more than Docker's 64 MiB).
+pub fn default_shm_bytes(memory_bytes: i64) -> i64 {
+    memory_bytes / 2
 }
 
 /// An image as jobs need it (what the image store records).
@@ -514,11 +534,27 @@ pub fn validate(
             0,
             "must not be negative".to_owned(),
         ),
+        (
+            "resources.shm_bytes",
+            r.shm_bytes,
+            0,
+            "must not be negative".to_owned(),
+        ),
     ];
     for (field, value, lowest, rule) in bounds {
         if value < lowest {
             return Err(invalid(field, format!("{rule}, got {value}")));
         }
+    }
+    if r.shm_bytes > r.memory_bytes {
+        return Err(invalid(
+            "resources.shm_bytes",
+            format!(
+                "{} is more than resources.memory_bytes ({}): what /dev/shm holds is memory \
+                 charged to the job",
+                r.shm_bytes, r.memory_bytes
+            ),
+        ));
     }
     if r.pids > pid_max {
         return Err(invalid(
@@ -613,8 +649,11 @@ pub fn validate(
     } else {
         spec.working_dir.clone()
     };
-    let mut base_env =
-        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+    // The root is read-only: HOME is the writable `/tmp` unless the image or the spec says.
+    let mut base_env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        format!("HOME={}", super::bundle::TMP_MOUNT),
+    ];
     base_env.extend(image.env.iter().cloned());
     let env = merge_env(&base_env, &spec.env);
     let user = parse_user(image.user.as_deref());
@@ -693,11 +732,15 @@ mod tests {
         .unwrap();
         assert_eq!(job.args, ["/bin/sh"]);
         assert_eq!(job.cwd, "/");
-        assert_eq!(job.env, ["PATH=/bin", "A=1"]);
+        assert_eq!(
+            job.env,
+            ["HOME=/tmp", "PATH=/bin", "A=1"],
+            "HOME is the writable /tmp"
+        );
         assert_eq!(job.time_limit, Duration::from_millis(86_400_000));
         let mut spec = good();
         spec.command = vec!["sleep".into()];
-        spec.env = vec!["A=2".into()];
+        spec.env = vec!["A=2".into(), "HOME=/scratch".into()];
         spec.resources.gpus = vec!["gpu-ABC".into()];
         let job = validate(
             &spec,
@@ -712,7 +755,11 @@ mod tests {
             ["sleep"],
             "command without args drops the image cmd"
         );
-        assert_eq!(job.env, ["PATH=/bin", "A=2"]);
+        assert_eq!(
+            job.env,
+            ["PATH=/bin", "A=2", "HOME=/scratch"],
+            "the spec's HOME wins"
+        );
         assert_eq!(job.gpus, ["0000:01:00.0"]);
     }
 
@@ -757,6 +804,14 @@ mod tests {
             (
                 "resources.scratch_bytes",
                 Box::new(|s| s.resources.scratch_bytes = -5),
+            ),
+            (
+                "resources.shm_bytes",
+                Box::new(|s| s.resources.shm_bytes = -1),
+            ),
+            (
+                "resources.shm_bytes",
+                Box::new(|s| s.resources.shm_bytes = s.resources.memory_bytes + 1),
             ),
             (
                 "resources.gpus[0]",
