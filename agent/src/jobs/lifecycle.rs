@@ -176,6 +176,8 @@ impl JobManager {
         match launched {
             Ok(None) => {
                 let view = self.mark_running(&id, "container running")?;
+                // Its time limit is a new deadline for the telemetry thread.
+                self.wake_sampler();
                 Ok((view, true))
             }
             Ok(Some(exit)) => {
@@ -451,16 +453,20 @@ impl JobManager {
             outcome(exit.as_ref(), current.record.stop_cause, why, message);
         let mut usage = current.usage;
         if let Some(started) = started_at {
+            let ran = finished_at.saturating_sub(started);
             usage.duration_millis = usage
                 .duration_millis
-                .max(finished_at.saturating_sub(started));
+                .max(super::sampler::billed_millis(&current.record, ran));
         }
-        if let Some(cpu) = exit.as_ref().and_then(|e| e.cpu_usage_nanos) {
-            usage.cpu_nanos = usage.cpu_nanos.max(cpu);
-        }
-        // The last traffic counts, read before the detach removes the interface.
-        if let Some(traffic) = super::network::traffic(&current.record) {
-            usage.network = usage.network.max(traffic);
+        // Stopped at its time limit: the counters stay as the limit's tick left them.
+        if current.record.stop_cause != Some(Termination::TimeLimit) {
+            if let Some(cpu) = exit.as_ref().and_then(|e| e.cpu_usage_nanos) {
+                usage.cpu_nanos = usage.cpu_nanos.max(cpu);
+            }
+            // The last traffic counts, read before the detach removes the interface.
+            if let Some(traffic) = super::network::traffic(&current.record) {
+                usage.network = usage.network.max(traffic);
+            }
         }
         usage.updated_at_millis = now;
         self.records.store_usage(&[(id.to_owned(), usage.clone())]);
@@ -613,8 +619,31 @@ impl JobManager {
     }
 }
 
+/// How a process ended, for a job's message: `exit code 3`, `exit code 137 (signal 9)`.
+fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(code @ 129..=192) => format!("exit code {code} (signal {})", code - 128),
+        Some(code) => format!("exit code {code}"),
+        None => "no exit code recorded".to_owned(),
+    }
+}
+
+/// Why a stop was asked for, for a job's message.
+fn stop_text(cause: Termination) -> &'static str {
+    match cause {
+        Termination::StopRequested => "stopped on request (StopJob)",
+        Termination::TimeLimit => "stopped at its time limit",
+        Termination::ScratchLimit => "stopped: its scratch space grew past resources.scratch_bytes",
+        Termination::Exited
+        | Termination::OomKilled
+        | Termination::StartFailed
+        | Termination::Lost => "stopped",
+    }
+}
+
 /// The final state, termination, exit code and message of a job, from its exit record (or
-/// `why` and `message` when there is none) and the cause of a stop, if one was asked for.
+/// `why` and `message` when there is none) and the cause of a stop, if one was asked for. The
+/// message always explains this last transition.
 fn outcome(
     exit: Option<&ExitRecord>,
     stop_cause: Option<Termination>,
@@ -626,7 +655,10 @@ fn outcome(
             JobState::Failed,
             Termination::StartFailed,
             None,
-            e.error.clone().unwrap_or_default(),
+            e.error
+                .clone()
+                .filter(|error| !error.is_empty())
+                .unwrap_or_else(|| "the container could not be started".to_owned()),
         ),
         Some(e) if e.oom_kills.unwrap_or(0) > 0 => (
             JobState::Failed,
@@ -638,18 +670,26 @@ fn outcome(
             ),
         ),
         Some(e) => match stop_cause {
-            Some(cause) => (JobState::Stopped, cause, e.exit_code, String::new()),
+            Some(cause) => (
+                JobState::Stopped,
+                cause,
+                e.exit_code,
+                format!("{}; {}", stop_text(cause), exit_text(e.exit_code)),
+            ),
             None if e.exit_code == Some(0) => (
                 JobState::Succeeded,
                 Termination::Exited,
                 e.exit_code,
-                String::new(),
+                "exited on its own with exit code 0".to_owned(),
             ),
             None => (
                 JobState::Failed,
                 Termination::Exited,
                 e.exit_code,
-                e.error.clone().unwrap_or_default(),
+                match e.error.as_deref().filter(|error| !error.is_empty()) {
+                    Some(error) => error.to_owned(),
+                    None => format!("exited on its own with {}", exit_text(e.exit_code)),
+                },
             ),
         },
         // Stopped as asked, but the shim could not record the exit (e.g. on a full disk).

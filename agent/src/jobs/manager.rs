@@ -108,8 +108,9 @@ pub struct JobManager {
     pub(super) gpus: Mutex<Vec<GpuIdentity>>,
     /// What the telemetry tick keeps between ticks; touched only by the tick and recovery.
     pub(super) sampler: Mutex<SamplerState>,
-    /// Dropped by [`Self::shutdown`] to end the telemetry thread.
-    pub(super) sampler_stop: Mutex<Option<mpsc::Sender<()>>>,
+    /// Wakes the telemetry thread to look at the deadlines again; dropped by
+    /// [`Self::shutdown`] to end it.
+    pub(super) sampler_wake: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl std::fmt::Debug for JobManager {
@@ -195,7 +196,7 @@ impl JobManager {
             ending: Mutex::new(HashMap::new()),
             gpus: Mutex::new(Vec::new()),
             sampler: Mutex::new(SamplerState::default()),
-            sampler_stop: Mutex::new(None),
+            sampler_wake: Mutex::new(None),
         });
         manager.records.read(|t| manager.publish(t));
         manager.recover()?;
@@ -398,7 +399,7 @@ impl JobManager {
     /// Stops the telemetry thread (running jobs keep running; a restarted agent finds them).
     pub fn shutdown(&self) {
         // Dropping the sender wakes the thread at once.
-        lock(&self.sampler_stop).take();
+        lock(&self.sampler_wake).take();
     }
 }
 

@@ -8,15 +8,21 @@
 //!
 //! A job over a limit gets `stopping` and SIGTERM in the tick; its SIGKILL, after
 //! [`super::manager::DEFAULT_STOP_GRACE`], comes from a later tick ([`SamplerState::kill_at`]): no thread per
-//! stop, and the tick never waits for a job to end.
+//! stop, and the tick never waits for a job to end. The thread also wakes for a tick at the
+//! earliest time limit or due SIGKILL ([`JobManager::next_deadline`]; a start wakes it to
+//! look again), so a limit is enforced when it passes, not at the next regular tick.
+//!
+//! Usage stops counting at a job's time limit: its duration is never more than the limit, and
+//! once it is being stopped for the limit its counters no longer advance (the stop grace is
+//! the host's courtesy, not the buyer's to pay).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::manager::JobManager;
-use super::model::{JobGpuSample, JobRecord, JobState, Sample, Termination};
+use super::model::{JobGpuSample, JobRecord, JobState, Sample, Termination, Usage};
 use super::records::lock;
 use super::shim;
 use crate::cgroup::{self, CgroupStats};
@@ -25,6 +31,9 @@ use crate::gpu::accounting as gpu_usage;
 
 /// The scratch dir's size is measured every this many telemetry ticks.
 const SCRATCH_EVERY_TICKS: u64 = 5;
+/// Least time between two ticks woken by deadlines (a deadline the tick could not clear, say
+/// a stop it could not record, must not spin the thread).
+const MIN_TICK_GAP: Duration = Duration::from_millis(50);
 
 /// What the tick keeps from one round to the next.
 #[derive(Debug, Default)]
@@ -234,37 +243,14 @@ impl JobManager {
                 };
                 let usage = &mut entry.view.usage;
                 if let Some(started) = record.started_at_millis {
-                    usage.duration_millis =
-                        usage.duration_millis.max(now_ms.saturating_sub(started));
+                    usage.duration_millis = usage
+                        .duration_millis
+                        .max(billed_millis(&record, now_ms.saturating_sub(started)));
                 }
-                if let Some(cpu) = sample.stats.cpu_usage_nanos {
-                    usage.cpu_nanos = usage.cpu_nanos.max(cpu);
-                }
-                if let Some(traffic) = sample.network {
-                    usage.network = usage.network.max(traffic);
-                }
-                if let (Some(mem), Some(prev)) =
-                    (sample.stats.memory_usage_bytes, entry.last_sample_at)
-                {
-                    let dt_ms = now.duration_since(prev).as_millis();
-                    let add = u128::from(mem) * dt_ms / (1 << 20);
-                    usage.memory_mib_millis = usage
-                        .memory_mib_millis
-                        .saturating_add(u64::try_from(add).unwrap_or(u64::MAX));
-                }
-                if !gpu_used.is_empty() {
-                    let mut notes = Vec::new();
-                    for figures in gpu_used {
-                        let gpu = figures.now.pci_bus_id;
-                        match figures.held_millis {
-                            Ok(ms) => {
-                                let slot = usage.gpu_millis.entry(gpu).or_insert(0);
-                                *slot = (*slot).max(ms);
-                            }
-                            Err(note) => notes.push(format!("{gpu}: {note}")),
-                        }
-                    }
-                    usage.gpu_note = notes.join("; ");
+                // Past the time limit: a sample for the watchers, nothing more to pay.
+                if record.stop_cause != Some(Termination::TimeLimit) {
+                    let held_for = entry.last_sample_at.map(|prev| now.duration_since(prev));
+                    advance(usage, &sample, gpu_used, held_for);
                 }
                 usage.updated_at_millis = now_ms;
                 entry.last_sample_at = Some(now);
@@ -301,35 +287,121 @@ impl JobManager {
         self.forget_expired(now_ms);
     }
 
-    /// Starts the telemetry thread: [`Self::tick`] every `[jobs] telemetry_interval_millis`
-    /// until [`Self::shutdown`] (which wakes it at once: it sleeps on a channel).
+    /// When the next tick is due for a deadline rather than the cadence: the earliest time
+    /// limit of a running job or due SIGKILL.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let now_ms = shim::now_millis();
+        let limit = self.records.read(|t| {
+            t.jobs
+                .values()
+                .filter(|e| e.view.record.state == JobState::Running)
+                .filter_map(|e| {
+                    let record = &e.view.record;
+                    let end = record
+                        .started_at_millis?
+                        .saturating_add(record.time_limit_millis);
+                    Some(now + Duration::from_millis(end.saturating_sub(now_ms)))
+                })
+                .min()
+        });
+        let kill = lock(&self.sampler).kill_at.values().min().copied();
+        limit.into_iter().chain(kill).min()
+    }
+
+    /// Has the telemetry thread look at the deadlines again (a job started).
+    pub(super) fn wake_sampler(&self) {
+        if let Some(wake) = lock(&self.sampler_wake).as_ref() {
+            // A thread that is gone needs no waking.
+            let _ = wake.send(());
+        }
+    }
+
+    /// Starts the telemetry thread: [`Self::tick`] every `[jobs] telemetry_interval_millis`,
+    /// and at each deadline ([`Self::next_deadline`]), until [`Self::shutdown`] (which wakes it
+    /// at once: it sleeps on a channel, whose sender [`Self::wake_sampler`] also uses).
     pub fn spawn_sampler(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        *lock(&self.sampler_stop) = Some(stop_tx);
+        let (wake_tx, wake_rx) = mpsc::channel::<()>();
+        *lock(&self.sampler_wake) = Some(wake_tx);
         let manager = Arc::downgrade(self);
         let interval = self.config.telemetry_interval();
         std::thread::Builder::new()
             .name("job-telemetry".into())
             .spawn(move || {
                 let mut next = Instant::now() + interval;
+                let mut last_tick = Instant::now();
                 loop {
-                    let wait = next.saturating_duration_since(Instant::now());
-                    match stop_rx.recv_timeout(wait) {
+                    let Some(deadline) = manager.upgrade().map(|m| m.next_deadline()) else {
+                        return;
+                    };
+                    let wake_at =
+                        deadline.map_or(next, |at| at.max(last_tick + MIN_TICK_GAP).min(next));
+                    match wake_rx.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        // Shut down (the sender dropped), or a stray message: stop either way.
-                        _ => return,
+                        // Woken: the deadlines changed.
+                        Ok(()) => continue,
+                        // Shut down (the sender dropped).
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                     let now = Instant::now();
-                    next += interval;
-                    if next < now {
-                        next = now + interval;
+                    if now >= next {
+                        next += interval;
+                        if next < now {
+                            next = now + interval;
+                        }
                     }
                     let Some(manager) = manager.upgrade() else {
                         return;
                     };
                     manager.tick();
+                    last_tick = Instant::now();
                 }
             })
+    }
+}
+
+/// Advances a job's counters by one sample (`held_for`: the time since the previous sample,
+/// over which its memory in use counts).
+fn advance(
+    usage: &mut Usage,
+    sample: &Sample,
+    gpu_used: Vec<GpuFigures>,
+    held_for: Option<Duration>,
+) {
+    if let Some(cpu) = sample.stats.cpu_usage_nanos {
+        usage.cpu_nanos = usage.cpu_nanos.max(cpu);
+    }
+    if let Some(traffic) = sample.network {
+        usage.network = usage.network.max(traffic);
+    }
+    if let (Some(mem), Some(held_for)) = (sample.stats.memory_usage_bytes, held_for) {
+        let add = u128::from(mem) * held_for.as_millis() / (1 << 20);
+        usage.memory_mib_millis = usage
+            .memory_mib_millis
+            .saturating_add(u64::try_from(add).unwrap_or(u64::MAX));
+    }
+    if !gpu_used.is_empty() {
+        let mut notes = Vec::new();
+        for figures in gpu_used {
+            let gpu = figures.now.pci_bus_id;
+            match figures.held_millis {
+                Ok(ms) => {
+                    let slot = usage.gpu_millis.entry(gpu).or_insert(0);
+                    *slot = (*slot).max(ms);
+                }
+                Err(note) => notes.push(format!("{gpu}: {note}")),
+            }
+        }
+        usage.gpu_note = notes.join("; ");
+    }
+}
+
+/// The running time a job is billed for after `ran_millis`: never past its time limit (none
+/// in records older than the field).
+pub(super) fn billed_millis(record: &JobRecord, ran_millis: u64) -> u64 {
+    match record.time_limit_millis {
+        0 => ran_millis,
+        limit => ran_millis.min(limit),
     }
 }
 
@@ -342,7 +414,7 @@ fn over_limit(
 ) -> Option<Termination> {
     let over_time = record
         .started_at_millis
-        .is_some_and(|s| now_ms.saturating_sub(s) > record.time_limit_millis);
+        .is_some_and(|s| now_ms.saturating_sub(s) >= record.time_limit_millis);
     let over_scratch = sample
         .scratch_used_bytes
         .is_some_and(|used| used > u64::try_from(scratch_limit).unwrap_or(0));

@@ -155,6 +155,7 @@ fn a_job_starts_runs_and_its_exit_is_recorded_with_its_events() {
     assert_eq!(view.record.state, JobState::Failed);
     assert_eq!(view.record.termination, Some(Termination::Exited));
     assert_eq!(view.record.exit_code, Some(3));
+    assert_eq!(view.record.message, "exited on its own with exit code 3");
     assert_eq!(view.usage.cpu_nanos, 1_000);
     match events.try_recv().unwrap() {
         JobEvent::Changed(view) => assert_eq!(view.record.state, JobState::Failed),
@@ -219,6 +220,42 @@ fn the_tick_stops_a_job_at_its_time_limit_and_kills_it_after_the_grace() {
     assert_eq!(view.record.state, JobState::Stopped);
     assert_eq!(view.record.termination, Some(Termination::TimeLimit));
     assert_eq!(view.record.exit_code, Some(137));
+    assert_eq!(
+        view.record.message,
+        "stopped at its time limit; exit code 137 (signal 9)"
+    );
+    assert_eq!(
+        view.usage.duration_millis, 100,
+        "billed up to the limit, not through the grace"
+    );
+}
+
+#[test]
+fn a_job_that_ends_on_its_own_says_so_in_its_message() {
+    let rig = Rig::new();
+    let jobs = rig.open();
+    let (view, _) = jobs.start(&spec("done")).unwrap();
+    assert_eq!(view.record.message, "container running");
+    rig.fake.exit("done", 0);
+    let view = wait_until(&jobs, "done", ended);
+    assert_eq!(view.record.state, JobState::Succeeded);
+    assert_eq!(view.record.message, "exited on its own with exit code 0");
+}
+
+#[test]
+fn the_telemetry_thread_wakes_for_a_time_limit_between_ticks() {
+    let mut rig = Rig::new();
+    rig.config.telemetry_interval_millis = 60_000;
+    let jobs = rig.open();
+    let _thread = jobs.spawn_sampler().unwrap();
+    let mut limited = spec("short");
+    limited.time_limit_millis = 200;
+    jobs.start(&limited).unwrap();
+    // A minute until the next regular tick: only the deadline can end it within the wait.
+    let view = wait_until(&jobs, "short", ended);
+    assert_eq!(view.record.termination, Some(Termination::TimeLimit));
+    assert!(view.usage.duration_millis <= 200, "{:?}", view.usage);
+    jobs.shutdown();
 }
 
 #[test]
