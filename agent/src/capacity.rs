@@ -47,6 +47,20 @@ impl ResourceAmount {
         }
     }
 
+    /// The same amounts with `free` at most what the filesystem has: `available` (what its
+    /// `statvfs` says an unprivileged writer may still use) minus the reserve and the
+    /// allocations not on the disk yet. Everything else on the disk (other data, the images,
+    /// the scratch spaces already made) is already out of `available`.
+    pub fn within_available(self, available: u64, unused_allocations: u64) -> Self {
+        let from_filesystem = available
+            .saturating_sub(self.reserved)
+            .saturating_sub(unused_allocations);
+        Self {
+            free: self.free.min(from_filesystem),
+            ..self
+        }
+    }
+
     /// The same amounts with `stored` taken by the agent's own data (out of `free`).
     pub fn with_stored(self, stored: u64) -> Self {
         Self {
@@ -153,8 +167,11 @@ pub struct Allocations {
     pub cpu_millicores: u64,
     /// Memory bytes allocated.
     pub memory_bytes: u64,
-    /// Disk bytes allocated.
+    /// Disk bytes allocated (what jobs' scratch spaces take on the disk, or will).
     pub disk_bytes: u64,
+    /// Of `disk_bytes`, what is not on the disk yet (a scratch space not made yet, or, polled,
+    /// not written yet): the filesystem's available space does not show it.
+    pub disk_unused_bytes: u64,
     /// Ingress rate limits allocated, bits per second (jobs without a limit allocate nothing).
     pub network_ingress_bits_per_second: u64,
     /// Egress rate limits allocated, bits per second.
@@ -354,7 +371,15 @@ struct Inputs {
     state_disk_note: Option<String>,
     /// Bytes the image store's unpacked images take on the state filesystem.
     image_bytes: u64,
+    /// What the state filesystem has available for jobs (see
+    /// [`CapacityLedger::set_disk_available`]); unknown until first set.
+    disk_available: Option<u64>,
 }
+
+/// How far the state filesystem's available space may drift before the ledger publishes it
+/// from a routine look ([`CapacityLedger::set_disk_available`] with `exact = false`): logs and
+/// scratch writes move it all the time, and watchers want changes, not noise.
+pub const DISK_AVAILABLE_STEP: u64 = 64 << 20;
 
 /// Holds the capacity inputs and publishes every change.
 #[derive(Debug)]
@@ -405,6 +430,18 @@ impl CapacityLedger {
         self.update(|inputs| inputs.allocations = allocations);
     }
 
+    /// Replaces the allocations and, when known, sets what the state filesystem has available
+    /// for jobs exactly (see [`Self::set_disk_available`]), in one change: a scratch space
+    /// that went onto the disk leaves `disk_unused_bytes` as it enters the available space.
+    pub fn set_allocations_and_disk(&self, allocations: Allocations, available: Option<u64>) {
+        self.update(|inputs| {
+            inputs.allocations = allocations;
+            if available.is_some() {
+                inputs.disk_available = available;
+            }
+        });
+    }
+
     /// Sets (or, with `None`, clears) the note saying the state filesystem is below its
     /// free-space floor (the job runner's hook); publishes if it changed.
     pub fn set_state_disk_note(&self, note: Option<String>) {
@@ -418,6 +455,22 @@ impl CapacityLedger {
         self.update(|inputs| inputs.image_bytes = bytes);
     }
 
+    /// Sets what the state filesystem has available for jobs (its available space less the
+    /// agent's own floor, `[state] min_free_bytes`), which bounds disk `free` (see
+    /// [`ResourceAmount::within_available`]). A routine look (`exact = false`: the telemetry
+    /// tick) changes it only when it moved by [`DISK_AVAILABLE_STEP`] or more; an admission
+    /// sets it exactly. Publishes if the capacity changed.
+    pub fn set_disk_available(&self, bytes: u64, exact: bool) {
+        self.update(|inputs| {
+            let moved = inputs
+                .disk_available
+                .is_none_or(|current| current.abs_diff(bytes) >= DISK_AVAILABLE_STEP);
+            if exact || moved {
+                inputs.disk_available = Some(bytes);
+            }
+        });
+    }
+
     fn update(&self, change: impl FnOnce(&mut Inputs)) {
         // A poisoned lock only means another updater panicked mid-assignment; the inputs are
         // plain data, still usable.
@@ -428,6 +481,11 @@ impl CapacityLedger {
         change(&mut inputs);
         let mut capacity = compute(&inputs.totals, &self.reserve, &inputs.allocations);
         capacity.disk_bytes = capacity.disk_bytes.with_stored(inputs.image_bytes);
+        if let Some(available) = inputs.disk_available {
+            capacity.disk_bytes = capacity
+                .disk_bytes
+                .within_available(available, inputs.allocations.disk_unused_bytes);
+        }
         capacity.notes.extend(inputs.state_disk_note.clone());
         self.tx.send_if_modified(|current| {
             if current.capacity == capacity {
@@ -481,11 +539,50 @@ mod tests {
     }
 
     #[test]
+    fn free_disk_is_at_most_what_the_filesystem_has_available() {
+        // 10,000 bytes of disk, 500 reserved; other data left only 3,000 available, and a job
+        // holds 1,000 of which 400 are not on the disk yet.
+        let ledger = CapacityLedger::new(reserve(), totals());
+        ledger.set_allocations(Allocations {
+            disk_bytes: 1_000,
+            disk_unused_bytes: 400,
+            ..Allocations::default()
+        });
+        assert_eq!(
+            ledger.current().capacity.disk_bytes.free,
+            8_500,
+            "before a look"
+        );
+        ledger.set_disk_available(3_000, true);
+        let disk = ledger.current().capacity.disk_bytes;
+        assert_eq!(
+            (disk.total, disk.reserved, disk.allocated),
+            (10_000, 500, 1_000)
+        );
+        assert_eq!(disk.free, 3_000 - 500 - 400);
+        // A routine look publishes only a move of DISK_AVAILABLE_STEP or more.
+        let sequence = ledger.current().sequence;
+        ledger.set_disk_available(2_000, false);
+        assert_eq!(
+            ledger.current().sequence,
+            sequence,
+            "noise is not published"
+        );
+        assert_eq!(ledger.current().capacity.disk_bytes.free, 2_100);
+        ledger.set_disk_available(2_000, true);
+        assert_eq!(ledger.current().capacity.disk_bytes.free, 1_100);
+        // The total-based figure still bounds it when the filesystem has more.
+        ledger.set_disk_available(DISK_AVAILABLE_STEP * 4, false);
+        assert_eq!(ledger.current().capacity.disk_bytes.free, 8_500);
+    }
+
+    #[test]
     fn free_is_total_minus_reserve_minus_allocations() {
         let allocations = Allocations {
             cpu_millicores: 2500,
             memory_bytes: 300,
             disk_bytes: 0,
+            disk_unused_bytes: 0,
             network_ingress_bits_per_second: 100_000_000,
             network_egress_bits_per_second: 0,
             gpus: BTreeMap::from([("0000:01:00.0".into(), "job-1".into())]),

@@ -28,13 +28,13 @@ use tokio::sync::broadcast;
 use super::records::{lock, Records, Table};
 use super::runtime::JobRuntime;
 use super::sampler::SamplerState;
-use super::shim;
 use super::spec::{GpuIdentity, ImageSource, Resources, ValidJob};
 use super::supervisor::{ShimSupervisor, Supervisor};
 use super::JobError;
+use super::{scratch, shim};
 use crate::capacity::{Allocations, Capacity, CapacityLedger, GpuAssignment};
 use crate::cgroup::{CgroupLayout, CgroupStats};
-use crate::config::JobsConfig;
+use crate::config::{JobsConfig, ScratchLimit};
 use crate::fsroot::FsRoot;
 use crate::gpu::accounting::GpuAccounting;
 use crate::image::{ImageError, RemovedImage};
@@ -281,19 +281,38 @@ impl JobManager {
         let mut allocations = Allocations::default();
         for entry in table.jobs.values() {
             if entry.view.record.state.is_active() {
-                add_allocation(&mut allocations, &entry.view);
+                add_allocation(&mut allocations, &entry.view, self.config.scratch_limit);
             }
         }
-        self.capacity.set_allocations(allocations);
+        self.capacity
+            .set_allocations_and_disk(allocations, self.disk_available());
     }
 
-    /// Whether `job` fits into the free capacity (RESOURCE_EXHAUSTED naming the resource).
+    /// Whether `job` fits into the free capacity (RESOURCE_EXHAUSTED naming the resource),
+    /// with the state filesystem's available space read now.
     pub(super) fn admit(&self, job: &ValidJob) -> Result<(), JobError> {
+        if let Some(available) = self.disk_available() {
+            self.capacity.set_disk_available(available, true);
+        }
+        let r = &job.spec.resources;
         fits(
-            &job.spec.resources,
+            r,
+            scratch_footprint(r.scratch_bytes, self.config.scratch_limit),
             &job.gpus,
             &self.capacity.current().capacity,
         )
+    }
+
+    /// What the state filesystem has available for jobs now: its available space less
+    /// `[state] min_free_bytes` (None, logged, when it cannot be read).
+    fn disk_available(&self) -> Option<u64> {
+        match self.headroom.free_bytes() {
+            Ok(free) => Some(free.saturating_sub(self.headroom.floor_bytes())),
+            Err(err) => {
+                tracing::debug!(error = %err, "state filesystem");
+                None
+            }
+        }
     }
 
     // ---- the state filesystem ----
@@ -320,6 +339,8 @@ impl JobManager {
         self.records.flush();
         match self.headroom.status() {
             Ok(status) => {
+                let available = status.free_bytes.saturating_sub(status.floor_bytes);
+                self.capacity.set_disk_available(available, false);
                 let note = status.below_floor().then(|| {
                     format!(
                         "disk: the state filesystem has less free space than [state] min_free_bytes \
@@ -403,14 +424,30 @@ impl JobManager {
     }
 }
 
-/// Adds what an active job holds to `allocations`: its CPU, memory, scratch disk, network rate
-/// limits (a job without a limit, 0, allocates no network) and GPUs.
-fn add_allocation(allocations: &mut Allocations, view: &JobView) {
+/// What a scratch space of `scratch_bytes` takes on the disk: with
+/// [`ScratchLimit::Filesystem`], its filesystem image (see [`scratch::image_bytes`]).
+pub(super) fn scratch_footprint(scratch_bytes: i64, mode: ScratchLimit) -> u64 {
+    let bytes = u64::try_from(scratch_bytes).unwrap_or(0);
+    match mode {
+        ScratchLimit::Filesystem if bytes > 0 => scratch::image_bytes(bytes),
+        _ => bytes,
+    }
+}
+
+/// Adds what an active job holds to `allocations`: its CPU, memory, scratch disk (and what of
+/// it is not on the disk yet: all of it until the job runs, for a polled scratch all of it
+/// always, since what the job writes is measured only now and then), network rate limits (a
+/// job without a limit, 0, allocates no network) and GPUs.
+fn add_allocation(allocations: &mut Allocations, view: &JobView, mode: ScratchLimit) {
     let amount = |value: i64| u64::try_from(value).unwrap_or(0);
     let r = &view.spec.resources;
     allocations.cpu_millicores += amount(r.cpu_millicores);
     allocations.memory_bytes += amount(r.memory_bytes);
-    allocations.disk_bytes += amount(r.scratch_bytes);
+    let disk = scratch_footprint(r.scratch_bytes, mode);
+    allocations.disk_bytes += disk;
+    if view.record.state == JobState::Creating || mode == ScratchLimit::Polled {
+        allocations.disk_unused_bytes += disk;
+    }
     allocations.network_ingress_bits_per_second += amount(r.ingress_bits_per_second);
     allocations.network_egress_bits_per_second += amount(r.egress_bits_per_second);
     for gpu in &view.record.gpus {
@@ -430,7 +467,12 @@ fn exhausted(resource: &str, message: String) -> JobError {
 /// Whether `resources` and the GPUs `gpus` (PCI bus ids) fit into the free amounts of
 /// `capacity`; RESOURCE_EXHAUSTED names the first that does not. A rate limit of 0 (none)
 /// always fits.
-fn fits(resources: &Resources, gpus: &[String], capacity: &Capacity) -> Result<(), JobError> {
+fn fits(
+    resources: &Resources,
+    disk_bytes: u64,
+    gpus: &[String],
+    capacity: &Capacity,
+) -> Result<(), JobError> {
     let r = resources;
     let check = |resource: &str, want: i64, free: u64, unit: &str| {
         if u64::try_from(want).unwrap_or(u64::MAX) > free {
@@ -454,12 +496,15 @@ fn fits(resources: &Resources, gpus: &[String], capacity: &Capacity) -> Result<(
         capacity.memory_bytes.free,
         "bytes",
     )?;
-    check(
-        "resources.scratch_bytes",
-        r.scratch_bytes,
-        capacity.disk_bytes.free,
-        "bytes of disk",
-    )?;
+    if disk_bytes > capacity.disk_bytes.free {
+        return Err(exhausted(
+            "resources.scratch_bytes",
+            format!(
+                "requested {} bytes ({disk_bytes} bytes of disk with its filesystem), {} free",
+                r.scratch_bytes, capacity.disk_bytes.free
+            ),
+        ));
+    }
     check(
         "resources.ingress_bits_per_second",
         r.ingress_bits_per_second,
@@ -626,9 +671,18 @@ mod tests {
         add_allocation(
             &mut allocations,
             &view("a", rates(600_000_000, 100_000_000), &["0000:01:00.0"]),
+            ScratchLimit::Filesystem,
         );
-        add_allocation(&mut allocations, &view("b", rates(0, 0), &[]));
-        add_allocation(&mut allocations, &view("c", rates(0, 50_000_000), &[]));
+        add_allocation(
+            &mut allocations,
+            &view("b", rates(0, 0), &[]),
+            ScratchLimit::Filesystem,
+        );
+        add_allocation(
+            &mut allocations,
+            &view("c", rates(0, 50_000_000), &[]),
+            ScratchLimit::Filesystem,
+        );
         assert_eq!(allocations.network_ingress_bits_per_second, 600_000_000);
         assert_eq!(allocations.network_egress_bits_per_second, 150_000_000);
         assert_eq!(allocations.cpu_millicores, 1_500);
@@ -645,18 +699,18 @@ mod tests {
             ..Allocations::default()
         };
         let capacity = capacity(&allocations);
-        assert!(fits(&rates(400_000_000, 1_000_000_000), &[], &capacity).is_ok());
+        assert!(fits(&rates(400_000_000, 1_000_000_000), 0, &[], &capacity).is_ok());
         assert!(
-            fits(&rates(0, 0), &[], &capacity).is_ok(),
+            fits(&rates(0, 0), 0, &[], &capacity).is_ok(),
             "no limit always fits"
         );
         assert_eq!(
-            refused_resource(fits(&rates(400_000_001, 0), &[], &capacity)),
+            refused_resource(fits(&rates(400_000_001, 0), 0, &[], &capacity)),
             "resources.ingress_bits_per_second: requested 400000001 bits per second of network \
              ingress, 400000000 free"
         );
         assert!(
-            refused_resource(fits(&rates(0, 1_000_000_001), &[], &capacity))
+            refused_resource(fits(&rates(0, 1_000_000_001), 0, &[], &capacity))
                 .starts_with("resources.egress_bits_per_second: ")
         );
         // A host whose network capacity is unknown (0) admits only jobs without a limit.
@@ -665,26 +719,66 @@ mod tests {
             &CapacityConfig::default(),
             &Allocations::default(),
         );
-        assert!(fits(&Resources::default(), &[], &unknown).is_ok());
+        assert!(fits(&Resources::default(), 0, &[], &unknown).is_ok());
         let limited = Resources {
             ingress_bits_per_second: 8_000,
             ..Resources::default()
         };
-        assert!(refused_resource(fits(&limited, &[], &unknown))
+        assert!(refused_resource(fits(&limited, 0, &[], &unknown))
             .starts_with("resources.ingress_bits_per_second: "));
+    }
+
+    #[test]
+    fn scratch_allocates_its_filesystem_and_is_unused_until_the_job_runs() {
+        let scratch = Resources {
+            scratch_bytes: 1 << 30,
+            ..rates(0, 0)
+        };
+        let mut creating = view("a", scratch.clone(), &[]);
+        let mut allocations = Allocations::default();
+        add_allocation(&mut allocations, &creating, ScratchLimit::Filesystem);
+        let image = scratch::image_bytes(1 << 30);
+        assert_eq!(
+            (allocations.disk_bytes, allocations.disk_unused_bytes),
+            (image, image)
+        );
+        creating.record.state = JobState::Running;
+        let mut allocations = Allocations::default();
+        add_allocation(&mut allocations, &creating, ScratchLimit::Filesystem);
+        assert_eq!(
+            (allocations.disk_bytes, allocations.disk_unused_bytes),
+            (image, 0),
+            "its image is on the disk"
+        );
+        let mut allocations = Allocations::default();
+        add_allocation(&mut allocations, &creating, ScratchLimit::Polled);
+        assert_eq!(
+            (allocations.disk_bytes, allocations.disk_unused_bytes),
+            (1 << 30, 1 << 30)
+        );
+        // The filesystem's overhead must fit too.
+        let mut capacity = capacity(&Allocations::default());
+        capacity.disk_bytes.free = image - 1;
+        let refused = refused_resource(fits(&scratch, image, &[], &capacity));
+        assert!(
+            refused.starts_with("resources.scratch_bytes: requested 1073741824 bytes"),
+            "{refused}"
+        );
+        capacity.disk_bytes.free = image;
+        assert!(fits(&scratch, image, &[], &capacity).is_ok());
     }
 
     #[test]
     fn gpus_must_be_offered_and_free() {
         let free = capacity(&Allocations::default());
         let gpu = ["0000:01:00.0".to_owned()];
-        assert!(fits(&rates(0, 0), &gpu, &free).is_ok());
+        assert!(fits(&rates(0, 0), 0, &gpu, &free).is_ok());
         let taken = capacity(&Allocations {
             gpus: std::collections::BTreeMap::from([("0000:01:00.0".into(), "a".into())]),
             ..Allocations::default()
         });
-        assert!(refused_resource(fits(&rates(0, 0), &gpu, &taken)).contains("allocated to job"));
+        assert!(refused_resource(fits(&rates(0, 0), 0, &gpu, &taken)).contains("allocated to job"));
         let other = ["0000:09:00.0".to_owned()];
-        assert!(refused_resource(fits(&rates(0, 0), &other, &free)).contains("not offered"));
+        assert!(refused_resource(fits(&rates(0, 0), 0, &other, &free)).contains("not offered"));
     }
 }

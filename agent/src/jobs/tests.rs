@@ -55,8 +55,13 @@ impl Rig {
             network: crate::config::JobNetwork::None,
             ..JobsConfig::default()
         };
+        // No disk reserve: the fake total is not this machine's disk, whose available space
+        // bounds free disk too.
         let capacity = Arc::new(CapacityLedger::new(
-            CapacityConfig::default(),
+            CapacityConfig {
+                reserve_disk: crate::config::Amount::Bytes(0),
+                ..CapacityConfig::default()
+            },
             Totals {
                 cpu_millicores: Some(4_000),
                 memory_bytes: Some(64 << 30),

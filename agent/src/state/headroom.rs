@@ -91,6 +91,11 @@ impl Headroom {
         }
     }
 
+    /// `[state] min_free_bytes`.
+    pub fn floor_bytes(&self) -> u64 {
+        self.floor_bytes
+    }
+
     /// The state dir.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -327,3 +327,72 @@ async fn the_slack_is_released_for_the_records_and_made_again() {
     }
     assert_eq!(std::fs::metadata(&slack).unwrap().len(), 4 * MIB);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_disk_is_what_the_filesystem_has_and_a_scratch_past_it_is_refused_at_admission() {
+    let Some(fs) = LoopFs::new(256 * MIB) else {
+        return;
+    };
+    // Other data on the state filesystem: 160 MiB the agent did not write.
+    std::fs::write(fs.path().join("other-data"), vec![1u8; 160 * MIB as usize]).unwrap();
+    let state_dir = fs.path().join("state");
+    let mut h = Harness::start_configured(
+        |c| {
+            c.state.dir = state_dir.clone();
+            c.state.min_free_bytes = ByteSize(8 * MIB);
+            c.state.slack_bytes = ByteSize(0);
+            c.capacity.reserve_disk = fog_agent::config::Amount::Bytes(4 * MIB);
+        },
+        |_, o| o,
+    )
+    .await;
+    // A first job makes the agent look at the disk (and waits for the inventory).
+    let first = unique("small");
+    let mut s = spec(&first, "sleep 60");
+    s.resources.as_mut().unwrap().scratch_bytes = (8 * MIB) as i64;
+    start(&mut h.client, s).await;
+    let disk = capacity(&mut h.client).await.disk_bytes.unwrap();
+    let available = fs.free();
+    // (1 MiB of slack for what the agent's own records took since.)
+    assert!(
+        disk.free + 8 * MIB + 4 * MIB <= available + MIB,
+        "free {} must be within the filesystem's available {available} less the floor and \
+         reserve (total {}, reserved {})",
+        disk.free,
+        disk.total,
+        disk.reserved
+    );
+    assert!(
+        disk.total - disk.reserved - disk.allocated > available,
+        "the test needs a total-based figure that over-reports: {disk:?}, {available} available"
+    );
+
+    // More than is available, less than total - reserve: refused now, with no record kept.
+    let big = unique("big");
+    let mut s = spec(&big, "sleep 60");
+    s.resources.as_mut().unwrap().scratch_bytes = (available + 16 * MIB) as i64;
+    let status = h
+        .client
+        .start_job(pb::StartJobRequest { spec: Some(s) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("resources.scratch_bytes"),
+        "{}",
+        status.message()
+    );
+    let missing = h
+        .client
+        .get_job(pb::GetJobRequest {
+            job_id: big.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "the id is not taken");
+    // The same id with a scratch that fits starts.
+    let mut s = spec(&big, "sleep 60");
+    s.resources.as_mut().unwrap().scratch_bytes = (8 * MIB) as i64;
+    let job = start(&mut h.client, s).await.job.unwrap();
+    assert_eq!(job.state(), pb::JobState::Running, "{job:?}");
+}

@@ -764,7 +764,11 @@ async fn capacity_goes_down_on_start_and_back_up_on_stop() {
     let cpu = during.cpu_millicores.unwrap();
     assert_eq!(cpu.allocated, 250);
     assert_eq!(during.memory_bytes.unwrap().allocated, 64 << 20);
-    assert_eq!(during.disk_bytes.unwrap().allocated, 10 << 20);
+    // The scratch filesystem's image: 10 MiB + 1/32 + 2 MiB for its metadata.
+    assert_eq!(
+        during.disk_bytes.unwrap().allocated,
+        (10 << 20) + (10 << 20) / 32 + (2 << 20)
+    );
     stop(&mut h.client, &id).await;
     let after = capacity(&mut h.client).await;
     assert_eq!(after.cpu_millicores.unwrap().allocated, 0);

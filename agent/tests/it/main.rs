@@ -18,6 +18,7 @@ mod gpu;
 mod image;
 mod image_hostile;
 mod inventory;
+mod job_filesystem;
 mod job_network;
 mod jobs;
 mod market;
