@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
         };
         let history = History {
             enrolled_ek_pub: Some(report.tpm.ek_pub.clone()),
+            enrolled_host_id: Some(report.host_id.clone()),
             ..History::default()
         };
         assert!(

@@ -43,6 +43,14 @@ pub enum EnrollError {
         /// The parser's complaint.
         source: serde_json::Error,
     },
+    /// A file breaks the JSON rules of [`crate::strict_json`].
+    #[error("{what} is malformed: {reason}")]
+    Strict {
+        /// Which document.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// Wrong `format` field.
     #[error("{what} has format \"{found}\", expected \"{expected}\"")]
     Format {
@@ -147,6 +155,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<T, EnrollError> {
+    crate::strict_json::check(bytes).map_err(|reason| EnrollError::Strict { what, reason })?;
     serde_json::from_slice(bytes).map_err(|source| EnrollError::Json { what, source })
 }
 

@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod export;
 pub mod report;
 pub mod store;
+pub mod strict_json;
 pub mod structures;
 pub mod tcti;
 #[cfg(feature = "test-util")]

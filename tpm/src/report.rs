@@ -25,6 +25,9 @@ pub enum ReportError {
     /// The JSON does not have the report's shape.
     #[error("report JSON is malformed: {0}")]
     Json(#[from] serde_json::Error),
+    /// The text breaks the JSON rules every document is held to.
+    #[error("report JSON is malformed: {0}")]
+    Strict(String),
     /// A nonce given as hex is malformed.
     #[error("nonce must be {MIN_NONCE_LEN} to {MAX_NONCE_LEN} bytes of hex: {0}")]
     Nonce(String),
@@ -122,8 +125,36 @@ pub struct QuoteEvidence {
     /// The `TPMT_SIGNATURE`.
     #[serde(with = "b64")]
     pub signature: Vec<u8>,
-    /// PCR values (untrusted until hashed against the signed digest).
+    /// PCR values (untrusted until hashed against the signed digest). Index keys are decimal
+    /// 0 to 31 written without sign or leading zeros, so no two keys name one PCR.
+    #[serde(deserialize_with = "pcr_values")]
     pub pcrs: PcrValues,
+}
+
+/// Reads [`PcrValues`], refusing an index key that is not canonical decimal (`"00"`, `"+1"`,
+/// `"32"`): two spellings of one index would give a PCR two values.
+fn pcr_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PcrValues, D::Error> {
+    let raw = BTreeMap::<String, BTreeMap<String, String>>::deserialize(d)?;
+    let mut out = PcrValues::new();
+    for (bank, values) in raw {
+        let mut indexed = BTreeMap::new();
+        for (key, value) in values {
+            let index = key
+                .parse::<u32>()
+                .ok()
+                .filter(|i| *i < 32 && i.to_string() == key)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "PCR index \"{}\" in bank \"{}\" is not 0 to 31 in plain decimal",
+                        key.escape_debug(),
+                        bank.escape_debug()
+                    ))
+                })?;
+            indexed.insert(index, value);
+        }
+        out.insert(bank, indexed);
+    }
+    Ok(out)
 }
 
 /// The TPM part of a report.
@@ -168,8 +199,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// Parses a report from JSON text.
+    /// Parses a report from JSON text, held to [`crate::strict_json`] first (UTF-8, no
+    /// member twice in an object).
     pub fn from_json(text: &[u8]) -> Result<Self, ReportError> {
+        crate::strict_json::check(text).map_err(ReportError::Strict)?;
         Ok(serde_json::from_slice(text)?)
     }
 
@@ -199,7 +232,47 @@ pub struct Payload {
     pub benchmarks: Option<serde_json::Value>,
 }
 
+/// The payload's members and the JSON type each must have (others may follow and are not
+/// read).
+const PAYLOAD_MEMBERS: &[(&str, &str)] = &[
+    ("format", "string"),
+    ("host_id", "string"),
+    ("nonce", "string"),
+    ("agent_version", "string"),
+    ("collected_at", "integer"),
+    ("inventory", "object"),
+    ("benchmarks", "object or null"),
+];
+
 impl Payload {
+    /// Reads P as `REPORT.md` §2 defines it: held to [`crate::strict_json`], an object with
+    /// every member of [`PAYLOAD_MEMBERS`] of its type (`collected_at` 0 to 2^64 - 1, `nonce`
+    /// base64). The error names what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let bad = |why: String| format!("payload is not fog payload JSON: {why}");
+        crate::strict_json::check(bytes).map_err(bad)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
+        for (name, kind) in PAYLOAD_MEMBERS {
+            let member = object
+                .get(*name)
+                .ok_or_else(|| bad(format!("member \"{name}\" is missing")))?;
+            let fits = match *kind {
+                "string" => member.is_string(),
+                "integer" => member.is_u64(),
+                "object" => member.is_object(),
+                _ => member.is_object() || member.is_null(),
+            };
+            if !fits {
+                return Err(bad(format!("member \"{name}\" is not {kind}")));
+            }
+        }
+        serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+    }
+
     /// Serializes the payload once to the bytes P that are hashed and shipped.
     pub fn to_bytes(&self) -> Result<Vec<u8>, ReportError> {
         Ok(serde_json::to_vec(self)?)

@@ -203,11 +203,12 @@ pub fn verify_and_record(
         .and_then(|p| p.name())
         .map(hex::encode);
     let nonce_key = hex::encode(crate::structures::HashAlg::Sha256.digest(&[&report.nonce]));
+    let enrolled = ak_name.as_ref().and_then(|n| state.enrolled.get(n));
     let history = crate::verify::History {
-        enrolled_ek_pub: ak_name
-            .as_ref()
-            .and_then(|n| state.enrolled.get(n))
-            .and_then(|e| hex::decode(&e.ek_pub).ok()),
+        enrolled_ek_pub: enrolled.and_then(|e| hex::decode(&e.ek_pub).ok()),
+        enrolled_host_id: enrolled
+            .map(|e| e.host_id.clone())
+            .filter(|host| !host.is_empty()),
         nonce_used: state.nonces.contains_key(&nonce_key),
         last_clock: ak_name
             .as_ref()

@@ -40,6 +40,8 @@ pub struct VerifyOptions {
 pub struct History {
     /// The EK public (`TPM2B_PUBLIC`) the AK was enrolled with, if enrolled.
     pub enrolled_ek_pub: Option<Vec<u8>>,
+    /// The host id the AK was enrolled for, if enrolled (and recorded).
+    pub enrolled_host_id: Option<String>,
     /// Whether the nonce was already used.
     pub nonce_used: bool,
     /// The last clock accepted for this AK.
@@ -149,7 +151,32 @@ pub const CHECKS: &[(&str, &str)] = &[
         "payload_matches_wrapper",
         "payload host id, nonce and time agree with the wrapper",
     ),
+    (
+        "host_id_enrolled",
+        "host id is the one the AK was enrolled for",
+    ),
 ];
+
+/// The id of the one check a malformed report's verdict has.
+pub const MALFORMED: &str = "report_json";
+
+/// The verdict on a report that is not well-formed (see [`crate::report::Report::from_json`]):
+/// the single failed check [`MALFORMED`], with the parser's reason.
+pub fn malformed_verdict(reason: String) -> Verdict {
+    Verdict {
+        ok: false,
+        software_tpm: false,
+        host_id: String::new(),
+        ak_name: None,
+        clock: None,
+        checks: vec![Check {
+            id: MALFORMED,
+            what: "report is well-formed JSON of the fog-attest-v1 shape",
+            passed: false,
+            reason: Some(reason),
+        }],
+    }
+}
 
 type Outcome = Result<Option<String>, String>;
 
@@ -317,6 +344,7 @@ fn verify_with(
     }));
     results.push(attest_ref.and_then(|a| check_clock(&a.clock_info, history.last_clock.as_ref())));
     results.push(check_payload(report, opts));
+    results.push(check_host_enrolled(report, history));
 
     let checks: Vec<Check> = CHECKS
         .iter()
@@ -469,6 +497,21 @@ fn check_enrolled(report: &Report, history: &History) -> Outcome {
     }
 }
 
+fn check_host_enrolled(report: &Report, history: &History) -> Outcome {
+    match (&history.enrolled_ek_pub, &history.enrolled_host_id) {
+        (None, _) => Err("AK is not enrolled".into()),
+        (Some(_), None) => {
+            Err("the AK's enrollment has no host id recorded: enroll it again".into())
+        }
+        (Some(_), Some(host)) if *host == report.host_id => Ok(None),
+        (Some(_), Some(host)) => Err(format!(
+            "host_id \"{}\" is not the host \"{}\" the AK was enrolled for",
+            report.host_id.escape_debug(),
+            host.escape_debug()
+        )),
+    }
+}
+
 fn check_nonce_expected(report: &Report, opts: &VerifyOptions) -> Outcome {
     use subtle::ConstantTimeEq;
     if report.nonce.len() == opts.nonce.len() && bool::from(report.nonce.ct_eq(&opts.nonce)) {
@@ -597,12 +640,13 @@ fn check_pcr_selection(signed: &PcrSelection, expected: &PcrSelection) -> Outcom
         v.sort_unstable();
         v
     };
-    let signed_pairs = signed.pairs();
-    let mut sorted = signed_pairs.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.len() != signed_pairs.len() {
-        return Err("signed PCR selection names a bank twice".into());
+    let mut banks: Vec<u16> = signed.banks.iter().map(|b| b.hash).collect();
+    banks.sort_unstable();
+    if let Some(twice) = banks.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "signed PCR selection names bank {} twice",
+            bank_name(twice[0])
+        ));
     }
     if norm(signed) == norm(expected) {
         Ok(None)
@@ -613,6 +657,11 @@ fn check_pcr_selection(signed: &PcrSelection, expected: &PcrSelection) -> Outcom
             format_pcr_selection(expected)
         ))
     }
+}
+
+/// A bank's name (`sha256`), or its algorithm id when unknown.
+fn bank_name(id: u16) -> String {
+    HashAlg::from_tpm(id).map_or_else(|| format!("{id:#06x}"), |h| h.name().to_owned())
 }
 
 fn check_pcr_digest(a: &Attest, report: &Report, h: HashAlg) -> Outcome {
@@ -633,6 +682,10 @@ fn check_pcr_digest(a: &Attest, report: &Report, h: HashAlg) -> Outcome {
                     bank.name()
                 )
             })?;
+        // Lowercase only, as written: one value, one spelling.
+        if !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!("PCR {}:{index} is not lowercase hex", bank.name()));
+        }
         let value =
             hex::decode(text).map_err(|_| format!("PCR {}:{index} is not hex", bank.name()))?;
         if value.len() != bank.size() {
@@ -693,8 +746,7 @@ fn check_clock(now: &ClockInfo, last: Option<&ClockInfo>) -> Outcome {
 }
 
 fn check_payload(report: &Report, opts: &VerifyOptions) -> Outcome {
-    let p: Payload = serde_json::from_slice(&report.payload)
-        .map_err(|e| format!("payload is not fog payload JSON: {e}"))?;
+    let p = Payload::from_json(&report.payload)?;
     if p.format != PAYLOAD_FORMAT {
         return Err(format!("payload format is \"{}\"", p.format));
     }
@@ -779,5 +831,88 @@ mod tests {
         assert_eq!(check_pcr_selection(&b, &a), Ok(None));
         let c = crate::report::parse_pcr_spec("sha256:0-3").unwrap();
         assert!(check_pcr_selection(&c, &a).unwrap_err().contains("differs"));
+        // sha256:0-3 and sha256:4-7 as two entries: the same set of PCRs, but a bank twice.
+        let mut twice = c.clone();
+        let upper = crate::report::parse_pcr_spec("sha256:4-7").unwrap();
+        twice.banks.push(upper.banks[0].clone());
+        assert_eq!(
+            check_pcr_selection(&twice, &a),
+            Err("signed PCR selection names bank sha256 twice".into())
+        );
+    }
+
+    #[test]
+    fn a_pcr_given_twice_or_spelled_two_ways_is_a_malformed_report() {
+        let report = |pcrs: &str| {
+            format!(
+                r#"{{"format":"fog-attest-v1","host_id":"h","nonce":"AAAAAAAAAAA=","payload":"",
+                "tpm":{{"ak_pub":"","ek_pub":"","ek_cert":null,"ek_chain":[],
+                "quote":{{"attest":"","signature":"","pcrs":{{"sha256":{pcrs}}}}}}}}}"#
+            )
+        };
+        assert!(Report::from_json(report(r#"{"0":"aa","1":"bb"}"#).as_bytes()).is_ok());
+        for (pcrs, why) in [
+            (r#"{"0":"aa","0":"bb"}"#, "appears twice"),
+            (r#"{"0":"aa","00":"bb"}"#, "not 0 to 31 in plain decimal"),
+            (r#"{"+1":"aa"}"#, "not 0 to 31"),
+            (r#"{"32":"aa"}"#, "not 0 to 31"),
+        ] {
+            let err = Report::from_json(report(pcrs).as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{pcrs}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_host_id_must_be_the_enrolled_one() {
+        let report: Report = serde_json::from_value(serde_json::json!({
+            "format": "fog-attest-v1", "host_id": "host-z", "nonce": "AAAAAAAAAAA=",
+            "payload": "", "tpm": {"ak_pub": "", "ek_pub": "", "ek_cert": null, "ek_chain": [],
+            "quote": {"attest": "", "signature": "", "pcrs": {}}}
+        }))
+        .unwrap();
+        let enrolled = |host: Option<&str>| History {
+            enrolled_ek_pub: Some(Vec::new()),
+            enrolled_host_id: host.map(str::to_owned),
+            ..History::default()
+        };
+        assert_eq!(
+            check_host_enrolled(&report, &enrolled(Some("host-z"))),
+            Ok(None)
+        );
+        assert!(check_host_enrolled(&report, &enrolled(Some("host-a")))
+            .unwrap_err()
+            .contains("not the host \"host-a\" the AK was enrolled for"));
+        assert!(check_host_enrolled(&report, &enrolled(None))
+            .unwrap_err()
+            .contains("enroll it again"));
+        assert!(check_host_enrolled(&report, &History::default()).is_err());
+    }
+
+    #[test]
+    fn the_payload_is_utf8_json_with_typed_members_and_no_duplicates() {
+        let good = br#"{"format":"fog-attest-v1-payload","host_id":"h","nonce":"AAAAAAAAAAA=","agent_version":"1","collected_at":5,"inventory":{},"benchmarks":null,"extra":[1]}"#;
+        assert!(Payload::from_json(good).is_ok());
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"{\"format\":\"fog-attest-v1-payload\",\"x\":\"\xff\"}",
+                "not UTF-8",
+            ),
+            (br#"{"host_id":"a","host_id":"b"}"#, "appears twice"),
+            (
+                br#"{"format":"fog-attest-v1-payload","host_id":"h","nonce":"AAAAAAAAAAA=","agent_version":"1","collected_at":-5,"inventory":{},"benchmarks":null}"#,
+                "\"collected_at\" is not integer",
+            ),
+            (
+                br#"{"format":"fog-attest-v1-payload","host_id":"h","nonce":"AAAAAAAAAAA=","agent_version":"1","collected_at":5,"benchmarks":null}"#,
+                "\"inventory\" is missing",
+            ),
+            (b"[]", "not a JSON object"),
+        ];
+        for (bytes, why) in cases {
+            let err = Payload::from_json(bytes).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! - `verify enroll-challenge REQUEST --trust-anchors PEM [--allow-software-tpm] --out C`
 //! - `verify enroll-finish PROOF`
 //! - `verify REPORT --nonce HEX --trust-anchors PEM [--pcrs sha256:0-7] [--allow-software-tpm]
-//!   [--json]`: exit 0 only when every check passes.
+//!   [--max-age S] [--at UNIX_SECS] [--json]`: exit 0 only when every check passes; a report
+//!   that does not parse is a verdict with the one failed check `report_json`.
 //!
 //! The auditor's state (pending challenges with their secrets, enrolled AKs, burned nonces, last
 //! clock per AK) lives in `--state-dir`, default `$XDG_DATA_HOME/fog-verifier` or
@@ -19,7 +20,7 @@ use clap::{Args, Subcommand};
 use fog_tpm::enroll::{EnrollProof, EnrollRequest};
 use fog_tpm::report::{parse_nonce_hex, parse_pcr_spec, Report};
 use fog_tpm::store::{default_verifier_dir, verify_and_record, Store};
-use fog_tpm::verify::{Verdict, VerifyOptions};
+use fog_tpm::verify::{malformed_verdict, Verdict, VerifyOptions};
 
 use super::EXIT_FAILURE;
 
@@ -53,6 +54,10 @@ pub struct VerifyArgs {
     /// Reject payloads collected longer ago than this many seconds.
     #[arg(long, value_name = "SECS")]
     pub max_age: Option<u64>,
+    /// Verify as of this time (Unix seconds) instead of now: certificate validity, the
+    /// payload's age and the nonce's burn time (conformance vectors, re-checking old reports).
+    #[arg(long, value_name = "UNIX_SECS")]
+    pub at: Option<u64>,
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +126,7 @@ fn options(
     nonce: Vec<u8>,
     pcrs: &str,
     max_age: Option<u64>,
+    at: Option<u64>,
 ) -> anyhow::Result<VerifyOptions> {
     let path = trust.trust_anchors.as_deref().context(
         "--trust-anchors PEM is required: the EK certificate must chain to a CA you trust",
@@ -132,7 +138,9 @@ fn options(
         pcrs: parse_pcr_spec(pcrs)?,
         trust_anchors: anchors,
         allow_software_tpm: trust.allow_software_tpm,
-        now: SystemTime::now(),
+        now: at.map_or_else(SystemTime::now, |secs| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+        }),
         max_age: max_age.map(Duration::from_secs),
     })
 }
@@ -144,7 +152,7 @@ fn enroll_challenge(
     state_dir: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let req = EnrollRequest::from_json(&read(request)?)?;
-    let opts = options(trust, Vec::new(), "sha256:0-7", None)?;
+    let opts = options(trust, Vec::new(), "sha256:0-7", None, None)?;
     let store = open_store(state_dir)?;
     let challenge = fog_tpm::enroll::create_challenge(&store, &req, &opts)?;
     super::attest::write_json(Some(out), &challenge)?;
@@ -169,11 +177,14 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         .report
         .as_deref()
         .ok_or_else(|| super::CliError::Usage("a report file is required".into()))?;
-    let report = Report::from_json(&read(path)?)?;
+    let bytes = read(path)?;
     let nonce = parse_nonce_hex(args.nonce.as_deref().unwrap_or_default())?;
-    let opts = options(&args.trust, nonce, &args.pcrs, args.max_age)?;
-    let store = open_store(args.state_dir.as_deref())?;
-    let verdict = verify_and_record(&store, &report, &opts)?;
+    let opts = options(&args.trust, nonce, &args.pcrs, args.max_age, args.at)?;
+    let verdict = match Report::from_json(&bytes) {
+        Ok(report) => verify_and_record(&open_store(args.state_dir.as_deref())?, &report, &opts)?,
+        // A malformed report is a verdict too (`report_json`), not a usage error.
+        Err(err) => malformed_verdict(err.to_string()),
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &verdict).context("cannot write the verdict")?;

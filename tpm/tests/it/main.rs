@@ -100,6 +100,7 @@ impl Fixture {
     fn verify_pure(&self, report: &Report, nonce: &[u8]) -> Verdict {
         let history = History {
             enrolled_ek_pub: Some(report.tpm.ek_pub.clone()),
+            enrolled_host_id: Some(report.host_id.clone()),
             ..History::default()
         };
         verify_report(report, &options(&self.anchors, nonce), &history)
@@ -168,6 +169,7 @@ fn rsa_ak_enroll_attest_verify_and_each_tampering_rejected_with_its_own_reason()
     opts.pcrs = parse_pcr_spec("sha256:0-3").unwrap();
     let history = History {
         enrolled_ek_pub: Some(report.tpm.ek_pub.clone()),
+        enrolled_host_id: Some(report.host_id.clone()),
         ..History::default()
     };
     let v = verify_report(&report, &opts, &history);
@@ -179,6 +181,7 @@ fn rsa_ak_enroll_attest_verify_and_each_tampering_rejected_with_its_own_reason()
     let verifier = fog_tpm::verify::Verifier::new(options(&f.anchors, &nonce(1)));
     let history_ok = History {
         enrolled_ek_pub: Some(report.tpm.ek_pub.clone()),
+        enrolled_host_id: Some(report.host_id.clone()),
         ..History::default()
     };
     assert!(verifier.verify(&report, &history_ok).ok);
@@ -213,7 +216,15 @@ fn rsa_ak_enroll_attest_verify_and_each_tampering_rejected_with_its_own_reason()
         &options(&f.anchors, &nonce(1)),
         &History::default(),
     );
-    assert_failed(&v, &["ak_enrolled"]);
+    assert_failed(&v, &["ak_enrolled", "host_id_enrolled"]);
+
+    // The enrolled AK speaking for another host (wrapper and payload both say host-z, signed).
+    let mut other_host = f.ak.clone();
+    other_host.host_id = "host-z".into();
+    let r = f.report_with(&other_host, &nonce(4), "sha256:0-7");
+    let v = verify_and_record(&store, &r, &options(&f.anchors, &nonce(4))).unwrap();
+    assert!(assert_failed(&v, &["host_id_enrolled"])
+        .contains("is not the host \"host-a\" the AK was enrolled for"));
 
     // A quote signed by a second swtpm's AK, carried in this TPM's report.
     let tpm_b = Tpm::open(&other.tcti()).unwrap();
@@ -292,6 +303,7 @@ fn unrestricted_ak_is_refused_at_enrollment_and_verification() {
         .unwrap();
     let history = History {
         enrolled_ek_pub: Some(report.tpm.ek_pub.clone()),
+        enrolled_host_id: Some(report.host_id.clone()),
         ..History::default()
     };
     let v = verify_report(&report, &options(&anchors, &nonce(3)), &history);
