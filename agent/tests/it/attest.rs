@@ -182,3 +182,25 @@ fn without_a_tpm_attest_fails_with_one_line_naming_the_tcti() {
         "{err}"
     );
 }
+
+/// The published conformance vectors (`tpm/conformance`): `fog-agent verify` gives every case
+/// the verdict its manifest prescribes, through the same runner a third-party verifier uses.
+#[test]
+fn verify_agrees_with_every_conformance_vector() {
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tpm/conformance");
+    let out = Command::new("python3")
+        .arg(vectors.join("run.py"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_fog-agent"))
+        .arg("verify")
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(err) => panic!("cannot run python3 for the conformance runner: {err}"),
+    };
+    let report = ok(&out);
+    assert!(
+        report.trim_end().ends_with("cases agree") && !report.contains("FAIL"),
+        "{report}"
+    );
+}
