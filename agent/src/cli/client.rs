@@ -68,6 +68,9 @@ pub enum Query {
         /// The nonce, hex (16 to 64 bytes).
         #[arg(long, value_name = "HEX")]
         nonce: String,
+        /// Write the report (the JSON `fog-agent verify` reads) to this file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// The standard gRPC health check of the Agent service.
     Health,
@@ -196,27 +199,54 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
     if let Some(path) = args.addr.strip_prefix("unix:") {
         return connect_unix(PathBuf::from(path)).await;
     }
-    let read = |flag: &str, path: &Option<PathBuf>| {
-        let path = path
-            .as_ref()
-            .with_context(|| format!("{flag} is required for {}", args.addr))?;
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    let tls = TlsFiles {
+        ca: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
     };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("--ca", &args.ca)?))
-        .identity(Identity::from_pem(
-            read("--cert", &args.cert)?,
-            read("--key", &args.key)?,
-        ));
-    let endpoint = Endpoint::from_shared(args.addr.clone())
-        .with_context(|| format!("--addr {}: not a URL", args.addr))?
+    connect_tls(&args.addr, &tls.read(&args.addr)?).await
+}
+
+/// The `--ca`, `--cert` and `--key` files of a mutual-TLS connection.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA of the agent's server certificate.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (its URI SAN names the role).
+    pub cert: Option<PathBuf>,
+    /// Client key.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the three files into a client TLS config (each required; `addr` for the message).
+    pub fn read(&self, addr: &str) -> anyhow::Result<ClientTlsConfig> {
+        let read = |flag: &str, path: &Option<PathBuf>| {
+            let path = path
+                .as_ref()
+                .with_context(|| format!("{flag} is required for {addr}"))?;
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("--ca", &self.ca)?))
+            .identity(Identity::from_pem(
+                read("--cert", &self.cert)?,
+                read("--key", &self.key)?,
+            )))
+    }
+}
+
+/// A mutual-TLS channel to the agent at `addr` (`https://HOST:PORT`).
+pub async fn connect_tls(addr: &str, tls: &ClientTlsConfig) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("--addr {addr}: not a URL"))?
         .connect_timeout(Duration::from_secs(10))
-        .tls_config(tls)
+        .tls_config(tls.clone())
         .context("cannot configure TLS")?;
     endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {}", args.addr))
+        .with_context(|| format!("cannot connect to {addr}"))
 }
 
 /// A channel over the local admin socket (no TLS: the socket's mode is the access control).
@@ -316,7 +346,7 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Query::Attest { nonce } => {
+        Query::Attest { nonce, out: file } => {
             let nonce = hex::decode(nonce.trim())
                 .map_err(|err| super::CliError::Usage(format!("--nonce: not hex: {err}")))?;
             let reply = client
@@ -328,6 +358,10 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
                 .context("GetAttestation failed")?
                 .into_inner();
             let report = reply.report.unwrap_or_default();
+            if let Some(file) = file {
+                std::fs::write(file, &report.report_json)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
             if args.json {
                 out(&String::from_utf8_lossy(&report.report_json))?;
             } else {

@@ -16,6 +16,7 @@
 //! (`RestartPreventExitStatus=78`): a bad config does not fix itself.
 
 pub mod attest;
+mod audit;
 pub mod bench;
 mod check_config;
 mod client;
@@ -122,6 +123,9 @@ pub enum Command {
     Attest(attest::AttestArgs),
     /// Auditor side: enrollment challenges, and verification of attestation reports.
     Verify(verify::VerifyArgs),
+    /// Audit agents over the network: enroll their AK if unknown, request a report over a
+    /// fresh nonce, verify it.
+    Audit(audit::AuditArgs),
     /// The OCI image store: import image layout directories, list imported images.
     Image(image::ImageArgs),
     /// Internal entry points of child processes the agent starts itself (crash isolation).
@@ -162,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::DevCerts(args) => dev_certs::run(&args),
         Command::Attest(args) => attest::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Audit(args) => audit::run(&args),
         Command::Internal(InternalCommand::JobShim(args)) => return crate::jobs::shim::main(&args),
         Command::Internal(InternalCommand::JobShimStandby) => {
             return crate::jobs::shim::standby_main();

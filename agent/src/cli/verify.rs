@@ -112,7 +112,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_store(dir: Option<&Path>) -> anyhow::Result<Store> {
+pub(super) fn open_store(dir: Option<&Path>) -> anyhow::Result<Store> {
     let dir = dir.map_or_else(default_verifier_dir, Path::to_path_buf);
     Ok(Store::open(&dir)?)
 }
@@ -121,7 +121,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn options(
+pub(super) fn options(
     trust: &TrustOpts,
     nonce: Vec<u8>,
     pcrs: &str,

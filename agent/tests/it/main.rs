@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod architecture;
 mod attest;
+mod audit;
 mod bench;
 mod bounds;
 mod certs;
