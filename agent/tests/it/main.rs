@@ -9,6 +9,7 @@ mod architecture;
 mod attest;
 mod bench;
 mod bounds;
+mod cdi;
 mod certs;
 mod config_docs;
 mod daemon;
