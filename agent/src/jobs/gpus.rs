@@ -97,3 +97,40 @@ impl GpuSetup {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdi::tests::root_with;
+
+    const SPEC: &str = "cdiVersion: \"0.5.0\"\nkind: example.com/gpu\ndevices:\n- name: \"0000:17:00.0\"\n  containerEdits:\n    env: [A=1]\n    hooks: [{hookName: createContainer, path: /bin/true}]\n";
+
+    #[test]
+    fn each_gpu_is_given_through_cdi_or_device_nodes_and_noted() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return eprintln!("skipped: each_gpu_is_given_through_cdi_or_device_nodes_and_noted: needs root (spec files must be root-owned)");
+        }
+        let (_dir, fs) = root_with(&[("example.yaml", SPEC), ("broken.yaml", "kind: x")]);
+        let config = JobsConfig::default();
+        let gpus = ["0000:17:00.0".to_owned(), "0000:65:00.0".to_owned()];
+        let setup = GpuSetup::select(&fs, &config, &gpus);
+        assert_eq!(setup.notes.len(), 4, "{:?}", setup.notes);
+        assert!(setup.notes[0].starts_with("CDI spec skipped: /etc/cdi/broken.yaml: "));
+        assert_eq!(
+            setup.notes[1],
+            "GPU 0000:17:00.0: CDI device example.com/gpu=0000:17:00.0 (/etc/cdi/example.yaml)"
+        );
+        assert_eq!(
+            setup.notes[2],
+            "GPU 0000:17:00.0: 1 CDI hook(s) of example.com/gpu=0000:17:00.0 not run ([jobs] cdi_hooks = false)"
+        );
+        assert!(setup.notes[3].starts_with("GPU 0000:65:00.0: no CDI device: device-node mode"));
+        assert!(setup.notes[3].ends_with(&format!("generate the spec: {})", cdi::GENERATE_COMMAND)));
+        assert_eq!(setup.nodes_only, ["0000:65:00.0"]);
+        // Device-node mode needs the driver's /proc file; this root has none.
+        assert!(setup.device_nodes(&fs).is_err());
+        // No GPU: no spec read, no note.
+        assert!(GpuSetup::select(&fs, &config, &[]).notes.is_empty());
+    }
+}

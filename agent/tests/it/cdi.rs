@@ -298,3 +298,62 @@ containerEdits:
         "no device-node mode node: {devices:?}"
     );
 }
+
+/// `fog-agent inventory` on the server fixture (three GPUs on the PCI bus) with a CDI spec for
+/// one of them: that GPU names its CDI device, the others say device-node mode and how to
+/// generate the spec, in the human summary and in the JSON document.
+#[test]
+fn inventory_reports_which_gpus_have_a_cdi_device() {
+    const SPEC: &str = "cdiVersion: \"0.5.0\"\nkind: example.com/gpu\ndevices:\n- name: \"0000:17:00.0\"\n  containerEdits:\n    env: [A=1]\n";
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/server-2s-smt");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name != "etc" {
+            std::os::unix::fs::symlink(fixture.join(&name), root.join(&name)).unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("etc/cdi")).unwrap();
+    for entry in std::fs::read_dir(fixture.join("etc")).unwrap() {
+        let name = entry.unwrap().file_name();
+        std::os::unix::fs::symlink(
+            fixture.join("etc").join(&name),
+            root.join("etc").join(&name),
+        )
+        .unwrap();
+    }
+    std::fs::set_permissions(root.join("etc/cdi"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_spec(root, "example.yaml", SPEC);
+
+    let run = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fog-agent"));
+        command.arg("inventory").arg("--root").arg(root);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let text = run(false);
+    assert!(
+        text.contains("0000:17:00.0: CDI device example.com/gpu=0000:17:00.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0000:65:00.0: no CDI device: device-node mode (generate the spec: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml)"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let gpus = json["gpus"]["data"]["gpus"].as_array().unwrap();
+    let cdi: Vec<&serde_json::Value> = gpus.iter().map(|g| &g["cdi_device"]).collect();
+    assert_eq!(
+        cdi,
+        [
+            &serde_json::json!("example.com/gpu=0000:17:00.0"),
+            &serde_json::Value::Null,
+            &serde_json::Value::Null
+        ]
+    );
+}
