@@ -457,3 +457,65 @@ fn apply_refuses_what_reaches_beyond_the_job() {
         assert!(err.contains(want), "{yaml}: {err}");
     }
 }
+
+/// nvidia-ctk's spec of an 8-GPU host: index and UUID names per GPU, `all`, 20 driver library
+/// mounts and 3 hooks spec-wide. Prints what loading it takes (`cargo test -p fog-agent --lib
+/// cdi::tests::an_eight_gpu_nvidia_spec_loads -- --nocapture`): it is read at every StartJob
+/// that has GPUs.
+#[test]
+fn an_eight_gpu_nvidia_spec_loads() {
+    if !is_root() {
+        return eprintln!("skipped: an_eight_gpu_nvidia_spec_loads: needs root");
+    }
+    use std::fmt::Write as _;
+    let mut spec = String::from("cdiVersion: \"0.5.0\"\nkind: nvidia.com/gpu\ndevices:\n");
+    for i in 0..8 {
+        for name in [
+            format!("\"{i}\""),
+            format!("GPU-{i:08x}-0000-0000-0000-000000000000"),
+        ] {
+            let _ = write!(
+                spec,
+                "- name: {name}\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia{i}\n"
+            );
+        }
+    }
+    spec.push_str("- name: all\n  containerEdits:\n    deviceNodes:\n");
+    for i in 0..8 {
+        let _ = writeln!(spec, "    - path: /dev/nvidia{i}");
+    }
+    spec.push_str("containerEdits:\n  env: [NVIDIA_VISIBLE_DEVICES=void]\n  deviceNodes:\n  - path: /dev/nvidiactl\n  - path: /dev/nvidia-uvm\n  mounts:\n");
+    for i in 0..20 {
+        let _ = writeln!(
+            spec,
+            "  - hostPath: /usr/lib/x86_64-linux-gnu/libnv{i}.so.550.54.15\n    containerPath: /usr/lib/x86_64-linux-gnu/libnv{i}.so.550.54.15\n    options: [ro, nosuid, nodev, bind]"
+        );
+    }
+    spec.push_str("  hooks:\n");
+    for hook in [
+        "create-symlinks",
+        "update-ldcache",
+        "disable-device-node-modification",
+    ] {
+        let _ = writeln!(
+            spec,
+            "  - hookName: createContainer\n    path: /usr/bin/nvidia-cdi-hook\n    args: [nvidia-cdi-hook, {hook}]\n    env: [NVIDIA_CTK_DEBUG=false]"
+        );
+    }
+    let (_dir, fs) = root_with(&[("nvidia.yaml", &spec)]);
+    for round in ["first (compiles the schema)", "second"] {
+        let start = std::time::Instant::now();
+        let registry = Registry::load(&fs, &dirs());
+        let took = start.elapsed();
+        assert!(registry.problems.is_empty(), "{:?}", registry.problems);
+        assert_eq!(registry.devices.len(), 17);
+        assert_eq!(
+            registry.devices["nvidia.com/gpu=7"].spec_edits.mounts.len(),
+            20
+        );
+        eprintln!(
+            "8-GPU nvidia spec ({} bytes), {round} load: {took:?}",
+            spec.len()
+        );
+    }
+}
