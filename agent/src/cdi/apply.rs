@@ -12,8 +12,9 @@
 //!   `/etc/hosts`...), so a spec can never hide or replace the job's own mounts; the same mount
 //!   twice (two GPUs of one spec) is added once;
 //! - hooks: only with [`ApplyPolicy::hooks`] (`[jobs] cdi_hooks`): they run as root on the host
-//!   while the container is created, against a rootfs the job's image controls; without it they
-//!   are left out (the job's notes say so);
+//!   while the container is created, against a rootfs the job's image controls and every job of
+//!   that image shares (nvidia-ctk's `update-ldcache` and `create-symlinks` write into it);
+//!   without it they are left out (the job's notes say so);
 //! - supplementary groups: added (non-zero ones);
 //! - network devices and Intel RDT: refused (no GPU needs them; they reach beyond the job).
 
