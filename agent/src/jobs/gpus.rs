@@ -13,6 +13,7 @@
 use oci_spec::runtime::Spec;
 
 use super::bundle::{self, DeviceNode};
+use super::spec::GpuIdentity;
 use super::JobError;
 use crate::cdi::{self, ApplyPolicy, Device, GpuKey, Registry};
 use crate::config::JobsConfig;
@@ -32,8 +33,14 @@ pub struct GpuSetup {
 }
 
 impl GpuSetup {
-    /// Chooses CDI or device-node mode for each of `gpus` (PCI bus ids); see the module doc.
-    pub fn select(fs: &FsRoot, config: &JobsConfig, gpus: &[String]) -> Self {
+    /// Chooses CDI or device-node mode for each of `gpus` (PCI bus ids; their UUIDs, when
+    /// NVML knows them, from `host_gpus`); see the module doc.
+    pub fn select(
+        fs: &FsRoot,
+        config: &JobsConfig,
+        gpus: &[String],
+        host_gpus: &[GpuIdentity],
+    ) -> Self {
         let mut setup = Self {
             hooks: config.cdi_hooks,
             ..Self::default()
@@ -46,9 +53,13 @@ impl GpuSetup {
             setup.notes.push(format!("CDI spec skipped: {problem}"));
         }
         for gpu in gpus {
+            let uuid = host_gpus
+                .iter()
+                .find(|g| g.pci_bus_id == *gpu)
+                .and_then(|g| g.uuid.as_deref());
             let key = GpuKey {
                 pci_bus_id: gpu,
-                uuid: None,
+                uuid,
             };
             match cdi::find_gpu_device(&registry, fs, key) {
                 Some(device) => {
@@ -111,10 +122,15 @@ mod tests {
         if unsafe { libc::geteuid() } != 0 {
             return eprintln!("skipped: each_gpu_is_given_through_cdi_or_device_nodes_and_noted: needs root (spec files must be root-owned)");
         }
-        let (_dir, fs) = root_with(&[("example.yaml", SPEC), ("broken.yaml", "kind: x")]);
+        let by_uuid = "cdiVersion: \"0.5.0\"\nkind: example.com/byuuid\ndevices:\n- name: GPU-abc\n  containerEdits:\n    env: [B=1]\n";
+        let (_dir, fs) = root_with(&[
+            ("example.yaml", SPEC),
+            ("broken.yaml", "kind: x"),
+            ("uuid.yaml", by_uuid),
+        ]);
         let config = JobsConfig::default();
         let gpus = ["0000:17:00.0".to_owned(), "0000:65:00.0".to_owned()];
-        let setup = GpuSetup::select(&fs, &config, &gpus);
+        let setup = GpuSetup::select(&fs, &config, &gpus, &[]);
         assert_eq!(setup.notes.len(), 4, "{:?}", setup.notes);
         assert!(setup.notes[0].starts_with("CDI spec skipped: /etc/cdi/broken.yaml: "));
         assert_eq!(
@@ -130,7 +146,17 @@ mod tests {
         assert_eq!(setup.nodes_only, ["0000:65:00.0"]);
         // Device-node mode needs the driver's /proc file; this root has none.
         assert!(setup.device_nodes(&fs).is_err());
+        // The UUID NVML knows of the second GPU names its device.
+        let host = [GpuIdentity {
+            pci_bus_id: "0000:65:00.0".to_owned(),
+            uuid: Some("GPU-abc".to_owned()),
+        }];
+        let setup = GpuSetup::select(&fs, &config, &gpus[1..], &host);
+        assert_eq!(
+            setup.notes[1],
+            "GPU 0000:65:00.0: CDI device example.com/byuuid=GPU-abc (/etc/cdi/uuid.yaml)"
+        );
         // No GPU: no spec read, no note.
-        assert!(GpuSetup::select(&fs, &config, &[]).notes.is_empty());
+        assert!(GpuSetup::select(&fs, &config, &[], &[]).notes.is_empty());
     }
 }

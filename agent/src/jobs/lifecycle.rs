@@ -96,7 +96,7 @@ impl JobManager {
         let gpus = lock(&self.gpus).clone();
         let pid_max = spec::pid_max(&self.fs);
         let valid = spec::validate(spec, self.images.as_ref(), &gpus, pid_max, &self.config)?;
-        let gpu_setup = GpuSetup::select(&self.fs, &self.config, &valid.gpus);
+        let gpu_setup = GpuSetup::select(&self.fs, &self.config, &valid.gpus, &gpus);
         let id = valid.spec.job_id.clone();
         let host_ports = {
             let admission = lock(&self.admission);
