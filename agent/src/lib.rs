@@ -20,6 +20,8 @@
 //!   systemd readiness notification.
 //! - [`market`]: the market link: reverse tunnels (jhump/grpctunnel's protocol) the agent
 //!   opens to markets and serves its whole API through, so hosts behind NAT are reachable.
+//! - [`cdi`]: CDI (Container Device Interface) specs: which GPUs have a CDI device, and a
+//!   device's container edits applied to a job's runtime spec.
 //! - [`cgroup`]: cgroup v1/v2/hybrid detection and per-cgroup stats (CPU, memory, pids, I/O).
 //! - [`cli`]: the command line (`fog-agent inventory|...`), human tables and `--json`.
 
@@ -27,6 +29,7 @@ pub mod api;
 pub mod attest;
 pub mod bench;
 pub mod capacity;
+pub mod cdi;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

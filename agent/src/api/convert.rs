@@ -202,6 +202,7 @@ fn gpu(g: &inv::gpu::Gpu) -> pb::Gpu {
         memory_total_bytes: g.memory_total_bytes.unwrap_or(0),
         seen_by: g.seen_by.clone(),
         numa_node: g.numa_node,
+        cdi_device: g.cdi_device.clone().unwrap_or_default(),
     }
 }
 

@@ -220,6 +220,7 @@ pub fn job(view: &JobView) -> pb::Job {
                 host_port: p.host_port.into(),
             })
             .collect(),
+        notes: r.notes.clone(),
     }
 }
 

@@ -611,7 +611,7 @@ async fn job_query(
 }
 
 /// One line per job (the id first): state, usage, network (traffic, addresses, published
-/// ports), exit and message.
+/// ports), exit, message and notes (how its GPUs are given).
 fn human_job(job: &pb::Job) -> String {
     let spec = job.spec.clone().unwrap_or_default();
     let usage = job.usage.clone().unwrap_or_default();
@@ -636,6 +636,9 @@ fn human_job(job: &pb::Job) -> String {
     }
     if !job.message.is_empty() {
         line.push_str(&format!(" — {}", job.message));
+    }
+    if !job.notes.is_empty() {
+        line.push_str(&format!(" (notes: {})", job.notes.join("; ")));
     }
     line
 }

@@ -281,6 +281,9 @@ fn gpu_lines(g: &inventory::gpu::GpuInventory) -> Vec<String> {
             ]);
         }
         lines.push(indent(&t, LABEL));
+        for gpu in &g.gpus {
+            lines.push(cdi_line(gpu));
+        }
     }
     for dev in &g.opencl_devices {
         lines.push(format!(
@@ -302,6 +305,18 @@ fn gpu_lines(g: &inventory::gpu::GpuInventory) -> Vec<String> {
         }
     }
     lines
+}
+
+/// How jobs get the GPU: its CDI device, or device-node mode with the command that fixes it.
+fn cdi_line(gpu: &inventory::gpu::Gpu) -> String {
+    match &gpu.cdi_device {
+        Some(device) => format!("{}: CDI device {device}", gpu.pci_bus_id),
+        None => format!(
+            "{}: no CDI device: device-node mode (generate the spec: {})",
+            gpu.pci_bus_id,
+            crate::cdi::GENERATE_COMMAND
+        ),
+    }
 }
 
 fn storage_lines(s: &inventory::storage::StorageInfo) -> Vec<String> {

@@ -44,6 +44,12 @@ pub struct JobsConfig {
     pub scratch_max_inodes: u64,
     /// How jobs reach the world: `"none"` (loopback only) or the `[jobs.network]` CNI network.
     pub network: JobNetwork,
+    /// Where CDI specs are read from (in CDI's order: a later dir overrides an earlier one),
+    /// absolute paths (read below the agent's root); see `cdi` in the crate.
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Whether the OCI hooks of CDI specs are added to jobs' bundles (they run as root on the
+    /// host while a job's container is created).
+    pub cdi_hooks: bool,
 }
 
 /// How a job's scratch dir is held to its size (`[jobs] scratch_limit`); see
@@ -76,6 +82,8 @@ impl Default for JobsConfig {
             scratch_limit: ScratchLimit::Filesystem,
             scratch_max_inodes: 65_536,
             network: JobNetwork::default(),
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
+            cdi_hooks: false,
         }
     }
 }

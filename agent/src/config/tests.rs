@@ -123,6 +123,7 @@ queue_depth = 0
 reserve_gpus = ["gpu0"]
 [jobs]
 runtime = "runc"
+cdi_spec_dirs = ["/etc/cdi", "etc/cdi"]
 cgroup_parent = "../x"
 telemetry_interval_millis = 5
 retention_millis = 10
@@ -141,6 +142,7 @@ tls_cert = "/x/m.pem"
             "telemetry.min_interval_millis",
             "telemetry.queue_depth",
             "jobs.runtime",
+            "jobs.cdi_spec_dirs",
             "jobs.cgroup_parent",
             "jobs.telemetry_interval_millis",
             "jobs.retention_millis",

@@ -159,6 +159,13 @@ impl Config {
             "jobs.dir",
             format!("must be empty or an absolute path, not {:?}", jobs.dir),
         );
+        for (i, dir) in jobs.cdi_spec_dirs.iter().enumerate() {
+            check(
+                dir.is_absolute(),
+                "jobs.cdi_spec_dirs",
+                format!("entry {i} must be an absolute path, not {dir:?}"),
+            );
+        }
         check(
             jobs.scratch_max_inodes >= 16,
             "jobs.scratch_max_inodes",

@@ -196,8 +196,28 @@ impl DaemonOptions {
             .tcti
             .parse()
             .map_err(|e| DaemonError::Config(vec![format!("tpm.tcti: {e}")]))?;
-        let inventory_source: InventorySource =
-            Arc::new(|| crate::inventory::collect_from(FsRoot::host()));
+        let cdi_dirs = config.jobs.cdi_spec_dirs.clone();
+        let inventory_source: InventorySource = Arc::new(move || {
+            let mut inventory = crate::inventory::collect_from(FsRoot::host());
+            // The inventory reads the standard CDI dirs; the jobs read the configured ones.
+            let standard = crate::cdi::DEFAULT_SPEC_DIRS.map(std::path::PathBuf::from);
+            if cdi_dirs[..] != standard[..] {
+                if let Some(gpus) = inventory.gpus.data.as_mut() {
+                    let mut notes = crate::inventory::Notes::default();
+                    crate::inventory::gpu::annotate_cdi(
+                        gpus,
+                        &FsRoot::host(),
+                        &cdi_dirs,
+                        &mut notes,
+                    );
+                    inventory
+                        .gpus
+                        .notes
+                        .extend(notes.as_slice().iter().cloned());
+                }
+            }
+            inventory
+        });
         let images = ImageStore::open(&config.state.dir)
             .map_err(DaemonError::Images)?
             .with_limits(config.into());

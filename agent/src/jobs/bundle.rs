@@ -18,7 +18,8 @@
 //!   namespace with loopback only.
 //! - resources: CPU quota/period from millicores (100 ms period), memory limit with memory+swap
 //!   equal to it (no swap), pids limit, and a device cgroup that denies everything except the
-//!   runtime's default safe nodes plus the job's GPUs' `/dev/nvidia*` nodes.
+//!   runtime's default safe nodes plus the job's GPUs' `/dev/nvidia*` nodes (GPUs with a CDI
+//!   device get its edits instead, applied after this spec is built: see [`super::gpus`]).
 //! - process: no capabilities at all (bounding, effective, permitted, inheritable, ambient
 //!   empty), `noNewPrivileges`, `RLIMIT_NOFILE` 1024/4096; not privileged (the OCI spec has no
 //!   such switch: privilege would be capabilities and device access, both denied).

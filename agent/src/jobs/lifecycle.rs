@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bundle::{self, DeviceNode};
+use super::gpus::GpuSetup;
 use super::manager::{JobManager, DEFAULT_STOP_GRACE, KILL_WAIT, START_TIMEOUT};
 use super::model::{JobRecord, JobState, JobView, Termination, Usage};
 use super::records::lock;
@@ -95,6 +96,7 @@ impl JobManager {
         let gpus = lock(&self.gpus).clone();
         let pid_max = spec::pid_max(&self.fs);
         let valid = spec::validate(spec, self.images.as_ref(), &gpus, pid_max, &self.config)?;
+        let gpu_setup = GpuSetup::select(&self.fs, &self.config, &valid.gpus, &gpus);
         let id = valid.spec.job_id.clone();
         let host_ports = {
             let admission = lock(&self.admission);
@@ -128,6 +130,7 @@ impl JobManager {
                 gpus: valid.gpus.clone(),
                 cgroups_path: self.cgroups_path(&id),
                 time_limit_millis: u64::try_from(valid.time_limit.as_millis()).unwrap_or(u64::MAX),
+                notes: gpu_setup.notes.clone(),
                 ..JobRecord::default()
             };
             let view = JobView {
@@ -158,7 +161,7 @@ impl JobManager {
             return Err(err);
         }
         let launched = self
-            .prepare(&valid, &host_ports)
+            .prepare(&valid, &host_ports, &gpu_setup)
             .and_then(|shim_args| self.launch(&shim_args));
         let outcome = self.record_launch(id, launched);
         // After the record, so the next standby's exec (~6 ms of CPU) does not compete with
@@ -223,7 +226,12 @@ impl JobManager {
     /// Makes the job dir (replacing one that no record owns, which never had a shim: left by an
     /// older agent that wrote the dir before the record, or by a forgotten job whose dir could
     /// not be removed), its scratch dir and bundle; returns the shim's arguments.
-    fn prepare(&self, job: &ValidJob, host_ports: &[u16]) -> Result<ShimArgs, StartError> {
+    fn prepare(
+        &self,
+        job: &ValidJob,
+        host_ports: &[u16],
+        gpu_setup: &GpuSetup,
+    ) -> Result<ShimArgs, StartError> {
         use std::os::unix::fs::DirBuilderExt;
         let id = &job.spec.job_id;
         let dir = self.job_dir(id);
@@ -246,8 +254,7 @@ impl JobManager {
         let scratch = scratch::make(&dir, scratch_bytes, job.user, self.config.scratch_limit)
             .map_err(StartError::Scratch)?;
         let bundle_err = |e: JobError| StartError::Bundle(Box::new(e));
-        let gpu_nodes: Vec<DeviceNode> =
-            bundle::gpu_device_nodes(&self.fs, &job.gpus).map_err(bundle_err)?;
+        let gpu_nodes: Vec<DeviceNode> = gpu_setup.device_nodes(&self.fs).map_err(bundle_err)?;
         for gpu in &job.gpus {
             // Not fatal: the job runs, and its usage says why GPU-seconds are missing.
             if let Err(err) = self.gpu_accounting.prepare(gpu) {
@@ -257,7 +264,7 @@ impl JobManager {
         let network = self
             .attach_network(job, host_ports, &dir)
             .map_err(|e| StartError::Network(Box::new(e)))?;
-        let spec = bundle::runtime_spec(
+        let mut spec = bundle::runtime_spec(
             job,
             scratch.as_deref(),
             &self.cgroups_path(id),
@@ -265,6 +272,7 @@ impl JobManager {
             network.as_ref().map(|n| n.bundle()),
         )
         .map_err(bundle_err)?;
+        gpu_setup.apply(&mut spec, &self.fs).map_err(bundle_err)?;
         bundle::write_bundle(&dir.join(shim::BUNDLE_DIR), &spec).map_err(bundle_err)?;
         Ok(ShimArgs {
             job_dir: dir,

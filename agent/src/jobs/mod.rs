@@ -5,6 +5,7 @@
 //! - [`bundle`]: the OCI runtime spec (`config.json`) of a job, built with `oci-spec`.
 //! - [`scratch`]: the job's scratch dir and how it is held to its size (its own filesystem).
 //! - [`seccomp`]: the system-call allowlist every job runs under.
+//! - [`gpus`]: a job's GPUs in its bundle: CDI devices ([`crate::cdi`]), or device nodes.
 //! - [`runtime`]: the [`JobRuntime`] seam and the real [`Runc`].
 //! - [`supervisor`]: the [`Supervisor`] seam (starting shims, telling whether they live) and
 //!   the real [`ShimSupervisor`].
@@ -37,6 +38,7 @@
 pub mod bundle;
 #[cfg(test)]
 mod fake;
+pub mod gpus;
 pub mod job_metrics;
 pub mod launcher;
 mod lifecycle;

@@ -105,6 +105,9 @@ pub struct JobRecord {
     /// Its network (namespace, addresses, host veth, published ports), once attached; absent
     /// with `[jobs] network = "none"`.
     pub network: Option<Attachment>,
+    /// What the agent chose for it that its owner should know (how each GPU is given: CDI
+    /// device or device-node mode; see [`super::gpus`]).
+    pub notes: Vec<String>,
 }
 
 /// Usage counters (monotonic).

@@ -28,6 +28,8 @@ const LAYERS: &[&[&str]] = &[
     &["capacity", "gpu"],
     // Facts about the host and its stores.
     &["inventory", "cgroup", "image", "net"],
+    // CDI specs: read by the inventory (which GPUs have a CDI device) and the jobs (their edits).
+    &["cdi"],
     &["fsroot", "config", "state", "sdnotify"],
 ];
 

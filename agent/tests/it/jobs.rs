@@ -1298,7 +1298,7 @@ async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
 }
 
 /// The free GPUs once the inventory has been collected (bounded wait).
-async fn wait_capacity_gpus(client: &mut AgentClient<Channel>) -> Vec<String> {
+pub(crate) async fn wait_capacity_gpus(client: &mut AgentClient<Channel>) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let c = capacity(client).await;

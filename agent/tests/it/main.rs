@@ -10,6 +10,7 @@ mod attest;
 mod audit;
 mod bench;
 mod bounds;
+mod cdi;
 mod certs;
 mod config_docs;
 mod daemon;

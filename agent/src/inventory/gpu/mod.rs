@@ -1,6 +1,9 @@
 //! GPUs: NVIDIA devices through NVML, every OpenCL platform and device, and the PCI bus (so a
 //! card whose driver is missing still shows up), merged into one entry per physical device by
 //! PCI bus address. A CPU OpenCL device (PoCL) is an OpenCL device, never a GPU.
+//!
+//! Each GPU also says which CDI device jobs get it through ([`annotate_cdi`], from the specs of
+//! the standard CDI dirs; the daemon uses `[jobs] cdi_spec_dirs`).
 
 mod merge;
 pub mod nvml;
@@ -10,6 +13,7 @@ pub mod pci;
 
 use serde::{Deserialize, Serialize};
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{elapsed_ms, error_chain, Notes, ProbeError, ProbeStatus};
@@ -92,6 +96,10 @@ pub struct Gpu {
     pub nvml: Option<nvml::NvmlDevice>,
     /// Indices into [`GpuInventory::opencl_devices`] of the OpenCL devices that are this GPU.
     pub opencl_device_indices: Vec<usize>,
+    /// The CDI device jobs get it through (`nvidia.com/gpu=GPU-...`); `None`: device-node mode
+    /// (see [`annotate_cdi`]).
+    #[serde(default)]
+    pub cdi_device: Option<String>,
 }
 
 /// Collects the GPU section from all three sources. OpenCL (the slowest: it may start a child
@@ -133,12 +141,44 @@ pub fn collect(
             nvml_devices.unwrap_or_default(),
             &opencl_devices,
         );
-        Ok(GpuInventory {
+        let mut inventory = GpuInventory {
             gpus,
             opencl_devices,
             sources,
-        })
+        };
+        let dirs: Vec<PathBuf> = crate::cdi::DEFAULT_SPEC_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        annotate_cdi(&mut inventory, fs, &dirs, notes);
+        Ok(inventory)
     })
+}
+
+/// Sets each GPU's [`Gpu::cdi_device`] from the CDI specs of `dirs` below `fs` (see
+/// [`crate::cdi::find_gpu_device`] for the rule); spec files that were skipped become notes.
+/// The specs are read only when there is a GPU.
+pub fn annotate_cdi(
+    inventory: &mut GpuInventory,
+    fs: &FsRoot,
+    dirs: &[PathBuf],
+    notes: &mut Notes,
+) {
+    if inventory.gpus.is_empty() {
+        return;
+    }
+    let registry = crate::cdi::Registry::load(fs, dirs);
+    for problem in &registry.problems {
+        notes.add("cdi", problem);
+    }
+    for gpu in &mut inventory.gpus {
+        let key = crate::cdi::GpuKey {
+            pci_bus_id: &gpu.pci_bus_id,
+            uuid: gpu.nvml.as_ref().and_then(|n| n.uuid.as_deref()),
+        };
+        gpu.cdi_device = crate::cdi::find_gpu_device(&registry, fs, key)
+            .map(|device| device.qualified_name.clone());
+    }
 }
 
 /// Runs `f`, returning its result and wall time.
