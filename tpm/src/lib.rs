@@ -16,6 +16,7 @@ pub mod device;
 pub mod enroll;
 pub mod export;
 pub mod report;
+pub mod sigverify;
 pub mod store;
 pub mod strict_json;
 pub mod structures;

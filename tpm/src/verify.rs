@@ -542,96 +542,12 @@ fn check_signature_scheme(sig: &Signature, ak: &Public) -> Outcome {
     Ok(None)
 }
 
-/// Verifies `sig` over `message` with the AK, using the AK's own scheme.
+/// Verifies `sig` over `message` with the AK, using the AK's own scheme
+/// ([`crate::sigverify`]).
 pub fn check_signature(sig: &Signature, ak: &Public, message: &[u8]) -> Outcome {
-    let scheme = ak.scheme.ok_or("AK has no signing scheme")?;
-    let h = HashAlg::from_tpm(scheme.hash).ok_or("AK scheme hash unsupported")?;
-    let digest = h.digest(&[message]);
-    let bad = |what: &str| Err(format!("signature does not verify with the AK ({what})"));
-    match (&ak.key, sig) {
-        (
-            PublicKey::Rsa {
-                exponent, modulus, ..
-            },
-            Signature::Rsa { sig, .. },
-        ) => {
-            let e = if *exponent == 0 { 65537 } else { *exponent };
-            let key =
-                rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from(e))
-                    .map_err(|e| format!("AK RSA key unusable: {e}"))?;
-            let ok = match (scheme.scheme, h) {
-                (alg::RSASSA, HashAlg::Sha256) => {
-                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, sig)
-                }
-                (alg::RSASSA, HashAlg::Sha384) => {
-                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest, sig)
-                }
-                (alg::RSASSA, HashAlg::Sha512) => {
-                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &digest, sig)
-                }
-                (_, HashAlg::Sha256) => key.verify(rsa::Pss::new::<sha2::Sha256>(), &digest, sig),
-                (_, HashAlg::Sha384) => key.verify(rsa::Pss::new::<sha2::Sha384>(), &digest, sig),
-                (_, HashAlg::Sha512) => key.verify(rsa::Pss::new::<sha2::Sha512>(), &digest, sig),
-            };
-            ok.map(|()| None).or_else(|_| bad("RSA"))
-        }
-        (PublicKey::Ecc { curve: c, x, y, .. }, Signature::Ecc { r, s, .. }) => {
-            let ok = match *c {
-                curve::NIST_P256 => ecdsa_verify::<p256::NistP256>(x, y, r, s, &digest, 32),
-                curve::NIST_P384 => ecdsa_verify::<p384::NistP384>(x, y, r, s, &digest, 48),
-                _ => false,
-            };
-            if ok {
-                Ok(None)
-            } else {
-                bad("ECDSA")
-            }
-        }
-        _ => bad("signature type does not match the AK's key type"),
-    }
-}
-
-fn left_pad(b: &[u8], len: usize) -> Option<Vec<u8>> {
-    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
-    let b = &b[start..];
-    if b.len() > len {
-        return None;
-    }
-    let mut out = vec![0u8; len - b.len()];
-    out.extend_from_slice(b);
-    Some(out)
-}
-
-fn ecdsa_verify<C>(x: &[u8], y: &[u8], r: &[u8], s: &[u8], digest: &[u8], len: usize) -> bool
-where
-    C: ecdsa::PrimeCurve + elliptic_curve::CurveArithmetic,
-    ecdsa::SignatureSize<C>: elliptic_curve::generic_array::ArrayLength<u8>,
-    elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
-    elliptic_curve::AffinePoint<C>: elliptic_curve::sec1::FromEncodedPoint<C>
-        + elliptic_curve::sec1::ToEncodedPoint<C>
-        + ecdsa::hazmat::VerifyPrimitive<C>,
-{
-    use ecdsa::signature::hazmat::PrehashVerifier;
-    let (Some(x), Some(y), Some(r), Some(s)) = (
-        left_pad(x, len),
-        left_pad(y, len),
-        left_pad(r, len),
-        left_pad(s, len),
-    ) else {
-        return false;
-    };
-    let mut sec1 = vec![0x04];
-    sec1.extend_from_slice(&x);
-    sec1.extend_from_slice(&y);
-    let Ok(key) = ecdsa::VerifyingKey::<C>::from_sec1_bytes(&sec1) else {
-        return false;
-    };
-    let mut rs = r;
-    rs.extend_from_slice(&s);
-    let Ok(sig) = ecdsa::Signature::<C>::from_slice(&rs) else {
-        return false;
-    };
-    key.verify_prehash(digest, &sig).is_ok()
+    crate::sigverify::verify(sig, ak, message)
+        .map(|()| None)
+        .map_err(|what| format!("signature does not verify with the AK ({what})"))
 }
 
 fn check_pcr_selection(signed: &PcrSelection, expected: &PcrSelection) -> Outcome {

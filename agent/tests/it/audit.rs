@@ -126,9 +126,7 @@ async fn one_command_enrolls_then_audits_and_a_fleet_run_names_each_host() {
         ]);
         args.into_iter().map(str::to_owned).collect()
     };
-    let json_of = |out: &Output| -> serde_json::Value {
-        serde_json::from_str(&ok(out)).unwrap()
-    };
+    let json_of = |out: &Output| -> serde_json::Value { serde_json::from_str(&ok(out)).unwrap() };
 
     // First audit of host-a: enrolled, then verified.
     let url_a = a.url();
@@ -173,7 +171,11 @@ async fn one_command_enrolls_then_audits_and_a_fleet_run_names_each_host() {
     .unwrap();
     let out = audit(common(&["--targets", s(&targets)])).await;
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "one host is unreachable: {table}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one host is unreachable: {table}"
+    );
     assert!(table.contains("2/3 hosts accepted"), "{table}");
     let row = |host: &str| {
         table
