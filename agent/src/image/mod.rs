@@ -59,9 +59,10 @@
 //!
 //! # Garbage collection
 //!
-//! After each pull (the daemon's and the CLI's), images beyond `[images] max_bytes` are removed
-//! least recently used first, never one an active job runs, then blobs no image references
-//! (`gc`).
+//! After each of the daemon's pulls, images beyond `[images] max_bytes` are removed least
+//! recently used first, never the one just pulled nor one an active job runs, then blobs no
+//! image references (`gc`). The CLI's pulls collect nothing (they cannot see the daemon's
+//! jobs).
 //!
 //! Not done: nested (multi-platform) indexes in an imported layout (a pull resolves a
 //! registry's index to the host's platform), xattrs (never written, so file capabilities are

@@ -17,6 +17,7 @@ mod exit_codes;
 mod gpu;
 mod image;
 mod image_hostile;
+mod image_pull;
 mod inventory;
 mod job_network;
 mod jobs;
