@@ -549,3 +549,89 @@ fn cli_pull_reads_the_password_from_stdin() {
     let record: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(record["reference"], reference.as_str());
 }
+
+/// Pulls through the daemon's PullImage: the progress messages, then the image.
+async fn pull_rpc(
+    client: &mut fog_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+    reference: &str,
+) -> (Vec<fog_proto::v1::PullProgress>, fog_proto::v1::Image) {
+    use fog_proto::v1 as pb;
+    let mut stream = client
+        .pull_image(pb::PullImageRequest {
+            reference: reference.to_owned(),
+            username: USER.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut progress = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(120), stream.message())
+            .await
+            .expect("a PullImage message within 120 s")
+            .unwrap()
+            .expect("the stream ends with the image");
+        match message.event.unwrap() {
+            pb::pull_image_response::Event::Progress(p) => progress.push(p),
+            pb::pull_image_response::Event::Image(image) => return (progress, image),
+        }
+    }
+}
+
+/// Garbage collection in the daemon after each pull, with `[images] max_bytes` below any image:
+/// every image no job runs goes (least recently used first), never the one just pulled and
+/// never one an active job runs; the blobs only removed images used go with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_removes_unused_images_and_never_one_a_job_runs() {
+    let test = "garbage_collection_removes_unused_images_and_never_one_a_job_runs";
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    testing::busybox_layout(&layout, "app:1").unwrap();
+    testing::push_layer(&layout, "app:1", &[file("srv/one", b"one\n")]).unwrap();
+    registry.push(&layout, "app:1", "t/gc:1", false);
+    testing::push_layer(&layout, "app:1", &[file("srv/two", b"two\n")]).unwrap();
+    registry.push(&layout, "app:1", "t/gc:2", false);
+    let (host, ca) = (registry.host(), registry.ca());
+    let mut h = crate::jobs::Harness::start_configured(
+        |config| {
+            config.images.allowed_registries = vec![host.clone()];
+            config.images.ca_file = ca.clone();
+            config.images.max_bytes = fog_agent::config::ByteSize(1);
+        },
+        |_, options| options,
+    )
+    .await;
+    let store = ImageStore::open(&h.config.state.dir).unwrap();
+    let exists = |name: &str| store.get(name).unwrap().is_some();
+    // busybox:latest (imported by the harness) runs a job.
+    let id = crate::jobs::unique("gc");
+    crate::jobs::start(&mut h.client, crate::jobs::spec(&id, "sleep 300")).await;
+
+    let one = format!("{host}/t/gc:1");
+    let (progress, image) = pull_rpc(&mut h.client, &one).await;
+    assert_eq!(image.reference, one);
+    let last = progress.last().expect("progress messages");
+    assert!(last.layers_total == 2 && last.bytes_total > 0, "{last:?}");
+    assert!(exists(crate::jobs::IMAGE), "GC removed the image a job runs");
+    assert!(exists(&one), "GC removed the image just pulled");
+
+    let two = format!("{host}/t/gc:2");
+    let (_, image_two) = pull_rpc(&mut h.client, &two).await;
+    assert!(!exists(&one), "the unused image stayed");
+    assert!(exists(&two) && exists(crate::jobs::IMAGE));
+    // gc:1's manifest and config went with it; its layers, which gc:2 shares, stayed: gc:2's
+    // manifest, config and 3 layers are left.
+    let blobs = |dir: &Path| -> usize { std::fs::read_dir(dir).unwrap().count() };
+    assert_eq!(blobs(&store.dir().join("blobs/sha256")), 5);
+
+    crate::jobs::stop(&mut h.client, &id).await;
+    let (_, again) = pull_rpc(&mut h.client, &one).await;
+    assert!(exists(&one));
+    assert!(!exists(crate::jobs::IMAGE), "the image no job runs any more stayed");
+    assert!(!exists(&image_two.manifest_digest) && !exists(&two));
+    assert_ne!(again.manifest_digest, image_two.manifest_digest);
+}
