@@ -29,6 +29,9 @@ mod tests {
         };
         let text = format!("{request:?} {request:#?}");
         assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("<redacted>") && text.contains("ghcr.io/a/b:1"), "{text}");
+        assert!(
+            text.contains("<redacted>") && text.contains("ghcr.io/a/b:1"),
+            "{text}"
+        );
     }
 }

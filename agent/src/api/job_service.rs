@@ -369,7 +369,7 @@ pub fn pull_image(
     if let Some(jobs) = &shared.jobs {
         jobs.check_state_floor()?;
     }
-    let credentials = (!request.username.is_empty()).then(|| Credentials {
+    let credentials = (!request.username.is_empty()).then_some(Credentials {
         username: request.username,
         password: request.password,
     });

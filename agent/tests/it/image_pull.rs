@@ -52,7 +52,10 @@ impl Registry {
     pub(crate) fn start(test: &str) -> Option<Registry> {
         for tool in ["docker-registry", "htpasswd", "skopeo"] {
             if !have(tool) {
-                skip(test, &format!("{tool} is not installed (packaging/setup-debian.sh --test)"));
+                skip(
+                    test,
+                    &format!("{tool} is not installed (packaging/setup-debian.sh --test)"),
+                );
                 return None;
             }
         }
@@ -264,9 +267,14 @@ async fn pulls_by_tag_and_by_digest_with_gzip_and_zstd_layers() {
     assert_eq!(by_digest.manifest_digest, by_tag.manifest_digest);
     assert_eq!(by_digest.reference, pinned);
 
-    let zstd = pull_with(&store, &policy, &format!("{host}/t/app:zstd"), Some(&creds()))
-        .await
-        .unwrap();
+    let zstd = pull_with(
+        &store,
+        &policy,
+        &format!("{host}/t/app:zstd"),
+        Some(&creds()),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         std::fs::read_to_string(zstd.rootfs.join("etc/hello")).unwrap(),
         "zstd\n"
@@ -293,7 +301,7 @@ async fn refusals_name_their_cause_and_leave_nothing() {
     let host = registry.host();
     let state = tempfile::tempdir().unwrap();
     let store = ImageStore::open(state.path()).unwrap();
-    let policy = policy(&[host.clone()], &registry.ca());
+    let policy = policy(std::slice::from_ref(&host), &registry.ca());
     let reference = format!("{host}/t/app:1");
 
     let wrong = format!("{host}/t/app@sha256:{}", "ab".repeat(32));
@@ -302,9 +310,14 @@ async fn refusals_name_their_cause_and_leave_nothing() {
         .unwrap_err();
     assert!(matches!(err, ImageError::NotInRegistry { .. }), "{err}");
 
-    let err = pull_with(&store, &policy, &format!("{host}/t/app:nope"), Some(&creds()))
-        .await
-        .unwrap_err();
+    let err = pull_with(
+        &store,
+        &policy,
+        &format!("{host}/t/app:nope"),
+        Some(&creds()),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ImageError::NotInRegistry { .. }), "{err}");
 
     let bad = Credentials {
@@ -328,9 +341,15 @@ async fn refusals_name_their_cause_and_leave_nothing() {
     let err = pull_with(&store, &outside, &reference, Some(&creds()))
         .await
         .unwrap_err();
-    assert!(matches!(err, ImageError::RegistryNotAllowed { .. }), "{err}");
+    assert!(
+        matches!(err, ImageError::RegistryNotAllowed { .. }),
+        "{err}"
+    );
     let text = err.to_string();
-    assert!(text.contains(&host) && text.contains("images.allowed_registries"), "{text}");
+    assert!(
+        text.contains(&host) && text.contains("images.allowed_registries"),
+        "{text}"
+    );
 
     let small = PullPolicy {
         max_compressed_bytes: 1 << 20,
@@ -340,14 +359,22 @@ async fn refusals_name_their_cause_and_leave_nothing() {
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
-    assert!(err.to_string().contains("images.max_compressed_bytes"), "{err}");
+    assert!(
+        err.to_string().contains("images.max_compressed_bytes"),
+        "{err}"
+    );
     // Refused before downloading: no blob fetched.
     assert_eq!(registry.blob_gets("t/app"), 0, "{}", registry.log());
     assert_eq!(cached_blobs(&store), 0);
 
     for malformed in ["", "a b", "repo::tag", "host/repo@sha256:short"] {
-        let err = pull_with(&store, &policy, malformed, None).await.unwrap_err();
-        assert!(matches!(err, ImageError::BadReference { .. }), "{malformed:?}: {err}");
+        let err = pull_with(&store, &policy, malformed, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ImageError::BadReference { .. }),
+            "{malformed:?}: {err}"
+        );
     }
     assert!(store.list().unwrap().is_empty());
     assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
@@ -369,7 +396,7 @@ async fn concurrent_pulls_download_once_and_shared_layers_are_not_downloaded_aga
     let host = registry.host();
     let state = tempfile::tempdir().unwrap();
     let store = ImageStore::open(state.path()).unwrap();
-    let policy = policy(&[host.clone()], &registry.ca());
+    let policy = policy(std::slice::from_ref(&host), &registry.ca());
     let before = registry.blob_gets("t/share");
     let one = format!("{host}/t/share:1");
     let creds = creds();
@@ -380,15 +407,28 @@ async fn concurrent_pulls_download_once_and_shared_layers_are_not_downloaded_aga
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.manifest_digest, b.manifest_digest);
     // Config + 2 layers, each downloaded once for the two pulls.
-    assert_eq!(registry.blob_gets("t/share") - before, 3, "{}", registry.log());
+    assert_eq!(
+        registry.blob_gets("t/share") - before,
+        3,
+        "{}",
+        registry.log()
+    );
 
     let before = registry.blob_gets("t/share");
     let two = pull_with(&store, &policy, &format!("{host}/t/share:2"), Some(&creds))
         .await
         .unwrap();
-    assert_eq!(std::fs::read_to_string(two.rootfs.join("srv/two")).unwrap(), "two\n");
+    assert_eq!(
+        std::fs::read_to_string(two.rootfs.join("srv/two")).unwrap(),
+        "two\n"
+    );
     // Only the new config and the new layer.
-    assert_eq!(registry.blob_gets("t/share") - before, 2, "{}", registry.log());
+    assert_eq!(
+        registry.blob_gets("t/share") - before,
+        2,
+        "{}",
+        registry.log()
+    );
 }
 
 /// A loopback TCP proxy to `upstream` that, while `cut_after` is not `u64::MAX`, closes every
@@ -462,7 +502,7 @@ async fn a_registry_dying_mid_pull_leaves_nothing_and_a_retry_resumes() {
     let host = format!("127.0.0.1:{}", proxy.port);
     let state = tempfile::tempdir().unwrap();
     let store = ImageStore::open(state.path()).unwrap();
-    let policy = policy(&[host.clone()], &registry.ca());
+    let policy = policy(std::slice::from_ref(&host), &registry.ca());
     let reference = format!("{host}/t/big:1");
 
     // What a whole pull moves through the proxy.
@@ -477,7 +517,10 @@ async fn a_registry_dying_mid_pull_leaves_nothing_and_a_retry_resumes() {
     let err = pull_with(&store, &policy, &reference, Some(&creds()))
         .await
         .unwrap_err();
-    assert!(matches!(err, ImageError::RegistryUnavailable { .. }), "{err}");
+    assert!(
+        matches!(err, ImageError::RegistryUnavailable { .. }),
+        "{err}"
+    );
     assert!(store.list().unwrap().is_empty());
     assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
     let partial: u64 = std::fs::read_dir(store.dir().join("blobs/.partial"))
@@ -493,7 +536,9 @@ async fn a_registry_dying_mid_pull_leaves_nothing_and_a_retry_resumes() {
         .await
         .unwrap();
     assert_eq!(
-        std::fs::metadata(record.rootfs.join("srv/big")).unwrap().len(),
+        std::fs::metadata(record.rootfs.join("srv/big"))
+            .unwrap()
+            .len(),
         big as u64
     );
     // Resumed: the retry fetched about what the whole pull did less what was kept.
@@ -529,7 +574,14 @@ fn cli_pull_reads_the_password_from_stdin() {
     .unwrap();
     let reference = format!("{}/t/cli:1", registry.host());
     let mut child = Command::new(env!("CARGO_BIN_EXE_fog-agent"))
-        .args(["image", "pull", &reference, "--username", USER, "--password-stdin"])
+        .args([
+            "image",
+            "pull",
+            &reference,
+            "--username",
+            USER,
+            "--password-stdin",
+        ])
         .arg("--config")
         .arg(&config)
         .arg("--json")
@@ -616,7 +668,10 @@ async fn garbage_collection_removes_unused_images_and_never_one_a_job_runs() {
     assert_eq!(image.reference, one);
     let last = progress.last().expect("progress messages");
     assert!(last.layers_total == 2 && last.bytes_total > 0, "{last:?}");
-    assert!(exists(crate::jobs::IMAGE), "GC removed the image a job runs");
+    assert!(
+        exists(crate::jobs::IMAGE),
+        "GC removed the image a job runs"
+    );
     assert!(exists(&one), "GC removed the image just pulled");
 
     let two = format!("{host}/t/gc:2");
@@ -631,7 +686,10 @@ async fn garbage_collection_removes_unused_images_and_never_one_a_job_runs() {
     crate::jobs::stop(&mut h.client, &id).await;
     let (_, again) = pull_rpc(&mut h.client, &one).await;
     assert!(exists(&one));
-    assert!(!exists(crate::jobs::IMAGE), "the image no job runs any more stayed");
+    assert!(
+        !exists(crate::jobs::IMAGE),
+        "the image no job runs any more stayed"
+    );
     assert!(!exists(&image_two.manifest_digest) && !exists(&two));
     assert_ne!(again.manifest_digest, image_two.manifest_digest);
 }

@@ -2,7 +2,9 @@
 //! manifest (an index resolved to the host's platform, a pinned digest checked), blob streams,
 //! and registry errors as [`ImageError`]s.
 
-use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, SizedStream};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, SizedStream,
+};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -15,12 +17,7 @@ use crate::image::{host_goarch, ImageError};
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const ACCEPTED: [&str; 4] = [
-    OCI_MANIFEST,
-    super::DOCKER_MANIFEST,
-    OCI_INDEX,
-    DOCKER_LIST,
-];
+const ACCEPTED: [&str; 4] = [OCI_MANIFEST, super::DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
 
 /// Parses a pull reference (`INVALID_ARGUMENT` on `reference` when malformed).
 pub(super) fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
@@ -116,10 +113,11 @@ impl Registry {
             }
         }
         if is_index(&bytes, media_type.as_deref()) {
-            let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| ImageError::BadDocument {
-                what: format!("index {}", desc.digest()),
-                reason: e.to_string(),
-            })?;
+            let index =
+                ImageIndex::from_reader(&bytes[..]).map_err(|e| ImageError::BadDocument {
+                    what: format!("index {}", desc.digest()),
+                    reason: e.to_string(),
+                })?;
             let chosen = choose_platform(&index).ok_or_else(|| ImageError::Platform {
                 field: "index platform",
                 value: platforms(&index),
@@ -243,7 +241,9 @@ impl Registry {
                     unavailable(message)
                 }
             }
-            OciDistributionError::ServerError { code: 401 | 403, .. } => ImageError::RegistryAuth {
+            OciDistributionError::ServerError {
+                code: 401 | 403, ..
+            } => ImageError::RegistryAuth {
                 registry,
                 message: err.to_string(),
             },
