@@ -251,7 +251,7 @@ impl Registry {
                 reference,
                 message: err.to_string(),
             },
-            _ => unavailable(crate::inventory::error_chain(&err)),
+            _ => unavailable(error_chain(&err)),
         }
     }
 }
@@ -304,4 +304,19 @@ fn parse_manifest(bytes: Vec<u8>, descriptor: Descriptor) -> Result<ResolvedMani
         descriptor,
         manifest,
     })
+}
+
+/// An error and its sources, `: `-separated (a connection error says why only in its sources).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
