@@ -29,8 +29,9 @@
 //!
 //! The manifest's declared config + layer sizes must fit `max_compressed_bytes` and the free
 //! space above `[state] min_free_bytes`, checked before any blob is downloaded; each blob is
-//! then read no further than its declared size. Unpacking is held to the import's limits
-//! (`max_unpacked_bytes`, `max_entries`, `min_free_bytes`).
+//! then read no further than its declared size. Up to four blobs download at a time.
+//! Unpacking is held to the import's limits (`max_unpacked_bytes`, `max_entries`,
+//! `min_free_bytes`).
 
 mod blobs;
 mod registry;
@@ -114,6 +115,9 @@ pub struct PullProgress {
 /// Receives a pull's progress.
 pub type ProgressSender = tokio::sync::watch::Sender<PullProgress>;
 
+/// Blobs one pull downloads at the same time.
+const CONCURRENT_DOWNLOADS: usize = 4;
+
 /// Largest manifest or index accepted from a registry.
 const MAX_MANIFEST_BYTES: usize = 8 << 20;
 
@@ -184,10 +188,13 @@ pub async fn pull(
     });
     cache.put(&resolved.descriptor, &resolved.bytes)?;
     let client = Arc::new(client);
+    let slots = tokio::sync::Semaphore::new(CONCURRENT_DOWNLOADS);
     let fetches = blobs_to_fetch.iter().enumerate().map(|(i, desc)| {
         let client = client.clone();
         let cache = cache.clone();
+        let slots = &slots;
         async move {
+            let _slot = slots.acquire().await.map_err(|_| ImageError::Cancelled)?;
             cache.fetch(&client, desc, progress, cancel).await?;
             if i > 0 {
                 progress.send_modify(|p| p.layers_done += 1);
