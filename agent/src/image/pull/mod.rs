@@ -338,3 +338,35 @@ fn manifest_descriptor(bytes: &[u8], media_type: Option<&str>) -> Result<Descrip
     sha256_hex(&desc)?;
     Ok(desc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_debug_hides_the_password() {
+        let credentials = Credentials {
+            username: "robot".into(),
+            password: "hunter2".into(),
+        };
+        let text = format!("{credentials:?} {credentials:#?}");
+        assert!(
+            !text.contains("hunter2") && text.contains("robot"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn malformed_references_are_refused_naming_them() {
+        for bad in ["", "a b", "repo::tag", "repo@sha256:abc", "repo@md5:00"] {
+            let err = registry::parse_reference(bad).unwrap_err();
+            assert!(
+                matches!(err, ImageError::BadReference { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+        let ok = registry::parse_reference("busybox").unwrap();
+        assert_eq!(ok.whole(), "docker.io/library/busybox:latest");
+        assert_eq!(ok.registry(), "docker.io");
+    }
+}
