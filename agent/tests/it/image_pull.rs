@@ -1,9 +1,10 @@
 //! Pulls from a real registry: Debian's `docker-registry` (distribution 2.8) run by each test on
 //! a loopback port with TLS (a CA made by the test, given to the agent as `[images] ca_file`)
 //! and htpasswd auth (bcrypt, `htpasswd -B`); test images (from `image::testing`) pushed with
-//! `skopeo copy`, gzip and zstd. Blob downloads are counted from the registry's access log; a
-//! registry that dies mid-pull is a loopback TCP proxy that cuts the connection after some
-//! bytes. Garbage collection runs in the daemon with real runc jobs.
+//! `skopeo copy`: gzip and zstd layers, and a multi-platform index (`--all`). Blob downloads
+//! are counted from the registry's access log; a registry that dies mid-pull is a loopback TCP
+//! proxy that cuts the connection after some bytes. Garbage collection runs in the daemon with
+//! real runc jobs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -116,15 +117,23 @@ impl Registry {
     /// Pushes the image tagged `tag` in `layout` to `repo_tag` (`repo:tag`), optionally
     /// compressing uncompressed layers with zstd.
     pub(crate) fn push(&self, layout: &Path, tag: &str, repo_tag: &str, zstd: bool) {
+        let extra: &[&str] = if zstd {
+            &["--dest-compress-format", "zstd"]
+        } else {
+            &[]
+        };
+        self.push_with(layout, tag, repo_tag, extra);
+    }
+
+    /// `skopeo copy` with `extra` arguments.
+    fn push_with(&self, layout: &Path, tag: &str, repo_tag: &str, extra: &[&str]) {
         let mut cmd = Command::new("skopeo");
         cmd.arg("copy")
             .arg("--dest-cert-dir")
             .arg(self.dir.path().join("certs.d"))
             .arg("--dest-creds")
             .arg(format!("{USER}:{PASSWORD}"));
-        if zstd {
-            cmd.args(["--dest-compress-format", "zstd"]);
-        }
+        cmd.args(extra);
         let out = cmd
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo_tag}", self.host()))
@@ -692,4 +701,68 @@ async fn garbage_collection_removes_unused_images_and_never_one_a_job_runs() {
     );
     assert!(!exists(&image_two.manifest_digest) && !exists(&two));
     assert_ne!(again.manifest_digest, image_two.manifest_digest);
+}
+
+/// A multi-platform image (an index with an entry for another architecture first): the pull
+/// takes the host's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_index_is_resolved_to_the_host_platform() {
+    let test = "an_image_index_is_resolved_to_the_host_platform";
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let (host_arch, other_arch) = if std::env::consts::ARCH == "aarch64" {
+        ("arm64", "amd64")
+    } else {
+        ("amd64", "arm64")
+    };
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    testing::busybox_layout(&layout, "app:1").unwrap();
+    testing::push_layer(&layout, "app:1", &[file("etc/arch", b"right\n")]).unwrap();
+    let right = testing::manifest_descriptor(&layout, "app:1").unwrap();
+    testing::push_layer(&layout, "app:1", &[file("etc/wrong", b"wrong\n")]).unwrap();
+    let wrong = testing::manifest_descriptor(&layout, "app:1").unwrap();
+    let entry = |d: &oci_spec::image::Descriptor, arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d.digest().to_string(),
+            "size": d.size(),
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&wrong, other_arch), entry(&right, host_arch)],
+    }))
+    .unwrap();
+    let index_digest = testing::write_blob(&layout, &index).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest,
+            "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    registry.push_with(&layout, "multi", "t/multi:1", &["--all"]);
+
+    let state = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(state.path()).unwrap();
+    let host = registry.host();
+    let policy = policy(std::slice::from_ref(&host), &registry.ca());
+    let record = pull_with(
+        &store,
+        &policy,
+        &format!("{host}/t/multi:1"),
+        Some(&creds()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(record.manifest_digest, right.digest().to_string());
+    assert!(record.rootfs.join("etc/arch").is_file());
+    assert!(!record.rootfs.join("etc/wrong").exists());
 }
