@@ -34,6 +34,7 @@ test_pkgs=(
   prometheus prometheus-node-exporter            # promtool check metrics; footprint peer
   systemd dpkg-dev                               # systemd-analyze verify/security; dpkg-shlibdeps for cargo-deb
   skopeo umoci                                   # image interop tests (layout copy, unpack)
+  docker-registry apache2-utils                  # image pull tests: a local TLS registry (the tests run their own; the packaged service is not used), htpasswd
   iproute2                                       # network namespaces and veths (market link faults, job networks)
   dnsmasq-base                                   # the job-network lab's DNS server
 )

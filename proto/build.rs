@@ -30,8 +30,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fds.encode_to_vec(),
     )?;
     // Decode errors are INVALID_ARGUMENT, not INTERNAL: see src/codec.rs.
+    // PullImageRequest carries registry credentials: its Debug (src/redact.rs) hides them.
     tonic_prost_build::configure()
         .codec_path("crate::codec::ProtoCodec")
+        .skip_debug([".fog.agent.v1.PullImageRequest"])
         .compile_fds(fds)?;
     let tunnel = protox::compile(protos_in(&tunnel_dir)?, [&root])?;
     // Message chunks are forwarded without copies: `bytes` fields as `bytes::Bytes`.

@@ -8,6 +8,7 @@
 //! never see them.
 
 pub mod codec;
+mod redact;
 
 /// Package `fog.agent.v1`.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]

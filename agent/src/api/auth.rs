@@ -93,11 +93,13 @@ pub enum Rpc {
     RemoveImage,
     /// GetMarketLinks.
     GetMarketLinks,
+    /// PullImage.
+    PullImage,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 18] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::GetInventory,
         Rpc::GetBenchmarks,
         Rpc::RunBenchmarks,
@@ -116,6 +118,7 @@ impl Rpc {
         Rpc::ImportImage,
         Rpc::RemoveImage,
         Rpc::GetMarketLinks,
+        Rpc::PullImage,
     ];
 
     /// The method name on the wire (`StartJob`).
@@ -139,6 +142,7 @@ impl Rpc {
             Rpc::ImportImage => "ImportImage",
             Rpc::RemoveImage => "RemoveImage",
             Rpc::GetMarketLinks => "GetMarketLinks",
+            Rpc::PullImage => "PullImage",
         }
     }
 
@@ -146,9 +150,8 @@ impl Rpc {
     pub fn changes_state(self) -> bool {
         use Rpc::*;
         match self {
-            RunBenchmarks | ActivateCredential | StartJob | StopJob | ImportImage | RemoveImage => {
-                true
-            }
+            RunBenchmarks | ActivateCredential | StartJob | StopJob | ImportImage | RemoveImage
+            | PullImage => true,
             GetInventory | GetBenchmarks | GetCapacity | WatchCapacity | WatchHostTelemetry
             | GetAttestation | GetEnrollment | GetJob | ListJobs | WatchJob | JobLogs
             | GetMarketLinks => false,
@@ -177,6 +180,8 @@ pub fn allowed(role: Role, rpc: Rpc) -> bool {
                 | ListJobs
                 | WatchJob
                 | JobLogs
+                // Within the operator's `[images]` policy (allowed registries, size caps).
+                | PullImage
         ),
         Role::Auditor => matches!(
             rpc,
@@ -268,6 +273,7 @@ mod tests {
             (ImportImage, false, false, true),
             (RemoveImage, false, false, true),
             (GetMarketLinks, false, false, true),
+            (PullImage, true, false, true),
         ];
         assert_eq!(expected.len(), Rpc::ALL.len());
         for (rpc, market, auditor, admin) in expected {

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The thing to create exists already.
     #[error("{0}")]
     AlreadyExists(String),
+    /// A third party (an image registry) refused the credentials the request carried.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request is valid but the state of the host refuses it now.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -83,6 +86,7 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument { .. } => Status::invalid_argument(text),
             ApiError::NotFound(_) => Status::not_found(text),
             ApiError::AlreadyExists(_) => Status::already_exists(text),
+            ApiError::PermissionDenied(_) => Status::permission_denied(text),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(text),
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(text),
             ApiError::Unavailable(_) => Status::unavailable(text),
@@ -167,7 +171,9 @@ impl From<JobError> for ApiError {
 /// An image-store error of a request whose `field` named the image or the layout: the caller's
 /// mistake is INVALID_ARGUMENT on that field, an image in use FAILED_PRECONDITION, a full disk
 /// or an import past its `[images]` limits RESOURCE_EXHAUSTED, a cancelled import UNAVAILABLE,
-/// a broken store INTERNAL.
+/// a broken store INTERNAL; a pull's registry outside `[images]` FAILED_PRECONDITION, refused
+/// registry credentials PERMISSION_DENIED, an unknown repository, tag or digest NOT_FOUND, an
+/// unreachable or failing registry UNAVAILABLE, a pull past its size caps RESOURCE_EXHAUSTED.
 pub fn image_error(field: &str, err: ImageError) -> ApiError {
     let text = chain(&err);
     match &err {
@@ -182,6 +188,11 @@ pub fn image_error(field: &str, err: ImageError) -> ApiError {
             ApiError::ResourceExhausted(format!("image store: {text}"))
         }
         ImageError::Cancelled => ApiError::Unavailable(text),
+        ImageError::RegistryNotAllowed { .. } => ApiError::FailedPrecondition(text),
+        ImageError::RegistryAuth { .. } => ApiError::PermissionDenied(text),
+        ImageError::NotInRegistry { .. } => ApiError::NotFound(text),
+        ImageError::RegistryUnavailable { .. } => ApiError::Unavailable(text),
+        ImageError::TooLarge { .. } => ApiError::ResourceExhausted(format!("image store: {text}")),
         _ => ApiError::invalid(field, text),
     }
 }

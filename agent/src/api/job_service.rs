@@ -350,6 +350,128 @@ pub async fn import_image(
     })
 }
 
+/// PullImage: a producer task runs the pull (cancelled when the client goes away or the agent
+/// shuts down) and streams its progress (the latest state each time it changes), then the image;
+/// after the pull, garbage collection keeps the store within `[images] max_bytes`.
+pub fn pull_image(
+    shared: &Shared,
+    request: pb::PullImageRequest,
+) -> Result<ResponseStream<pb::PullImageResponse>, ApiError> {
+    use crate::image::pull::{self, Credentials, PullProgress};
+    use crate::image::ImportCancel;
+    let store = image_store(shared)?;
+    if request.reference.is_empty() {
+        return Err(ApiError::invalid("reference", "empty"));
+    }
+    if request.username.is_empty() && !request.password.is_empty() {
+        return Err(ApiError::invalid("username", "empty while password is set"));
+    }
+    if let Some(jobs) = &shared.jobs {
+        jobs.check_state_floor()?;
+    }
+    let credentials = (!request.username.is_empty()).then_some(Credentials {
+        username: request.username,
+        password: request.password,
+    });
+    let policy = shared.pull_policy.clone();
+    let jobs = shared.jobs.clone();
+    let shutdown = shared.shutdown.clone();
+    let capacity = shared.capacity.clone();
+    let reference = request.reference;
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(async move {
+        let (progress, mut watch) = tokio::sync::watch::channel(PullProgress::default());
+        let cancel = ImportCancel::new();
+        let _cancel_when_done = cancel.cancel_on_drop();
+        let pulling = pull::pull(
+            &store,
+            &policy,
+            &reference,
+            credentials.as_ref(),
+            &progress,
+            &cancel,
+        );
+        tokio::pin!(pulling);
+        let result = loop {
+            tokio::select! {
+                result = &mut pulling => break result,
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let now = watch.borrow_and_update().clone();
+                    // A full queue skips a progress message; the next one says more.
+                    let _ = tx.try_send(Ok(pb::PullImageResponse {
+                        event: Some(pb::pull_image_response::Event::Progress(pull_progress(&now))),
+                    }));
+                }
+                () = tx.closed() => return,
+                () = shutting_down(shutdown.clone()) => {
+                    cancel.cancel();
+                    let _ = tx.send(Err(ApiError::Unavailable("image pull cancelled: the agent is shutting down".into()).into())).await;
+                    return;
+                }
+            }
+        };
+        let answer = match result {
+            Ok(record) => {
+                let digest = record.manifest_digest.clone();
+                let gc_store = store.clone();
+                let max_bytes = policy.max_store_bytes;
+                let collected = tokio::task::spawn_blocking(move || {
+                    collect_garbage(&gc_store, jobs.as_deref(), max_bytes, &digest)
+                })
+                .await;
+                if let Ok(Err(err)) = collected {
+                    tracing::warn!(error = %crate::inventory::error_chain(&err), "image garbage collection failed");
+                }
+                if let Ok(bytes) = store.stored_bytes() {
+                    capacity.set_image_bytes(bytes);
+                }
+                Ok(pb::PullImageResponse {
+                    event: Some(pb::pull_image_response::Event::Image(image(record))),
+                })
+            }
+            Err(err) => Err(image_error("reference", err).into()),
+        };
+        let _ = tx.send(answer).await;
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+fn pull_progress(p: &crate::image::pull::PullProgress) -> pb::PullProgress {
+    pb::PullProgress {
+        phase: p.phase.to_owned(),
+        layers_total: p.layers_total,
+        layers_done: p.layers_done,
+        bytes_total: p.bytes_total,
+        bytes_done: p.bytes_done,
+        bytes_cached: p.bytes_cached,
+    }
+}
+
+/// Garbage collection after a pull (never the image just pulled): images go through the job
+/// runner's removal, which refuses those an active job runs.
+pub(crate) fn collect_garbage(
+    store: &crate::image::ImageStore,
+    jobs: Option<&JobManager>,
+    max_bytes: u64,
+    keep: &str,
+) -> Result<crate::image::GcReport, crate::image::ImageError> {
+    let report = store.collect_garbage(max_bytes, Some(keep), &mut |digest| match jobs {
+        Some(jobs) => jobs.remove_image(digest),
+        None => store.remove(digest, |_| Ok(())).inspect(|removed| {
+            if let Some(removed) = removed {
+                removed.delete_trash();
+            }
+        }),
+    })?;
+    if !report.removed.is_empty() || !report.kept_in_use.is_empty() {
+        tracing::info!(removed = ?report.removed, kept_in_use = ?report.kept_in_use, bytes_after = report.bytes_after, "image garbage collection");
+    }
+    Ok(report)
+}
+
 fn image(record: crate::image::ImageRecord) -> pb::Image {
     pb::Image {
         reference: record.reference,

@@ -88,6 +88,8 @@ pub struct Shared {
     pub jobs: Option<Arc<JobManager>>,
     /// The image store (with jobs).
     pub images: Option<Arc<ImageStore>>,
+    /// PullImage's `[images]` policy, and the store size garbage collection keeps after a pull.
+    pub pull_policy: crate::image::pull::PullPolicy,
     /// `[api] max_message_bytes`: answers made of many items (ListJobs) are cut into pages
     /// below it.
     pub max_message_bytes: usize,

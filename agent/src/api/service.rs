@@ -330,6 +330,18 @@ impl pb::agent_server::Agent for AgentService {
             .map_err(Status::from)
     }
 
+    type PullImageStream = ResponseStream<pb::PullImageResponse>;
+
+    async fn pull_image(
+        &self,
+        request: Request<pb::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        self.authorize(&request, Rpc::PullImage)?;
+        job_service::pull_image(&self.shared, request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
     async fn get_market_links(
         &self,
         request: Request<pb::GetMarketLinksRequest>,

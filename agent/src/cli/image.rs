@@ -1,6 +1,9 @@
-//! `fog-agent image import DIR [--tag NAME]` and `fog-agent image list`: the OCI image store
-//! under the state dir (`[state] dir` of `--config`, the embedded defaults without it, or
-//! `--state-dir`), imports within the `[images]` limits of the same config.
+//! `fog-agent image import DIR [--tag NAME]`, `fog-agent image pull REF` and `fog-agent image
+//! list`: the OCI image store under the state dir (`[state] dir` of `--config`, the embedded
+//! defaults without it, or `--state-dir`), imports and pulls within the `[images]` limits and
+//! registry policy of the same config. A pull here runs in this process (as `import` does) and
+//! shares the blob cache and its locks with the daemon; it collects no garbage (it cannot see
+//! the daemon's jobs): the daemon's next pull does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +30,28 @@ pub enum ImageCommand {
     /// Import an OCI image layout directory (`skopeo copy ... oci:DIR[:TAG]`): verify every
     /// blob, unpack the layers into a rootfs, record it.
     Import(ImportArgs),
+    /// Pull an image from an OCI registry (`[images] allowed_registries`): by tag or by digest
+    /// (`REPO@sha256:...`, which the manifest must hash to); blobs already cached are reused.
+    Pull(PullArgs),
     /// List the imported images.
     List(ListArgs),
+}
+
+/// Arguments of `fog-agent image pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `[registry[:port]/]repository[:tag][@sha256:<hex>]` (no registry: Docker Hub).
+    pub reference: String,
+    /// Registry user name; the password (or token) is read from standard input
+    /// (`--password-stdin`), never from the command line.
+    #[arg(long, value_name = "USER", requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password or token from standard input (one line).
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreOpts,
 }
 
 /// Where the store is.
@@ -72,15 +95,20 @@ pub struct ListArgs {
 pub fn run(args: &ImageArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         ImageCommand::Import(a) => import(a),
+        ImageCommand::Pull(a) => pull(a),
         ImageCommand::List(a) => list(a),
     }
 }
 
-fn open(opts: &StoreOpts) -> anyhow::Result<ImageStore> {
-    let config = match &opts.config {
+fn load_config(opts: &StoreOpts) -> anyhow::Result<Config> {
+    Ok(match &opts.config {
         Some(path) => Config::load(path)?,
         None => Config::parse(crate::config::DEFAULT_TOML, "<embedded defaults>")?,
-    };
+    })
+}
+
+fn open(opts: &StoreOpts) -> anyhow::Result<ImageStore> {
+    let config = load_config(opts)?;
     let state_dir = opts
         .state_dir
         .clone()
@@ -107,6 +135,87 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
+    use crate::image::pull::{self, Credentials, PullPolicy, PullProgress};
+    use crate::image::ImportCancel;
+    let config = load_config(&args.store)?;
+    let store = open(&args.store)?;
+    let credentials = match &args.username {
+        Some(username) => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            Some(Credentials {
+                username: username.clone(),
+                password: password.trim_end_matches(['\r', '\n']).to_owned(),
+            })
+        }
+        None => None,
+    };
+    let policy = PullPolicy::from(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let quiet = args.store.json;
+    let record = runtime.block_on(async {
+        let (progress, mut watch) = tokio::sync::watch::channel(PullProgress::default());
+        let cancel = ImportCancel::new();
+        let pulling = pull::pull(
+            &store,
+            &policy,
+            &args.reference,
+            credentials.as_ref(),
+            &progress,
+            &cancel,
+        );
+        tokio::pin!(pulling);
+        let mut last_phase = "";
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                result = &mut pulling => break result,
+                _ = ticker.tick() => {
+                    let now = watch.borrow_and_update().clone();
+                    if !quiet && (now.phase != last_phase || now.phase == "downloading") && !now.phase.is_empty() {
+                        eprintln!("{}", progress_line(&now));
+                        last_phase = now.phase;
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    cancel.cancel();
+                }
+            }
+        }
+    });
+    let record = record.with_context(|| format!("cannot pull {}", args.reference))?;
+    if args.store.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        println!(
+            "pulled {} {} ({}) into {}",
+            record.reference,
+            short_digest(&record.manifest_digest),
+            render::bytes(record.size_bytes),
+            record.rootfs.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_line(p: &crate::image::pull::PullProgress) -> String {
+    format!(
+        "{}: layers {}/{}, {} of {} ({} cached)",
+        p.phase,
+        p.layers_done,
+        p.layers_total,
+        render::bytes(p.bytes_done),
+        render::bytes(p.bytes_total),
+        render::bytes(p.bytes_cached),
+    )
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {

@@ -313,3 +313,25 @@ max_streams = 0
     // No endpoints: the files are not needed.
     assert!(Config::parse("[market]\nca = \"\"\n", "t.toml").is_ok());
 }
+
+#[test]
+fn image_pull_policy_keys_are_checked() {
+    assert_eq!(
+        problems_of("[images]\nallowed_registries = [\"https://ghcr.io/x\"]\n"),
+        ["images.allowed_registries"]
+    );
+    assert_eq!(
+        problems_of("[images]\ninsecure_registries = [\"127.0.0.1:5000\"]\n"),
+        ["images.insecure_registries"]
+    );
+    assert_eq!(
+        problems_of("[images]\nca_file = \"relative.pem\"\n"),
+        ["images.ca_file"]
+    );
+    assert_eq!(
+        problems_of("[images]\nmax_compressed_bytes = \"1 KiB\"\n"),
+        ["images.max_compressed_bytes"]
+    );
+    let ok = "[images]\nallowed_registries = [\"127.0.0.1:5000\", \"ghcr.io\"]\ninsecure_registries = [\"127.0.0.1:5000\"]\nca_file = \"/etc/fog-agent/registry-ca.pem\"\nmax_bytes = 0\n";
+    assert!(Config::parse(ok, "t.toml").is_ok());
+}

@@ -271,6 +271,37 @@ impl Config {
             format!("{} is below 16", images.max_entries),
         );
         check(
+            images.max_compressed_bytes.0 >= 1 << 20,
+            "images.max_compressed_bytes",
+            format!("{} bytes is below 1 MiB", images.max_compressed_bytes.0),
+        );
+        for (key, list) in [
+            ("images.allowed_registries", &images.allowed_registries),
+            ("images.insecure_registries", &images.insecure_registries),
+        ] {
+            for registry in list {
+                check(
+                    is_registry_name(registry),
+                    key,
+                    format!("{registry:?} is not a registry host[:port] (no scheme, no path)"),
+                );
+            }
+        }
+        for registry in &images.insecure_registries {
+            check(
+                images.allowed_registries.contains(registry),
+                "images.insecure_registries",
+                format!("{registry:?} is not in images.allowed_registries"),
+            );
+        }
+        if let Some(ca) = images.ca_file() {
+            check(
+                ca.is_absolute(),
+                "images.ca_file",
+                format!("{} is not an absolute path (or \"\")", ca.display()),
+            );
+        }
+        check(
             (1..=1_000_000).contains(&jobs.max_retained_jobs),
             "jobs.max_retained_jobs",
             format!("{} is outside 1 to 1000000", jobs.max_retained_jobs),
@@ -417,4 +448,14 @@ pub(super) fn valid_pci_bus_id(id: &str) -> bool {
     let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
     let parts: Vec<&str> = id.split([':', '.']).collect();
     matches!(parts.as_slice(), [d, b, s, f] if hex(d, 4) && hex(b, 2) && hex(s, 2) && hex(f, 1))
+}
+
+/// A registry as a reference names it: `host` or `host:port`, letters, digits, `.`, `-`, `:`
+/// (and `[]` around an IPv6 address).
+fn is_registry_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
 }

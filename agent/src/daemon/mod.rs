@@ -773,6 +773,7 @@ async fn build_shared(
         attestation: options.attestation.clone(),
         shutdown,
         images: options.jobs.as_ref().map(|j| j.images.clone()),
+        pull_policy: config.into(),
         jobs,
         max_message_bytes: usize::try_from(config.api.max_message_bytes.0).unwrap_or(usize::MAX),
         market: std::sync::OnceLock::new(),

@@ -159,6 +159,50 @@ pub enum ImageError {
     /// The import's caller cancelled it (its request went away, or the agent is stopping).
     #[error("import cancelled")]
     Cancelled,
+    /// A pull's registry is outside the `[images]` policy.
+    #[error("registry {registry:?} is not in images.{key}")]
+    RegistryNotAllowed {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// The `[images]` key that would allow it.
+        key: &'static str,
+    },
+    /// The registry refused the pull's credentials (or wants some).
+    #[error("registry {registry} refused the credentials: {message}")]
+    RegistryAuth {
+        /// The registry.
+        registry: String,
+        /// What it said.
+        message: String,
+    },
+    /// The registry has no such repository, tag or manifest.
+    #[error("{reference}: not in the registry: {message}")]
+    NotInRegistry {
+        /// The reference pulled.
+        reference: String,
+        /// What the registry said.
+        message: String,
+    },
+    /// The registry could not be reached, failed, or the connection ended mid-blob.
+    #[error("registry {registry}: {message}")]
+    RegistryUnavailable {
+        /// The registry.
+        registry: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A pull larger than an `[images]` cap.
+    #[error("{what}: {size} bytes is more than images.{key} ({max} bytes)")]
+    TooLarge {
+        /// What was measured (`image docker.io/library/busybox:latest compressed`).
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        max: u64,
+        /// The `[images]` key of the cap.
+        key: &'static str,
+    },
     /// A file of the store itself is damaged.
     #[error("image store {path}: {reason}")]
     CorruptStore {

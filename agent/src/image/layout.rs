@@ -21,7 +21,7 @@ const MAX_JSON_BYTES: u64 = 8 << 20;
 /// Docker's gzip layer media type, accepted as gzip.
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Docker's manifest media type (same shape as the OCI one).
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(super) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker's config media type (same shape as the OCI one).
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
@@ -30,6 +30,7 @@ const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub(crate) enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 /// A verified-to-exist layer blob, ready to unpack.
@@ -268,27 +269,7 @@ impl Layout {
     /// Checks a layer descriptor's media type, and that its blob exists with the right size.
     pub(super) fn layer(&self, desc: &Descriptor, diff_id: &str) -> Result<LayerBlob, ImageError> {
         let digest = desc.digest().to_string();
-        let compression = match desc.media_type() {
-            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Compression::None,
-            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
-                Compression::Gzip
-            }
-            MediaType::Other(m) if m == DOCKER_LAYER_GZIP => Compression::Gzip,
-            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
-                return Err(ImageError::UnsupportedMediaType {
-                    digest,
-                    media_type: desc.media_type().to_string(),
-                    hint: ": zstd layers are not supported; convert with skopeo copy --dest-compress-format gzip".to_owned(),
-                })
-            }
-            other => {
-                return Err(ImageError::UnsupportedMediaType {
-                    digest,
-                    media_type: other.to_string(),
-                    hint: ": expected an OCI layer (tar or tar+gzip)".to_owned(),
-                })
-            }
-        };
+        let compression = layer_compression(desc)?;
         let hex = sha256_hex(desc)?.to_owned();
         let path = self.blob_path(desc)?;
         let meta = match fs::metadata(&path) {
@@ -322,6 +303,26 @@ impl Layout {
             compression,
             diff_id: diff_id.to_owned(),
         })
+    }
+}
+
+/// How a layer descriptor's blob is compressed, from its media type; any type but an OCI or
+/// Docker layer (tar, tar+gzip, tar+zstd) is refused.
+pub(super) fn layer_compression(desc: &Descriptor) -> Result<Compression, ImageError> {
+    match desc.media_type() {
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Ok(Compression::None),
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
+            Ok(Compression::Gzip)
+        }
+        MediaType::Other(m) if m == DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
+            Ok(Compression::Zstd)
+        }
+        other => Err(ImageError::UnsupportedMediaType {
+            digest: desc.digest().to_string(),
+            media_type: other.to_string(),
+            hint: ": expected an OCI layer (tar, tar+gzip or tar+zstd)".to_owned(),
+        }),
     }
 }
 

@@ -6,7 +6,8 @@
 //! `refs.json`, the store lock, an import's temp dir); `layout` (reading an OCI image layout and
 //! verifying its blobs; what the store takes from an image config); `unpack` (layers into a
 //! rootfs); `limits` ([`ImportLimits`], [`ImportCancel`] and the budget an import is charged
-//! against); `error` ([`ImageError`]).
+//! against); [`pull`] (from an OCI registry, through the blob cache, into an import); `gc`
+//! (last use, [`ImageStore::collect_garbage`]); `error` ([`ImageError`]).
 //!
 //! # Import
 //!
@@ -14,8 +15,8 @@
 //! first, then sha256 while it is read, so the bytes that are unpacked are the bytes that were
 //! hashed: the layout may change under us without fooling the check). Layers are also checked
 //! against the config's `rootfs.diff_ids` (sha256 of the uncompressed tar). Layer media types:
-//! `application/vnd.oci.image.layer.v1.tar`, `...tar+gzip` (and Docker's gzip layer type);
-//! zstd layers are refused with an error saying so. Unpacking rules (whiteouts, path escapes,
+//! `application/vnd.oci.image.layer.v1.tar`, `...tar+gzip` (and Docker's gzip layer type) and
+//! `...tar+zstd` (a streaming zstd decoder; the diff id is checked the same way). Unpacking rules (whiteouts, path escapes,
 //! device nodes, FIFOs, setuid/setgid bits and file capabilities, which are dropped) are in the
 //! `unpack` module (private).
 //!
@@ -38,6 +39,10 @@
 //! <state>/images/refs.json                      {"busybox:latest": "sha256:<hex>", ...}
 //! <state>/images/<hex>/image.json               the ImageRecord as first imported
 //! <state>/images/<hex>/rootfs/                  the unpacked layers
+//! <state>/images/<hex>/last_used                 its mtime: the last job start or pull
+//! <state>/images/blobs/sha256/<hex>             pulled blobs, shared by images (see `pull`)
+//! <state>/images/blobs/.partial/<hex>           a blob download in progress or interrupted
+//! <state>/images/.pull.lock                      shared by pulls, exclusive for collection
 //! ```
 //!
 //! Metadata lives in JSON files next to each rootfs rather than in the SQLite state store: the
@@ -52,8 +57,16 @@
 //! active job runs the image). The dir is renamed to `.tmp-rm-*` under the store lock and
 //! deleted after it.
 //!
-//! Not done (yet): pulling from registries, nested (multi-platform) indexes, zstd, xattrs
-//! (never written, so file capabilities are not restored: on purpose, see `unpack`).
+//! # Garbage collection
+//!
+//! After each of the daemon's pulls, images beyond `[images] max_bytes` are removed least
+//! recently used first, never the one just pulled nor one an active job runs, then blobs no
+//! image references (`gc`). The CLI's pulls collect nothing (they cannot see the daemon's
+//! jobs).
+//!
+//! Not done: nested (multi-platform) indexes in an imported layout (a pull resolves a
+//! registry's index to the host's platform), xattrs (never written, so file capabilities are
+//! not restored: on purpose, see `unpack`).
 
 // Test image builders: for this crate's tests and, through the `test-util` feature, the
 // integration tests; not in the shipped binary.
@@ -62,11 +75,14 @@ pub mod testing;
 mod unpack;
 
 mod error;
+mod gc;
 mod layout;
 mod limits;
+pub mod pull;
 mod store;
 
 pub use error::ImageError;
+pub use gc::GcReport;
 pub(crate) use layout::{Compression, LayerBlob};
 pub use limits::{CancelOnDrop, ImportCancel, ImportLimits};
 pub use store::{ImageRecord, ImageRuntimeConfig, ImageStore, RemovedImage};

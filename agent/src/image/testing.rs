@@ -188,6 +188,8 @@ pub enum LayerFormat {
     Gzip,
     /// `application/vnd.oci.image.layer.v1.tar`.
     Tar,
+    /// `application/vnd.oci.image.layer.v1.tar+zstd`.
+    Zstd,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -512,6 +514,10 @@ fn write_layer(
                 .map_err(io_err(dir))?;
             (gz.finish().map_err(io_err(dir))?, MediaType::ImageLayerGzip)
         }
+        LayerFormat::Zstd => (
+            zstd::encode_all(&tar[..], 3).map_err(io_err(dir))?,
+            MediaType::ImageLayerZstd,
+        ),
     };
     let digest = write_blob(dir, &bytes)?;
     Ok((descriptor(media_type, &digest, bytes.len())?, diff_id))

@@ -115,6 +115,14 @@ pub(crate) fn apply_layer(
             flate2::read::MultiGzDecoder::new(&mut raw),
             budget,
         ),
+        Compression::Zstd => match zstd::stream::read::Decoder::new(&mut raw) {
+            Ok(decoder) => apply_tar(root, layer, decoder, budget),
+            Err(e) => Err(ImageError::Layer {
+                layer: layer.digest.clone(),
+                context: "starting the zstd decoder".to_owned(),
+                source: e,
+            }),
+        },
         Compression::None => apply_tar(root, layer, &mut raw, budget),
     };
     // A stop explains whatever error the tar reader made of it.

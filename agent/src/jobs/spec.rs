@@ -196,6 +196,10 @@ impl ImageSource for crate::image::ImageStore {
         let record = self
             .get(name)
             .map_err(|err| crate::inventory::error_chain(&err))?;
+        // A job starting from it: its last use, for garbage collection.
+        if let Some(r) = &record {
+            self.mark_used(&r.manifest_digest);
+        }
         Ok(record.map(|r| ResolvedImage {
             reference: r.reference,
             manifest_digest: r.manifest_digest,

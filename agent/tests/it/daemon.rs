@@ -202,6 +202,14 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
                 .await,
         ),
         Rpc::GetMarketLinks => code(client.get_market_links(pb::GetMarketLinksRequest {}).await),
+        Rpc::PullImage => code(
+            client
+                .pull_image(pb::PullImageRequest {
+                    reference: String::new(),
+                    ..pb::PullImageRequest::default()
+                })
+                .await,
+        ),
         Rpc::ActivateCredential => code(
             client
                 .activate_credential(pb::ActivateCredentialRequest {
@@ -221,8 +229,8 @@ fn expected_when_allowed(rpc: Rpc) -> Code {
         // The request names an unknown benchmark (a valid one would run the suite).
         Rpc::RunBenchmarks => Code::InvalidArgument,
         // Past authorization, each job RPC answers its own check: the image is not imported,
-        // the job is unknown, the layout dir is not absolute.
-        Rpc::StartJob | Rpc::ImportImage => Code::InvalidArgument,
+        // the job is unknown, the layout dir is not absolute, the reference is empty.
+        Rpc::StartJob | Rpc::ImportImage | Rpc::PullImage => Code::InvalidArgument,
         Rpc::StopJob | Rpc::GetJob | Rpc::WatchJob | Rpc::JobLogs | Rpc::RemoveImage => {
             Code::NotFound
         }

@@ -19,6 +19,7 @@ mod exit_codes;
 mod gpu;
 mod image;
 mod image_hostile;
+mod image_pull;
 mod inventory;
 mod job_filesystem;
 mod job_network;

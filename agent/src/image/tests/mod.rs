@@ -350,36 +350,66 @@ fn a_missing_blob_is_named() {
 }
 
 #[test]
-fn unknown_and_zstd_layer_media_types_are_refused() {
-    for (media, needle) in [
-        (
-            "application/vnd.example.layer+squashfs",
-            "unsupported media type",
-        ),
-        (
-            "application/vnd.oci.image.layer.v1.tar+zstd",
-            "zstd layers are not supported",
-        ),
-    ] {
-        let fx = Fixture::new();
-        testing::rewrite_image(
-            &fx.layout,
-            "busybox:latest",
-            |_| {},
-            |layers| {
-                layers[0].set_media_type(MediaType::from(media));
-            },
-        )
-        .unwrap();
-        let err = fx.import().unwrap_err();
-        assert!(
-            matches!(err, ImageError::UnsupportedMediaType { .. }),
-            "{err}"
-        );
-        let text = err.to_string();
-        assert!(text.contains(needle) && text.contains(media), "{text}");
-        fx.assert_store_empty();
-    }
+fn unknown_layer_media_types_are_refused() {
+    let media = "application/vnd.example.layer+squashfs";
+    let fx = Fixture::new();
+    testing::rewrite_image(
+        &fx.layout,
+        "busybox:latest",
+        |_| {},
+        |layers| {
+            layers[0].set_media_type(MediaType::from(media));
+        },
+    )
+    .unwrap();
+    let err = fx.import().unwrap_err();
+    assert!(
+        matches!(err, ImageError::UnsupportedMediaType { .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("unsupported media type") && text.contains(media),
+        "{text}"
+    );
+    fx.assert_store_empty();
+}
+
+#[test]
+fn zstd_layers_are_unpacked_and_their_diff_ids_checked() {
+    let fx = Fixture::new();
+    testing::push_layer_with(
+        &fx.layout,
+        "busybox:latest",
+        &[file("etc/zstd-motd", "squeezed\n")],
+        testing::LayerFormat::Zstd,
+    )
+    .unwrap();
+    let record = fx.import().unwrap();
+    assert_eq!(
+        fs::read_to_string(record.rootfs.join("etc/zstd-motd")).unwrap(),
+        "squeezed\n"
+    );
+
+    let fx = Fixture::new();
+    testing::push_layer_with(
+        &fx.layout,
+        "busybox:latest",
+        &[file("etc/zstd-motd", "squeezed\n")],
+        testing::LayerFormat::Zstd,
+    )
+    .unwrap();
+    let wrong = format!("sha256:{}", "cd".repeat(32));
+    testing::rewrite_image(
+        &fx.layout,
+        "busybox:latest",
+        |config| *config.rootfs_mut().diff_ids_mut().last_mut().unwrap() = wrong.clone(),
+        |_| {},
+    )
+    .unwrap();
+    let err = fx.import().unwrap_err();
+    assert!(matches!(err, ImageError::DiffIdMismatch { .. }), "{err}");
+    fx.assert_store_empty();
 }
 
 #[test]
