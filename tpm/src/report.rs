@@ -246,7 +246,7 @@ const PAYLOAD_MEMBERS: &[(&str, &str)] = &[
 
 impl Payload {
     /// Reads P as `REPORT.md` §2 defines it: held to [`crate::strict_json`], an object with
-    /// every member of [`PAYLOAD_MEMBERS`] of its type (`collected_at` 0 to 2^64 - 1, `nonce`
+    /// every member of `REPORT.md` §2 of its type (`collected_at` 0 to 2^64 - 1, `nonce`
     /// base64). The error names what is wrong.
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let bad = |why: String| format!("payload is not fog payload JSON: {why}");

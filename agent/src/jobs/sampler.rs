@@ -318,8 +318,8 @@ impl JobManager {
     }
 
     /// Starts the telemetry thread: [`Self::tick`] every `[jobs] telemetry_interval_millis`,
-    /// and at each deadline ([`Self::next_deadline`]), until [`Self::shutdown`] (which wakes it
-    /// at once: it sleeps on a channel, whose sender [`Self::wake_sampler`] also uses).
+    /// and at each deadline (the earliest time limit or due SIGKILL), until [`Self::shutdown`]
+    /// (which wakes it at once: it sleeps on a channel, which a job start also wakes it on).
     pub fn spawn_sampler(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let (wake_tx, wake_rx) = mpsc::channel::<()>();
         *lock(&self.sampler_wake) = Some(wake_tx);
