@@ -46,7 +46,7 @@ struct FleetAgent {
 
 fn config(dir: &Path, certs: &Path, tcti: &str) -> Config {
     let mut config = Config::default();
-    config.api.listen = vec!["127.0.0.1:0".parse().expect("a socket address")];
+    config.api.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
     config.api.unix_socket = dir.join("agent.sock");
     config.api.tls_cert = certs.join("server.pem");
     config.api.tls_key = certs.join("server.key");
