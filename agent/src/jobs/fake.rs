@@ -124,6 +124,11 @@ impl FakeRuntime {
                     .0;
             }
         };
+        // Like the real shim: the container is gone before the exit is recorded (a stop that
+        // sees `exit.json` finds nothing running), and the shim lives until it is recorded.
+        if let Some(c) = lock(&self.state).containers.get_mut(&id) {
+            c.running = false;
+        }
         if let End::Exit(code) = end {
             let record = ExitRecord {
                 started: true,
@@ -136,11 +141,6 @@ impl FakeRuntime {
             if let Err(err) = shim::write_atomic(&dir.join(shim::EXIT_FILE), &json) {
                 tracing::error!(error = %err, "fake shim: cannot write exit.json");
             }
-        }
-        // Like the real shim: the container is deleted before it ends.
-        if let Some(c) = lock(&self.state).containers.get_mut(&id) {
-            c.running = false;
-            c.shim_alive = false;
         }
         lock(&self.state).containers.remove(&id);
         self.changed.notify_all();
