@@ -221,30 +221,7 @@ impl Layout {
     }
 
     pub(super) fn read_manifest(&self, desc: &Descriptor) -> Result<ImageManifest, ImageError> {
-        let what = format!("manifest {}", desc.digest());
-        let bytes = self.read_verified(desc)?;
-        let manifest =
-            ImageManifest::from_reader(&bytes[..]).map_err(|e| ImageError::BadDocument {
-                what: what.clone(),
-                reason: e.to_string(),
-            })?;
-        if manifest.schema_version() != 2 {
-            return Err(ImageError::BadDocument {
-                what,
-                reason: format!("schemaVersion {} (expected 2)", manifest.schema_version()),
-            });
-        }
-        match manifest.media_type() {
-            None | Some(MediaType::ImageManifest) => {}
-            Some(MediaType::Other(m)) if m == DOCKER_MANIFEST => {}
-            Some(other) => {
-                return Err(ImageError::BadDocument {
-                    what,
-                    reason: format!("mediaType {other} is not an image manifest"),
-                })
-            }
-        }
-        Ok(manifest)
+        parse_manifest(&self.read_verified(desc)?, desc)
     }
 
     pub(super) fn read_config(&self, desc: &Descriptor) -> Result<ImageConfiguration, ImageError> {
@@ -423,5 +400,29 @@ pub(super) fn runtime_config(config: &ImageConfiguration) -> ImageRuntimeConfig 
         env: c.env().clone().unwrap_or_default(),
         working_dir: non_empty(c.working_dir()),
         user: non_empty(c.user()),
+    }
+}
+
+/// An image manifest's bytes (already verified against `desc`) as a schema 2 OCI or Docker
+/// image manifest; anything else is `BadDocument`.
+pub(super) fn parse_manifest(bytes: &[u8], desc: &Descriptor) -> Result<ImageManifest, ImageError> {
+    let what = format!("manifest {}", desc.digest());
+    let manifest = ImageManifest::from_reader(bytes).map_err(|e| ImageError::BadDocument {
+        what: what.clone(),
+        reason: e.to_string(),
+    })?;
+    if manifest.schema_version() != 2 {
+        return Err(ImageError::BadDocument {
+            what,
+            reason: format!("schemaVersion {} (expected 2)", manifest.schema_version()),
+        });
+    }
+    match manifest.media_type() {
+        None | Some(MediaType::ImageManifest) => Ok(manifest),
+        Some(MediaType::Other(m)) if m == DOCKER_MANIFEST => Ok(manifest),
+        Some(other) => Err(ImageError::BadDocument {
+            what,
+            reason: format!("mediaType {other} is not an image manifest"),
+        }),
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use fog_tpm::testing::Swtpm;
 
 #[allow(clippy::unwrap_used)] // a test helper: failing to run the binary fails the test
-fn agent(args: &[&str]) -> Output {
+pub(crate) fn agent(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fog-agent"))
         .args(args)
         .env_remove("FOG_LOG")
@@ -16,7 +16,7 @@ fn agent(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -28,7 +28,7 @@ fn ok(out: &Output) -> String {
 }
 
 #[allow(clippy::unwrap_used)] // test paths are UTF-8 temp paths
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

@@ -10,6 +10,8 @@ use fog_agent::api::tls::DevCerts;
 use fog_agent::daemon::{self, DaemonOptions, RunningDaemon};
 use fog_tpm::testing::Swtpm;
 
+use crate::attest::{agent, ok, s};
+
 /// An agent with its own software TPM, its AK made for `host_id`.
 struct Agent {
     _swtpm: Swtpm,
@@ -29,7 +31,7 @@ impl Agent {
         // The AK (and so the host id the agent reports) is made ahead, as an operator would.
         std::fs::create_dir_all(&config.state.dir).unwrap();
         let req = dir.join("enroll-request.json");
-        ok(&fog_agent_cli(&[
+        ok(&agent(&[
             "attest",
             "enroll-request",
             "--tcti",
@@ -57,34 +59,11 @@ impl Agent {
     }
 }
 
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn fog_agent_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fog-agent"))
-        .args(args)
-        .env_remove("FOG_LOG")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs `fog-agent audit` off the async runtime (the daemons serve on it meanwhile).
 async fn audit(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        fog_agent_cli(&args)
+        agent(&args)
     })
     .await
     .unwrap()

@@ -9,7 +9,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
 use super::{manifest_descriptor, Credentials, PullPolicy, ResolvedManifest, MAX_MANIFEST_BYTES};
 use crate::image::{host_goarch, ImageError};
@@ -288,17 +288,7 @@ fn platforms(index: &ImageIndex) -> String {
 }
 
 fn parse_manifest(bytes: Vec<u8>, descriptor: Descriptor) -> Result<ResolvedManifest, ImageError> {
-    let what = format!("manifest {}", descriptor.digest());
-    let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| ImageError::BadDocument {
-        what: what.clone(),
-        reason: e.to_string(),
-    })?;
-    if manifest.schema_version() != 2 {
-        return Err(ImageError::BadDocument {
-            what,
-            reason: format!("schemaVersion {} (expected 2)", manifest.schema_version()),
-        });
-    }
+    let manifest = crate::image::layout::parse_manifest(&bytes, &descriptor)?;
     Ok(ResolvedManifest {
         bytes,
         descriptor,
