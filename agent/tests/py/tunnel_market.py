@@ -138,7 +138,11 @@ def check_capacity(capacity) -> None:
     for name in ("cpu_millicores", "memory_bytes", "disk_bytes"):
         amount = getattr(capacity, name)
         free = max(0, amount.total - amount.reserved - amount.allocated - amount.stored)
-        expect(amount.free == free, f"{name}: free {amount.free}, expected {free}")
+        if name == "disk_bytes":
+            # Disk's free is also bounded by what the filesystem has available (capacity.proto).
+            expect(amount.free <= free, f"{name}: free {amount.free}, more than {free}")
+        else:
+            expect(amount.free == free, f"{name}: free {amount.free}, expected {free}")
 
 
 @scenario
