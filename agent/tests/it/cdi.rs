@@ -27,18 +27,8 @@ fn host_root(
     dev_links: &[(&str, &str)],
     specs: &[(&str, &str)],
 ) -> FsRoot {
-    let root = dir.join("root");
+    let root = crate::jobs::this_host_root(dir);
     let proc = root.join("proc");
-    std::fs::create_dir_all(&proc).unwrap();
-    std::fs::create_dir_all(root.join("dev")).unwrap();
-    std::os::unix::fs::symlink("/sys", root.join("sys")).unwrap();
-    for entry in std::fs::read_dir("/proc").unwrap() {
-        let name = entry.unwrap().file_name();
-        let name = name.to_string_lossy();
-        if name != "driver" && !name.bytes().all(|b| b.is_ascii_digit()) {
-            std::os::unix::fs::symlink(format!("/proc/{name}"), proc.join(&*name)).unwrap();
-        }
-    }
     if nvidia_driver {
         let info = proc.join(format!("driver/nvidia/gpus/{BUS}"));
         std::fs::create_dir_all(&info).unwrap();

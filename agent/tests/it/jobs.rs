@@ -1142,12 +1142,12 @@ fn sigkill_of_the_agent_mid_job_and_restart_keep_the_job_and_its_counters() {
     drop(guard);
 }
 
-/// A root for the agent that is this host (`/sys`, `/proc`) plus an NVIDIA driver's
-/// `/proc/driver/nvidia/gpus/<bus>/information` for one card with minor 0, and an empty `/dev`.
-fn host_with_an_nvidia_driver(dir: &Path, bus: &str) -> fog_agent::fsroot::FsRoot {
+/// A root for the agent that is this host: `/sys` and `/proc` symlinked (but `/proc/driver`,
+/// and no pid dirs), and an empty `/dev`. Returns the root dir.
+pub(crate) fn this_host_root(dir: &Path) -> PathBuf {
     let root = dir.join("root");
     let proc = root.join("proc");
-    std::fs::create_dir_all(proc.join(format!("driver/nvidia/gpus/{bus}"))).unwrap();
+    std::fs::create_dir_all(&proc).unwrap();
     std::fs::create_dir_all(root.join("dev")).unwrap();
     std::os::unix::fs::symlink("/sys", root.join("sys")).unwrap();
     for entry in std::fs::read_dir("/proc").unwrap() {
@@ -1157,8 +1157,17 @@ fn host_with_an_nvidia_driver(dir: &Path, bus: &str) -> fog_agent::fsroot::FsRoo
             std::os::unix::fs::symlink(format!("/proc/{name}"), proc.join(&*name)).unwrap();
         }
     }
+    root
+}
+
+/// [`this_host_root`] plus an NVIDIA driver's `/proc/driver/nvidia/gpus/<bus>/information` for
+/// one card with minor 0.
+fn host_with_an_nvidia_driver(dir: &Path, bus: &str) -> fog_agent::fsroot::FsRoot {
+    let root = this_host_root(dir);
+    let info = root.join(format!("proc/driver/nvidia/gpus/{bus}"));
+    std::fs::create_dir_all(&info).unwrap();
     std::fs::write(
-        proc.join(format!("driver/nvidia/gpus/{bus}/information")),
+        info.join("information"),
         "Model: \t\t NVIDIA A100 80GB PCIe\nIRQ:   \t\t 42\nDevice Minor: \t 0\n",
     )
     .unwrap();
