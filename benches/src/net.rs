@@ -317,8 +317,7 @@ mod tests {
         NetParams {
             peer,
             streams: 2,
-            // Long enough that a test run among a loaded machine's other work still moves
-            // bytes in every interval (a starved first interval would read as 0 Gbit/s).
+            // Long enough for slow start on loopback; see the test for starved intervals.
             omit: Duration::from_millis(300),
             interval: Duration::from_millis(250),
             rtt_probes: 50,
@@ -328,10 +327,13 @@ mod tests {
     #[test]
     fn both_directions_and_rtt_over_loopback() {
         let p = params(peer());
+        // Bytes must have moved in some interval, and the workers verified them. The median is
+        // not asserted: on a loaded 2-core machine every thread of this test can be descheduled
+        // for a whole 250 ms interval, which reads, correctly, as 0 Gbit/s for that interval.
         let up = throughput(&p, Direction::Up, &quick()).unwrap();
-        assert!(up.summary.median > 0.0);
+        assert!(up.summary.max > 0.0, "no bytes sent: {:?}", up.summary);
         let down = throughput(&p, Direction::Down, &quick()).unwrap();
-        assert!(down.summary.median > 0.0);
+        assert!(down.summary.max > 0.0, "no bytes received: {:?}", down.summary);
         let r = rtt(&p, &quick()).unwrap();
         assert!(r.details["p95_us"].as_f64().unwrap() >= r.details["min_us"].as_f64().unwrap());
         assert_eq!(r.details["probes"], 100);
