@@ -333,7 +333,11 @@ mod tests {
         let up = throughput(&p, Direction::Up, &quick()).unwrap();
         assert!(up.summary.max > 0.0, "no bytes sent: {:?}", up.summary);
         let down = throughput(&p, Direction::Down, &quick()).unwrap();
-        assert!(down.summary.max > 0.0, "no bytes received: {:?}", down.summary);
+        assert!(
+            down.summary.max > 0.0,
+            "no bytes received: {:?}",
+            down.summary
+        );
         let r = rtt(&p, &quick()).unwrap();
         assert!(r.details["p95_us"].as_f64().unwrap() >= r.details["min_us"].as_f64().unwrap());
         assert_eq!(r.details["probes"], 100);

@@ -89,47 +89,73 @@ impl AkBlob {
 
     /// Loads the AK state from `dir`.
     pub fn load(dir: &Path) -> Result<Self, AkStateError> {
-        let path = Self::path(dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(AkStateError::Missing(dir.to_path_buf()))
-            }
-            Err(source) => return Err(AkStateError::Io { path, source }),
-        };
-        let blob: Self = serde_json::from_slice(&bytes).map_err(|e| AkStateError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if blob.format != AK_FORMAT {
-            return Err(AkStateError::Corrupt {
-                path,
-                reason: format!("format \"{}\"", blob.format),
-            });
-        }
+        let blob: Self = load_state(dir, &Self::path(dir))?;
+        check_format(&Self::path(dir), &blob.format, AK_FORMAT)?;
         Ok(blob)
     }
 
     /// Saves atomically with mode 0600 (directory created 0700 when missing).
     pub fn save(&self, dir: &Path) -> Result<(), AkStateError> {
-        use std::os::unix::fs::DirBuilderExt;
-        let path = Self::path(dir);
-        let io = |source| AkStateError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        tmp.write_all(&bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&path).map_err(|e| io(e.error))?;
-        Ok(())
+        save_state(dir, &Self::path(dir), self)
     }
+}
+
+/// Reads a JSON key-state file; a missing file is [`AkStateError::Missing`] naming `dir`.
+pub(crate) fn load_state<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    path: &Path,
+) -> Result<T, AkStateError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AkStateError::Missing(dir.to_path_buf()))
+        }
+        Err(source) => {
+            return Err(AkStateError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| AkStateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// A state file whose `format` is not `want` is corrupt.
+pub(crate) fn check_format(path: &Path, format: &str, want: &str) -> Result<(), AkStateError> {
+    if format == want {
+        return Ok(());
+    }
+    Err(AkStateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("format \"{format}\""),
+    })
+}
+
+/// Writes a key-state file atomically with mode 0600 (`dir` created 0700 when missing).
+pub(crate) fn save_state<T: Serialize>(
+    dir: &Path,
+    path: &Path,
+    value: &T,
+) -> Result<(), AkStateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| AkStateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(&bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub mod credential;
 pub mod device;
 pub mod enroll;
 pub mod export;
+pub mod idkey;
+pub mod receipt;
 pub mod report;
 pub mod sigverify;
 pub mod store;

@@ -12,6 +12,8 @@ use crate::wire::{ParseError, Reader};
 pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_QUOTE`: the `TPMS_ATTEST` type of a quote.
 pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
+/// `TPM_ST_ATTEST_CERTIFY`: the `TPMS_ATTEST` type of `TPM2_Certify`.
+pub const TPM_ST_ATTEST_CERTIFY: u16 = 0x8017;
 
 /// `TPM_RH_ENDORSEMENT`: the endorsement hierarchy handle.
 pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000b;
@@ -91,6 +93,10 @@ pub mod attr {
     /// Exactly the attributes of a fog attestation key.
     pub const AK: u32 =
         FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | RESTRICTED | SIGN;
+    /// Exactly the attributes of a fog identity key: an AK without `restricted`, so it signs
+    /// digests it did not hash itself (TLS handshakes, receipts).
+    pub const IDENTITY: u32 =
+        FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | SIGN;
 }
 
 /// Largest digest a TPM structure can carry (SHA-512).
@@ -326,49 +332,114 @@ pub struct Attest {
     pub quote: QuoteInfo,
 }
 
+/// `TPMS_CERTIFY_INFO`: the object `TPM2_Certify` vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifyInfo {
+    /// Name of the certified object.
+    pub name: Vec<u8>,
+    /// Qualified name of the certified object.
+    pub qualified_name: Vec<u8>,
+}
+
+/// A `TPMS_ATTEST` of type certify, parsed strictly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifyAttest {
+    /// Name of the signing key (`TPM2B_NAME`).
+    pub qualified_signer: Vec<u8>,
+    /// Caller-provided qualifying data (`TPM2B_DATA`).
+    pub extra_data: Vec<u8>,
+    /// Clock state at signing time.
+    pub clock_info: ClockInfo,
+    /// Vendor firmware version.
+    pub firmware_version: u64,
+    /// The certify body.
+    pub certified: CertifyInfo,
+}
+
+/// The members every `TPMS_ATTEST` starts with, after magic and type.
+struct AttestHeader {
+    qualified_signer: Vec<u8>,
+    extra_data: Vec<u8>,
+    clock_info: ClockInfo,
+    firmware_version: u64,
+}
+
+/// Reads magic, type (which must be `want`), and the common members.
+fn read_attest_header(r: &mut Reader<'_>, want: u16) -> Result<AttestHeader, ParseError> {
+    let at = r.pos();
+    let magic = r.u32("magic")?;
+    if magic != TPM_GENERATED_VALUE {
+        return Err(r.bad("magic", magic.into(), at));
+    }
+    let at = r.pos();
+    let kind = r.u16("type")?;
+    if kind != want {
+        return Err(r.bad("type", kind.into(), at));
+    }
+    // TPM2B_NAME: a handle (4 bytes) or nameAlg + digest.
+    let qualified_signer = r.tpm2b("qualifiedSigner", 2 + MAX_DIGEST)?.to_vec();
+    let extra_data = r.tpm2b("extraData", MAX_DIGEST)?.to_vec();
+    let clock = r.u64("clockInfo.clock")?;
+    let reset_count = r.u32("clockInfo.resetCount")?;
+    let restart_count = r.u32("clockInfo.restartCount")?;
+    let at = r.pos();
+    let safe = match r.u8("clockInfo.safe")? {
+        0 => false,
+        1 => true,
+        other => return Err(r.bad("clockInfo.safe", other.into(), at)),
+    };
+    let firmware_version = r.u64("firmwareVersion")?;
+    Ok(AttestHeader {
+        qualified_signer,
+        extra_data,
+        clock_info: ClockInfo {
+            clock,
+            reset_count,
+            restart_count,
+            safe,
+        },
+        firmware_version,
+    })
+}
+
 impl Attest {
     /// Parses a `TPMS_ATTEST`; only quotes (`TPM_ST_ATTEST_QUOTE`) with the TPM magic are accepted.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         let mut r = Reader::new(bytes, "TPMS_ATTEST");
-        let at = r.pos();
-        let magic = r.u32("magic")?;
-        if magic != TPM_GENERATED_VALUE {
-            return Err(r.bad("magic", magic.into(), at));
-        }
-        let at = r.pos();
-        let kind = r.u16("type")?;
-        if kind != TPM_ST_ATTEST_QUOTE {
-            return Err(r.bad("type", kind.into(), at));
-        }
-        // TPM2B_NAME: a handle (4 bytes) or nameAlg + digest.
-        let qualified_signer = r.tpm2b("qualifiedSigner", 2 + MAX_DIGEST)?.to_vec();
-        let extra_data = r.tpm2b("extraData", MAX_DIGEST)?.to_vec();
-        let clock = r.u64("clockInfo.clock")?;
-        let reset_count = r.u32("clockInfo.resetCount")?;
-        let restart_count = r.u32("clockInfo.restartCount")?;
-        let at = r.pos();
-        let safe = match r.u8("clockInfo.safe")? {
-            0 => false,
-            1 => true,
-            other => return Err(r.bad("clockInfo.safe", other.into(), at)),
-        };
-        let firmware_version = r.u64("firmwareVersion")?;
+        let h = read_attest_header(&mut r, TPM_ST_ATTEST_QUOTE)?;
         let pcr_select = PcrSelection::read(&mut r)?;
         let pcr_digest = r.tpm2b("pcrDigest", MAX_DIGEST)?.to_vec();
         r.finish()?;
         Ok(Self {
-            qualified_signer,
-            extra_data,
-            clock_info: ClockInfo {
-                clock,
-                reset_count,
-                restart_count,
-                safe,
-            },
-            firmware_version,
+            qualified_signer: h.qualified_signer,
+            extra_data: h.extra_data,
+            clock_info: h.clock_info,
+            firmware_version: h.firmware_version,
             quote: QuoteInfo {
                 pcr_select,
                 pcr_digest,
+            },
+        })
+    }
+}
+
+impl CertifyAttest {
+    /// Parses a `TPMS_ATTEST`; only certifications (`TPM_ST_ATTEST_CERTIFY`) with the TPM magic
+    /// are accepted.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        let mut r = Reader::new(bytes, "TPMS_ATTEST");
+        let h = read_attest_header(&mut r, TPM_ST_ATTEST_CERTIFY)?;
+        let name = r.tpm2b("attested.name", 2 + MAX_DIGEST)?.to_vec();
+        let qualified_name = r.tpm2b("attested.qualifiedName", 2 + MAX_DIGEST)?.to_vec();
+        r.finish()?;
+        Ok(Self {
+            qualified_signer: h.qualified_signer,
+            extra_data: h.extra_data,
+            clock_info: h.clock_info,
+            firmware_version: h.firmware_version,
+            certified: CertifyInfo {
+                name,
+                qualified_name,
             },
         })
     }

@@ -14,6 +14,8 @@ use fog_tpm::store::{verify_and_record, Store};
 use fog_tpm::testing::Swtpm;
 use fog_tpm::verify::{verify_report, History, Verdict, VerifyOptions};
 
+mod identity_key;
+
 /// One swtpm with an enrolled AK, and the auditor's state.
 struct Fixture {
     swtpm: Swtpm,

@@ -1,5 +1,6 @@
 //! The TPM side (feature `tpm`, tss-esapi 7.7): EK and its certificates, AK creation, credential
-//! activation and quotes.
+//! activation and quotes; the identity key's creation, signatures and certification are in
+//! [`identity`].
 //!
 //! [`Tpm`] is `Send + Sync` and its methods are blocking: async callers use `spawn_blocking`.
 //! Each operation takes an internal lock, opens one ESAPI context for its duration (so calls are
@@ -35,6 +36,8 @@ use crate::ak::{AkAlg, AkBlob, EkAlg, AK_FORMAT};
 use crate::report::PcrValues;
 use crate::structures::{Attest, HashAlg, PcrSelection, Public};
 use crate::tcti::Tcti;
+
+mod identity;
 
 /// NV index of the RSA-2048 EK certificate.
 pub const NV_EK_CERT_RSA2048: u32 = 0x01c0_0002;
@@ -187,19 +190,22 @@ impl Tpm {
         blob: &AkBlob,
         f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
     ) -> Result<T, TpmError> {
-        let public = tss_public(&blob.public)?;
-        let private = Private::try_from(blob.private.clone()).map_err(|e| TpmError::Malformed {
-            what: "AK private blob",
-            reason: e.to_string(),
-        })?;
-        let ak = tss_ak::load_ak(ctx, ek, None, private, public).map_err(cmd("AK load"))?;
-        let out = f(ctx, ak);
-        let flushed = ctx
-            .flush_context(ObjectHandle::from(ak))
-            .map_err(cmd("AK flush"));
-        let out = out?;
-        flushed?;
-        Ok(out)
+        let ak = load_child(ctx, ek, &blob.public, &blob.private, "AK")?;
+        with_flushed(ctx, ak, "AK flush", f)
+    }
+
+    /// Loads a key created under the `ek_alg` EK, with that EK flushed again right after
+    /// loading (one object slot per loaded key, so two keys fit swtpm's three slots).
+    fn load_under_ek(
+        ctx: &mut Context,
+        ek_alg: EkAlg,
+        public: &[u8],
+        private: &[u8],
+        what: &'static str,
+    ) -> Result<KeyHandle, TpmError> {
+        Self::with_ek(ctx, ek_alg, |ctx, ek| {
+            load_child(ctx, ek, public, private, what)
+        })
     }
 
     /// Reads the EK public and its certificate and chain from NV.
@@ -400,6 +406,36 @@ impl Tpm {
     }
 }
 
+/// Loads a child of the EK `ek` from its blob (the EK's policy session is handled).
+fn load_child(
+    ctx: &mut Context,
+    ek: KeyHandle,
+    public: &[u8],
+    private: &[u8],
+    what: &'static str,
+) -> Result<KeyHandle, TpmError> {
+    let public = tss_public(public)?;
+    let private = Private::try_from(private.to_vec()).map_err(|e| TpmError::Malformed {
+        what,
+        reason: format!("private blob: {e}"),
+    })?;
+    tss_ak::load_ak(ctx, ek, None, private, public).map_err(cmd("key load"))
+}
+
+/// Runs `f` with the loaded `key`, then flushes it, success or not.
+fn with_flushed<T>(
+    ctx: &mut Context,
+    key: KeyHandle,
+    op: &'static str,
+    f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
+) -> Result<T, TpmError> {
+    let out = f(ctx, key);
+    let flushed = ctx.flush_context(ObjectHandle::from(key)).map_err(cmd(op));
+    let out = out?;
+    flushed?;
+    Ok(out)
+}
+
 /// A policy session satisfying the TCG EK policy (PolicySecret(TPM_RH_ENDORSEMENT)).
 fn ek_policy_session(ctx: &mut Context) -> Result<AuthSession, TpmError> {
     let session = ctx
@@ -439,7 +475,7 @@ fn ek_policy_session(ctx: &mut Context) -> Result<AuthSession, TpmError> {
 
 fn tss_public(tpm2b: &[u8]) -> Result<TssPublic, TpmError> {
     let parsed = Public::parse_tpm2b(tpm2b).map_err(|e| TpmError::Malformed {
-        what: "AK public",
+        what: "key public area",
         reason: e.to_string(),
     })?;
     TssPublic::unmarshall(&parsed.bytes).map_err(cmd("public unmarshal"))
