@@ -15,6 +15,7 @@ pub mod credential;
 pub mod device;
 pub mod enroll;
 pub mod export;
+pub mod identity;
 pub mod idkey;
 pub mod receipt;
 pub mod report;
