@@ -36,6 +36,53 @@ pub fn check_certification(
     Ok((key, attest))
 }
 
+/// The SEC1 uncompressed point (0x04 || x || y) of an ECC key; `None` for RSA or coordinates
+/// longer than the curve's field.
+pub fn sec1_point(key: &Public) -> Option<Vec<u8>> {
+    let PublicKey::Ecc { curve: c, x, y, .. } = &key.key else {
+        return None;
+    };
+    let field: usize = match *c {
+        curve::NIST_P256 => 32,
+        curve::NIST_P384 => 48,
+        _ => return None,
+    };
+    let mut point = vec![0x04];
+    for coordinate in [x, y] {
+        let pad = field.checked_sub(coordinate.len())?;
+        point.extend(std::iter::repeat_n(0, pad));
+        point.extend_from_slice(coordinate);
+    }
+    Some(point)
+}
+
+/// A `TPMT_SIGNATURE` of ECDSA-SHA256 over P-256 as the DER `ECDSA-Sig-Value` X.509 and TLS
+/// carry.
+pub fn ecdsa_signature_der(tpmt_signature: &[u8]) -> Result<Vec<u8>, String> {
+    let sig = Signature::parse(tpmt_signature).map_err(|e| e.to_string())?;
+    let Signature::Ecc {
+        scheme: alg::ECDSA,
+        hash: alg::SHA256,
+        r,
+        s,
+    } = sig
+    else {
+        return Err("not an ECDSA-SHA256 signature".into());
+    };
+    let field = |v: &[u8]| -> Result<p256::FieldBytes, String> {
+        let v = &v[v.iter().position(|&b| b != 0).unwrap_or(v.len())..];
+        let pad = 32usize
+            .checked_sub(v.len())
+            .ok_or("r or s longer than 32 bytes")?;
+        let mut out = p256::FieldBytes::default();
+        out[pad..].copy_from_slice(v);
+        Ok(out)
+    };
+    let sig = p256::ecdsa::Signature::from_scalars(field(&r)?, field(&s)?)
+        .map_err(|e| format!("r or s out of range: {e}"))?;
+    Ok(sig.to_der().as_bytes().to_vec())
+}
+
 /// The key is an identity key (attributes, curve, scheme, nameAlg).
 pub fn check_identity_attributes(key: &Public) -> Result<(), String> {
     if key.attributes != attr::IDENTITY {

@@ -119,6 +119,59 @@ fn ia5(text: &str, what: &'static str) -> Result<rcgen::string::Ia5String, TlsEr
     rcgen::string::Ia5String::try_from(text).map_err(generate_err(what))
 }
 
+/// The agent's market-link client certificate for a key the CA checked (an identity request):
+/// CN `fog agent <host_id>`, URI SAN `fog://agent/<host_id>`, clientAuth, ECDSA P-256 key given
+/// as its SEC1 point, valid from an hour ago for `days`, signed by the CA (`ca_cert_pem`,
+/// `ca_key_pem`: PEM certificate and PKCS#8 key).
+pub fn issue_agent_certificate(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    host_id: &str,
+    key_point: &[u8],
+    days: u32,
+) -> Result<String, TlsError> {
+    const WHAT: &str = "agent certificate";
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(generate_err("CA key"))?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(generate_err("CA"))?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("fog agent {host_id}"));
+    params.subject_alt_names = vec![SanType::URI(ia5(
+        &format!("{AGENT_URI_PREFIX}{host_id}"),
+        WHAT,
+    )?)];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(i64::from(days));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let mut serial = [0u8; 16];
+    getrandom::getrandom(&mut serial)
+        .map_err(|_| generate_err(WHAT)(rcgen::Error::RingUnspecified))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let cert = params
+        .signed_by(&P256Point(key_point), &issuer)
+        .map_err(generate_err(WHAT))?;
+    Ok(cert.pem())
+}
+
+/// An ECDSA P-256 public key given as its SEC1 point.
+struct P256Point<'a>(&'a [u8]);
+
+impl rcgen::PublicKeyData for P256Point<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
 impl DevCerts {
     /// Generates a fresh set; the agent certificate names `host_id`.
     pub fn generate_for(host_id: &str) -> Result<Self, TlsError> {

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use fog_tpm::ak::{AkBlob, AkStateError};
 use fog_tpm::device::Tpm;
-use fog_tpm::identity::{check_certification, IDENTITY_CERTIFY_CONTEXT};
+use fog_tpm::identity::{check_certification, ecdsa_signature_der, sec1_point};
+use fog_tpm::identity_request::{
+    request_qualifying_data, IdentityRequest, IDENTITY_REQUEST_FORMAT,
+};
 use fog_tpm::idkey::IdentityKeyBlob;
 use fog_tpm::receipt::{BundleTpm, CertifiedKey};
 use fog_tpm::report::parse_pcr_spec;
@@ -39,17 +42,6 @@ impl std::fmt::Debug for TpmIdentity {
             .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
-}
-
-/// The qualifying data of an identity key's certification:
-/// SHA-256("fog-identity-v1\0" || nonce || csr). The cached certification uses an empty nonce
-/// and CSR.
-pub fn certify_qualifying_data(nonce: &[u8], csr_der: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(IDENTITY_CERTIFY_CONTEXT);
-    h.update(nonce);
-    h.update(csr_der);
-    h.finalize().into()
 }
 
 impl TpmIdentity {
@@ -153,7 +145,7 @@ impl TpmIdentity {
         if let Some(cached) = cached {
             return Ok(cached);
         }
-        let certified = self.certify(&certify_qualifying_data(&[], &[]))?;
+        let certified = self.certify(&request_qualifying_data(&[], &[]))?;
         fog_tpm::idkey::save_certification(&self.state_dir, &certified)
             .map_err(|e| AttestError::Failed(format!("cannot save the certification: {e}")))?;
         Ok(certified)
@@ -178,8 +170,94 @@ impl TpmIdentity {
         Ok((q.attest, q.signature))
     }
 
+    /// The identity key's SEC1 uncompressed point (what an X.509 SubjectPublicKeyInfo carries).
+    pub fn public_point(&self) -> Result<Vec<u8>, AttestError> {
+        sec1_point(&self.public()?)
+            .ok_or_else(|| AttestError::Failed("the identity key is not an ECC key".into()))
+    }
+
+    /// ECDSA-SHA256 over `message` by the identity key, DER-encoded (as X.509 and TLS carry it).
+    pub fn sign_message_der(&self, message: &[u8]) -> Result<Vec<u8>, AttestError> {
+        let digest: [u8; 32] = Sha256::digest(message).into();
+        let tpmt = self.sign_digest(&digest)?;
+        ecdsa_signature_der(&tpmt)
+            .map_err(|e| AttestError::Failed(format!("the TPM's signature: {e}")))
+    }
+
+    /// A `fog-identity-request-v1` for the CA's `nonce`: a CSR for the identity key (subject
+    /// CN and URI SAN `fog://agent/<host_id>`) signed in the TPM, and the AK's certification of
+    /// the key over the nonce and the CSR.
+    pub fn request(&self, nonce: &[u8]) -> Result<IdentityRequest, AttestError> {
+        let host_id = self.host_id()?;
+        let csr = self.csr(&host_id)?;
+        let identity = self.certify(&request_qualifying_data(nonce, &csr))?;
+        let ak_pub = self.with_tpm(|_, ak| Ok(ak.public.clone()))?;
+        Ok(IdentityRequest {
+            format: IDENTITY_REQUEST_FORMAT.into(),
+            host_id,
+            nonce: nonce.to_vec(),
+            csr,
+            ak_pub,
+            identity,
+        })
+    }
+
+    fn csr(&self, host_id: &str) -> Result<Vec<u8>, AttestError> {
+        let failed = |e: rcgen::Error| AttestError::Failed(format!("cannot build the CSR: {e}"));
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, host_id);
+        let uri =
+            rcgen::string::Ia5String::try_from(format!("fog://agent/{host_id}")).map_err(failed)?;
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+        let key = CsrKey {
+            identity: self,
+            point: self.public_point()?,
+            error: std::sync::Mutex::new(None),
+        };
+        match params.serialize_request(&key) {
+            Ok(csr) => Ok(csr.der().to_vec()),
+            Err(e) => Err(key
+                .error
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(|| failed(e))),
+        }
+    }
+
     /// The TCTI, for messages.
     pub fn tcti(&self) -> &Tcti {
         &self.tcti
+    }
+}
+
+/// The identity key as rcgen signs a CSR with it; keeps the TPM's error, which rcgen's
+/// `RemoteKeyError` would lose.
+struct CsrKey<'a> {
+    identity: &'a TpmIdentity,
+    point: Vec<u8>,
+    error: std::sync::Mutex<Option<AttestError>>,
+}
+
+impl rcgen::PublicKeyData for CsrKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for CsrKey<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.identity.sign_message_der(msg).map_err(|e| {
+            *self
+                .error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            rcgen::Error::RemoteKeyError
+        })
     }
 }
