@@ -38,7 +38,7 @@ use crate::report::PcrValues;
 use crate::structures::{Attest, HashAlg, PcrSelection, Public};
 use crate::tcti::Tcti;
 
-mod identity;
+pub mod identity;
 
 /// NV index of the RSA-2048 EK certificate.
 pub const NV_EK_CERT_RSA2048: u32 = 0x01c0_0002;
