@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use fog_tpm::ak::AkStateError;
 use fog_tpm::identity::sec1_point;
 use fog_tpm::idkey::IdentityKeyBlob;
 use fog_tpm::structures::Public;
@@ -46,10 +47,12 @@ impl TpmClientKey {
     /// The identity key in `state_dir` of the TPM at `tcti`; it must exist already (the
     /// certificate in `[market] client_cert` was issued for it), so no TPM is needed here.
     pub fn load(tcti: Tcti, state_dir: &Path) -> Result<Self, String> {
-        let blob = IdentityKeyBlob::load(state_dir).map_err(|e| {
-            format!(
-                "market.client_key = \"tpm\": {e} (create it with `fog-agent attest identity-request`, then have the CA issue market.client_cert with `fog-agent verify identity`)"
-            )
+        let blob = IdentityKeyBlob::load(state_dir).map_err(|e| match e {
+            AkStateError::Missing(dir) => format!(
+                "market.client_key = \"tpm\": no identity key in {} (create it with `fog-agent attest identity-request`, then have the CA issue market.client_cert with `fog-agent verify identity`)",
+                dir.display()
+            ),
+            other => format!("market.client_key = \"tpm\": {other}"),
         })?;
         let point = Public::parse_tpm2b(&blob.public)
             .ok()
