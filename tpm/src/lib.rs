@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod export;
 pub mod idkey;
 pub mod receipt;
+pub mod receipt_verify;
 pub mod report;
 pub mod sigverify;
 pub mod store;
