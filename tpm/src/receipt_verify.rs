@@ -879,3 +879,64 @@ fn check_rollback(p: &Parsed, quotes: &[Result<Attest, String>]) -> Outcome {
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// The published vectors (`tpm/conformance/receipts`): this verifier gives every case the
+    /// manifest's verdict.
+    #[test]
+    fn verify_agrees_with_every_receipt_conformance_vector() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/receipts");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        let cases = manifest["cases"].as_array().unwrap();
+        assert!(cases.len() >= 20, "{} cases", cases.len());
+        for case in cases {
+            let id = case["id"].as_str().unwrap();
+            let read = |member: &str| std::fs::read(dir.join(case[member].as_str().unwrap())).unwrap();
+            let state: VerifierState = serde_json::from_slice(&read("verifier_state")).unwrap();
+            let opts = ReceiptVerifyOptions {
+                trust_anchors: crate::certs::parse_pem_bundle(&read("trust_anchors")).unwrap(),
+                allow_software_tpm: case["allow_software_tpm"].as_bool().unwrap(),
+            };
+            let at = UNIX_EPOCH + Duration::from_secs(case["at"].as_u64().unwrap());
+            let verdict = verify_bundle_at(&read("bundle"), &opts, &state, at);
+            let expected: Vec<&str> = case["expect"]["failed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(verdict.failed(), expected, "{id}: {:#?}", verdict.checks);
+            assert_eq!(
+                verdict.passed,
+                case["expect"]["passed"].as_bool().unwrap(),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_bundle_has_one_failed_check() {
+        let v = verify_bundle(
+            b"{\"format\": 1}",
+            &ReceiptVerifyOptions::default(),
+            &VerifierState::default(),
+        );
+        assert_eq!(v.failed(), [MALFORMED]);
+        assert_eq!(v.checks.len(), 1);
+        assert!(!v.passed);
+    }
+
+    #[test]
+    fn every_check_id_is_distinct() {
+        let mut ids: Vec<&str> = CHECKS.iter().map(|c| c.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), CHECKS.len());
+    }
+}
