@@ -80,7 +80,11 @@ fn bench(c: &mut Criterion) {
     }
     let now = SystemTime::now();
     let verdict = verify_bundle_at(&s.bundle, &s.opts, &s.state, now);
-    assert!(verdict.passed, "bench bundle does not verify: {:#?}", verdict.checks);
+    assert!(
+        verdict.passed,
+        "bench bundle does not verify: {:#?}",
+        verdict.checks
+    );
 
     // Wall time depends on what else the machine runs; this thread's CPU time does not.
     if let Some(before) = thread_cpu_nanos() {

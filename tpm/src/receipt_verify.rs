@@ -85,7 +85,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "identity_certified",
         "the AK certified the identity key (TPM2_Certify) and it has the identity attributes",
     ),
-    ("receipt_key", "every receipt names the certified identity key"),
+    (
+        "receipt_key",
+        "every receipt names the certified identity key",
+    ),
     (
         "receipt_signature",
         "every receipt is signed by the certified identity key",
@@ -169,8 +172,8 @@ pub fn verify_bundle_at(
     };
     let b = &parsed.bundle;
     let ak = Public::parse_tpm2b(&b.tpm.ak_pub).map_err(|e| format!("AK public: {e}"));
-    let key = Public::parse_tpm2b(&b.identity.key_pub)
-        .map_err(|e| format!("identity key public: {e}"));
+    let key =
+        Public::parse_tpm2b(&b.identity.key_pub).map_err(|e| format!("identity key public: {e}"));
     let quotes = parsed.parse_quotes();
     let chain = Chain::new(&parsed);
 
@@ -442,8 +445,8 @@ fn check_receipt_signatures(p: &Parsed, key: Result<&Public, &String>) -> Outcom
     let key = key.map_err(Clone::clone)?;
     let mut message = Vec::new();
     for (i, r) in p.bundle.receipts.iter().enumerate() {
-        let sig = Signature::parse(&r.signature)
-            .map_err(|e| format!("receipt {i}: signature: {e}"))?;
+        let sig =
+            Signature::parse(&r.signature).map_err(|e| format!("receipt {i}: signature: {e}"))?;
         if sig.scheme() != alg::ECDSA || sig.hash() != alg::SHA256 {
             return Err(format!("receipt {i}: the signature is not ECDSA-SHA256"));
         }
@@ -523,9 +526,13 @@ impl<'a> Chain<'a> {
             return Err("the first receipt's prev is not GENESIS (64 zeros)".into());
         }
         if first.kind != ReceiptKind::Start {
-            return Err(format!("the first receipt is of kind {:?}, not start", first.kind));
+            return Err(format!(
+                "the first receipt is of kind {:?}, not start",
+                first.kind
+            ));
         }
-        if let Some(i) = (1..self.p.bodies.len()).find(|&i| self.p.bodies[i].kind == ReceiptKind::Start)
+        if let Some(i) =
+            (1..self.p.bodies.len()).find(|&i| self.p.bodies[i].kind == ReceiptKind::Start)
         {
             return Err(format!("receipt {i} is a second start receipt"));
         }
@@ -548,12 +555,7 @@ impl<'a> Chain<'a> {
     }
 
     fn order(&self) -> Outcome {
-        match self
-            .p
-            .bodies
-            .windows(2)
-            .position(|w| w[1].seq < w[0].seq)
-        {
+        match self.p.bodies.windows(2).position(|w| w[1].seq < w[0].seq) {
             None => Ok(None),
             Some(i) => Err(format!(
                 "receipt {} (seq {}) follows receipt {i} (seq {}): reordered",
@@ -641,8 +643,16 @@ impl<'a> Chain<'a> {
             for (name, before, after) in [
                 ("run_millis", u.run_millis, v.run_millis),
                 ("cpu_nanos", u.cpu_nanos, v.cpu_nanos),
-                ("memory_mib_millis", u.memory_mib_millis, v.memory_mib_millis),
-                ("memory_peak_bytes", u.memory_peak_bytes, v.memory_peak_bytes),
+                (
+                    "memory_mib_millis",
+                    u.memory_mib_millis,
+                    v.memory_mib_millis,
+                ),
+                (
+                    "memory_peak_bytes",
+                    u.memory_peak_bytes,
+                    v.memory_peak_bytes,
+                ),
                 ("net_in_bytes", u.net_in_bytes, v.net_in_bytes),
                 ("net_out_bytes", u.net_out_bytes, v.net_out_bytes),
                 ("disk_peak_bytes", u.disk_peak_bytes, v.disk_peak_bytes),
@@ -717,7 +727,11 @@ fn attests(quotes: &[Result<Attest, String>]) -> Result<Vec<&Attest>, String> {
         .collect()
 }
 
-fn check_quote_binding(p: &Parsed, chain: &Chain<'_>, quotes: &[Result<Attest, String>]) -> Outcome {
+fn check_quote_binding(
+    p: &Parsed,
+    chain: &Chain<'_>,
+    quotes: &[Result<Attest, String>],
+) -> Outcome {
     let attests = attests(quotes)?;
     let qs = &p.bundle.quotes;
     for (j, (q, attest)) in qs.iter().zip(&attests).enumerate() {
@@ -897,7 +911,8 @@ mod tests {
         assert!(cases.len() >= 20, "{} cases", cases.len());
         for case in cases {
             let id = case["id"].as_str().unwrap();
-            let read = |member: &str| std::fs::read(dir.join(case[member].as_str().unwrap())).unwrap();
+            let read =
+                |member: &str| std::fs::read(dir.join(case[member].as_str().unwrap())).unwrap();
             let state: VerifierState = serde_json::from_slice(&read("verifier_state")).unwrap();
             let opts = ReceiptVerifyOptions {
                 trust_anchors: crate::certs::parse_pem_bundle(&read("trust_anchors")).unwrap(),

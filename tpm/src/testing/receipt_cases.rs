@@ -163,7 +163,9 @@ pub fn build() -> Result<(World, Vec<Case>), BuildError> {
     let mut r2 = rolled.next_body(ReceiptKind::Periodic);
     r2.usage.cpu_nanos -= 1000;
     let r2 = a.sign(&r2)?;
-    rolled.bodies.push(crate::receipt::ReceiptBody::from_bytes(&r2.body)?);
+    rolled
+        .bodies
+        .push(crate::receipt::ReceiptBody::from_bytes(&r2.body)?);
     rolled.receipts.push(r2.clone());
     let r3 = rolled.issue(&a, ReceiptKind::End)?;
     let current = a.quotes;
@@ -195,7 +197,11 @@ pub fn build() -> Result<(World, Vec<Case>), BuildError> {
     cases.push(case(
         "valid-other-job",
         "genuine bundle of job-b: quotes 1 and 2 of the host's chain (not from seq 0)",
-        &a.bundle("job-b", job_b.receipts.clone(), vec![quote1.clone(), quote2.clone()]),
+        &a.bundle(
+            "job-b",
+            job_b.receipts.clone(),
+            vec![quote1.clone(), quote2.clone()],
+        ),
         &[],
     ));
 
@@ -233,14 +239,22 @@ pub fn build() -> Result<(World, Vec<Case>), BuildError> {
     cases.push(case(
         "forked-chain",
         "job-f with two different signed and quoted receipts of seq 2",
-        &a.bundle("job-f", receipts, vec![quote0.clone(), quote1.clone(), quote2.clone()]),
+        &a.bundle(
+            "job-f",
+            receipts,
+            vec![quote0.clone(), quote1.clone(), quote2.clone()],
+        ),
         &["chain_fork"],
     ));
 
     cases.push(case(
         "replayed-into-other-job",
         "job-b's receipts and quotes presented as job-a's",
-        &a.bundle(JOB, job_b.receipts.clone(), vec![quote1.clone(), quote2.clone()]),
+        &a.bundle(
+            JOB,
+            job_b.receipts.clone(),
+            vec![quote1.clone(), quote2.clone()],
+        ),
         &["job_binding"],
     ));
 
@@ -360,7 +374,11 @@ pub fn build() -> Result<(World, Vec<Case>), BuildError> {
 
     let text = String::from_utf8(json(&genuine))?;
     let malformed: Vec<(&'static str, &'static str, Vec<u8>)> = vec![
-        ("malformed-json", "the bundle is not JSON", b"{\"format\": \"fog-receipts-v1\",".to_vec()),
+        (
+            "malformed-json",
+            "the bundle is not JSON",
+            b"{\"format\": \"fog-receipts-v1\",".to_vec(),
+        ),
         (
             "duplicate-member",
             "job_id given twice in the bundle object (the same value)",

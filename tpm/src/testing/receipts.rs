@@ -11,8 +11,7 @@ use crate::device::Tpm;
 use crate::idkey::IdentityKeyBlob;
 use crate::receipt::{
     quote_qualifying_data, signing_digest, BundleTpm, CertifiedKey, ReceiptBody, ReceiptBundle,
-    ReceiptKind, ReceiptQuote, ReceiptUsage, SignedReceipt, BUNDLE_FORMAT, GENESIS,
-    RECEIPT_FORMAT,
+    ReceiptKind, ReceiptQuote, ReceiptUsage, SignedReceipt, BUNDLE_FORMAT, GENESIS, RECEIPT_FORMAT,
 };
 use crate::store::Store;
 use crate::structures::Public;
@@ -90,7 +89,12 @@ impl ReceiptHost {
 
     /// Enrolls the AK with the auditor state in `store` (credential activation), trusting the
     /// EK CA in `anchors_pem`.
-    pub fn enroll(&self, store: &Store, anchors_pem: &[u8], at: SystemTime) -> Result<(), BuildError> {
+    pub fn enroll(
+        &self,
+        store: &Store,
+        anchors_pem: &[u8],
+        at: SystemTime,
+    ) -> Result<(), BuildError> {
         let opts = crate::verify::VerifyOptions {
             nonce: vec![0; 8],
             pcrs: crate::report::parse_pcr_spec("sha256:0-7")?,
@@ -216,7 +220,11 @@ impl JobChain {
             (Some(b), Some(r)) => (hex::encode(r.digest()), b.to_unix_millis),
             _ => (GENESIS.to_owned(), self.start_unix_millis),
         };
-        let to = if seq == 0 { from } else { from + INTERVAL_MILLIS };
+        let to = if seq == 0 {
+            from
+        } else {
+            from + INTERVAL_MILLIS
+        };
         ReceiptBody {
             format: RECEIPT_FORMAT.into(),
             host_id: self.host_id.clone(),
