@@ -954,4 +954,153 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), CHECKS.len());
     }
+
+    fn body(seq: u64, cpu: u64, gpu: Option<u64>) -> ReceiptBody {
+        ReceiptBody {
+            format: RECEIPT_FORMAT.into(),
+            host_id: "h".into(),
+            job_id: "j".into(),
+            seq,
+            prev: GENESIS.into(),
+            key: "00".into(),
+            kind: if seq == 0 {
+                ReceiptKind::Start
+            } else {
+                ReceiptKind::Periodic
+            },
+            labels: BTreeMap::new(),
+            image_digest: String::new(),
+            spec_sha256: String::new(),
+            from_unix_millis: seq * 10,
+            to_unix_millis: seq * 10 + 10,
+            usage: ReceiptUsage {
+                cpu_nanos: cpu,
+                gpu_millis: gpu.map(|g| ("GPU-1".to_owned(), g)).into_iter().collect(),
+                ..ReceiptUsage::default()
+            },
+            termination: None,
+        }
+    }
+
+    fn parsed(bodies: Vec<ReceiptBody>, quotes: Vec<(u64, u8)>) -> Parsed {
+        let quotes: Vec<crate::receipt::ReceiptQuote> = quotes
+            .into_iter()
+            .map(|(seq, attest)| crate::receipt::ReceiptQuote {
+                seq,
+                prev: GENESIS.into(),
+                receipts: Vec::new(),
+                attest: vec![attest],
+                signature: Vec::new(),
+            })
+            .collect();
+        Parsed {
+            digests: bodies
+                .iter()
+                .map(|b| {
+                    crate::receipt::SignedReceipt {
+                        body: b.to_bytes(),
+                        signature: Vec::new(),
+                    }
+                    .digest()
+                })
+                .collect(),
+            quote_links: quotes.iter().map(|_| ([0; 32], Vec::new())).collect(),
+            bundle: ReceiptBundle {
+                format: BUNDLE_FORMAT.into(),
+                host_id: "h".into(),
+                job_id: "j".into(),
+                tpm: crate::receipt::BundleTpm {
+                    ak_pub: Vec::new(),
+                    ek_pub: Vec::new(),
+                    ek_cert: None,
+                    ek_chain: Vec::new(),
+                },
+                identity: crate::receipt::CertifiedKey {
+                    key_pub: Vec::new(),
+                    certify_attest: Vec::new(),
+                    certify_signature: Vec::new(),
+                },
+                receipts: Vec::new(),
+                quotes,
+            },
+            bodies,
+        }
+    }
+
+    #[test]
+    fn counters_decreasing_a_gpu_gone_or_an_interval_gap_fail_between_chain_neighbours() {
+        let ok = parsed(vec![body(0, 5, Some(1)), body(1, 5, Some(2))], vec![]);
+        assert_eq!(Chain::new(&ok).counters(), Ok(None));
+        let p = parsed(vec![body(0, 5, None), body(1, 4, None)], vec![]);
+        assert!(Chain::new(&p)
+            .counters()
+            .unwrap_err()
+            .contains("cpu_nanos 4 is lower"));
+        let p = parsed(vec![body(0, 5, Some(1)), body(1, 5, None)], vec![]);
+        assert!(Chain::new(&p).counters().unwrap_err().contains("is gone"));
+        let mut late = body(1, 5, None);
+        late.from_unix_millis += 1;
+        let p = parsed(vec![body(0, 5, None), late], vec![]);
+        assert!(Chain::new(&p)
+            .counters()
+            .unwrap_err()
+            .contains("interval starts at 11"));
+        // Not neighbours (seq 1 missing): no comparison; the gap is chain_gap's.
+        let p = parsed(vec![body(0, 5, None), body(2, 1, None)], vec![]);
+        assert_eq!(Chain::new(&p).counters(), Ok(None));
+        assert_eq!(Chain::new(&p).gap(), Err("seq 1 is missing".into()));
+    }
+
+    #[test]
+    fn a_termination_outside_an_end_receipt_fails_chain_end() {
+        let mut b = body(1, 0, None);
+        b.termination = Some("exited".into());
+        let p = parsed(vec![body(0, 0, None), b], vec![]);
+        assert!(Chain::new(&p)
+            .end()
+            .unwrap_err()
+            .contains("not an end receipt"));
+    }
+
+    #[test]
+    fn rollback_and_clock_rules() {
+        let attest = |reset, clock| Attest {
+            qualified_signer: Vec::new(),
+            extra_data: Vec::new(),
+            clock_info: ClockInfo {
+                clock,
+                reset_count: reset,
+                restart_count: 0,
+                safe: true,
+            },
+            firmware_version: 0,
+            quote: crate::structures::QuoteInfo {
+                pcr_select: crate::structures::PcrSelection::default(),
+                pcr_digest: Vec::new(),
+            },
+        };
+        // seq 0 at 10, seq 5 at 20: fine, in either bundle order for rollback.
+        let p = parsed(vec![], vec![(5, 1), (0, 2)]);
+        let q = vec![Ok(attest(1, 20)), Ok(attest(1, 10))];
+        assert_eq!(check_rollback(&p, &q), Ok(None));
+        assert!(check_tpm_clock(&q).unwrap_err().contains("is not later"));
+        // seq 0 later than seq 5 (a higher resetCount counts as later).
+        let q = vec![Ok(attest(1, 20)), Ok(attest(2, 1))];
+        assert!(check_rollback(&p, &q).unwrap_err().contains("rolled back"));
+        // Two quotes of one seq: the same bytes are one quote listed twice, different ones two
+        // histories.
+        let q = vec![Ok(attest(1, 10)), Ok(attest(1, 20))];
+        assert_eq!(
+            check_rollback(&parsed(vec![], vec![(3, 1), (3, 1)]), &q),
+            Ok(None)
+        );
+        assert!(check_rollback(&parsed(vec![], vec![(3, 1), (3, 2)]), &q)
+            .unwrap_err()
+            .contains("both have seq 3"));
+        let mut unsafe_clock = attest(1, 30);
+        unsafe_clock.clock_info.safe = false;
+        assert!(check_tpm_clock(&[Ok(unsafe_clock)])
+            .unwrap_err()
+            .contains("safe is NO"));
+    }
 }
