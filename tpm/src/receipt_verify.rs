@@ -187,7 +187,7 @@ pub fn verify_bundle_at(
         ak.as_ref()
             .map_err(Clone::clone)
             .and_then(|ak| {
-                check_certification(
+                crate::identity::check_certification(
                     &b.identity.key_pub,
                     &b.identity.certify_attest,
                     &b.identity.certify_signature,
@@ -384,46 +384,6 @@ fn check_enrolled(p: &Parsed, ak: Result<&Public, &String>, state: &VerifierStat
         ));
     }
     Ok(None)
-}
-
-/// Checks that `key_pub` (`TPM2B_PUBLIC`) is an identity key certified by `ak`
-/// (`RECEIPTS.md` §6 check 5); returns the parsed key.
-fn check_certification(
-    key_pub: &[u8],
-    certify_attest: &[u8],
-    certify_signature: &[u8],
-    ak: &Public,
-) -> Result<Public, String> {
-    use crate::structures::{attr, curve, CertifyAttest, PublicKey};
-    let key = Public::parse_tpm2b(key_pub).map_err(|e| format!("identity key public: {e}"))?;
-    let sig = Signature::parse(certify_signature).map_err(|e| format!("certify signature: {e}"))?;
-    crate::sigverify::verify(&sig, ak, certify_attest)
-        .map_err(|what| format!("certify signature does not verify with the AK ({what})"))?;
-    let attest =
-        CertifyAttest::parse(certify_attest).map_err(|e| format!("certify attest: {e}"))?;
-    let name = key.name().ok_or("identity key nameAlg unsupported")?;
-    if attest.certified.name != name {
-        return Err(format!(
-            "the certification names {}, not the identity key {}",
-            hex::encode(&attest.certified.name),
-            hex::encode(&name)
-        ));
-    }
-    if key.attributes != attr::IDENTITY {
-        return Err(format!(
-            "identity key objectAttributes {:#010x}, expected {:#010x}",
-            key.attributes,
-            attr::IDENTITY
-        ));
-    }
-    let scheme_ok = key
-        .scheme
-        .is_some_and(|s| s.scheme == alg::ECDSA && s.hash == alg::SHA256);
-    let p256 = matches!(key.key, PublicKey::Ecc { curve: c, .. } if c == curve::NIST_P256);
-    if key.name_alg != alg::SHA256 || !scheme_ok || !p256 {
-        return Err("identity key is not ECC P-256 / ECDSA-SHA256 with nameAlg SHA-256".into());
-    }
-    Ok(key)
 }
 
 fn check_receipt_key(p: &Parsed, key: Result<&Public, &String>) -> Outcome {
