@@ -502,14 +502,15 @@ impl<'a> Chain<'a> {
     fn gap(&self) -> Outcome {
         let mut expected = 0u64;
         for &seq in self.by_seq.keys() {
+            // Seqs come in ascending order, so seq >= expected.
             if seq != expected {
-                return Err(if seq == expected + 1 {
+                return Err(if seq - expected == 1 {
                     format!("seq {expected} is missing")
                 } else {
                     format!("seqs {expected} to {} are missing", seq - 1)
                 });
             }
-            expected = seq + 1;
+            expected = seq.saturating_add(1);
         }
         Ok(None)
     }
@@ -1062,5 +1063,42 @@ mod tests {
         assert!(check_tpm_clock(&[Ok(unsafe_clock)])
             .unwrap_err()
             .contains("safe is NO"));
+    }
+
+    /// Single-byte changes all over a genuine bundle: always a verdict, never a panic, and
+    /// never a pass (base64 is decoded strictly, so even padding bits count).
+    #[test]
+    fn altered_bytes_of_a_genuine_bundle_give_a_verdict_and_do_not_pass() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/receipts");
+        let text = std::fs::read(dir.join("cases/valid/bundle.json")).unwrap();
+        let state: VerifierState = serde_json::from_slice(
+            &std::fs::read(dir.join("cases/valid/verifier-state.json")).unwrap(),
+        )
+        .unwrap();
+        let opts = ReceiptVerifyOptions {
+            trust_anchors: crate::certs::parse_pem_bundle(
+                &std::fs::read(dir.join("anchors/swtpm-a.pem")).unwrap(),
+            )
+            .unwrap(),
+            allow_software_tpm: true,
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(manifest["cases"][0]["at"].as_u64().unwrap());
+        assert!(verify_bundle_at(&text, &opts, &state, at).passed);
+        let mut passed = 0;
+        for at_byte in (0..text.len()).step_by(53) {
+            for replacement in [b'A', b'0', b'"', 0xff] {
+                if text[at_byte] == replacement {
+                    continue;
+                }
+                let mut altered = text.clone();
+                altered[at_byte] = replacement;
+                let v = verify_bundle_at(&altered, &opts, &state, at);
+                assert_eq!(v.passed, v.failed().is_empty());
+                passed += usize::from(v.passed);
+            }
+        }
+        assert_eq!(passed, 0, "altered bundles passed");
     }
 }
