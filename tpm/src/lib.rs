@@ -19,6 +19,7 @@ pub mod identity;
 pub mod identity_request;
 pub mod idkey;
 pub mod receipt;
+pub mod receipt_verify;
 pub mod report;
 pub mod sigverify;
 pub mod store;

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::tcti::Tcti;
 
+pub mod receipt_cases;
+pub mod receipts;
+
 /// How long to wait for swtpm to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 

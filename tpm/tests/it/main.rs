@@ -15,6 +15,7 @@ use fog_tpm::testing::Swtpm;
 use fog_tpm::verify::{verify_report, History, Verdict, VerifyOptions};
 
 mod identity_key;
+mod receipts;
 
 /// One swtpm with an enrolled AK, and the auditor's state.
 struct Fixture {
