@@ -27,6 +27,7 @@ mod job_network;
 mod render;
 mod serve;
 pub mod verify;
+mod verify_receipts;
 
 pub use client::connect_unix;
 

@@ -2,6 +2,8 @@
 //!
 //! - `verify enroll-challenge REQUEST --trust-anchors PEM [--allow-software-tpm] --out C`
 //! - `verify enroll-finish PROOF`
+//! - `verify receipts BUNDLE --trust-anchors PEM [--allow-software-tpm] [--json]`: a usage
+//!   receipt bundle (`super::verify_receipts`)
 //! - `verify REPORT --nonce HEX --trust-anchors PEM [--pcrs sha256:0-7] [--allow-software-tpm]
 //!   [--max-age S] [--at UNIX_SECS] [--json]`: exit 0 only when every check passes; a report
 //!   that does not parse is a verdict with the one failed check `report_json`.
@@ -86,6 +88,21 @@ pub enum VerifyCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Verify a `fog-receipts-v1` bundle of usage receipts offline (exit 0 only when every
+    /// check passes).
+    Receipts {
+        /// The bundle (`fog-agent client receipts JOB --out FILE`).
+        bundle: PathBuf,
+        /// Trust options.
+        #[command(flatten)]
+        trust: TrustOpts,
+        /// Verifier state directory (the enrolled AKs; nothing is written).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Accept or reject an enrollment proof.
     EnrollFinish {
         /// The proof from `fog-agent attest activate`.
@@ -105,6 +122,12 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             trust,
             state_dir,
         }) => enroll_challenge(request, out, trust, state_dir.as_deref()),
+        Some(VerifyCommand::Receipts {
+            bundle,
+            trust,
+            state_dir,
+            json,
+        }) => super::verify_receipts::run(bundle, trust, state_dir.as_deref(), *json),
         Some(VerifyCommand::EnrollFinish { proof, state_dir }) => {
             enroll_finish(proof, state_dir.as_deref())
         }
