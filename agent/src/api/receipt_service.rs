@@ -2,12 +2,13 @@
 //! authorization): GetReceipts builds the job's bundle on the blocking pool (it may sign pending
 //! drafts and quote, which wait for the TPM); WatchReceipts is a bounded channel fed by one
 //! producer task that sends the receipts signed so far, then each new one, and stops after the
-//! job's `end` receipt, when the client goes away, or when the daemon shuts down.
+//! job's `end` receipt (at once for a job that never ran), when the client goes away, or when
+//! the daemon shuts down.
 
 use std::sync::Arc;
 
 use fog_proto::v1 as pb;
-use fog_tpm::receipt::{ReceiptKind, SignedReceipt};
+use fog_tpm::receipt::ReceiptKind;
 use tokio::sync::{broadcast, mpsc};
 
 use super::error::{blocking, ApiError};
@@ -86,7 +87,7 @@ pub async fn watch_receipts(
     let id = job_id(&request.job_id)?;
     let receipts = receipts(shared)?;
     let watched = id.clone();
-    let (so_far, mut rx) = blocking("receipts", move || receipts.watch(&watched)).await?;
+    let (so_far, rx) = blocking("receipts", move || receipts.watch(&watched)).await?;
     let (tx, out) = mpsc::channel(STREAM_QUEUE);
     let shutdown = shared.shutdown.clone();
     tokio::spawn(async move {
@@ -102,6 +103,10 @@ pub async fn watch_receipts(
                 return;
             }
         }
+        // A job that never ran gets no receipt.
+        let Some(mut rx) = rx else {
+            return;
+        };
         loop {
             tokio::select! {
                 got = rx.recv() => match got {
@@ -134,9 +139,4 @@ async fn send(
 ) -> bool {
     let msg = event(issued).map_err(tonic::Status::from);
     tx.send(msg).await.is_ok()
-}
-
-/// A signed receipt's JSON (what [`pb::ReceiptEvent::signed_receipt_json`] carries) parsed back.
-pub fn parse_event(event: &pb::ReceiptEvent) -> Result<SignedReceipt, String> {
-    serde_json::from_slice(&event.signed_receipt_json).map_err(|e| e.to_string())
 }

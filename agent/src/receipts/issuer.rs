@@ -433,12 +433,14 @@ impl Receipts {
     }
 
     /// The job's receipts signed so far, and a receiver of every receipt signed from now on
-    /// (NotFound for an unknown job).
+    /// (NotFound for an unknown job); None instead of the receiver when no receipt will come
+    /// (a job that ended without ever running).
     pub fn watch(
         &self,
         job_id: &str,
-    ) -> Result<(Vec<Issued>, broadcast::Receiver<Arc<Issued>>), ReceiptError> {
-        self.known(job_id)?;
+    ) -> Result<(Vec<Issued>, Option<broadcast::Receiver<Arc<Issued>>>), ReceiptError> {
+        let view = self.view(job_id)?;
+        let never_ran = !view.record.state.is_active() && view.record.started_at_millis.is_none();
         // Subscribed before the read: a receipt signed in between is in both (callers skip
         // by seq), never in neither.
         let rx = self.issued.subscribe();
@@ -455,12 +457,16 @@ impl Receipts {
                 },
             })
             .collect();
-        Ok((so_far, rx))
+        Ok((so_far, (!never_ran).then_some(rx)))
     }
 
     pub(super) fn known(&self, job_id: &str) -> Result<(), ReceiptError> {
+        self.view(job_id).map(|_| ())
+    }
+
+    fn view(&self, job_id: &str) -> Result<JobView, ReceiptError> {
         match self.jobs.get(job_id) {
-            Ok(_) => Ok(()),
+            Ok(view) => Ok(view),
             Err(JobError::NotFound(_)) => Err(ReceiptError::NotFound(job_id.to_owned())),
             Err(err) => Err(stored(err)),
         }

@@ -1,8 +1,9 @@
 //! Usage receipts end to end: jobs run by the in-process daemon with real runc (the jobs tests'
 //! harness), receipts signed by the identity key of a real swtpm whose AK was enrolled through
 //! the CLI, fetched with GetReceipts and WatchReceipts, and verified by `fog-agent verify
-//! receipts`. The TPM is reached through a loopback proxy the tests can cut, to show that a TPM
-//! that goes away delays no StartJob and loses no receipt.
+//! receipts`. In one test the TPM is reached through a loopback proxy the test cuts, to show
+//! that a TPM that goes away delays no StartJob and loses no receipt. The tests run one at a
+//! time.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -158,18 +159,25 @@ fn enroll(swtpm: &Swtpm, tcti: &str, state: &Path, auditor: &Path) {
     ]));
 }
 
+/// These tests one at a time: each drives its own swtpm hard (a signature per receipt, a quote a
+/// second, bundles polled), and swtpm serves one connection at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The test's TPM, auditor and agent.
 struct Setup {
-    // Dropped last (the harness first).
+    // Dropped first (the harness before the TPM).
     harness: Harness,
-    proxy: TpmProxy,
+    proxy: Option<TpmProxy>,
     auditor: tempfile::TempDir,
     swtpm: Swtpm,
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// swtpm behind a proxy, a daemon with receipts every `interval_secs` of run time and quotes
-/// every second, its AK enrolled; None (after saying why) without swtpm.
-async fn setup(test: &str, interval_secs: u64) -> Option<Setup> {
+/// swtpm (behind a proxy the test can cut with `proxied`), a daemon with receipts every
+/// `interval_secs` of run time and quotes every second, its AK enrolled; None (after saying
+/// why) without swtpm.
+async fn setup(test: &str, interval_secs: u64, proxied: bool) -> Option<Setup> {
+    let one_at_a_time = ONE_AT_A_TIME.lock().await;
     let swtpm = match Swtpm::start() {
         Ok(swtpm) => swtpm,
         Err(err) => {
@@ -180,8 +188,10 @@ async fn setup(test: &str, interval_secs: u64) -> Option<Setup> {
     let fog_tpm::tcti::Tcti::Swtpm { port, .. } = swtpm.tcti() else {
         unreachable!("the harness serves swtpm")
     };
-    let proxy = TpmProxy::start(port);
-    let tcti = proxy.tcti();
+    let proxy = proxied.then(|| TpmProxy::start(port));
+    let tcti = proxy
+        .as_ref()
+        .map_or_else(|| swtpm.tcti().to_string(), TpmProxy::tcti);
     let harness = Harness::start_configured(
         |config: &mut Config| {
             config.tpm.tcti = tcti.clone();
@@ -198,6 +208,7 @@ async fn setup(test: &str, interval_secs: u64) -> Option<Setup> {
         proxy,
         auditor,
         swtpm,
+        _one_at_a_time: one_at_a_time,
     })
 }
 
@@ -266,21 +277,29 @@ fn bodies(bundle: &ReceiptBundle) -> Vec<ReceiptBody> {
 async fn final_bundle(client: &mut AgentClient<Channel>, id: &str) -> (Vec<u8>, ReceiptBundle) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(reply) = get_receipts(client, id).await {
-            let bundle = ReceiptBundle::from_json(&reply.bundle_json).unwrap();
-            assert_eq!(reply.receipts as usize, bundle.receipts.len());
-            if bodies(&bundle).last().is_some_and(|b| b.kind == ReceiptKind::End) {
-                return (reply.bundle_json, bundle);
+        let last = match get_receipts(client, id).await {
+            Ok(reply) => {
+                let bundle = ReceiptBundle::from_json(&reply.bundle_json).unwrap();
+                assert_eq!(reply.receipts as usize, bundle.receipts.len());
+                let kinds: Vec<ReceiptKind> = bodies(&bundle).iter().map(|b| b.kind).collect();
+                if kinds.last() == Some(&ReceiptKind::End) {
+                    return (reply.bundle_json, bundle);
+                }
+                format!("receipts so far: {kinds:?}")
             }
+            Err(status) => format!("GetReceipts: {status:?}"),
+        };
+        if Instant::now() >= deadline {
+            let job = jobs::get(client, id).await;
+            panic!("no end receipt for {id} within a minute ({last}); the job: {job:?}");
         }
-        assert!(Instant::now() < deadline, "no end receipt for {id} within a minute");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_gets_start_periodic_and_end_receipts_that_verify_and_stream() {
-    let Some(mut t) = setup("receipts_verify_and_stream", 1).await else {
+    let Some(mut t) = setup("receipts_verify_and_stream", 1, false).await else {
         return;
     };
     let id = jobs::unique("rcpt");
@@ -354,10 +373,10 @@ async fn a_job_gets_start_periodic_and_end_receipts_that_verify_and_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_tpm_jobs_start_and_receipts_wait_until_it_is_back() {
-    let Some(mut t) = setup("receipts_without_the_tpm", 600).await else {
+    let Some(mut t) = setup("receipts_without_the_tpm", 600, true).await else {
         return;
     };
-    t.proxy.set_up(false);
+    t.proxy.as_ref().unwrap().set_up(false);
     let id = jobs::unique("rcpt-notpm");
     // StartJob answers while no TPM can be reached (no timing asserted: it answers at all, RUNNING).
     let started = jobs::start(t.client(), jobs::spec(&id, "sleep 1")).await;
@@ -367,7 +386,7 @@ async fn without_the_tpm_jobs_start_and_receipts_wait_until_it_is_back() {
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     assert!(err.message().contains("127.0.0.1"), "names the TCTI: {}", err.message());
 
-    t.proxy.set_up(true);
+    t.proxy.as_ref().unwrap().set_up(true);
     let (json, bundle) = final_bundle(t.client(), &id).await;
     let kinds: Vec<ReceiptKind> = bodies(&bundle).iter().map(|b| b.kind).collect();
     assert_eq!(kinds, [ReceiptKind::Start, ReceiptKind::End]);
@@ -391,7 +410,7 @@ fn copy_db(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_database_shows_in_the_quotes() {
-    let Some(mut t) = setup("receipts_rollback", 600).await else {
+    let Some(mut t) = setup("receipts_rollback", 600, false).await else {
         return;
     };
     let run = |id: String| async move { (id.clone(), jobs::spec(&id, "true")) };
