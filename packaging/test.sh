@@ -41,7 +41,7 @@ if grep -q '^nightly' <<< "$(rustup toolchain list 2>/dev/null)"; then
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
   (
     cd tpm/fuzz
-    for target in tpms_attest tpmt_signature tpm2b_public report_json; do
+    for target in tpms_attest tpmt_signature tpm2b_public report_json identity_request; do
       cargo +nightly fuzz run --sanitizer none "$target" -- -max_total_time="${FOG_FUZZ_SECONDS:-10}" 2>&1 | tail -n 2
     done
   )

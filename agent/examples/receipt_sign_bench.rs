@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use fog_agent::receipts::tpm::TpmReceiptKeys;
+use fog_agent::attest::identity::TpmIdentity;
 use fog_agent::receipts::ReceiptKeys;
 use fog_tpm::ak::{AkAlg, EkAlg};
 use fog_tpm::device::Tpm;
@@ -51,23 +51,23 @@ fn main() -> anyhow::Result<()> {
     let state = swtpm.scratch("agent");
     let ak = Tpm::open(&swtpm.tcti())?.create_ak(AkAlg::Rsa, EkAlg::Rsa, "bench-host")?;
     ak.save(&state)?;
-    let keys = TpmReceiptKeys::new(swtpm.tcti(), state);
+    let keys = TpmIdentity::new(swtpm.tcti(), state);
     // The identity key is created (and certified) once, on first use: not timed.
-    keys.certified_key()?;
+    ReceiptKeys::certified_key(&keys)?;
     let body = br#"{"format":"fog-receipt-v1","host_id":"bench-host","job_id":"j","seq":1}"#;
     let mut signs = Vec::with_capacity(args.signs);
     for i in 0..args.signs {
         let mut b = body.to_vec();
         b.extend_from_slice(i.to_string().as_bytes());
         let t = Instant::now();
-        keys.sign_digest(&signing_digest(&b))?;
+        ReceiptKeys::sign_digest(&keys, &signing_digest(&b))?;
         signs.push(t.elapsed());
     }
     let mut quotes = Vec::with_capacity(args.quotes);
     for i in 0..args.quotes {
         let qd = quote_qualifying_data(i as u64, &[0; 32], &[[1; 32]; 10]);
         let t = Instant::now();
-        keys.quote(&qd)?;
+        ReceiptKeys::quote(&keys, &qd)?;
         quotes.push(t.elapsed());
     }
     summary("sign per receipt", signs);

@@ -17,6 +17,22 @@ pub const IDENTITY_KEY_FILE: &str = "identity-key.json";
 /// `format` of the identity key state file.
 pub const IDENTITY_KEY_FORMAT: &str = "fog-identity-key-v1";
 
+/// File name of the cached certification of the identity key by the AK.
+pub const CERTIFICATION_FILE: &str = "identity-certification.json";
+
+/// The cached certification in `dir` (a [`crate::receipt::CertifiedKey`]), if readable.
+pub fn load_certification(dir: &Path) -> Option<crate::receipt::CertifiedKey> {
+    load_state(dir, &dir.join(CERTIFICATION_FILE)).ok()
+}
+
+/// Saves the certification in `dir` atomically (mode 0600).
+pub fn save_certification(
+    dir: &Path,
+    certified: &crate::receipt::CertifiedKey,
+) -> Result<(), AkStateError> {
+    save_state(dir, &dir.join(CERTIFICATION_FILE), certified)
+}
+
 /// The identity key as stored by the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,6 +15,8 @@ pub mod credential;
 pub mod device;
 pub mod enroll;
 pub mod export;
+pub mod identity;
+pub mod identity_request;
 pub mod idkey;
 pub mod receipt;
 pub mod report;

@@ -119,6 +119,59 @@ fn ia5(text: &str, what: &'static str) -> Result<rcgen::string::Ia5String, TlsEr
     rcgen::string::Ia5String::try_from(text).map_err(generate_err(what))
 }
 
+/// The agent's market-link client certificate for a key the CA checked (an identity request):
+/// CN `fog agent <host_id>`, URI SAN `fog://agent/<host_id>`, clientAuth, ECDSA P-256 key given
+/// as its SEC1 point, valid from an hour ago for `days`, signed by the CA (`ca_cert_pem`,
+/// `ca_key_pem`: PEM certificate and PKCS#8 key).
+pub fn issue_agent_certificate(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    host_id: &str,
+    key_point: &[u8],
+    days: u32,
+) -> Result<String, TlsError> {
+    const WHAT: &str = "agent certificate";
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(generate_err("CA key"))?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(generate_err("CA"))?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("fog agent {host_id}"));
+    params.subject_alt_names = vec![SanType::URI(ia5(
+        &format!("{AGENT_URI_PREFIX}{host_id}"),
+        WHAT,
+    )?)];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(i64::from(days));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let mut serial = [0u8; 16];
+    getrandom::getrandom(&mut serial)
+        .map_err(|_| generate_err(WHAT)(rcgen::Error::RingUnspecified))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let cert = params
+        .signed_by(&P256Point(key_point), &issuer)
+        .map_err(generate_err(WHAT))?;
+    Ok(cert.pem())
+}
+
+/// An ECDSA P-256 public key given as its SEC1 point.
+struct P256Point<'a>(&'a [u8]);
+
+impl rcgen::PublicKeyData for P256Point<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
 impl DevCerts {
     /// Generates a fresh set; the agent certificate names `host_id`.
     pub fn generate_for(host_id: &str) -> Result<Self, TlsError> {
@@ -348,6 +401,12 @@ pub enum ServerTlsError {
     /// rustls refused the certificate, the key or the protocol versions.
     #[error("cannot build the TLS server configuration")]
     Config(#[source] rustls::Error),
+    /// The certificate is not for the signing key.
+    #[error("{path} is not a certificate for the TPM identity key (issue one with `fog-agent attest identity-request` and `fog-agent verify identity`)")]
+    KeyMismatch {
+        /// The certificate file.
+        path: PathBuf,
+    },
 }
 
 fn pem_items<T: rustls::pki_types::pem::PemObject>(
@@ -428,6 +487,16 @@ fn root_store(path: &Path) -> Result<rustls::RootCertStore, ServerTlsError> {
     Ok(roots)
 }
 
+/// The agent's private key for the market link.
+#[derive(Debug, Clone)]
+pub enum ClientKey {
+    /// A PEM private key file.
+    File(PathBuf),
+    /// A key that signs elsewhere (the TPM-resident identity key), checked to be the key of
+    /// the certificate.
+    Signer(std::sync::Arc<dyn rustls::sign::SigningKey>),
+}
+
 /// The client side of mutual TLS towards a market (`[market]` `ca`, `client_cert`,
 /// `client_key`): the server certificate must chain to `ca` (and match the host name, which
 /// the handshake checks); TLS 1.2 and 1.3; ALPN `h2`. Read from the files on every call, so a
@@ -435,21 +504,52 @@ fn root_store(path: &Path) -> Result<rustls::RootCertStore, ServerTlsError> {
 pub fn market_client_config(
     ca: &Path,
     cert: &Path,
-    key: &Path,
+    key: &ClientKey,
 ) -> Result<rustls::ClientConfig, ServerTlsError> {
     use rustls::pki_types::CertificateDer;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let roots = root_store(ca)?;
     let chain: Vec<CertificateDer<'static>> = pem_items(cert, &read_file(cert)?, "certificate")?;
-    let key = private_key(key)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(ServerTlsError::Config)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(ServerTlsError::Config)?;
+        .with_root_certificates(roots);
+    let mut config = match key {
+        ClientKey::File(path) => builder
+            .with_client_auth_cert(chain, private_key(path)?)
+            .map_err(ServerTlsError::Config)?,
+        ClientKey::Signer(signer) => {
+            let certified = rustls::sign::CertifiedKey::new(chain, signer.clone());
+            certified
+                .keys_match()
+                .map_err(|_| ServerTlsError::KeyMismatch {
+                    path: cert.to_owned(),
+                })?;
+            builder.with_client_cert_resolver(std::sync::Arc::new(FixedClientCert(
+                std::sync::Arc::new(certified),
+            )))
+        }
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// Always the one certificate and key, whatever the server asks.
+#[derive(Debug)]
+struct FixedClientCert(std::sync::Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// What identifies a file's content without reading it: inode, size, modification time

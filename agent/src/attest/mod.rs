@@ -5,6 +5,7 @@
 //! The report format and the verifier live in the `fog-tpm` crate; this module decides what the
 //! agent puts in the payload and how a request reaches the TPM.
 
+pub mod identity;
 pub mod payload;
 pub mod stats;
 pub mod tpm;
@@ -13,6 +14,7 @@ use std::time::SystemTime;
 
 use crate::inventory::Inventory;
 
+pub use identity::TpmIdentity;
 pub use stats::{AttestationStats, Operation, OperationCounts, RecordingAttestor};
 pub use tpm::TpmAttestor;
 

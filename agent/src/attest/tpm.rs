@@ -18,6 +18,7 @@ use super::{
 use crate::inventory::Inventory;
 
 /// Attestation through the TPM at one TCTI.
+#[derive(Clone)]
 pub struct TpmAttestor {
     tcti: Tcti,
     state_dir: PathBuf,
@@ -40,7 +41,7 @@ impl TpmAttestor {
     }
 
     /// Opens the TPM; not reachable is `TpmUnreachable` with fog-tpm's line naming the TCTI.
-    fn open(&self) -> Result<Tpm, AttestError> {
+    pub(super) fn open(&self) -> Result<Tpm, AttestError> {
         Tpm::open(&self.tcti).map_err(|e| tpm_error(&self.tcti, e))
     }
 
@@ -49,7 +50,7 @@ impl TpmAttestor {
     /// it was unreachable from the start (UNAVAILABLE: a retry may work once it is back), with
     /// both errors; otherwise the command itself failed (`Failed`). Decided by opening the TPM
     /// again rather than by the TSS response code, which this crate does not see.
-    fn command_failed(&self, tpm: Tpm, err: TpmError) -> AttestError {
+    pub(super) fn command_failed(&self, tpm: Tpm, err: TpmError) -> AttestError {
         drop(tpm);
         match Tpm::open(&self.tcti) {
             Ok(_) => tpm_error(&self.tcti, err),
@@ -60,7 +61,7 @@ impl TpmAttestor {
     }
 
     /// The AK blob, created (and saved) on first use with the machine id as host id.
-    fn ak(&self, tpm: &Tpm) -> Result<AkBlob, AttestError> {
+    pub(super) fn ak(&self, tpm: &Tpm) -> Result<AkBlob, AttestError> {
         match AkBlob::load(&self.state_dir) {
             Ok(ak) => Ok(ak),
             Err(AkStateError::Missing(_)) => {

@@ -3,6 +3,9 @@
 //! - `attest enroll-request [--tcti T] [--out F]`: creates the AK on first use (blob in the
 //!   state dir) and writes the enrollment request (EK public, EK certificate and chain, AK public).
 //! - `attest activate CHALLENGE [--tcti T] [--out F]`: ActivateCredential; writes the proof.
+//! - `attest identity-request --nonce HEX [--tcti T] [--out F]`: creates the TPM-resident
+//!   identity key on first use and writes a `fog-identity-request-v1` (a CSR signed in the TPM
+//!   and the AK's certification of the key over the CA's nonce) for `verify identity`.
 //! - `attest --nonce HEX [--tcti T] [--out report.json] [--pcrs sha256:0-7]
 //!   [--export-tpm2-tools DIR]`: a `fog-attest-v1` report over the current inventory and the
 //!   cached benchmark results.
@@ -99,6 +102,18 @@ pub enum AttestCommand {
         #[command(flatten)]
         tpm: TpmOpts,
     },
+    /// Write an identity request for the CA's nonce (creates the identity key on first use).
+    IdentityRequest {
+        /// The CA's nonce, hex (8 to 64 bytes).
+        #[arg(long, value_name = "HEX")]
+        nonce: String,
+        /// Write the request here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// TPM and state options.
+        #[command(flatten)]
+        tpm: TpmOpts,
+    },
 }
 
 /// Runs `fog-agent attest`.
@@ -115,6 +130,9 @@ pub fn run(args: &AttestArgs) -> anyhow::Result<ExitCode> {
             out,
             tpm,
         }) => activate(tpm, challenge, out.as_deref()),
+        Some(AttestCommand::IdentityRequest { nonce, out, tpm }) => {
+            identity_request(tpm, nonce, out.as_deref())
+        }
         None => report(args),
     }
 }
@@ -169,6 +187,17 @@ fn activate(opts: &TpmOpts, challenge: &Path, out: Option<&Path>) -> anyhow::Res
             "credential activation failed: the challenge was not made for this TPM's EK and AK",
         )?;
     write_json(out, &fog_tpm::enroll::make_proof(&challenge, &secret))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn identity_request(opts: &TpmOpts, nonce: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let nonce = parse_nonce_hex(nonce)?;
+    // The AK must exist (and be enrolled with the CA) before its certification means anything.
+    AkBlob::load(&opts.state_dir)?;
+    open_tpm(opts)?;
+    let identity = crate::attest::TpmIdentity::new(opts.tcti.clone(), opts.state_dir.clone());
+    let request = identity.request(&nonce)?;
+    write_json(out, &request)?;
     Ok(ExitCode::SUCCESS)
 }
 

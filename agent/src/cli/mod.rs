@@ -28,6 +28,7 @@ mod render;
 mod serve;
 pub mod verify;
 mod verify_receipts;
+mod verify_identity;
 
 pub use client::connect_unix;
 

@@ -4,6 +4,9 @@
 //! - `verify enroll-finish PROOF`
 //! - `verify receipts BUNDLE --trust-anchors PEM [--allow-software-tpm] [--json]`: a usage
 //!   receipt bundle (`super::verify_receipts`)
+//! - `verify identity REQUEST --nonce HEX [--ca-cert PEM --ca-key PEM --out CERT] [--days N]
+//!   [--json]`: checks a `fog-identity-request-v1` against the enrolled AKs and, when it passes
+//!   and a CA is given, issues the agent's client certificate for the TPM-resident key.
 //! - `verify REPORT --nonce HEX --trust-anchors PEM [--pcrs sha256:0-7] [--allow-software-tpm]
 //!   [--max-age S] [--at UNIX_SECS] [--json]`: exit 0 only when every check passes; a report
 //!   that does not parse is a verdict with the one failed check `report_json`.
@@ -22,7 +25,7 @@ use clap::{Args, Subcommand};
 use fog_tpm::enroll::{EnrollProof, EnrollRequest};
 use fog_tpm::report::{parse_nonce_hex, parse_pcr_spec, Report};
 use fog_tpm::store::{default_verifier_dir, verify_and_record, Store};
-use fog_tpm::verify::{malformed_verdict, Verdict, VerifyOptions};
+use fog_tpm::verify::{malformed_verdict, Check, Verdict, VerifyOptions};
 
 use super::EXIT_FAILURE;
 
@@ -111,6 +114,8 @@ pub enum VerifyCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Check an identity request; with a CA, issue the agent's certificate for its TPM key.
+    Identity(super::verify_identity::IdentityArgs),
 }
 
 /// Runs `fog-agent verify`.
@@ -131,6 +136,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(VerifyCommand::EnrollFinish { proof, state_dir }) => {
             enroll_finish(proof, state_dir.as_deref())
         }
+        Some(VerifyCommand::Identity(args)) => super::verify_identity::run(args),
         None => verify(args),
     }
 }
@@ -140,7 +146,7 @@ pub(super) fn open_store(dir: Option<&Path>) -> anyhow::Result<Store> {
     Ok(Store::open(&dir)?)
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
@@ -223,16 +229,31 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The verdict for a terminal: one line per check, then the summary.
-pub fn human(v: &Verdict) -> String {
+/// One line per check: pass or FAIL, the id, and the reason (or what it establishes).
+pub fn check_lines(checks: &[Check]) -> String {
     let mut s = String::new();
-    for c in &v.checks {
+    for c in checks {
         let mark = if c.passed { "pass" } else { "FAIL" };
         match &c.reason {
             Some(r) => s.push_str(&format!("{mark}  {:<24} {r}\n", c.id)),
             None => s.push_str(&format!("{mark}  {:<24} {}\n", c.id, c.what)),
         }
     }
+    s
+}
+
+/// The verdict summary line for failed checks: `verdict: REJECTED: N failed (ids)`.
+pub fn rejected_line(failed: &[&str]) -> String {
+    format!(
+        "verdict: REJECTED: {} failed ({})\n",
+        failed.len(),
+        failed.join(", ")
+    )
+}
+
+/// The verdict for a terminal: one line per check, then the summary.
+pub fn human(v: &Verdict) -> String {
+    let mut s = check_lines(&v.checks);
     let failed = v.failed();
     if failed.is_empty() {
         let soft = if v.software_tpm {
@@ -242,11 +263,7 @@ pub fn human(v: &Verdict) -> String {
         };
         s.push_str(&format!("verdict: ACCEPTED{soft}: host {}\n", v.host_id));
     } else {
-        s.push_str(&format!(
-            "verdict: REJECTED: {} failed ({})\n",
-            failed.len(),
-            failed.join(", ")
-        ));
+        s.push_str(&rejected_line(&failed));
     }
     s
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use fog_tpm::receipt_verify::{verify_bundle, ReceiptVerdict, ReceiptVerifyOptions};
 
-use super::verify::{open_store, TrustOpts};
+use super::verify::{check_lines, open_store, rejected_line, TrustOpts};
 use super::EXIT_FAILURE;
 
 /// Runs `verify receipts`.
@@ -53,12 +53,7 @@ pub fn run(
 
 /// The verdict for a terminal: one line per check, the last receipt's usage, then the summary.
 pub fn human(v: &ReceiptVerdict) -> String {
-    let mut s = String::new();
-    for c in &v.checks {
-        let mark = if c.passed { "pass" } else { "FAIL" };
-        let text = c.reason.as_deref().unwrap_or(c.what);
-        s.push_str(&format!("{mark}  {:<20} {text}\n", c.id));
-    }
+    let mut s = check_lines(&v.checks);
     if let Some(u) = &v.usage {
         s.push_str(&format!(
             "usage: run {} ms, cpu {} ns, memory {} MiB·ms (peak {} bytes), net in {} / out {} bytes, disk peak {} bytes, GPUs {}\n",
@@ -87,11 +82,7 @@ pub fn human(v: &ReceiptVerdict) -> String {
             v.job_id, v.host_id, v.receipts
         ));
     } else {
-        s.push_str(&format!(
-            "verdict: REJECTED: {} failed ({})\n",
-            failed.len(),
-            failed.join(", ")
-        ));
+        s.push_str(&rejected_line(&failed));
     }
     s
 }

@@ -15,7 +15,8 @@ pub struct MarketConfig {
     pub ca: PathBuf,
     /// The agent's client certificate chain (PEM; URI SAN `fog://agent/<host_id>`).
     pub client_cert: PathBuf,
-    /// The client certificate's private key (PEM).
+    /// The client certificate's private key (PEM), or `tpm`: the TPM-resident identity key
+    /// signs the handshakes (see tpm/IDENTITY.md).
     pub client_key: PathBuf,
     /// Concurrent streams per tunnel; a stream beyond it is refused RESOURCE_EXHAUSTED.
     pub max_streams: u32,

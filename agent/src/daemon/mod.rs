@@ -245,7 +245,7 @@ impl DaemonOptions {
                 images: Arc::new(images),
                 runtime: None,
             }),
-            receipt_keys: Some(Arc::new(crate::receipts::tpm::TpmReceiptKeys::new(
+            receipt_keys: Some(Arc::new(crate::attest::identity::TpmIdentity::new(
                 tcti,
                 config.state.dir.clone(),
             ))),

@@ -16,7 +16,7 @@ use tonic::transport::Endpoint;
 
 use super::backoff::Backoff;
 use super::connect::Connector;
-use crate::api::tls::{market_client_config, ServerTlsError};
+use crate::api::tls::{market_client_config, ClientKey, ServerTlsError};
 use crate::config::{parse_endpoint, Config, MarketConfig, MarketEndpoint};
 use crate::inventory::error_chain;
 
@@ -35,6 +35,9 @@ pub enum MarketError {
     /// The served services' descriptors could not be read.
     #[error("cannot read the served methods' descriptors")]
     Methods(#[source] prost::DecodeError),
+    /// `client_key = "tpm"` without a usable identity key.
+    #[error("{0}")]
+    TpmKey(String),
 }
 
 /// One endpoint's live state.
@@ -75,6 +78,7 @@ pub struct MarketLink {
 /// What every endpoint's loop shares.
 struct Shared {
     config: MarketConfig,
+    client_key: ClientKey,
     server: TunnelServer<Routes>,
     max_frame_bytes: usize,
 }
@@ -99,7 +103,10 @@ impl MarketLink {
                 stop,
             });
         }
-        load_tls(market).map_err(MarketError::Tls)?;
+        let client_key =
+            super::tpm_key::client_key(&market.client_key, &config.tpm.tcti, &config.state.dir)
+                .map_err(MarketError::TpmKey)?;
+        load_tls(market, &client_key).map_err(MarketError::Tls)?;
         let methods = MethodTable::from_descriptor_sets(&[
             fog_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -116,6 +123,7 @@ impl MarketLink {
         };
         let shared = Arc::new(Shared {
             config: market.clone(),
+            client_key,
             server: TunnelServer::new(routes, tunnel, methods),
             // A frame carries at most one 16 KiB chunk from a conforming market; a larger one
             // (up to a whole message) must still decode so that its stream, not the tunnel,
@@ -180,8 +188,11 @@ fn snapshots(states: &[Arc<EndpointState>]) -> Vec<LinkStatus> {
     states.iter().map(|s| s.snapshot()).collect()
 }
 
-fn load_tls(market: &MarketConfig) -> Result<Arc<rustls::ClientConfig>, ServerTlsError> {
-    market_client_config(&market.ca, &market.client_cert, &market.client_key).map(Arc::new)
+fn load_tls(
+    market: &MarketConfig,
+    key: &ClientKey,
+) -> Result<Arc<rustls::ClientConfig>, ServerTlsError> {
+    market_client_config(&market.ca, &market.client_cert, key).map(Arc::new)
 }
 
 /// How one tunnel attempt went.
@@ -254,7 +265,7 @@ async fn one_tunnel(
     mut stop: watch::Receiver<bool>,
 ) -> Attempt {
     let config = &shared.config;
-    let tls = match load_tls(config) {
+    let tls = match load_tls(config, &shared.client_key) {
         Ok(tls) => tls,
         Err(err) => return Attempt::Failed(error_chain(&err)),
     };

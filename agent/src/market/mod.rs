@@ -8,9 +8,11 @@
 //!   [`fog_tunnel::TunnelServer`] over the same routes as the TCP listeners (with the role in
 //!   each request's [`crate::api::TunnelCaller`]), reconnects with [`backoff`], rotates old
 //!   tunnels with a drain, and publishes a [`fog_tunnel::LinkStatus`].
+//! - [`tpm_key`]: `[market] client_key = "tpm"`, the TLS client key in the TPM.
 
 pub mod backoff;
 pub mod connect;
 pub mod link;
+pub mod tpm_key;
 
 pub use link::{MarketError, MarketLink};

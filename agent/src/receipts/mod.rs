@@ -10,7 +10,8 @@
 //!   signs them in order when the TPM answers, quotes, and streams what it signs.
 //! - [`bundle`]: the `fog-receipts-v1` bundle of one job.
 //! - [`stats`]: the issuer's counters for `/metrics`.
-//! - [`tpm`]: the [`ReceiptKeys`] seam over the agent's TPM identity.
+//! - [`tpm`]: the [`ReceiptKeys`] seam, implemented by the agent's TPM identity
+//!   ([`crate::attest::identity::TpmIdentity`]).
 //!
 //! Figures (see [`draft`] for each field's source): GPU time is keyed by the GPU's UUID when
 //! the inventory knows it (NVML), else by its PCI bus id; `memory_peak_bytes` is the cgroup's

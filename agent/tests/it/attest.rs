@@ -32,28 +32,28 @@ pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn enroll_attest_verify_through_the_cli() {
-    let swtpm = Swtpm::start().unwrap();
+/// Enrolls the AK of `swtpm` (created in `agent_dir` for `host_id`) with the auditor state in
+/// `auditor_dir`, through the CLI: enroll-request, enroll-challenge, activate, enroll-finish.
+pub(crate) fn enroll_through_the_cli(
+    swtpm: &Swtpm,
+    agent_dir: &Path,
+    auditor_dir: &Path,
+    host_id: &str,
+) {
     let tcti = swtpm.tcti().to_string();
-    let agent_dir = swtpm.scratch("agent");
-    let auditor_dir = swtpm.scratch("auditor");
     let anchors = swtpm.trust_anchors_file().unwrap();
     let req = swtpm.scratch("req.json");
     let chal = swtpm.scratch("chal.json");
     let proof = swtpm.scratch("proof.json");
-    let report = swtpm.scratch("report.json");
-    let export = swtpm.scratch("export");
-
     ok(&agent(&[
         "attest",
         "enroll-request",
         "--tcti",
         &tcti,
         "--state-dir",
-        s(&agent_dir),
+        s(agent_dir),
         "--host-id",
-        "it-host",
+        host_id,
         "--out",
         s(&req),
     ]));
@@ -67,7 +67,7 @@ fn enroll_attest_verify_through_the_cli() {
         "--out",
         s(&chal),
         "--state-dir",
-        s(&auditor_dir),
+        s(auditor_dir),
     ]));
     ok(&agent(&[
         "attest",
@@ -76,7 +76,7 @@ fn enroll_attest_verify_through_the_cli() {
         "--tcti",
         &tcti,
         "--state-dir",
-        s(&agent_dir),
+        s(agent_dir),
         "--out",
         s(&proof),
     ]));
@@ -85,12 +85,25 @@ fn enroll_attest_verify_through_the_cli() {
         "enroll-finish",
         s(&proof),
         "--state-dir",
-        s(&auditor_dir),
+        s(auditor_dir),
     ]));
     assert!(
-        finished.contains("enrolled: host it-host (software TPM)"),
+        finished.contains(&format!("enrolled: host {host_id} (software TPM)")),
         "{finished}"
     );
+}
+
+#[test]
+fn enroll_attest_verify_through_the_cli() {
+    let swtpm = Swtpm::start().unwrap();
+    let tcti = swtpm.tcti().to_string();
+    let agent_dir = swtpm.scratch("agent");
+    let auditor_dir = swtpm.scratch("auditor");
+    let anchors = swtpm.trust_anchors_file().unwrap();
+    let report = swtpm.scratch("report.json");
+    let export = swtpm.scratch("export");
+
+    enroll_through_the_cli(&swtpm, &agent_dir, &auditor_dir, "it-host");
 
     let nonce = "00112233445566778899aabbccddeeff";
     ok(&agent(&[

@@ -17,6 +17,7 @@ mod daemon;
 mod disk_full;
 mod exit_codes;
 mod gpu;
+mod identity;
 mod image;
 mod image_hostile;
 mod image_pull;

@@ -3,8 +3,9 @@
 //! docs/market-example.py and agent/tests/py/tunnel_market.py on grpctunnel-py 0.3.0 (the
 //! protocol's own library, ordinary generated stubs), and agent/tests/py/scripted_market.py,
 //! which scripts the tunnel's frames itself and checks each frame the agent answers with; a TPM
-//! attestation fetched through the tunnel; and a restart as the market sees it (the agent's side
-//! of faults and refused certificates is in `market_faults.rs`).
+//! attestation fetched through the tunnel; the link authenticated by the TPM identity key (and
+//! refused from a state directory copied to another TPM); and a restart as the market sees it
+//! (the agent's side of faults and refused certificates is in `market_faults.rs`).
 //!
 //! The markets run in the test venv (`<repo>/target/py-venv` or `FOG_PY_VENV`, with
 //! packaging/test-requirements.txt); without one that has grpctunnel-py the tests skip (and
@@ -615,47 +616,7 @@ async fn an_attestation_through_the_tunnel_verifies() {
         .trim()
         .to_owned();
     let anchors = s(&swtpm.trust_anchors_file().unwrap());
-    let (req, chal, proof) = (
-        s(&dir.path().join("req.json")),
-        s(&dir.path().join("chal.json")),
-        s(&dir.path().join("proof.json")),
-    );
-    fog_agent(&[
-        "attest",
-        "enroll-request",
-        "--tcti",
-        &tcti,
-        "--state-dir",
-        &state,
-        "--host-id",
-        &host_id,
-        "--out",
-        &req,
-    ]);
-    fog_agent(&[
-        "verify",
-        "enroll-challenge",
-        &req,
-        "--trust-anchors",
-        &anchors,
-        "--allow-software-tpm",
-        "--out",
-        &chal,
-        "--state-dir",
-        &auditor,
-    ]);
-    fog_agent(&[
-        "attest",
-        "activate",
-        &chal,
-        "--tcti",
-        &tcti,
-        "--state-dir",
-        &state,
-        "--out",
-        &proof,
-    ]);
-    fog_agent(&["verify", "enroll-finish", &proof, "--state-dir", &auditor]);
+    crate::attest::enroll_through_the_cli(&swtpm, Path::new(&state), Path::new(&auditor), &host_id);
 
     let (cert, key, ca) = (
         certs.join("market-server.pem"),
@@ -751,6 +712,107 @@ async fn rotated_tunnels_end_at_the_market() {
         connected >= 3 && connected - disconnected <= 2,
         "{connected} tunnels opened, {disconnected} ended, at the market:\n{}",
         market.log()
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_market_link_authenticates_with_the_tpm_identity_key() {
+    let test = "the_market_link_authenticates_with_the_tpm_identity_key";
+    let Some(python) = python(test) else {
+        return;
+    };
+    let swtpm = fog_tpm::testing::Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let dev = DevCerts::generate_for(HOST_ID).unwrap();
+    dev.write_to(&certs).unwrap();
+    std::fs::write(certs.join("ca.key"), &dev.ca.key_pem).unwrap();
+    let s = |path: &Path| path.to_str().unwrap().to_owned();
+    let state = dir.path().join("state");
+    let auditor = dir.path().join("auditor");
+    crate::attest::enroll_through_the_cli(&swtpm, &state, &auditor, HOST_ID);
+    // The identity key's certificate from the CA the market trusts for agents.
+    let nonce = "00112233445566778899aabbccddeeff";
+    let request = dir.path().join("identity.json");
+    let tpm_cert = certs.join("agent-tpm.pem");
+    fog_agent(&[
+        "attest",
+        "identity-request",
+        "--nonce",
+        nonce,
+        "--tcti",
+        &swtpm.tcti().to_string(),
+        "--state-dir",
+        &s(&state),
+        "--out",
+        &s(&request),
+    ]);
+    fog_agent(&[
+        "verify",
+        "identity",
+        &s(&request),
+        "--nonce",
+        nonce,
+        "--state-dir",
+        &s(&auditor),
+        "--ca-cert",
+        &s(&certs.join("ca.pem")),
+        "--ca-key",
+        &s(&certs.join("ca.key")),
+        "--out",
+        &s(&tpm_cert),
+    ]);
+    let (cert, key, ca) = (
+        certs.join("market-server.pem"),
+        certs.join("market-server.key"),
+        certs.join("ca.pem"),
+    );
+    let mut market = Market::spawn(
+        &python,
+        "docs/market-example.py",
+        dir.path(),
+        (&cert, &key, &ca),
+        "127.0.0.1:0",
+        &["--agent", HOST_ID, "--timeout", "120"],
+    );
+    let use_tpm_key = |config: &mut Config, tcti: String| {
+        config.tpm.tcti = tcti;
+        config.market.client_cert = tpm_cert.clone();
+        config.market.client_key = "tpm".into();
+    };
+
+    // The state directory copied next to another TPM: the handshake cannot be signed.
+    let other = fog_tpm::testing::Swtpm::start().unwrap();
+    let copied = tempfile::tempdir().unwrap();
+    write_certs(copied.path());
+    crate::identity::copy_dir(&state, &copied.path().join("state"));
+    let impostor = start_agent(copied.path(), market.port, &ca, |config| {
+        use_tpm_key(config, other.tcti().to_string());
+    })
+    .await;
+    let status = wait_link(
+        &impostor,
+        Duration::from_secs(60),
+        "a refused handshake",
+        |s| s.failures >= 1,
+    )
+    .await;
+    assert_eq!(status.connects, 0, "{status:?}");
+    assert!(status.last_error.contains("TPM"), "{status:?}");
+    impostor.shutdown().await;
+
+    // The genuine host, same certificate, its own TPM.
+    let daemon = start_agent(dir.path(), market.port, &ca, |config| {
+        use_tpm_key(config, swtpm.tcti().to_string());
+    })
+    .await;
+    let status = market.wait(Duration::from_secs(180)).await;
+    let log = market.log();
+    assert!(status.success(), "market-example.py: {status}:\n{log}");
+    assert!(
+        log.contains(&format!("tunnel connected: fog://agent/{HOST_ID}")),
+        "{log}"
     );
     daemon.shutdown().await;
 }

@@ -3,8 +3,9 @@
 //! in `market.rs`): a market unreachable at start (the agent serves locally and keeps
 //! retrying), a market that restarts (the agent is back within its backoff bound), market
 //! certificates from the wrong CA or without a role (refused, with the reason in the link's
-//! status), and a network that drops (found dead, reconnected; the agent runs in a network
-//! namespace of its own).
+//! status), a network that drops (found dead, reconnected; the agent runs in a network
+//! namespace of its own), and `client_key = "tpm"` without its key or certificate (the start
+//! fails, saying what to do).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -492,4 +493,44 @@ async fn tunnels_are_rotated_at_their_age() {
     assert!(market.tunnels.load(Ordering::SeqCst) >= 3);
     assert!(daemon.shutdown().await);
     market.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_client_key_needs_the_identity_key_and_a_certificate_for_it() {
+    let (dir, _, cert_dir) = fixture();
+    let mut config = crate::support::mtls_config(dir.path());
+    market_config(
+        &mut config,
+        &cert_dir,
+        vec![format!("https://{}", free_port())],
+    );
+    config.market.client_key = "tpm".into();
+    let start = |config: Config| async move {
+        let options =
+            DaemonOptions::for_host(&config, PathBuf::from(env!("CARGO_BIN_EXE_fog-agent")))
+                .unwrap();
+        match daemon::start(&config, options).await {
+            Ok(_) => panic!("started without a usable TPM client key"),
+            Err(err) => fog_agent::inventory::error_chain(&err),
+        }
+    };
+    // No identity key in the state directory yet.
+    let err = start(config.clone()).await;
+    assert!(
+        err.contains("no identity key") && err.contains("attest identity-request"),
+        "{err}"
+    );
+    // A key, but the certificate is the development one, for a file key.
+    let swtpm = fog_tpm::testing::Swtpm::start().unwrap();
+    let tpm = fog_tpm::device::Tpm::open(&swtpm.tcti()).unwrap();
+    tpm.create_identity_key()
+        .unwrap()
+        .save(&config.state.dir)
+        .unwrap();
+    config.tpm.tcti = swtpm.tcti().to_string();
+    let err = start(config).await;
+    assert!(
+        err.contains("is not a certificate for the TPM identity key"),
+        "{err}"
+    );
 }

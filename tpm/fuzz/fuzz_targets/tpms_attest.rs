@@ -1,4 +1,5 @@
-//! TPMS_ATTEST parser: never panics; whatever parses re-encodes its PCR selection identically.
+//! TPMS_ATTEST parsers (quote and certify): never panic; a parsed quote re-encodes its PCR
+//! selection identically.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -7,5 +8,6 @@ fuzz_target!(|data: &[u8]| {
         let sel = a.quote.pcr_select.to_bytes();
         assert_eq!(fog_tpm::structures::PcrSelection::parse(&sel).ok(), Some(a.quote.pcr_select));
     }
+    let _ = fog_tpm::structures::CertifyAttest::parse(data);
     let _ = fog_tpm::structures::PcrSelection::parse(data);
 });

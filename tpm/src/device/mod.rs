@@ -3,13 +3,14 @@
 //! [`identity`].
 //!
 //! [`Tpm`] is `Send + Sync` and its methods are blocking: async callers use `spawn_blocking`.
-//! Each operation takes an internal lock, opens one ESAPI context for its duration (so calls are
+//! Each operation takes the process-wide lock of its TCTI, opens one ESAPI context for its duration (so calls are
 //! serialized), and flushes every transient object and session it created before returning,
 //! success or not (swtpm has three object slots and no resource manager).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use thiserror::Error;
 use tss_esapi::abstraction::ek::create_ek_object_2;
@@ -37,7 +38,7 @@ use crate::report::PcrValues;
 use crate::structures::{Attest, HashAlg, PcrSelection, Public};
 use crate::tcti::Tcti;
 
-mod identity;
+pub mod identity;
 
 /// NV index of the RSA-2048 EK certificate.
 pub const NV_EK_CERT_RSA2048: u32 = 0x01c0_0002;
@@ -120,7 +121,18 @@ pub struct QuoteOutput {
 #[derive(Debug)]
 pub struct Tpm {
     tcti: Tcti,
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
+}
+
+/// One lock per TCTI in the process: every `Tpm` reaching the same TPM (the attestor, the TLS
+/// signer, the receipt signer) takes turns, so no two contexts compete for its object slots.
+fn tcti_lock(tcti: &Tcti) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.entry(tcti.to_string()).or_default().clone()
 }
 
 /// Turns the attribute set of an AK into one without `restricted` (for negative tests).
@@ -138,7 +150,7 @@ impl Tpm {
     pub fn open(tcti: &Tcti) -> Result<Self, TpmError> {
         let tpm = Self {
             tcti: tcti.clone(),
-            lock: Mutex::new(()),
+            lock: tcti_lock(tcti),
         };
         tpm.with_context(|_| Ok(()))?;
         Ok(tpm)

@@ -31,6 +31,23 @@ fn identity_key_signs_and_is_certified_by_the_ak() {
     let ak_public = Public::parse_tpm2b(&ak.public).unwrap();
     let sig = Signature::parse(&certification.signature).unwrap();
     fog_tpm::sigverify::verify(&sig, &ak_public, &certification.attest).unwrap();
+    let (checked, _) = fog_tpm::identity::check_certification(
+        &key.public,
+        &certification.attest,
+        &certification.signature,
+        &ak_public,
+    )
+    .unwrap();
+    assert_eq!(checked, public);
+    // The AK is not an identity key, and a certification names one key only.
+    let err = fog_tpm::identity::check_certification(
+        &ak.public,
+        &certification.attest,
+        &certification.signature,
+        &ak_public,
+    )
+    .unwrap_err();
+    assert!(err.contains("has restricted"), "{err}");
 
     // A second swtpm cannot use the first one's key blob.
     let other = Swtpm::start().unwrap();
