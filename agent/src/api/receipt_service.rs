@@ -133,10 +133,7 @@ pub async fn watch_receipts(
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
 }
 
-async fn send(
-    tx: &mpsc::Sender<Result<pb::ReceiptEvent, tonic::Status>>,
-    issued: &Issued,
-) -> bool {
+async fn send(tx: &mpsc::Sender<Result<pb::ReceiptEvent, tonic::Status>>, issued: &Issued) -> bool {
     let msg = event(issued).map_err(tonic::Status::from);
     tx.send(msg).await.is_ok()
 }

@@ -27,8 +27,8 @@ mod job_network;
 mod render;
 mod serve;
 pub mod verify;
-mod verify_receipts;
 mod verify_identity;
+mod verify_receipts;
 
 pub use client::connect_unix;
 

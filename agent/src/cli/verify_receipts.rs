@@ -23,7 +23,8 @@ pub fn run(
     state_dir: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+    let text =
+        std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
     let path = trust.trust_anchors.as_deref().context(
         "--trust-anchors PEM is required: the EK certificate must chain to a CA you trust",
     )?;

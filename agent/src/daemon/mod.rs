@@ -821,9 +821,11 @@ async fn start_receipts(
     .await
     .map_err(|err| DaemonError::Receipts(crate::receipts::ReceiptError::Stored(err.to_string())))?
     .map_err(DaemonError::Receipts)?;
-    receipts
-        .spawn()
-        .map_err(|err| DaemonError::Receipts(crate::receipts::ReceiptError::Stored(format!("cannot start the receipts thread: {err}"))))?;
+    receipts.spawn().map_err(|err| {
+        DaemonError::Receipts(crate::receipts::ReceiptError::Stored(format!(
+            "cannot start the receipts thread: {err}"
+        )))
+    })?;
     Ok(receipts)
 }
 

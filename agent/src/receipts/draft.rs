@@ -196,7 +196,10 @@ mod tests {
         let mut v = view(JobState::Running);
         assert_eq!(next_kind(&v, None, 600), Some(ReceiptKind::Start));
         let start = draft(&v, None, ReceiptKind::Start, 5_000, &bus_to_uuid);
-        assert_eq!((start.seq, start.from_unix_millis, start.to_unix_millis), (0, 1_000, 1_000));
+        assert_eq!(
+            (start.seq, start.from_unix_millis, start.to_unix_millis),
+            (0, 1_000, 1_000)
+        );
         assert_eq!(start.labels["deal"], "42");
         assert_eq!(start.usage, ReceiptUsage::default());
         let head = Head::of(&start);
@@ -215,7 +218,14 @@ mod tests {
         }));
         assert_eq!(next_kind(&v, Some(&head), 600), Some(ReceiptKind::Periodic));
         let periodic = draft(&v, Some(&head), ReceiptKind::Periodic, 1_700, &bus_to_uuid);
-        assert_eq!((periodic.seq, periodic.from_unix_millis, periodic.to_unix_millis), (1, 1_000, 1_700));
+        assert_eq!(
+            (
+                periodic.seq,
+                periodic.from_unix_millis,
+                periodic.to_unix_millis
+            ),
+            (1, 1_000, 1_700)
+        );
         assert_eq!(periodic.usage.gpu_millis["GPU-0000:01:00.0"], 3);
         assert_eq!(periodic.usage.memory_peak_bytes, 1 << 20);
         assert_eq!(periodic.usage.disk_peak_bytes, 4096);
@@ -243,13 +253,19 @@ mod tests {
         v.record.started_at_millis = Some(1_000);
         assert_eq!(next_kind(&v, None, 600), Some(ReceiptKind::Start));
         let start = draft(&v, None, ReceiptKind::Start, 2_000, &bus_to_uuid);
-        assert_eq!(next_kind(&v, Some(&Head::of(&start)), 600), Some(ReceiptKind::End));
+        assert_eq!(
+            next_kind(&v, Some(&Head::of(&start)), 600),
+            Some(ReceiptKind::End)
+        );
     }
 
     #[test]
     fn spec_hash_is_of_the_stored_spec_json() {
         let v = view(JobState::Running);
         let json = serde_json::to_string(&v.spec).unwrap();
-        assert_eq!(spec_sha256(&v), hex::encode(Sha256::digest(json.as_bytes())));
+        assert_eq!(
+            spec_sha256(&v),
+            hex::encode(Sha256::digest(json.as_bytes()))
+        );
     }
 }

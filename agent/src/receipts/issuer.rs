@@ -244,7 +244,9 @@ impl Receipts {
                 match self.sign_pending() {
                     Ok(_) => {
                         if signing.succeeded() {
-                            tracing::info!("the TPM answers again: pending usage receipts are signed");
+                            tracing::info!(
+                                "the TPM answers again: pending usage receipts are signed"
+                            );
                         }
                     }
                     Err(err) => {
@@ -404,7 +406,10 @@ impl Receipts {
         })
     }
 
-    pub(super) fn quote_locked(store: &mut StateStore, keys: &dyn ReceiptKeys) -> Result<bool, ReceiptError> {
+    pub(super) fn quote_locked(
+        store: &mut StateStore,
+        keys: &dyn ReceiptKeys,
+    ) -> Result<bool, ReceiptError> {
         let unquoted = store.receipts_unquoted()?;
         if unquoted.is_empty() {
             return Ok(false);

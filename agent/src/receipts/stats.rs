@@ -46,8 +46,10 @@ impl ReceiptStats {
     }
 
     pub(super) fn set_pending(&self, pending: usize) {
-        self.pending
-            .store(u64::try_from(pending).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.pending.store(
+            u64::try_from(pending).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The counters now.

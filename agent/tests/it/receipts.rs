@@ -227,7 +227,9 @@ impl Setup {
 
     /// `verify receipts` of `bundle`: (passed, failed check ids).
     fn verify(&self, bundle: &[u8]) -> (bool, Vec<String>) {
-        let file = self.swtpm.scratch(&format!("bundle-{}.json", jobs::unique("b")));
+        let file = self
+            .swtpm
+            .scratch(&format!("bundle-{}.json", jobs::unique("b")));
         std::fs::write(&file, bundle).unwrap();
         let anchors = self.swtpm.trust_anchors_file().unwrap();
         let out = agent(&[
@@ -256,7 +258,11 @@ impl Setup {
             .map(|c| format!("{}: {}", c["id"].as_str().unwrap(), c["reason"]))
             .collect();
         let passed = v["passed"] == true;
-        assert_eq!(out.status.success(), passed, "exit code follows the verdict");
+        assert_eq!(
+            out.status.success(),
+            passed,
+            "exit code follows the verdict"
+        );
         (passed, failed)
     }
 }
@@ -320,9 +326,7 @@ async fn a_job_gets_start_periodic_and_end_receipts_that_verify_and_stream() {
     // The stream: every receipt once, in order, ending after the end receipt.
     let mut stream = t
         .client()
-        .watch_receipts(pb::WatchReceiptsRequest {
-            job_id: id.clone(),
-        })
+        .watch_receipts(pb::WatchReceiptsRequest { job_id: id.clone() })
         .await
         .unwrap()
         .into_inner();
@@ -365,7 +369,10 @@ async fn a_job_gets_start_periodic_and_end_receipts_that_verify_and_stream() {
     body.usage.cpu_nanos += 1;
     tampered.receipts[1].body = body.to_bytes();
     let (passed, failed) = t.verify(&tampered.to_json());
-    assert!(!passed && failed.iter().any(|f| f.starts_with("receipt_signature")), "{failed:?}");
+    assert!(
+        !passed && failed.iter().any(|f| f.starts_with("receipt_signature")),
+        "{failed:?}"
+    );
 
     // Bad requests.
     let err = get_receipts(t.client(), "../x").await.unwrap_err();
@@ -396,7 +403,11 @@ async fn without_the_tpm_jobs_start_and_receipts_wait_until_it_is_back() {
     jobs::wait_for(t.client(), &id, Duration::from_secs(30), jobs::ended).await;
     let err = get_receipts(t.client(), &id).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
-    assert!(err.message().contains("127.0.0.1"), "names the TCTI: {}", err.message());
+    assert!(
+        err.message().contains("127.0.0.1"),
+        "names the TCTI: {}",
+        err.message()
+    );
 
     t.proxy.as_ref().unwrap().set_up(true);
     let (json, bundle) = final_bundle(t.client(), &id).await;
@@ -454,5 +465,8 @@ async fn a_rolled_back_database_shows_in_the_quotes() {
     after.quotes.sort_by_key(|q| q.seq);
     let (passed, failed) = t.verify(&after.to_json());
     assert!(!passed);
-    assert!(failed.iter().any(|f| f.starts_with("rollback")), "{failed:?}");
+    assert!(
+        failed.iter().any(|f| f.starts_with("rollback")),
+        "{failed:?}"
+    );
 }
