@@ -57,6 +57,9 @@ pub struct Issued {
     pub receipt: SignedReceipt,
 }
 
+/// A receiver of every receipt as it is signed.
+pub type IssuedReceiver = broadcast::Receiver<Arc<Issued>>;
+
 /// The host id and the identity key's name (hex), read from the TPM once.
 #[derive(Debug, Clone)]
 pub(super) struct Signer {
@@ -443,7 +446,7 @@ impl Receipts {
     pub fn watch(
         &self,
         job_id: &str,
-    ) -> Result<(Vec<Issued>, Option<broadcast::Receiver<Arc<Issued>>>), ReceiptError> {
+    ) -> Result<(Vec<Issued>, Option<IssuedReceiver>), ReceiptError> {
         let view = self.view(job_id)?;
         let never_ran = !view.record.state.is_active() && view.record.started_at_millis.is_none();
         // Subscribed before the read: a receipt signed in between is in both (callers skip

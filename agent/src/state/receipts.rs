@@ -347,7 +347,10 @@ mod tests {
         };
         s.receipt_quote_add(&quote, &[first]).unwrap();
         assert!(s.receipts_unquoted().unwrap().is_empty());
-        assert_eq!(s.receipt_quotes_of("j").unwrap(), [quote.clone()]);
+        assert_eq!(
+            s.receipt_quotes_of("j").unwrap(),
+            std::slice::from_ref(&quote)
+        );
         assert_eq!(s.receipt_quote_last().unwrap(), Some(quote.clone()));
         s.jobs_delete(&["j"]).unwrap();
         assert!(s.receipts_of("j").unwrap().is_empty());
