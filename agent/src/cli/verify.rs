@@ -2,7 +2,8 @@
 //!
 //! - `verify enroll-challenge REQUEST --trust-anchors PEM [--allow-software-tpm] --out C`
 //! - `verify enroll-finish PROOF`
-//! - `verify receipts BUNDLE --trust-anchors PEM [--allow-software-tpm] [--json]`: a usage
+//! - `verify receipts BUNDLE --trust-anchors PEM [--allow-software-tpm] [--at UNIX_SECS]
+//!   [--json]`: a usage
 //!   receipt bundle (`super::verify_receipts`)
 //! - `verify identity REQUEST --nonce HEX [--ca-cert PEM --ca-key PEM --out CERT] [--days N]
 //!   [--json]`: checks a `fog-identity-request-v1` against the enrolled AKs and, when it passes
@@ -102,6 +103,10 @@ pub enum VerifyCommand {
         /// Verifier state directory (the enrolled AKs; nothing is written).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Check certificate validity as of this time (Unix seconds) instead of now
+        /// (conformance vectors, re-checking old bundles).
+        #[arg(long, value_name = "UNIX_SECS")]
+        at: Option<u64>,
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
@@ -131,8 +136,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             bundle,
             trust,
             state_dir,
+            at,
             json,
-        }) => super::verify_receipts::run(bundle, trust, state_dir.as_deref(), *json),
+        }) => super::verify_receipts::run(bundle, trust, state_dir.as_deref(), *at, *json),
         Some(VerifyCommand::EnrollFinish { proof, state_dir }) => {
             enroll_finish(proof, state_dir.as_deref())
         }

@@ -1,5 +1,5 @@
 //! `fog-agent verify receipts BUNDLE --trust-anchors PEM [--allow-software-tpm]
-//! [--state-dir DIR] [--json]`: checks a `fog-receipts-v1` bundle offline
+//! [--state-dir DIR] [--at UNIX_SECS] [--json]`: checks a `fog-receipts-v1` bundle offline
 //! (`fog_tpm::receipt_verify`): the EK chain, the AK enrolled in the verifier's state dir, the
 //! identity key's certification, every receipt's signature, the chain (no gap, reordering or
 //! fork), counters never decreasing, the quotes' binding, the TPM clock, and no rollback. Exit 0
@@ -9,9 +9,10 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use fog_tpm::receipt_verify::{verify_bundle, ReceiptVerdict, ReceiptVerifyOptions};
+use fog_tpm::receipt_verify::{verify_bundle_at, ReceiptVerdict, ReceiptVerifyOptions};
 
 use super::verify::{check_lines, open_store, rejected_line, TrustOpts};
 use super::EXIT_FAILURE;
@@ -21,6 +22,7 @@ pub fn run(
     bundle: &Path,
     trust: &TrustOpts,
     state_dir: Option<&Path>,
+    at: Option<u64>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let text =
@@ -36,7 +38,10 @@ pub fn run(
         allow_software_tpm: trust.allow_software_tpm,
     };
     let state = open_store(state_dir)?.load()?;
-    let verdict = verify_bundle(&text, &opts, &state);
+    let now = at.map_or_else(SystemTime::now, |secs| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    });
+    let verdict = verify_bundle_at(&text, &opts, &state, now);
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &verdict).context("cannot write the verdict")?;

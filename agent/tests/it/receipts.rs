@@ -470,3 +470,20 @@ async fn a_rolled_back_database_shows_in_the_quotes() {
         "{failed:?}"
     );
 }
+
+/// The published receipt conformance vectors (`tpm/conformance/receipts`): `fog-agent verify
+/// receipts` gives every case the verdict its manifest prescribes, through the runner a
+/// third-party verifier uses.
+#[test]
+fn verify_receipts_agrees_with_every_conformance_vector() {
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tpm/conformance/receipts");
+    let out = std::process::Command::new("python3")
+        .arg(vectors.join("run.py"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_fog-agent"))
+        .args(["verify", "receipts"])
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run python3 for the conformance runner: {err}"));
+    let report = ok(&out);
+    assert!(!report.contains("FAIL"), "{report}");
+}
