@@ -41,7 +41,7 @@ impl Receipts {
             format: BUNDLE_FORMAT.to_owned(),
             host_id: self.signer()?.host_id,
             job_id: job_id.to_owned(),
-            tpm: self.keys.bundle_tpm()?,
+            tpm: self.tpm_evidence()?,
             identity: self.keys.certified_key()?,
             receipts: receipts
                 .into_iter()
@@ -53,5 +53,17 @@ impl Receipts {
             quotes,
         };
         Ok((bundle, count))
+    }
+
+    /// The AK and the EK with its certificates, read from the TPM on the first bundle of this
+    /// run (they do not change while the agent runs; the EK's certificates take NV reads).
+    fn tpm_evidence(&self) -> Result<fog_tpm::receipt::BundleTpm, ReceiptError> {
+        let mut cached = lock(&self.tpm_evidence);
+        if let Some(evidence) = cached.as_ref() {
+            return Ok(evidence.clone());
+        }
+        let evidence = self.keys.bundle_tpm()?;
+        *cached = Some(evidence.clone());
+        Ok(evidence)
     }
 }

@@ -143,6 +143,8 @@ pub struct Receipts {
     /// The newest receipt (signed or draft) of each job's chain.
     heads: Mutex<HashMap<String, Head>>,
     signer: Mutex<Option<Signer>>,
+    /// The AK and EK evidence of bundles, read from the TPM once.
+    pub(super) tpm_evidence: Mutex<Option<fog_tpm::receipt::BundleTpm>>,
     issued: broadcast::Sender<Arc<Issued>>,
     pub(super) stats: Arc<ReceiptStats>,
     stop: Mutex<Option<mpsc::Sender<()>>>,
@@ -180,6 +182,7 @@ impl Receipts {
             signing: Mutex::new(()),
             heads: Mutex::new(heads),
             signer: Mutex::new(None),
+            tpm_evidence: Mutex::new(None),
             issued: broadcast::channel(ISSUED_QUEUE).0,
             stats: Arc::new(ReceiptStats::default()),
             stop: Mutex::new(None),

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fog_agent::config::Config;
 use fog_proto::v1 as pb;
@@ -182,9 +182,14 @@ struct Setup {
 }
 
 /// swtpm (behind a proxy the test can cut with `proxied`), a daemon with receipts every
-/// `interval_secs` of run time and quotes every second, its AK enrolled; None (after saying
-/// why) without swtpm.
-async fn setup(test: &str, interval_secs: u64, proxied: bool) -> Option<Setup> {
+/// `interval_secs` of run time and quotes every `quote_interval_secs` (GetReceipts quotes what
+/// is unquoted in any case), its AK enrolled; None (after saying why) without swtpm.
+async fn setup(
+    test: &str,
+    interval_secs: u64,
+    quote_interval_secs: u64,
+    proxied: bool,
+) -> Option<Setup> {
     let one_at_a_time = ONE_AT_A_TIME.lock().await;
     let swtpm = match Swtpm::start() {
         Ok(swtpm) => swtpm,
@@ -204,7 +209,7 @@ async fn setup(test: &str, interval_secs: u64, proxied: bool) -> Option<Setup> {
         |config: &mut Config| {
             config.tpm.tcti = tcti.clone();
             config.receipts.interval_secs = interval_secs;
-            config.receipts.quote_interval_secs = 1;
+            config.receipts.quote_interval_secs = quote_interval_secs;
         },
         |_, options| options,
     )
@@ -287,33 +292,35 @@ fn bodies(bundle: &ReceiptBundle) -> Vec<ReceiptBody> {
         .collect()
 }
 
-/// GetReceipts until the job's bundle ends with its end receipt (at most a minute).
+/// The job's bundle once its end receipt is signed: WatchReceipts until the end receipt (at
+/// most a minute per receipt), then one GetReceipts.
 async fn final_bundle(client: &mut AgentClient<Channel>, id: &str) -> (Vec<u8>, ReceiptBundle) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let last = match get_receipts(client, id).await {
-            Ok(reply) => {
-                let bundle = ReceiptBundle::from_json(&reply.bundle_json).unwrap();
-                assert_eq!(reply.receipts as usize, bundle.receipts.len());
-                let kinds: Vec<ReceiptKind> = bodies(&bundle).iter().map(|b| b.kind).collect();
-                if kinds.last() == Some(&ReceiptKind::End) {
-                    return (reply.bundle_json, bundle);
-                }
-                format!("receipts so far: {kinds:?}")
-            }
-            Err(status) => format!("GetReceipts: {status:?}"),
-        };
-        if Instant::now() >= deadline {
-            let job = jobs::get(client, id).await;
-            panic!("no end receipt for {id} within a minute ({last}); the job: {job:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stream = client
+        .watch_receipts(pb::WatchReceiptsRequest {
+            job_id: id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("no receipt of {id} within a minute after {kinds:?}"))
+        .unwrap()
+    {
+        kinds.push(event.kind);
     }
+    assert_eq!(kinds.last().map(String::as_str), Some("end"), "{kinds:?}");
+    let reply = get_receipts(client, id).await.unwrap();
+    let bundle = ReceiptBundle::from_json(&reply.bundle_json).unwrap();
+    assert_eq!(reply.receipts as usize, bundle.receipts.len());
+    assert_eq!(bundle.receipts.len(), kinds.len());
+    (reply.bundle_json, bundle)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_gets_start_periodic_and_end_receipts_that_verify_and_stream() {
-    let Some(mut t) = setup("receipts_verify_and_stream", 1, false).await else {
+    let Some(mut t) = setup("receipts_verify_and_stream", 1, 1, false).await else {
         return;
     };
     let id = jobs::unique("rcpt");
@@ -392,7 +399,7 @@ async fn a_job_gets_start_periodic_and_end_receipts_that_verify_and_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_tpm_jobs_start_and_receipts_wait_until_it_is_back() {
-    let Some(mut t) = setup("receipts_without_the_tpm", 600, true).await else {
+    let Some(mut t) = setup("receipts_without_the_tpm", 600, 3600, true).await else {
         return;
     };
     t.proxy.as_ref().unwrap().set_up(false);
@@ -433,7 +440,7 @@ fn copy_db(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_database_shows_in_the_quotes() {
-    let Some(mut t) = setup("receipts_rollback", 600, false).await else {
+    let Some(mut t) = setup("receipts_rollback", 600, 3600, false).await else {
         return;
     };
     let run = |id: String| async move { (id.clone(), jobs::spec(&id, "true")) };
