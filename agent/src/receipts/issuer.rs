@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use fog_tpm::receipt::{
@@ -200,10 +200,10 @@ impl Receipts {
         let (tx, rx) = mpsc::channel();
         *lock(&self.stop) = Some(tx);
         let changes = self.jobs.watch_changes();
-        let me = self.clone();
+        let weak = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
             .name("receipts".into())
-            .spawn(move || me.run(&rx, changes))?;
+            .spawn(move || Self::run(&weak, &rx, changes))?;
         *lock(&self.thread) = Some(thread);
         Ok(())
     }
@@ -219,9 +219,19 @@ impl Receipts {
         }
     }
 
-    fn run(&self, stop: &mpsc::Receiver<()>, mut changes: broadcast::Receiver<Arc<JobView>>) {
-        let interval = Duration::from_secs(self.config.quote_interval_secs);
-        self.reconcile_all(false);
+    /// The issuer's loop. It holds the issuer only while it works: a daemon dropped without
+    /// [`Self::shutdown`] (tests) ends it too.
+    fn run(
+        weak: &Weak<Self>,
+        stop: &mpsc::Receiver<()>,
+        mut changes: broadcast::Receiver<Arc<JobView>>,
+    ) {
+        let Some(me) = weak.upgrade() else {
+            return;
+        };
+        let interval = Duration::from_secs(me.config.quote_interval_secs);
+        me.reconcile_all(false);
+        drop(me);
         let (mut signing, mut quoting) = (Backoff::default(), Backoff::default());
         let mut last_quote = Instant::now();
         let (mut last_periodic, mut last_full) = (Instant::now(), Instant::now());
@@ -231,23 +241,26 @@ impl Receipts {
                 // Stopped (the sender is dropped).
                 _ => return,
             }
+            let Some(me) = weak.upgrade() else {
+                return;
+            };
             loop {
                 match changes.try_recv() {
-                    Ok(view) => self.reconcile(&view.spec.job_id),
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => self.reconcile_all(false),
+                    Ok(view) => me.reconcile(&view.spec.job_id),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => me.reconcile_all(false),
                     Err(_) => break,
                 }
             }
             let now = Instant::now();
             if now.duration_since(last_full) >= FULL_CHECK {
-                self.reconcile_all(false);
+                me.reconcile_all(false);
                 (last_full, last_periodic) = (now, now);
             } else if now.duration_since(last_periodic) >= PERIODIC_CHECK {
-                self.reconcile_all(true);
+                me.reconcile_all(true);
                 last_periodic = now;
             }
             if signing.due(now) {
-                match self.sign_pending() {
+                match me.sign_pending() {
                     Ok(_) => {
                         if signing.succeeded() {
                             tracing::info!(
@@ -256,7 +269,7 @@ impl Receipts {
                         }
                     }
                     Err(err) => {
-                        self.stats.sign_failed();
+                        me.stats.sign_failed();
                         if signing.failed(now) {
                             tracing::warn!(error = %error_chain(&err), "usage receipts stay pending: they cannot be signed with the TPM identity key now (retried, nothing is lost)");
                         }
@@ -265,14 +278,14 @@ impl Receipts {
             }
             if now.duration_since(last_quote) >= interval && quoting.due(now) {
                 last_quote = now;
-                match self.quote_unquoted() {
+                match me.quote_unquoted() {
                     Ok(_) => {
                         if quoting.succeeded() {
                             tracing::info!("usage receipts are quoted again");
                         }
                     }
                     Err(err) => {
-                        self.stats.quote_failed();
+                        me.stats.quote_failed();
                         if quoting.failed(now) {
                             tracing::warn!(error = %error_chain(&err), "usage receipts cannot be quoted by the AK now (retried)");
                         }
