@@ -12,6 +12,7 @@
 //! - [`jobs`]: buyers' jobs as OCI containers (runc) under limits: spec validation, bundles,
 //!   the per-job shim, capacity reservations, durable records, restart recovery, telemetry,
 //!   usage counters and logs.
+//! - [`receipts`]: signed, chained usage receipts of every job (TPM identity key, AK quotes).
 //! - [`state`]: the SQLite state store (benchmark cache, jobs, usage counters, nonces).
 //! - [`image`]: the OCI image store (`<state>/images`): verified import of OCI image layouts,
 //!   layers unpacked into read-only rootfs dirs for jobs.
@@ -42,6 +43,7 @@ pub mod jobs;
 pub mod market;
 pub mod metrics;
 pub mod net;
+pub mod receipts;
 pub mod sdnotify;
 pub mod state;
 pub mod telemetry;

@@ -16,7 +16,8 @@ pub const ROLE_URI_PREFIX: &str = "fog://role/";
 /// A caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// The market: inventory, benchmarks, capacity, telemetry, attestation, jobs.
+    /// The market: inventory, benchmarks, capacity, telemetry, attestation, jobs and their
+    /// usage receipts.
     Market,
     /// An auditor: inventory, benchmarks, attestation.
     Auditor,
@@ -95,11 +96,15 @@ pub enum Rpc {
     GetMarketLinks,
     /// PullImage.
     PullImage,
+    /// GetReceipts.
+    GetReceipts,
+    /// WatchReceipts.
+    WatchReceipts,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 19] = [
+    pub const ALL: [Rpc; 21] = [
         Rpc::GetInventory,
         Rpc::GetBenchmarks,
         Rpc::RunBenchmarks,
@@ -119,6 +124,8 @@ impl Rpc {
         Rpc::RemoveImage,
         Rpc::GetMarketLinks,
         Rpc::PullImage,
+        Rpc::GetReceipts,
+        Rpc::WatchReceipts,
     ];
 
     /// The method name on the wire (`StartJob`).
@@ -143,6 +150,8 @@ impl Rpc {
             Rpc::RemoveImage => "RemoveImage",
             Rpc::GetMarketLinks => "GetMarketLinks",
             Rpc::PullImage => "PullImage",
+            Rpc::GetReceipts => "GetReceipts",
+            Rpc::WatchReceipts => "WatchReceipts",
         }
     }
 
@@ -154,7 +163,7 @@ impl Rpc {
             | PullImage => true,
             GetInventory | GetBenchmarks | GetCapacity | WatchCapacity | WatchHostTelemetry
             | GetAttestation | GetEnrollment | GetJob | ListJobs | WatchJob | JobLogs
-            | GetMarketLinks => false,
+            | GetMarketLinks | GetReceipts | WatchReceipts => false,
         }
     }
 }
@@ -182,6 +191,9 @@ pub fn allowed(role: Role, rpc: Rpc) -> bool {
                 | JobLogs
                 // Within the operator's `[images]` policy (allowed registries, size caps).
                 | PullImage
+                // Usage receipts of its jobs.
+                | GetReceipts
+                | WatchReceipts
         ),
         Role::Auditor => matches!(
             rpc,
@@ -274,6 +286,9 @@ mod tests {
             (RemoveImage, false, false, true),
             (GetMarketLinks, false, false, true),
             (PullImage, true, false, true),
+            // Receipts name jobs and their usage, which an auditor does not read.
+            (GetReceipts, true, false, true),
+            (WatchReceipts, true, false, true),
         ];
         assert_eq!(expected.len(), Rpc::ALL.len());
         for (rpc, market, auditor, admin) in expected {

@@ -1,7 +1,7 @@
 //! The gRPC face of the agent: `fog.agent.v1.Agent` and everything it needs to speak proto.
 //!
 //! - [`service`]: the service, one instance per listener ([`Door`]); [`job_service`]: its job
-//!   and image RPCs.
+//!   and image RPCs; [`receipt_service`]: its usage receipt RPCs.
 //! - [`convert`], [`job_convert`]: proto <-> domain, once, at this boundary (validation names
 //!   the proto field of every bad value).
 //! - [`error`]: [`ApiError`], the one error type of the handlers, and its one conversion to a
@@ -23,6 +23,7 @@ pub mod error;
 pub mod job_convert;
 pub mod job_service;
 pub mod listener;
+pub mod receipt_service;
 pub mod routes;
 pub mod service;
 pub mod tls;
@@ -37,6 +38,7 @@ use crate::capacity::CapacityLedger;
 use crate::image::ImageStore;
 use crate::inventory::cache::InventoryCache;
 use crate::jobs::JobManager;
+use crate::receipts::Receipts;
 use crate::telemetry::TelemetryHub;
 
 pub use error::ApiError;
@@ -88,6 +90,9 @@ pub struct Shared {
     pub jobs: Option<Arc<JobManager>>,
     /// The image store (with jobs).
     pub images: Option<Arc<ImageStore>>,
+    /// The jobs' usage receipts (None: jobs or `[receipts]` not enabled; the receipt RPCs
+    /// answer UNIMPLEMENTED).
+    pub receipts: Option<Arc<Receipts>>,
     /// PullImage's `[images]` policy, and the store size garbage collection keeps after a pull.
     pub pull_policy: crate::image::pull::PullPolicy,
     /// `[api] max_message_bytes`: answers made of many items (ListJobs) are cut into pages

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Role, Rpc};
 use super::error::{blocking, ApiError};
-use super::{convert, job_service, shutting_down, Door, Shared};
+use super::{convert, job_service, receipt_service, shutting_down, Door, Shared};
 
 /// A boxed server stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -356,5 +356,29 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(pb::GetMarketLinksResponse {
             links: links.iter().map(convert::market_link).collect(),
         }))
+    }
+
+    async fn get_receipts(
+        &self,
+        request: Request<pb::GetReceiptsRequest>,
+    ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
+        self.authorize(&request, Rpc::GetReceipts)?;
+        receipt_service::get_receipts(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    type WatchReceiptsStream = ResponseStream<pb::ReceiptEvent>;
+
+    async fn watch_receipts(
+        &self,
+        request: Request<pb::WatchReceiptsRequest>,
+    ) -> Result<Response<Self::WatchReceiptsStream>, Status> {
+        self.authorize(&request, Rpc::WatchReceipts)?;
+        receipt_service::watch_receipts(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }

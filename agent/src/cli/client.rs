@@ -72,6 +72,18 @@ pub enum Query {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// A job's signed usage receipts: the `fog-receipts-v1` bundle (GetReceipts), or with
+    /// `--watch` each receipt as it is signed (WatchReceipts, until the job's end receipt).
+    Receipts {
+        /// The job id.
+        job_id: String,
+        /// Write the bundle (the JSON `fog-agent verify receipts` reads) to this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "watch")]
+        out: Option<PathBuf>,
+        /// Stream the receipts as they are signed instead.
+        #[arg(long)]
+        watch: bool,
+    },
     /// The standard gRPC health check of the Agent service.
     Health,
     /// Jobs: start, stop, get, list, logs.
@@ -373,6 +385,11 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
                 ))?;
             }
         }
+        Query::Receipts {
+            job_id,
+            out: file,
+            watch,
+        } => receipts_query(&mut client, job_id, file.as_deref(), *watch, args.json).await?,
         Query::Health => unreachable_health()?,
         Query::Job(job) => return job_query(&mut client, job, args.json).await,
         Query::Image(image) => image_query(&mut client, image, args.json).await?,
@@ -389,6 +406,59 @@ async fn query(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `client receipts`: the bundle (written to `file` when given), or the stream.
+async fn receipts_query(
+    client: &mut AgentClient<Channel>,
+    job_id: &str,
+    file: Option<&std::path::Path>,
+    watch: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if watch {
+        let mut stream = client
+            .watch_receipts(pb::WatchReceiptsRequest {
+                job_id: job_id.to_owned(),
+            })
+            .await
+            .context("WatchReceipts failed")?
+            .into_inner();
+        while let Some(event) = stream.message().await.context("WatchReceipts stream")? {
+            if json {
+                out(&to_json(&event, "fog.agent.v1.ReceiptEvent")?)?;
+            } else {
+                out(&format!(
+                    "job {} receipt {} ({}): {} bytes signed",
+                    event.job_id,
+                    event.seq,
+                    event.kind,
+                    event.signed_receipt_json.len()
+                ))?;
+            }
+        }
+        return Ok(());
+    }
+    let reply = client
+        .get_receipts(pb::GetReceiptsRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await
+        .context("GetReceipts failed")?
+        .into_inner();
+    if let Some(file) = file {
+        std::fs::write(file, &reply.bundle_json)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    if json {
+        out(&String::from_utf8_lossy(&reply.bundle_json))
+    } else {
+        out(&format!(
+            "fog-receipts-v1 bundle of job {job_id}: {} receipts ({} bytes); verify with `fog-agent verify receipts`",
+            reply.receipts,
+            reply.bundle_json.len()
+        ))
+    }
 }
 
 fn print_market_links(reply: &pb::GetMarketLinksResponse, json: bool) -> anyhow::Result<()> {

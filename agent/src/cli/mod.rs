@@ -28,6 +28,7 @@ mod render;
 mod serve;
 pub mod verify;
 mod verify_identity;
+mod verify_receipts;
 
 pub use client::connect_unix;
 

@@ -2,6 +2,9 @@
 //!
 //! - `verify enroll-challenge REQUEST --trust-anchors PEM [--allow-software-tpm] --out C`
 //! - `verify enroll-finish PROOF`
+//! - `verify receipts BUNDLE --trust-anchors PEM [--allow-software-tpm] [--at UNIX_SECS]
+//!   [--json]`: a usage
+//!   receipt bundle (`super::verify_receipts`)
 //! - `verify identity REQUEST --nonce HEX [--ca-cert PEM --ca-key PEM --out CERT] [--days N]
 //!   [--json]`: checks a `fog-identity-request-v1` against the enrolled AKs and, when it passes
 //!   and a CA is given, issues the agent's client certificate for the TPM-resident key.
@@ -89,6 +92,25 @@ pub enum VerifyCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Verify a `fog-receipts-v1` bundle of usage receipts offline (exit 0 only when every
+    /// check passes).
+    Receipts {
+        /// The bundle (`fog-agent client receipts JOB --out FILE`).
+        bundle: PathBuf,
+        /// Trust options.
+        #[command(flatten)]
+        trust: TrustOpts,
+        /// Verifier state directory (the enrolled AKs; nothing is written).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Check certificate validity as of this time (Unix seconds) instead of now
+        /// (conformance vectors, re-checking old bundles).
+        #[arg(long, value_name = "UNIX_SECS")]
+        at: Option<u64>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Accept or reject an enrollment proof.
     EnrollFinish {
         /// The proof from `fog-agent attest activate`.
@@ -110,6 +132,13 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             trust,
             state_dir,
         }) => enroll_challenge(request, out, trust, state_dir.as_deref()),
+        Some(VerifyCommand::Receipts {
+            bundle,
+            trust,
+            state_dir,
+            at,
+            json,
+        }) => super::verify_receipts::run(bundle, trust, state_dir.as_deref(), *at, *json),
         Some(VerifyCommand::EnrollFinish { proof, state_dir }) => {
             enroll_finish(proof, state_dir.as_deref())
         }

@@ -15,7 +15,7 @@
 //! Where things are: [`Config`] and its entry points ([`Config::load`], [`Config::parse`]) here;
 //! the sections' types in `api` (`[api]`, `[metrics]`), `jobs` (`[jobs]`), `network`
 //! (`[jobs] network`), `images`
-//! (`[images]`), `market` (`[market]`) and `host` (`[state]`, `[tpm]`, `[telemetry]`, `[capacity]`, `[bench]`); sizes and shares in `units`; the semantic
+//! (`[images]`), `market` (`[market]`), `receipts` (`[receipts]`) and `host` (`[state]`, `[tpm]`, `[telemetry]`, `[capacity]`, `[bench]`); sizes and shares in `units`; the semantic
 //! checks in `validate`; the error and how a TOML error is traced to its key in `error`. Every
 //! public item is re-exported here.
 
@@ -26,6 +26,7 @@ mod images;
 mod jobs;
 mod market;
 mod network;
+mod receipts;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -42,6 +43,7 @@ pub use images::ImagesConfig;
 pub use jobs::{JobsConfig, ScratchLimit};
 pub use market::{parse_endpoint, MarketConfig, MarketEndpoint};
 pub use network::{CniNetwork, JobNetwork, PortRange};
+pub use receipts::ReceiptsConfig;
 pub use units::{parse_amount, parse_size, Amount, ByteSize, SizeError};
 
 /// The default config file path.
@@ -74,6 +76,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[market]`: reverse tunnels to markets.
     pub market: MarketConfig,
+    /// `[receipts]`: the jobs' signed usage receipts.
+    pub receipts: ReceiptsConfig,
 }
 
 impl Config {

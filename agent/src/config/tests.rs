@@ -335,3 +335,14 @@ fn image_pull_policy_keys_are_checked() {
     let ok = "[images]\nallowed_registries = [\"127.0.0.1:5000\", \"ghcr.io\"]\ninsecure_registries = [\"127.0.0.1:5000\"]\nca_file = \"/etc/fog-agent/registry-ca.pem\"\nmax_bytes = 0\n";
     assert!(Config::parse(ok, "t.toml").is_ok());
 }
+
+#[test]
+fn receipt_intervals_are_checked() {
+    assert_eq!(
+        problems_of("[receipts]\ninterval_secs = 0\nquote_interval_secs = 86401\n"),
+        ["receipts.interval_secs", "receipts.quote_interval_secs"]
+    );
+    let ok = "[receipts]\nenabled = false\ninterval_secs = 1\nquote_interval_secs = 86400\n";
+    let config = Config::parse(ok, "t.toml").unwrap();
+    assert!(!config.receipts.enabled);
+}

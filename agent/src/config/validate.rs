@@ -259,6 +259,17 @@ impl Config {
                 );
             }
         }
+        let receipts = &self.receipts;
+        check(
+            (1..=86_400).contains(&receipts.interval_secs),
+            "receipts.interval_secs",
+            format!("{} is outside 1 to 86400", receipts.interval_secs),
+        );
+        check(
+            (1..=86_400).contains(&receipts.quote_interval_secs),
+            "receipts.quote_interval_secs",
+            format!("{} is outside 1 to 86400", receipts.quote_interval_secs),
+        );
         let images = &self.images;
         check(
             images.max_unpacked_bytes.0 >= 1 << 20,

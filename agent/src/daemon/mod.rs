@@ -69,6 +69,9 @@ pub enum DaemonError {
     /// The job runner could not start (state store, jobs dir, recovery).
     #[error("cannot start the job runner")]
     Jobs(#[source] crate::jobs::JobError),
+    /// The usage receipts' issuer could not start (its state database).
+    #[error("cannot start the usage receipts")]
+    Receipts(#[source] crate::receipts::ReceiptError),
     /// The image store could not be opened.
     #[error("cannot open the image store")]
     Images(#[source] crate::image::ImageError),
@@ -165,6 +168,9 @@ pub struct DaemonOptions {
     pub fs: FsRoot,
     /// The job runner's parts; None = jobs disabled.
     pub jobs: Option<JobsOptions>,
+    /// The TPM identity that signs usage receipts and quotes them (with jobs and `[receipts]
+    /// enabled`); None = no receipts.
+    pub receipt_keys: Option<Arc<dyn crate::receipts::ReceiptKeys>>,
 }
 
 impl std::fmt::Debug for JobsOptions {
@@ -229,7 +235,7 @@ impl DaemonOptions {
                 inventory_source.clone(),
                 config.bench.run_on_start,
             )),
-            attestation: Arc::new(TpmAttestor::new(tcti, config.state.dir.clone())),
+            attestation: Arc::new(TpmAttestor::new(tcti.clone(), config.state.dir.clone())),
             gpu_telemetry: nvml.clone(),
             gpu_accounting: nvml,
             inventory_source,
@@ -239,6 +245,10 @@ impl DaemonOptions {
                 images: Arc::new(images),
                 runtime: None,
             }),
+            receipt_keys: Some(Arc::new(crate::attest::identity::TpmIdentity::new(
+                tcti,
+                config.state.dir.clone(),
+            ))),
         })
     }
 }
@@ -299,6 +309,10 @@ impl RunningDaemon {
         if let Some(jobs) = &self.shared.jobs {
             // Jobs keep running under their shims; a restarted agent finds them again.
             jobs.shutdown();
+        }
+        if let Some(receipts) = self.shared.receipts.clone() {
+            // Drafts stay in the database; the next run signs them.
+            let _ = tokio::task::spawn_blocking(move || receipts.shutdown()).await;
         }
         // Tunnels refuse new streams at once and get the grace to finish their open ones.
         let market = tokio::spawn(self.market.shutdown(self.grace));
@@ -412,6 +426,7 @@ pub async fn start(config: &Config, options: DaemonOptions) -> Result<RunningDae
                 server_tls.clone(),
             )),
             market: Some(market_links),
+            receipts: shared.receipts.as_ref().map(|r| r.stats()),
         });
         Some(crate::metrics::server::start(&config.metrics, sources).await?)
     } else {
@@ -704,6 +719,16 @@ async fn build_shared(
             Some(manager)
         }
     };
+    let receipts = match (&jobs, &options.receipt_keys) {
+        (Some(jobs), Some(keys)) if config.receipts.enabled => {
+            Some(start_receipts(config, jobs.clone(), keys.clone()).await?)
+        }
+        (Some(_), _) if config.receipts.enabled => {
+            tracing::info!("usage receipts off: this daemon has no TPM identity to sign them");
+            None
+        }
+        _ => None,
+    };
     let on_collected = {
         let capacity = capacity.clone();
         let jobs = jobs.clone();
@@ -775,9 +800,33 @@ async fn build_shared(
         images: options.jobs.as_ref().map(|j| j.images.clone()),
         pull_policy: config.into(),
         jobs,
+        receipts,
         max_message_bytes: usize::try_from(config.api.max_message_bytes.0).unwrap_or(usize::MAX),
         market: std::sync::OnceLock::new(),
     })
+}
+
+/// Opens the usage receipts' issuer (its database connection and chain ends, off the runtime's
+/// workers) and starts its thread.
+async fn start_receipts(
+    config: &Config,
+    jobs: Arc<crate::jobs::JobManager>,
+    keys: Arc<dyn crate::receipts::ReceiptKeys>,
+) -> Result<Arc<crate::receipts::Receipts>, DaemonError> {
+    let receipts_config = config.receipts.clone();
+    let state_dir = config.state.dir.clone();
+    let receipts = tokio::task::spawn_blocking(move || {
+        crate::receipts::Receipts::open(receipts_config, jobs, keys, &state_dir)
+    })
+    .await
+    .map_err(|err| DaemonError::Receipts(crate::receipts::ReceiptError::Stored(err.to_string())))?
+    .map_err(DaemonError::Receipts)?;
+    receipts.spawn().map_err(|err| {
+        DaemonError::Receipts(crate::receipts::ReceiptError::Stored(format!(
+            "cannot start the receipts thread: {err}"
+        )))
+    })?;
+    Ok(receipts)
 }
 
 /// Binds the admin socket: parent dir created (0700), a stale socket replaced, mode 0600.

@@ -266,6 +266,20 @@ impl JobManager {
         self.records.subscribe(id)
     }
 
+    /// A receiver of every job's state changes as they are published (from memory; never
+    /// waited for by a change: a receiver that lags loses the oldest and reads the jobs again).
+    pub fn watch_changes(&self) -> broadcast::Receiver<Arc<JobView>> {
+        self.records.watch_changes()
+    }
+
+    /// The UUID of the GPU at `pci_bus_id`, when the inventory knows it (NVML).
+    pub fn gpu_uuid(&self, pci_bus_id: &str) -> Option<String> {
+        lock(&self.gpus)
+            .iter()
+            .find(|g| g.pci_bus_id.eq_ignore_ascii_case(pci_bus_id))
+            .and_then(|g| g.uuid.clone())
+    }
+
     /// Paths of a job's stdout and stderr logs.
     pub fn log_paths(&self, id: &str) -> Result<(PathBuf, PathBuf), JobError> {
         self.get(id)?;

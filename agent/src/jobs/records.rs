@@ -39,6 +39,8 @@ use crate::state::{JobRow, StateError, StateStore};
 
 /// Events buffered per watcher.
 const EVENT_QUEUE: usize = 256;
+/// State changes buffered per watcher of every job ([`Records::watch_changes`]).
+const CHANGE_QUEUE: usize = 1024;
 
 /// A lock that ignores poisoning: a panic mid-update leaves plain data that is still usable.
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,6 +100,8 @@ pub(super) struct Records {
     pub epoch: u64,
     table: Mutex<Table>,
     changed: Condvar,
+    /// Every job's published state changes (usage receipts follow them).
+    all_changes: broadcast::Sender<Arc<JobView>>,
     writer: Mutex<Writer>,
     headroom: Arc<Headroom>,
     /// Changes published but not committed yet (a copy of `writer.pending.len()` for readers).
@@ -187,6 +191,7 @@ impl Records {
             epoch: shim::now_millis(),
             table: Mutex::new(table),
             changed: Condvar::new(),
+            all_changes: broadcast::channel(CHANGE_QUEUE).0,
             writer: Mutex::new(Writer {
                 store,
                 pending: VecDeque::new(),
@@ -274,6 +279,12 @@ impl Records {
                 .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
             Ok((fresh(&entry.view), entry.events.subscribe()))
         })
+    }
+
+    /// A receiver of every job's published state changes (a lagging receiver loses the oldest
+    /// and is told so; it then reads the jobs again).
+    pub fn watch_changes(&self) -> broadcast::Receiver<Arc<JobView>> {
+        self.all_changes.subscribe()
     }
 
     /// Adds a new job in memory with `admit` deciding under the table's lock (so two starts
@@ -378,8 +389,10 @@ impl Records {
             entry.view.record = record;
             let view = entry.view.clone();
             if state_changed {
+                let changed = Arc::new(view.clone());
                 // No receivers is fine.
-                let _ = entry.events.send(JobEvent::Changed(Arc::new(view.clone())));
+                let _ = entry.events.send(JobEvent::Changed(changed.clone()));
+                let _ = self.all_changes.send(changed);
             }
             if ended {
                 publish(&table);

@@ -66,6 +66,8 @@ pub struct Handles {
     pub connections: Option<ConnectionSource>,
     /// The market link's tunnels (None: not running).
     pub market: Option<MarketSource>,
+    /// The usage receipts' issuer (None: no receipts).
+    pub receipts: Option<Arc<crate::receipts::ReceiptStats>>,
 }
 
 /// Reads the market link's tunnels, one per endpoint.
@@ -175,6 +177,7 @@ impl Sources {
                 .as_ref()
                 .map(|read| read())
                 .unwrap_or_default(),
+            receipts: self.handles.receipts.as_ref().map(|stats| stats.counts()),
         }
     }
 
@@ -236,6 +239,8 @@ pub struct Snapshot {
     pub connections: ApiConnections,
     /// The market link's tunnels, one per endpoint.
     pub market: Vec<fog_tunnel::LinkStatus>,
+    /// The usage receipts' counters (None: no receipts).
+    pub receipts: Option<crate::receipts::stats::ReceiptCounts>,
 }
 
 /// The exposition format.

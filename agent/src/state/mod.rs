@@ -1,7 +1,7 @@
 //! The agent's state store: one embedded SQLite database (`state.db`) in the state directory,
 //! WAL journal, versioned migrations.
 //!
-//! Schema (version 3; `PRAGMA user_version` holds the version, each migration runs in one
+//! Schema (version 4; `PRAGMA user_version` holds the version, each migration runs in one
 //! transaction and is never edited once released — new versions append to [`MIGRATIONS`]):
 //!
 //! | table | what | key |
@@ -10,6 +10,9 @@
 //! | `jobs` | job records: id, state, spec JSON, the rest of the record as JSON (v2: `record_json`), timestamps | `job_id` |
 //! | `job_events` | (v2) every state transition of a job, with its time (Unix ms) and message | `seq` |
 //! | `usage_counters` | metered usage per job and counter (CPU-seconds, GPU-seconds, bytes) | (`job_id`, `counter`) |
+//! | `receipt_drafts` | (v4) usage receipts decided but not signed yet (the TPM was busy or unreachable): the body as JSON without key, host and `prev` | `id` (issue order); (`job_id`, `seq`) |
+//! | `receipts` | (v4) signed usage receipts: body bytes, identity-key signature, digest, the receipt quote covering it (`quote_seq`, null until quoted) | `id` (issue order); (`job_id`, `seq`) |
+//! | `receipt_quotes` | (v4) the AK's quotes over receipt digests (`seq`, `prev`, digests as a JSON list, `TPMS_ATTEST`, signature); a quote no receipt refers to any more is deleted, except the newest (the next one's `prev`) | `seq` |
 //!
 //! Version 1 also created `verifier_nonces`, which nothing used (the nonces of attestation are
 //! the auditor's, checked by the verifier); version 3 drops it.
@@ -28,11 +31,14 @@
 //! insert took a median 1.6 ms with it in a 20-start trace on the CI machine).
 
 pub mod headroom;
+mod receipts;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+pub use receipts::{ReceiptDraftRow, ReceiptQuoteRow, ReceiptRow};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "state.db";
@@ -83,6 +89,33 @@ pub const MIGRATIONS: &[&str] = &[
     // v3: the unused nonce table goes.
     "DROP INDEX verifier_nonces_expiry;
     DROP TABLE verifier_nonces;",
+    // v4: usage receipts (drafts waiting for the TPM, signed receipts) and receipt quotes.
+    "CREATE TABLE receipt_drafts (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id      TEXT    NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+        seq         INTEGER NOT NULL,
+        draft_json  TEXT    NOT NULL,
+        UNIQUE (job_id, seq)
+    );
+    CREATE TABLE receipts (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id      TEXT    NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+        seq         INTEGER NOT NULL,
+        kind        TEXT    NOT NULL,
+        body        BLOB    NOT NULL,
+        signature   BLOB    NOT NULL,
+        digest      TEXT    NOT NULL,
+        quote_seq   INTEGER,
+        UNIQUE (job_id, seq)
+    );
+    CREATE INDEX receipts_quote ON receipts(quote_seq);
+    CREATE TABLE receipt_quotes (
+        seq             INTEGER PRIMARY KEY,
+        prev            TEXT    NOT NULL,
+        receipts_json   TEXT    NOT NULL,
+        attest          BLOB    NOT NULL,
+        signature       BLOB    NOT NULL
+    );",
 ];
 
 /// One row of `jobs`.
@@ -327,9 +360,9 @@ impl StateStore {
         tx.commit().map_err(e("commit job update"))
     }
 
-    /// Deletes jobs, all in one transaction; their transitions and usage counters go with them
-    /// (`ON DELETE CASCADE`, with `foreign_keys` on since [`Self::open`]). Unknown ids are
-    /// skipped.
+    /// Deletes jobs, all in one transaction; their transitions, usage counters and receipts
+    /// (signed and drafts) go with them (`ON DELETE CASCADE`, with `foreign_keys` on since
+    /// [`Self::open`]). Unknown ids are skipped.
     pub fn jobs_delete(&mut self, job_ids: &[&str]) -> Result<(), StateError> {
         let e = |what| sqlite_err(&self.path, what);
         let tx = self.conn.transaction().map_err(e("begin job delete"))?;

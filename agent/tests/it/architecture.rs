@@ -21,6 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["market"],
     // The faces: gRPC (proto conversion, auth, TLS, one error type) and Prometheus.
     &["api", "metrics"],
+    // Usage receipts: follow the jobs, sign with the TPM identity (attest); the API serves them.
+    &["receipts"],
     // Attestation signs the benchmark results, so it sits above the benchmarks.
     &["attest", "jobs", "telemetry"],
     &["bench"],

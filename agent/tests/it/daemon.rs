@@ -210,6 +210,20 @@ async fn call(client: &mut AgentClient<Channel>, rpc: Rpc) -> Code {
                 })
                 .await,
         ),
+        Rpc::GetReceipts => code(
+            client
+                .get_receipts(pb::GetReceiptsRequest {
+                    job_id: "nope".into(),
+                })
+                .await,
+        ),
+        Rpc::WatchReceipts => code(
+            client
+                .watch_receipts(pb::WatchReceiptsRequest {
+                    job_id: "nope".into(),
+                })
+                .await,
+        ),
         Rpc::ActivateCredential => code(
             client
                 .activate_credential(pb::ActivateCredentialRequest {
@@ -231,9 +245,13 @@ fn expected_when_allowed(rpc: Rpc) -> Code {
         // Past authorization, each job RPC answers its own check: the image is not imported,
         // the job is unknown, the layout dir is not absolute, the reference is empty.
         Rpc::StartJob | Rpc::ImportImage | Rpc::PullImage => Code::InvalidArgument,
-        Rpc::StopJob | Rpc::GetJob | Rpc::WatchJob | Rpc::JobLogs | Rpc::RemoveImage => {
-            Code::NotFound
-        }
+        Rpc::StopJob
+        | Rpc::GetJob
+        | Rpc::WatchJob
+        | Rpc::JobLogs
+        | Rpc::RemoveImage
+        | Rpc::GetReceipts
+        | Rpc::WatchReceipts => Code::NotFound,
         _ => Code::Ok,
     }
 }

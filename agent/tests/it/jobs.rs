@@ -137,9 +137,19 @@ impl Harness {
     /// Stops the daemon (jobs keep running under their shims) and starts a new one on the same
     /// state dir.
     async fn restart(&mut self) {
+        self.stop_daemon().await;
+        self.start_daemon().await;
+    }
+
+    /// Stops the daemon (jobs keep running under their shims).
+    pub(crate) async fn stop_daemon(&mut self) {
         if let Some(daemon) = self.daemon.take() {
             daemon.shutdown().await;
         }
+    }
+
+    /// Starts a daemon on the state dir (after [`Self::stop_daemon`]).
+    pub(crate) async fn start_daemon(&mut self) {
         let daemon = daemon::start(&self.config, options(&self.config))
             .await
             .unwrap();

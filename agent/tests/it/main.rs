@@ -29,6 +29,7 @@ mod market;
 mod market_faults;
 mod metrics;
 mod netlab;
+mod receipts;
 mod security;
 mod shims;
 mod support;

@@ -1,4 +1,5 @@
-//! The agent's own families: TPM attestation outcomes (`fog_attestation_*`), the API
+//! The agent's own families: TPM attestation outcomes (`fog_attestation_*`), usage receipts
+//! (`fog_receipts_*`), the API
 //! listeners' connections (`fog_api_*`), the market link's tunnels (`fog_market_tunnel_*`),
 //! build info, the
 //! telemetry hub's subscribers and drops, and the agent process (`process_*`).
@@ -45,6 +46,37 @@ pub(super) fn attestation_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Res
         "fog_attestation_last_failure_timestamp_seconds",
         "When the operation last failed (TPM unavailable or error).",
         failure,
+    )
+}
+
+pub(super) fn receipt_families(w: &mut Writer<'_>, s: &Snapshot) -> fmt::Result {
+    let Some(r) = &s.receipts else {
+        return Ok(());
+    };
+    w.counter1(
+        "fog_receipts_signed",
+        "Usage receipts signed by the TPM identity key since start.",
+        Some(r.signed as f64),
+    )?;
+    w.counter1(
+        "fog_receipts_sign_failures",
+        "Attempts to sign pending usage receipts that failed (TPM unreachable or failing) since start.",
+        Some(r.sign_failures as f64),
+    )?;
+    w.counter1(
+        "fog_receipts_quotes",
+        "Receipt quotes taken by the AK since start.",
+        Some(r.quotes as f64),
+    )?;
+    w.counter1(
+        "fog_receipts_quote_failures",
+        "Receipt quote attempts that failed since start.",
+        Some(r.quote_failures as f64),
+    )?;
+    w.gauge1(
+        "fog_receipts_pending",
+        "Usage receipts decided but not signed yet (waiting for the TPM).",
+        Some(r.pending as f64),
     )
 }
 

@@ -124,6 +124,7 @@ impl Collector for SnapshotCollector {
         capacity::capacity_families(&mut w, s)?;
         capacity::benchmark_families(&mut w, s)?;
         agent::attestation_families(&mut w, s)?;
+        agent::receipt_families(&mut w, s)?;
         agent::api_families(&mut w, s)?;
         agent::market_families(&mut w, s)?;
         agent::agent_families(&mut w, s)

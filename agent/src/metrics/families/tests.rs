@@ -164,6 +164,13 @@ fn snapshot() -> Snapshot {
             bytes_out: 250_000,
             ..fog_tunnel::LinkStatus::default()
         }],
+        receipts: Some(crate::receipts::stats::ReceiptCounts {
+            signed: 7,
+            sign_failures: 2,
+            quotes: 3,
+            quote_failures: 0,
+            pending: 1,
+        }),
     }
 }
 
@@ -206,6 +213,9 @@ fn prometheus_text_has_node_exporter_names_and_values() {
         "fog_benchmark_state{state=\"done\"} 1.0",
         "fog_attestation_requests_total{operation=\"quote\",result=\"error\"} 2.0",
         "fog_attestation_last_failure_timestamp_seconds{operation=\"quote\"} 1700000000.0",
+        "fog_receipts_signed_total 7.0",
+        "fog_receipts_sign_failures_total 2.0",
+        "fog_receipts_pending 1.0",
         "fog_telemetry_dropped_samples_total 4.0",
         "fog_state_filesystem_free_bytes 100.0",
         "fog_state_filesystem_floor_bytes 4096.0",
