@@ -1,5 +1,5 @@
 //! A minimal command-line front of [`fog_tpm::receipt_verify`], with the interface the receipt
-//! conformance runner calls (`tpm/conformance/receipts/run.py`, as `fog-agent verify receipts`):
+//! conformance runner calls (`tpm/conformance/run.py --suite receipts`, as `fog-agent verify receipts`):
 //!
 //! `verify_receipts BUNDLE --trust-anchors PEM [--allow-software-tpm] [--at UNIX_SECS]
 //! [--state-dir DIR] [--json]`
@@ -7,7 +7,7 @@
 //! Prints the verdict (JSON with `--json`); exits 0 when the bundle passed, 1 when it did not,
 //! 2 on a usage error. The verifier state is read from `DIR/verifier-state.json` and not changed.
 //!
-//! `python3 tpm/conformance/receipts/run.py -- cargo run -q -p fog-tpm --example verify_receipts --`
+//! `python3 tpm/conformance/run.py --suite receipts -- cargo run -q -p fog-tpm --example verify_receipts --`
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -79,11 +79,7 @@ pub struct IdentityVerdict {
 impl IdentityVerdict {
     /// The ids of failed checks.
     pub fn failed(&self) -> Vec<&'static str> {
-        self.checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.id)
-            .collect()
+        crate::verify::failed_ids(&self.checks)
     }
 }
 

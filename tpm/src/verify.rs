@@ -83,17 +83,23 @@ pub struct Verdict {
 impl Verdict {
     /// The ids of failed checks.
     pub fn failed(&self) -> Vec<&'static str> {
-        self.checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.id)
-            .collect()
+        failed_ids(&self.checks)
     }
 
     /// The check with this id.
     pub fn check(&self, id: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.id == id)
+        check_by_id(&self.checks, id)
     }
+}
+
+/// The ids of the failed checks among `checks`, in order (every verdict's `failed`).
+pub fn failed_ids(checks: &[Check]) -> Vec<&'static str> {
+    checks.iter().filter(|c| !c.passed).map(|c| c.id).collect()
+}
+
+/// The check with this id among `checks` (every verdict's `check`).
+pub fn check_by_id<'a>(checks: &'a [Check], id: &str) -> Option<&'a Check> {
+    checks.iter().find(|c| c.id == id)
 }
 
 /// Every check id, in verdict order, with what it establishes.

@@ -116,57 +116,6 @@ fn serve(listener: TcpListener, from: u16, to: u16, up: &AtomicBool, stop: &Atom
     }
 }
 
-/// Enrolls the AK of the agent state dir `state` (created there) with the verifier state dir
-/// `auditor`, through the CLI, as an auditor would.
-fn enroll(swtpm: &Swtpm, tcti: &str, state: &Path, auditor: &Path) {
-    let req = swtpm.scratch("req.json");
-    let chal = swtpm.scratch("chal.json");
-    let proof = swtpm.scratch("proof.json");
-    let anchors = swtpm.trust_anchors_file().unwrap();
-    ok(&agent(&[
-        "attest",
-        "enroll-request",
-        "--tcti",
-        tcti,
-        "--state-dir",
-        s(state),
-        "--host-id",
-        "receipts-host",
-        "--out",
-        s(&req),
-    ]));
-    ok(&agent(&[
-        "verify",
-        "enroll-challenge",
-        s(&req),
-        "--trust-anchors",
-        s(&anchors),
-        "--allow-software-tpm",
-        "--out",
-        s(&chal),
-        "--state-dir",
-        s(auditor),
-    ]));
-    ok(&agent(&[
-        "attest",
-        "activate",
-        s(&chal),
-        "--tcti",
-        tcti,
-        "--state-dir",
-        s(state),
-        "--out",
-        s(&proof),
-    ]));
-    ok(&agent(&[
-        "verify",
-        "enroll-finish",
-        s(&proof),
-        "--state-dir",
-        s(auditor),
-    ]));
-}
-
 /// These tests one at a time: each drives its own swtpm hard (a signature per receipt, a quote a
 /// second, bundles polled), and swtpm serves one connection at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -215,7 +164,12 @@ async fn setup(
     )
     .await;
     let auditor = tempfile::tempdir().unwrap();
-    enroll(&swtpm, &tcti, &harness.config.state.dir, auditor.path());
+    crate::attest::enroll_through_the_cli(
+        &swtpm,
+        &harness.config.state.dir,
+        auditor.path(),
+        "receipts-host",
+    );
     Some(Setup {
         harness,
         proxy,
@@ -483,10 +437,10 @@ async fn a_rolled_back_database_shows_in_the_quotes() {
 /// third-party verifier uses.
 #[test]
 fn verify_receipts_agrees_with_every_conformance_vector() {
-    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tpm/conformance/receipts");
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tpm/conformance");
     let out = std::process::Command::new("python3")
         .arg(vectors.join("run.py"))
-        .arg("--")
+        .args(["--suite", "receipts", "--"])
         .arg(env!("CARGO_BIN_EXE_fog-agent"))
         .args(["verify", "receipts"])
         .output()

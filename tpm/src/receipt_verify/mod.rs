@@ -61,16 +61,12 @@ pub struct ReceiptVerdict {
 impl ReceiptVerdict {
     /// The ids of the failed checks, in checklist order.
     pub fn failed(&self) -> Vec<&'static str> {
-        self.checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.id)
-            .collect()
+        crate::verify::failed_ids(&self.checks)
     }
 
     /// The check with this id.
     pub fn check(&self, id: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.id == id)
+        crate::verify::check_by_id(&self.checks, id)
     }
 }
 
