@@ -1,9 +1,8 @@
 //! What the TPM-resident identity key costs the market link (a benchmark, not a test): mutual
 //! TLS handshakes in memory (rustls on both sides, the agent's client configuration from
 //! `market_client_config`) with `client_key = "tpm"` on swtpm against the same handshakes with
-//! a key file, in alternating blocks; and the TPM's ECDSA signature alone (`TPM2_Sign` of one
-//! digest, as every receipt and every full handshake pays it; a resumed TLS session signs
-//! nothing).
+//! a key file, in alternating blocks (full handshakes: a resumed TLS session signs nothing;
+//! the TPM's signature alone is `benches/receipt-sign.sh`).
 //!
 //! ```sh
 //! cargo run --release -p fog-agent --example tpm_handshake_bench -- --handshakes 100
@@ -93,24 +92,12 @@ fn main() -> anyhow::Result<()> {
             file_times.push(handshake(&with_file, &server)?);
         }
     }
-    let mut sign_times = Vec::new();
-    for i in 0..args.handshakes {
-        let digest = [u8::try_from(i % 256).unwrap_or(0); 32];
-        let start = Instant::now();
-        identity.sign_digest(&digest)?;
-        sign_times.push(start.elapsed());
-    }
-    let (tpm_p50, file_p50, sign_p50) = (
-        median(&mut tpm_times),
-        median(&mut file_times),
-        median(&mut sign_times),
-    );
+    let (tpm_p50, file_p50) = (median(&mut tpm_times), median(&mut file_times));
     println!(
         "handshakes: {} each, blocks of {}\n\
          client_key = \"tpm\" (swtpm): p50 {:.2} ms, p95 {:.2} ms\n\
          client_key = file:            p50 {:.2} ms, p95 {:.2} ms\n\
-         ratio (p50): {:.1}x\n\
-         TPM2_Sign of one digest (load key, sign, flush): p50 {:.2} ms, p95 {:.2} ms",
+         ratio (p50): {:.1}x",
         args.handshakes,
         args.block,
         ms(tpm_p50),
@@ -118,8 +105,6 @@ fn main() -> anyhow::Result<()> {
         ms(file_p50),
         ms(percentile(&file_times, 95)),
         tpm_p50.as_secs_f64() / file_p50.as_secs_f64(),
-        ms(sign_p50),
-        ms(percentile(&sign_times, 95)),
     );
     Ok(())
 }
