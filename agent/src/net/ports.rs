@@ -115,19 +115,27 @@ fn bindable(port: u16, protocol: Protocol) -> bool {
 mod tests {
     use super::*;
 
+    /// A range of `len` ports no socket holds now, below the kernel's ephemeral range (from
+    /// 32768 by default), so no outgoing connection of another process takes one of them during
+    /// the test. Each call of this process gets another range (tests run in parallel).
     fn free_range(len: u16) -> PortRange {
-        // A range the kernel's ephemeral ports are unlikely to sit in during the test.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = listener
-            .local_addr()
-            .unwrap()
-            .port()
-            .saturating_sub(len + 10)
-            .max(1024);
-        PortRange {
-            first: base,
-            last: base + len - 1,
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let spread = u16::try_from(std::process::id() % 1000).unwrap_or(0) * 16;
+        for _ in 0..1000 {
+            let step = NEXT.fetch_add(len + 1, Ordering::Relaxed);
+            let first = 10_000 + (spread + step) % 20_000;
+            let range = PortRange {
+                first,
+                last: first + len - 1,
+            };
+            let free = (range.first..=range.last)
+                .all(|p| bindable(p, Protocol::Tcp) && bindable(p, Protocol::Udp));
+            if free {
+                return range;
+            }
         }
+        panic!("no {len} free ports in a row in 10000-29999");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tss_esapi::abstraction::{ak as tss_ak, AsymmetricAlgorithmSelection, KeyCust
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{
-    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle,
+    AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle,
 };
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -569,7 +569,11 @@ fn read_pcrs(ctx: &mut Context, sel: &PcrSelection) -> Result<(PcrValues, Vec<Ve
     Ok((map, ordered))
 }
 
-/// Reads a whole NV index; `None` when it is not defined.
+/// Reads a whole NV index with its own (empty) authorization; `None` when it is not defined.
+///
+/// Not `tss_esapi::abstraction::nv::read_full`: it closes the index's ESYS object, which ESYS
+/// shares with the caller's for the same handle, so closing ours after it makes the TSS log an
+/// error on stderr.
 fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>, TpmError> {
     let handle = NvIndexTpmHandle::new(index).map_err(cmd("NV handle"))?;
     let obj = match ctx
@@ -578,15 +582,48 @@ fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>, TpmError> {
         Ok(obj) => obj,
         Err(_) => return Ok(None),
     };
-    let auth = NvAuth::NvIndex(obj.into());
-    let data = ctx
-        .execute_with_nullauth_session(|ctx| {
-            tss_esapi::abstraction::nv::read_full(ctx, auth, handle)
-        })
-        .map_err(cmd("NV read"));
+    let data = read_nv_object(ctx, NvIndexHandle::from(obj));
     let mut obj = obj;
     let _ = ctx.tr_close(&mut obj);
     data.map(Some)
+}
+
+/// The contents of an opened NV index, read in chunks of the TPM's NV buffer size.
+fn read_nv_object(ctx: &mut Context, nv: NvIndexHandle) -> Result<Vec<u8>, TpmError> {
+    let (public, _) = ctx
+        .execute_without_session(|ctx| ctx.nv_read_public(nv))
+        .map_err(cmd("NV_ReadPublic"))?;
+    let size = public.data_size();
+    let chunk = tss_esapi::abstraction::nv::max_nv_buffer_size(ctx)
+        .map_err(cmd("NV buffer size"))?
+        .clamp(1, usize::from(u16::MAX));
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        // An NV index's size is a u16, so both fit.
+        let (Ok(want), Ok(offset)) = (
+            u16::try_from((size - data.len()).min(chunk)),
+            u16::try_from(data.len()),
+        ) else {
+            return Err(malformed_nv(format!("size {size} past 64 KiB")));
+        };
+        let part = ctx
+            .execute_with_nullauth_session(|ctx| ctx.nv_read(NvAuth::NvIndex(nv), nv, want, offset))
+            .map_err(cmd("NV_Read"))?;
+        if part.is_empty() {
+            return Err(malformed_nv(format!(
+                "no data at offset {offset} of {size}"
+            )));
+        }
+        data.extend_from_slice(part.value());
+    }
+    Ok(data)
+}
+
+fn malformed_nv(reason: String) -> TpmError {
+    TpmError::Malformed {
+        what: "NV index read",
+        reason,
+    }
 }
 
 /// The defined NV indices in the EK chain range.
