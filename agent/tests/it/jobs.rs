@@ -1184,6 +1184,64 @@ fn host_with_an_nvidia_driver(dir: &Path, bus: &str) -> fog_agent::fsroot::FsRoo
     fog_agent::fsroot::FsRoot::new(root)
 }
 
+/// Daemon options for a host with one NVIDIA card at `bus` (NVML UUID `uuid`, when given) in
+/// its inventory, the driver's `/proc` entry, and the simulated NVML library `sim` for jobs'
+/// GPU accounting.
+pub(crate) fn with_a_simulated_gpu(
+    dir: &Path,
+    mut options: DaemonOptions,
+    bus: &'static str,
+    uuid: Option<&'static str>,
+    sim: fog_agent::inventory::gpu::nvml::NvmlLibrary,
+) -> DaemonOptions {
+    let fs = host_with_an_nvidia_driver(dir, bus);
+    options.fs = fs.clone();
+    options.inventory_source = Arc::new(move || {
+        let mut inventory = fog_agent::inventory::collect_from(fs.clone());
+        let gpus = inventory.gpus.data.get_or_insert_with(Default::default);
+        gpus.gpus = vec![fog_agent::inventory::gpu::Gpu {
+            pci_bus_id: bus.to_owned(),
+            vendor: "NVIDIA".to_owned(),
+            nvml: uuid.map(|uuid| fog_agent::inventory::gpu::nvml::NvmlDevice {
+                uuid: Some(uuid.to_owned()),
+                pci_bus_id: Some(bus.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
+        inventory
+    });
+    options.gpu_accounting = Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim));
+    options
+}
+
+/// The first process of job `id`'s container.
+pub(crate) fn job_pid(h: &Harness, id: &str) -> u32 {
+    let procs = h.cgroup_dir("pids", id).join("cgroup.procs");
+    std::fs::read_to_string(&procs)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Makes the simulated NVML (configured in `sim_dir`) report an accounting record on card 0 for
+/// `pid`, started now and running, and one for another tenant's process (pid 1).
+pub(crate) fn nvml_accounts(sim_dir: &Path, pid: u32) {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    std::fs::write(
+        sim_dir.join("fog-nvml-sim.acct"),
+        format!("acct=0:{pid}:{now_us}:0:1,acct=0:1:{now_us}:0:1"),
+    )
+    .unwrap();
+}
+
 /// A GPU job end to end: the GPU is offered (inventory), reserved for one job only, its
 /// `/dev/nvidia0` is in the bundle's device allowlist, and the job's GPU-seconds come from the
 /// (simulated) NVML accounting records of the job's real container process.
@@ -1191,24 +1249,9 @@ fn host_with_an_nvidia_driver(dir: &Path, bus: &str) -> fog_agent::fsroot::FsRoo
 async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
     const BUS: &str = "0000:17:00.0";
     let (sim_dir, sim_lib) = crate::gpu::sim_with_mode("acct_off");
-    let mut h = Harness::start_with(|dir, mut options| {
-        let fs = host_with_an_nvidia_driver(dir, BUS);
-        options.fs = fs.clone();
-        options.inventory_source = Arc::new(move || {
-            let mut inventory = fog_agent::inventory::collect_from(fs.clone());
-            let gpus = inventory.gpus.data.get_or_insert_with(Default::default);
-            gpus.gpus = vec![fog_agent::inventory::gpu::Gpu {
-                pci_bus_id: BUS.to_owned(),
-                vendor: "NVIDIA".to_owned(),
-                ..Default::default()
-            }];
-            inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
-            inventory
-        });
-        options.gpu_accounting = Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim_lib));
-        options
-    })
-    .await;
+    let mut h =
+        Harness::start_with(|dir, options| with_a_simulated_gpu(dir, options, BUS, None, sim_lib))
+            .await;
 
     let capacity = wait_capacity_gpus(&mut h.client).await;
     assert_eq!(capacity, [BUS]);
@@ -1252,23 +1295,7 @@ async fn gpu_job_gets_its_card_alone_and_gpu_seconds_from_nvml_accounting() {
 
     // NVML's record of the job's container process, started now and running; and another
     // tenant's process on the same card, which is not the job's.
-    let procs = h.cgroup_dir("pids", &id).join("cgroup.procs");
-    let pid: u32 = std::fs::read_to_string(&procs)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros();
-    std::fs::write(
-        sim_dir.path().join("fog-nvml-sim.acct"),
-        format!("acct=0:{pid}:{now_us}:0:1,acct=0:1:{now_us}:0:1"),
-    )
-    .unwrap();
+    nvml_accounts(sim_dir.path(), job_pid(&h, &id));
     wait_for(&mut h.client, &id, Duration::from_secs(20), |j| {
         j.usage
             .as_ref()

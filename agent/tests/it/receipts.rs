@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fog_agent::config::Config;
+use fog_agent::daemon::DaemonOptions;
 use fog_proto::v1 as pb;
 use fog_proto::v1::agent_client::AgentClient;
 use fog_tpm::receipt::{ReceiptBody, ReceiptBundle, ReceiptKind};
@@ -139,6 +140,17 @@ async fn setup(
     quote_interval_secs: u64,
     proxied: bool,
 ) -> Option<Setup> {
+    setup_with(test, interval_secs, quote_interval_secs, proxied, |_, o| o).await
+}
+
+/// [`setup`] with the daemon's options changed by `adjust` (it gets the harness's temp dir).
+async fn setup_with(
+    test: &str,
+    interval_secs: u64,
+    quote_interval_secs: u64,
+    proxied: bool,
+    adjust: impl FnOnce(&Path, DaemonOptions) -> DaemonOptions,
+) -> Option<Setup> {
     let one_at_a_time = ONE_AT_A_TIME.lock().await;
     let swtpm = match Swtpm::start() {
         Ok(swtpm) => swtpm,
@@ -160,7 +172,7 @@ async fn setup(
             config.receipts.interval_secs = interval_secs;
             config.receipts.quote_interval_secs = quote_interval_secs;
         },
-        |_, options| options,
+        adjust,
     )
     .await;
     let auditor = tempfile::tempdir().unwrap();
@@ -349,6 +361,55 @@ async fn a_job_gets_start_periodic_and_end_receipts_that_verify_and_stream() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+}
+
+/// A GPU job's receipts carry its GPU time under the card's NVML UUID: the simulated NVML
+/// library's accounting record of the job's container process, as in the jobs tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_jobs_receipts_carry_its_gpu_time_by_uuid() {
+    const BUS: &str = "0000:17:00.0";
+    const UUID: &str = "GPU-6f1c9a2e-0d3b-4c1e-9a7f-2b5d8e4c1a90";
+    let (sim_dir, sim_lib) = crate::gpu::sim_with_mode("acct_off");
+    let Some(mut t) = setup_with("receipts_gpu_time", 600, 600, false, |dir, options| {
+        jobs::with_a_simulated_gpu(dir, options, BUS, Some(UUID), sim_lib)
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(jobs::wait_capacity_gpus(t.client()).await, [BUS]);
+    let id = jobs::unique("rcpt-gpu");
+    let mut spec = jobs::spec(&id, "sleep 600");
+    spec.resources.as_mut().unwrap().gpus = vec![BUS.to_owned()];
+    let started = jobs::start(t.client(), spec).await;
+    assert_eq!(started.job.unwrap().state(), pb::JobState::Running);
+    jobs::nvml_accounts(sim_dir.path(), jobs::job_pid(&t.harness, &id));
+    jobs::wait_for(t.client(), &id, Duration::from_secs(20), |j| {
+        j.usage
+            .as_ref()
+            .is_some_and(|u| u.gpus.iter().any(|g| g.gpu_seconds >= 1.0))
+    })
+    .await;
+    jobs::stop(t.client(), &id).await;
+
+    let (json, bundle) = final_bundle(t.client(), &id).await;
+    let usage = jobs::get(t.client(), &id).await.usage.unwrap();
+    let end = bodies(&bundle).pop().unwrap();
+    assert_eq!(
+        end.usage.gpu_millis.keys().collect::<Vec<_>>(),
+        [UUID],
+        "{:?}",
+        end.usage
+    );
+    let millis = end.usage.gpu_millis[UUID];
+    assert!(millis >= 1_000, "{:?}", end.usage);
+    assert_eq!(
+        millis,
+        (usage.gpus[0].gpu_seconds * 1000.0).round() as u64,
+        "the end receipt has the job's final GPU time: {usage:?}"
+    );
+    let (passed, failed) = t.verify(&json);
+    assert!(passed, "{failed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
