@@ -9,13 +9,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fog_agent::fsroot::FsRoot;
 use fog_proto::v1 as pb;
 
-use crate::jobs::{ended, spec, start, unique, wait_for, Harness};
+use crate::jobs::{ended, inventory_with_one_gpu, spec, start, unique, wait_for, Harness};
 
 const BUS: &str = "0000:17:00.0";
 
@@ -68,19 +67,15 @@ async fn harness_on(fs_of: impl FnOnce(&Path) -> FsRoot + Send, vendor: &'static
         |dir, mut options| {
             let fs = fs_of(dir);
             options.fs = fs.clone();
-            options.inventory_source = Arc::new(move || {
-                let mut inventory = fog_agent::inventory::collect_from(fs.clone());
-                let gpus = inventory.gpus.data.get_or_insert_with(Default::default);
-                gpus.gpus = vec![fog_agent::inventory::gpu::Gpu {
-                    pci_bus_id: BUS.to_owned(),
-                    vendor: vendor.to_owned(),
-                    ..Default::default()
-                }];
+            let gpu = fog_agent::inventory::gpu::Gpu {
+                pci_bus_id: BUS.to_owned(),
+                vendor: vendor.to_owned(),
+                ..Default::default()
+            };
+            options.inventory_source = inventory_with_one_gpu(fs, gpu, |gpus, fs| {
                 let dirs = fog_agent::cdi::DEFAULT_SPEC_DIRS.map(std::path::PathBuf::from);
                 let mut notes = fog_agent::inventory::Notes::default();
-                fog_agent::inventory::gpu::annotate_cdi(gpus, &fs, &dirs, &mut notes);
-                inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
-                inventory
+                fog_agent::inventory::gpu::annotate_cdi(gpus, fs, &dirs, &mut notes);
             });
             options
         },

@@ -1196,24 +1196,39 @@ pub(crate) fn with_a_simulated_gpu(
 ) -> DaemonOptions {
     let fs = host_with_an_nvidia_driver(dir, bus);
     options.fs = fs.clone();
-    options.inventory_source = Arc::new(move || {
-        let mut inventory = fog_agent::inventory::collect_from(fs.clone());
-        let gpus = inventory.gpus.data.get_or_insert_with(Default::default);
-        gpus.gpus = vec![fog_agent::inventory::gpu::Gpu {
-            pci_bus_id: bus.to_owned(),
-            vendor: "NVIDIA".to_owned(),
-            nvml: uuid.map(|uuid| fog_agent::inventory::gpu::nvml::NvmlDevice {
-                uuid: Some(uuid.to_owned()),
-                pci_bus_id: Some(bus.to_owned()),
-                ..Default::default()
-            }),
+    let gpu = fog_agent::inventory::gpu::Gpu {
+        pci_bus_id: bus.to_owned(),
+        vendor: "NVIDIA".to_owned(),
+        nvml: uuid.map(|uuid| fog_agent::inventory::gpu::nvml::NvmlDevice {
+            uuid: Some(uuid.to_owned()),
+            pci_bus_id: Some(bus.to_owned()),
             ..Default::default()
-        }];
-        inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
-        inventory
-    });
+        }),
+        ..Default::default()
+    };
+    options.inventory_source = inventory_with_one_gpu(fs, gpu, |_, _| {});
     options.gpu_accounting = Arc::new(fog_agent::gpu::NvmlTelemetry::new(sim));
     options
+}
+
+/// The inventory of the host `fs` with `gpu` as its one GPU, `finish` then applied to the GPU
+/// section (it gets `fs`).
+pub(crate) fn inventory_with_one_gpu(
+    fs: fog_agent::fsroot::FsRoot,
+    gpu: fog_agent::inventory::gpu::Gpu,
+    finish: impl Fn(&mut fog_agent::inventory::gpu::GpuInventory, &fog_agent::fsroot::FsRoot)
+        + Send
+        + Sync
+        + 'static,
+) -> fog_agent::inventory::cache::InventorySource {
+    Arc::new(move || {
+        let mut inventory = fog_agent::inventory::collect_from(fs.clone());
+        let gpus = inventory.gpus.data.get_or_insert_with(Default::default);
+        gpus.gpus = vec![gpu.clone()];
+        finish(gpus, &fs);
+        inventory.gpus.status = fog_agent::inventory::ProbeStatus::Ok;
+        inventory
+    })
 }
 
 /// The first process of job `id`'s container.
