@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fog_tpm::ak::{AkAlg, AkBlob, EkAlg};
@@ -23,6 +23,9 @@ use fog_tpm::structures::PcrSelection;
 use fog_tpm::testing::Swtpm;
 use fog_tpm::verify::{malformed_verdict, Verdict, VerifyOptions};
 use serde_json::json;
+use vectors::VectorDir;
+
+mod vectors;
 
 /// The nonce of the genuine reports (and of the alterations that keep it).
 const NONCE: [u8; 32] = [0x5a; 32];
@@ -650,11 +653,6 @@ fn verdict(w: &World, case: &Case) -> Verdict {
     verify_and_record(&store, &report, &opts).unwrap()
 }
 
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
 fn main() {
     let out = PathBuf::from(
         std::env::args()
@@ -673,25 +671,18 @@ fn main() {
             got.checks
         );
     }
-    let cases_dir = out.join("cases");
-    if cases_dir.exists() {
-        std::fs::remove_dir_all(&cases_dir).unwrap();
-    }
-    write(&out.join("anchors/swtpm-a.pem"), &w.anchors_a);
-    write(&out.join("anchors/swtpm-b.pem"), &w.anchors_b);
+    let vectors = VectorDir::reset(out, &w.anchors_a, &w.anchors_b);
     let at = unix(verify_at(&w));
     let mut manifest = Vec::new();
     for case in &cases {
-        let dir = cases_dir.join(case.id);
-        write(&dir.join("report.json"), &case.report);
-        let mut state = serde_json::to_vec_pretty(&case.state).unwrap();
-        state.push(b'\n');
-        write(&dir.join("verifier-state.json"), &state);
+        let dir = format!("cases/{}", case.id);
+        vectors.write(&format!("{dir}/report.json"), &case.report);
+        vectors.write_json(&format!("{dir}/verifier-state.json"), &case.state);
         manifest.push(json!({
             "id": case.id,
             "description": case.description,
-            "report": format!("cases/{}/report.json", case.id),
-            "verifier_state": format!("cases/{}/verifier-state.json", case.id),
+            "report": format!("{dir}/report.json"),
+            "verifier_state": format!("{dir}/verifier-state.json"),
             "nonce": hex::encode(&case.nonce),
             "pcrs": case.pcrs,
             "trust_anchors": format!("anchors/{}", case.anchors),
@@ -700,12 +691,5 @@ fn main() {
             "expect": {"ok": case.failed.is_empty(), "failed": case.failed},
         }));
     }
-    let mut text = serde_json::to_vec_pretty(&json!({
-        "format": "fog-attest-v1-conformance",
-        "cases": manifest,
-    }))
-    .unwrap();
-    text.push(b'\n');
-    write(&out.join("manifest.json"), &text);
-    println!("{} cases written to {}", cases.len(), out.display());
+    vectors.finish("fog-attest-v1-conformance", manifest);
 }

@@ -11,15 +11,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use fog_tpm::testing::receipt_cases;
 use serde_json::json;
+use vectors::VectorDir;
 
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
+mod vectors;
 
 fn main() {
     let out = PathBuf::from(
@@ -38,37 +36,23 @@ fn main() {
             got.checks
         );
     }
-    let cases_dir = out.join("cases");
-    if cases_dir.exists() {
-        std::fs::remove_dir_all(&cases_dir).unwrap();
-    }
-    write(&out.join("anchors/swtpm-a.pem"), &world.anchors_a);
-    write(&out.join("anchors/swtpm-b.pem"), &world.anchors_b);
+    let vectors = VectorDir::reset(out, &world.anchors_a, &world.anchors_b);
     let at = world.verify_at_unix();
     let mut manifest = Vec::new();
     for case in &cases {
-        let dir = cases_dir.join(case.id);
-        write(&dir.join("bundle.json"), &case.bundle);
-        let mut state = serde_json::to_vec_pretty(&case.state).unwrap();
-        state.push(b'\n');
-        write(&dir.join("verifier-state.json"), &state);
+        let dir = format!("cases/{}", case.id);
+        vectors.write(&format!("{dir}/bundle.json"), &case.bundle);
+        vectors.write_json(&format!("{dir}/verifier-state.json"), &case.state);
         manifest.push(json!({
             "id": case.id,
             "description": case.description,
-            "bundle": format!("cases/{}/bundle.json", case.id),
-            "verifier_state": format!("cases/{}/verifier-state.json", case.id),
+            "bundle": format!("{dir}/bundle.json"),
+            "verifier_state": format!("{dir}/verifier-state.json"),
             "trust_anchors": format!("anchors/{}", case.anchors),
             "allow_software_tpm": case.allow_software_tpm,
             "at": at,
             "expect": {"passed": case.failed.is_empty(), "failed": case.failed},
         }));
     }
-    let mut text = serde_json::to_vec_pretty(&json!({
-        "format": "fog-receipts-v1-conformance",
-        "cases": manifest,
-    }))
-    .unwrap();
-    text.push(b'\n');
-    write(&out.join("manifest.json"), &text);
-    println!("{} cases written to {}", cases.len(), out.display());
+    vectors.finish("fog-receipts-v1-conformance", manifest);
 }
